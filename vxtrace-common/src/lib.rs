@@ -1,0 +1,312 @@
+//! Types shared by the kernel programs (`vxtrace-ebpf`) and the loader (`vxtrace`).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding and no `bool`, so a
+//! value has the same bytes on both sides and can be a BPF map key or value
+//! (`aya::Pod` with the `user` feature).
+#![no_std]
+
+/// Most UDP ports the kernel programs recognise as VXLAN at once.
+pub const MAX_PORTS: usize = 8;
+/// Most local VTEP addresses the kernel programs filter on at once.
+pub const MAX_LOCAL_ADDRS: usize = 8;
+
+/// Default size of the per-peer map. Peers are open-ended (a /16 of nodes, or
+/// junk traffic to the port), so the map is an LRU and evictions are counted.
+pub const DEFAULT_MAX_PEERS: u32 = 16_384;
+/// Default size of the map from inner MAC to the peer that owns it.
+pub const DEFAULT_MAX_MACS: u32 = 65_536;
+
+/// An underlay peer: its IP address in IPv6 form (IPv4 as `::ffff:a.b.c.d`).
+///
+/// The all-zero address is never a real peer; it is not used as a key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey {
+    pub addr: [u8; 16],
+}
+
+impl PeerKey {
+    pub const fn from_v4(octets: [u8; 4]) -> Self {
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12] = octets[0];
+        addr[13] = octets[1];
+        addr[14] = octets[2];
+        addr[15] = octets[3];
+        Self { addr }
+    }
+
+    pub const fn from_v6(addr: [u8; 16]) -> Self {
+        Self { addr }
+    }
+}
+
+/// A packets-and-bytes pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counter {
+    #[inline(always)]
+    pub fn add(&mut self, packets: u64, bytes: u64) {
+        self.packets = self.packets.wrapping_add(packets);
+        self.bytes = self.bytes.wrapping_add(bytes);
+    }
+
+    #[inline(always)]
+    pub fn merge(&mut self, other: &Counter) {
+        self.add(other.packets, other.bytes);
+    }
+}
+
+/// Everything counted per underlay peer, one copy per CPU (summed in userspace).
+///
+/// New counters are appended at the end; userspace reads by field name, so
+/// the map grows without breaking anything already here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// VXLAN packets sent to the peer, seen leaving the underlay device.
+    pub tx_encap: Counter,
+    /// VXLAN packets from the peer, seen arriving at the underlay device.
+    pub rx_nic: Counter,
+    /// Frames from the peer delivered by the VXLAN device after decapsulation.
+    pub rx_decap: Counter,
+    /// Frames the VXLAN device was handed for this peer (before encapsulation):
+    /// the gap to `tx_encap` is loss on this host's transmit path.
+    pub tx_dev: Counter,
+    /// Packets to or from the VXLAN port that are not valid VXLAN, received.
+    pub malformed_rx: u64,
+    /// Same, sent.
+    pub malformed_tx: u64,
+    /// Valid VXLAN from the peer with a VNI no watched device uses.
+    pub unknown_vni: u64,
+    /// Outer packets above 1450 / 1500 bytes of IP, per direction (path MTU).
+    pub tx_over_1450: u64,
+    pub tx_over_1500: u64,
+    pub rx_over_1450: u64,
+    pub rx_over_1500: u64,
+    /// Non-first IPv4 fragments of VXLAN packets cannot be told apart from
+    /// other UDP; first fragments are counted here (and as traffic).
+    pub tx_fragmented: u64,
+    pub rx_fragmented: u64,
+}
+
+/// Host-wide counters that belong to no peer, one copy per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalStats {
+    /// New keys the kernel programs inserted into the peer map; minus the
+    /// entries still present, this is how many the LRU evicted.
+    pub peers_inserted: u64,
+    /// Insertions into the peer map that failed (map full of in-flight entries).
+    pub peer_insert_failed: u64,
+    /// Decapsulated frames whose source MAC maps to no known peer.
+    pub rx_decap_unattributed: Counter,
+    /// Frames handed to the VXLAN device whose destination MAC maps to no
+    /// peer (broadcast, multicast, or no FDB entry).
+    pub tx_dev_unattributed: Counter,
+}
+
+/// Key of the map from an inner MAC address to the peer that owns it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MacKey {
+    pub vni: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl MacKey {
+    pub const fn new(vni: u32, mac: [u8; 6]) -> Self {
+        Self {
+            vni,
+            mac,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Value of the map from inner MAC to peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MacPeer {
+    pub peer: PeerKey,
+    /// Where the entry came from: [`MAC_SOURCE_LEARNED`] or [`MAC_SOURCE_FDB`].
+    pub source: u32,
+    pub _pad: u32,
+}
+
+/// The NIC program saw this MAC as the inner source of the peer's packets.
+pub const MAC_SOURCE_LEARNED: u32 = 1;
+/// The loader read this MAC from the VXLAN device's forwarding database.
+pub const MAC_SOURCE_FDB: u32 = 2;
+
+/// A watched VXLAN device, keyed by ifindex in the device map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VxlanDevice {
+    pub vni: u32,
+    pub _pad: u32,
+}
+
+/// Load-time configuration, written into the object before it is loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// UDP destination ports that carry VXLAN, in host byte order; 0 = unused.
+    pub ports: [u16; MAX_PORTS],
+    /// Local VTEP addresses; only packets from/to them are counted, unless
+    /// `local_addr_count` is 0 (a device without `local`: any address).
+    pub local_addrs: [PeerKey; MAX_LOCAL_ADDRS],
+    pub local_addr_count: u32,
+    /// Bits of the first 32-bit word of the VXLAN header that may be set
+    /// (network order read as big-endian): the I flag, plus GBP/RCO bits when
+    /// a watched device uses those extensions. Mirrors the kernel's own check.
+    pub allowed_flags: u32,
+    /// Count packets whose VNI is in the device map only; otherwise any VNI
+    /// is traffic. 1 = filter, 0 = no filter.
+    pub filter_vni: u32,
+    pub _pad: u32,
+}
+
+/// The I flag: "a valid VNI is present" (RFC 7348).
+pub const VXLAN_FLAG_I: u32 = 0x0800_0000;
+
+impl Config {
+    pub const fn empty() -> Self {
+        Self {
+            ports: [0; MAX_PORTS],
+            local_addrs: [PeerKey { addr: [0; 16] }; MAX_LOCAL_ADDRS],
+            local_addr_count: 0,
+            allowed_flags: VXLAN_FLAG_I,
+            filter_vni: 0,
+            _pad: 0,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all of these are #[repr(C)], made of integers and arrays of
+    // integers, with padding spelled out as fields: every bit pattern is valid.
+    unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for PeerStats {}
+    unsafe impl aya::Pod for GlobalStats {}
+    unsafe impl aya::Pod for MacKey {}
+    unsafe impl aya::Pod for MacPeer {}
+    unsafe impl aya::Pod for VxlanDevice {}
+    unsafe impl aya::Pod for Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<PeerKey>(), 16);
+        assert_eq!(size_of::<Counter>(), 16);
+        assert_eq!(size_of::<PeerStats>(), 4 * 16 + 9 * 8);
+        assert_eq!(size_of::<GlobalStats>(), 2 * 8 + 2 * 16);
+        assert_eq!(size_of::<MacKey>(), 12);
+        assert_eq!(size_of::<MacPeer>(), 24);
+        assert_eq!(
+            size_of::<Config>(),
+            2 * MAX_PORTS + 16 * MAX_LOCAL_ADDRS + 4 * 4
+        );
+    }
+
+    #[test]
+    fn v4_is_mapped() {
+        let k = PeerKey::from_v4([192, 0, 2, 1]);
+        assert_eq!(&k.addr[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        assert_eq!(&k.addr[12..], &[192, 0, 2, 1]);
+    }
+}
+
+impl PeerStats {
+    /// Adds every counter of `o` to `self`.
+    pub fn merge(&mut self, o: &PeerStats) {
+        self.zip_with(o, |a, b| a.wrapping_add(b));
+    }
+
+    /// `self - earlier`, counter by counter (saturating at zero).
+    pub fn delta(&self, earlier: &PeerStats) -> PeerStats {
+        let mut out = *self;
+        out.zip_with(earlier, |a, b| a.saturating_sub(b));
+        out
+    }
+
+    /// True when every counter is zero.
+    pub fn is_zero(&self) -> bool {
+        *self == PeerStats::default()
+    }
+
+    fn zip_with(&mut self, o: &PeerStats, f: impl Fn(u64, u64) -> u64) {
+        for (a, b) in [
+            (&mut self.tx_encap, &o.tx_encap),
+            (&mut self.rx_nic, &o.rx_nic),
+            (&mut self.rx_decap, &o.rx_decap),
+            (&mut self.tx_dev, &o.tx_dev),
+        ] {
+            a.packets = f(a.packets, b.packets);
+            a.bytes = f(a.bytes, b.bytes);
+        }
+        for (a, b) in [
+            (&mut self.malformed_rx, o.malformed_rx),
+            (&mut self.malformed_tx, o.malformed_tx),
+            (&mut self.unknown_vni, o.unknown_vni),
+            (&mut self.tx_over_1450, o.tx_over_1450),
+            (&mut self.tx_over_1500, o.tx_over_1500),
+            (&mut self.rx_over_1450, o.rx_over_1450),
+            (&mut self.rx_over_1500, o.rx_over_1500),
+            (&mut self.tx_fragmented, o.tx_fragmented),
+            (&mut self.rx_fragmented, o.rx_fragmented),
+        ] {
+            *a = f(*a, b);
+        }
+    }
+}
+
+impl GlobalStats {
+    pub fn merge(&mut self, o: &GlobalStats) {
+        self.peers_inserted = self.peers_inserted.wrapping_add(o.peers_inserted);
+        self.peer_insert_failed = self.peer_insert_failed.wrapping_add(o.peer_insert_failed);
+        self.rx_decap_unattributed.merge(&o.rx_decap_unattributed);
+        self.tx_dev_unattributed.merge(&o.tx_dev_unattributed);
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    #[test]
+    fn merge_and_delta() {
+        let mut a = PeerStats::default();
+        a.tx_encap.add(3, 300);
+        a.rx_over_1500 = 2;
+        let mut b = a;
+        b.merge(&a);
+        assert_eq!(b.tx_encap, Counter { packets: 6, bytes: 600 });
+        assert_eq!(b.rx_over_1500, 4);
+        let d = b.delta(&a);
+        assert_eq!(d, a);
+        assert!(a.delta(&b).is_zero());
+    }
+}

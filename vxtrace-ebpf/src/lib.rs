@@ -1,0 +1,3 @@
+#![no_std]
+// The library target exists so the build script's dependency tracking works;
+// the programs are in the `vxtrace` binary (src/main.rs).

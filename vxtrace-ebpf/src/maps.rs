@@ -1,0 +1,82 @@
+//! Maps and load-time configuration shared by all kernel programs.
+//!
+//! Sizes here are defaults; the loader resizes the open-ended maps
+//! (`PEERS`, `MAC_PEERS`) before load.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+};
+use vxtrace_common::{
+    Config, DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, GlobalStats, MacKey, MacPeer, PeerKey, PeerStats,
+    VxlanDevice,
+};
+
+/// Written by the loader before load (`EbpfLoader::override_global`); never
+/// written here. Read only through [`config`] so the compiler cannot fold
+/// the default values into the code.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::empty();
+
+#[inline(always)]
+pub fn config() -> *const Config {
+    &raw const CONFIG
+}
+
+/// Per-peer counters. LRU because peers are open-ended: anybody can send to
+/// the VXLAN port.
+#[map]
+pub static PEERS: LruPerCpuHashMap<PeerKey, PeerStats> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_PEERS, 0);
+
+/// Counters that belong to no peer (index 0 only).
+#[map]
+pub static GLOBAL: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Inner MAC (per VNI) to the underlay peer that owns it: learned from the
+/// inner source MAC of packets arriving at the underlay device, and seeded by
+/// the loader from the VXLAN devices' forwarding databases. Decapsulated
+/// frames have no outer header left, so this is how they find their peer.
+#[map]
+pub static MAC_PEERS: LruHashMap<MacKey, MacPeer> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_MACS, 0);
+
+/// Watched VXLAN devices by ifindex (filled by the loader).
+#[map]
+pub static VXLAN_DEVICES: HashMap<u32, VxlanDevice> = HashMap::with_max_entries(64, 0);
+
+/// The peer's counters, creating them on first sight.
+#[inline(always)]
+pub fn peer_stats(peer: &PeerKey) -> Option<*mut PeerStats> {
+    if let Some(stats) = PEERS.get_ptr_mut(peer) {
+        return Some(stats);
+    }
+    // BPF_NOEXIST: when two CPUs race to create the same peer, only one
+    // insertion counts, so `peers_inserted` stays exact.
+    let zero = PeerStats::default();
+    match PEERS.insert(peer, &zero, aya_ebpf::bindings::BPF_NOEXIST.into()) {
+        Ok(()) => {
+            if let Some(g) = global() {
+                unsafe { (*g).peers_inserted += 1 };
+            }
+        }
+        Err(_) => {
+            if PEERS.get_ptr_mut(peer).is_none()
+                && let Some(g) = global()
+            {
+                unsafe { (*g).peer_insert_failed += 1 };
+            }
+        }
+    }
+    PEERS.get_ptr_mut(peer)
+}
+
+#[inline(always)]
+pub fn global() -> Option<*mut GlobalStats> {
+    GLOBAL.get_ptr_mut(0)
+}
+
+/// Watched VNIs (value: the device's ifindex), for the NIC programs' VNI
+/// filter when `Config::filter_vni` is set.
+#[map]
+pub static VXLAN_DEVICES_BY_VNI: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);

@@ -1,0 +1,325 @@
+//! Finds the VXLAN devices of this network namespace, their underlay
+//! devices, and their forwarding databases, through rtnetlink.
+//!
+//! Devices are found by kind (`vxlan`), never by name, so flannel's
+//! `flannel.1`, Cilium's `cilium_vxlan` and a hand-made `vxlan0` are all found.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use anyhow::{Context as _, Result};
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    AddressFamily,
+    address::AddressAttribute,
+    link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute},
+};
+use serde::Serialize;
+
+/// A network interface, as much of it as vxtrace needs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Link {
+    pub name: String,
+    pub ifindex: u32,
+    pub kind: Option<String>,
+    pub up: bool,
+    pub loopback: bool,
+    #[serde(skip)]
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    #[serde(skip)]
+    vxlan: Option<Vec<InfoVxlan>>,
+}
+
+/// A VXLAN device and how it is configured.
+#[derive(Clone, Debug, Serialize)]
+pub struct VxlanDevice {
+    pub name: String,
+    pub ifindex: u32,
+    /// `None` for a metadata-based (`external`) device, which carries any VNI.
+    pub vni: Option<u32>,
+    pub port: u16,
+    pub local: Option<IpAddr>,
+    /// The underlay device named in the VXLAN config (`dev`), if any.
+    pub link_ifindex: Option<u32>,
+    #[serde(serialize_with = "ser_mac")]
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub gbp: bool,
+    pub learning: bool,
+}
+
+/// A forwarding-database entry of a VXLAN device: inner MAC -> remote VTEP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub dst: IpAddr,
+    /// Per-entry VNI (metadata devices); `None` means the device's own.
+    pub vni: Option<u32>,
+}
+
+fn ser_mac<S: serde::Serializer>(mac: &Option<[u8; 6]>, s: S) -> Result<S::Ok, S::Error> {
+    match mac {
+        Some(m) => s.serialize_str(&format_mac(m)),
+        None => s.serialize_none(),
+    }
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// A snapshot of what netlink says about this namespace.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub links: BTreeMap<u32, Link>,
+    /// Addresses by ifindex.
+    pub addrs: BTreeMap<u32, Vec<IpAddr>>,
+    pub fdb: Vec<FdbEntry>,
+}
+
+impl Snapshot {
+    pub fn link_by_name(&self, name: &str) -> Option<&Link> {
+        self.links.values().find(|l| l.name == name)
+    }
+
+    pub fn vxlan_devices(&self) -> Vec<VxlanDevice> {
+        self.links
+            .values()
+            .filter_map(|l| {
+                let info = l.vxlan.as_ref()?;
+                Some(vxlan_from_info(l, info))
+            })
+            .collect()
+    }
+
+    /// The interface that holds `addr`, if any.
+    pub fn owner_of(&self, addr: &IpAddr) -> Option<&Link> {
+        self.addrs
+            .iter()
+            .find(|(_, addrs)| addrs.contains(addr))
+            .and_then(|(idx, _)| self.links.get(idx))
+    }
+
+    pub fn is_vxlan(&self, ifindex: u32) -> bool {
+        self.links
+            .get(&ifindex)
+            .is_some_and(|l| l.kind.as_deref() == Some("vxlan"))
+    }
+}
+
+fn vxlan_from_info(link: &Link, info: &[InfoVxlan]) -> VxlanDevice {
+    let mut dev = VxlanDevice {
+        name: link.name.clone(),
+        ifindex: link.ifindex,
+        vni: None,
+        // The kernel's default when no dstport is given.
+        port: 8472,
+        local: None,
+        link_ifindex: None,
+        mac: link.mac,
+        mtu: link.mtu,
+        gbp: false,
+        learning: false,
+    };
+    let mut external = false;
+    for attr in info {
+        match attr {
+            InfoVxlan::Id(id) => dev.vni = Some(*id),
+            InfoVxlan::Port(p) => dev.port = *p,
+            InfoVxlan::Local(a) if !a.is_unspecified() => dev.local = Some(IpAddr::V4(*a)),
+            InfoVxlan::Local6(a) if !a.is_unspecified() => dev.local = Some(IpAddr::V6(*a)),
+            InfoVxlan::Link(idx) if *idx != 0 => dev.link_ifindex = Some(*idx),
+            InfoVxlan::Gbp => dev.gbp = true,
+            InfoVxlan::Learning(l) => dev.learning = *l,
+            InfoVxlan::CollectMetadata(true) => external = true,
+            _ => {}
+        }
+    }
+    if external {
+        dev.vni = None;
+    }
+    dev
+}
+
+fn link_from_msg(msg: LinkMessage) -> Link {
+    let mut link = Link {
+        name: String::new(),
+        ifindex: msg.header.index,
+        kind: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        loopback: msg.header.flags.contains(LinkFlags::Loopback),
+        mac: None,
+        mtu: None,
+        vxlan: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(&a);
+                link.mac = Some(m);
+            }
+            LinkAttribute::Mtu(m) => link.mtu = Some(m),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => {
+                            link.kind = Some(match kind {
+                                InfoKind::Vxlan => "vxlan".to_string(),
+                                other => other.to_string(),
+                            })
+                        }
+                        LinkInfo::Data(InfoData::Vxlan(v)) => link.vxlan = Some(v),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+/// Reads links, addresses and the bridge FDB of the current network namespace.
+pub async fn snapshot() -> Result<Snapshot> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    let task = tokio::spawn(conn);
+    let result = async {
+        let mut snap = Snapshot::default();
+        let mut links = handle.link().get().execute();
+        while let Some(msg) = links.try_next().await.context("dumping links")? {
+            let link = link_from_msg(msg);
+            snap.links.insert(link.ifindex, link);
+        }
+        let mut addrs = handle.address().get().execute();
+        while let Some(msg) = addrs.try_next().await.context("dumping addresses")? {
+            let index = msg.header.index;
+            for attr in msg.attributes {
+                if let AddressAttribute::Address(a) = attr {
+                    snap.addrs.entry(index).or_default().push(a);
+                }
+            }
+        }
+        let mut neigh = handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        while let Some(msg) = neigh.try_next().await.context("dumping the bridge FDB")? {
+            let ifindex = msg.header.ifindex;
+            if !snap.is_vxlan(ifindex) {
+                continue;
+            }
+            let mut mac = None;
+            let mut dst = None;
+            let mut vni = None;
+            for attr in msg.attributes {
+                match attr {
+                    NeighbourAttribute::LinkLayerAddress(a) if a.len() == 6 => {
+                        let mut m = [0u8; 6];
+                        m.copy_from_slice(&a);
+                        mac = Some(m);
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                        dst = Some(IpAddr::V4(a))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                        dst = Some(IpAddr::V6(a))
+                    }
+                    // Bridge-family entries carry the remote as raw bytes.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        dst = ip_from_bytes(&b)
+                    }
+                    NeighbourAttribute::Vni(v) => vni = Some(v),
+                    _ => {}
+                }
+            }
+            if let (Some(mac), Some(dst)) = (mac, dst) {
+                snap.fdb.push(FdbEntry {
+                    ifindex,
+                    mac,
+                    dst,
+                    vni,
+                });
+            }
+        }
+        Ok(snap)
+    }
+    .await;
+    task.abort();
+    result
+}
+
+/// `addr` as the 16-byte key the kernel programs use (IPv4 mapped into IPv6).
+pub fn peer_key(addr: &IpAddr) -> vxtrace_common::PeerKey {
+    match addr {
+        IpAddr::V4(a) => vxtrace_common::PeerKey::from_v4(a.octets()),
+        IpAddr::V6(a) => vxtrace_common::PeerKey::from_v6(a.octets()),
+    }
+}
+
+/// The address a kernel key stands for (mapped IPv4 shown as IPv4).
+pub fn peer_addr(key: &vxtrace_common::PeerKey) -> IpAddr {
+    let v6 = Ipv6Addr::from(key.addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// True for the all-zeros MAC of a default (flood) FDB entry, and for
+/// multicast/broadcast MACs, which belong to no single peer.
+pub fn is_group_mac(mac: &[u8; 6]) -> bool {
+    *mac == [0; 6] || mac[0] & 1 == 1
+}
+
+fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+        16 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(b);
+            Some(IpAddr::V6(Ipv6Addr::from(a)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        for a in ["192.0.2.1", "2001:db8::1", "::ffff:10.0.0.1", "::1"] {
+            let addr: IpAddr = a.parse().unwrap();
+            let back = peer_addr(&peer_key(&addr));
+            let expect = match addr {
+                IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .map(IpAddr::V4)
+                    .unwrap_or(IpAddr::V6(v6)),
+                v4 => v4,
+            };
+            assert_eq!(back, expect, "{a}");
+        }
+    }
+
+    #[test]
+    fn group_macs() {
+        assert!(is_group_mac(&[0; 6]));
+        assert!(is_group_mac(&[0xff; 6]));
+        assert!(is_group_mac(&[0x01, 0x00, 0x5e, 0, 0, 1]));
+        assert!(!is_group_mac(&[0x0e, 0x76, 0x78, 0, 0, 1]));
+    }
+}

@@ -1,0 +1,14 @@
+//! vxtrace: per-peer VXLAN encapsulation/decapsulation tracing with in-kernel
+//! counters. The binary (`main.rs`) is a thin CLI over these modules; the
+//! integration tests use them directly (BPF_PROG_TEST_RUN on the real
+//! programs, the lab).
+
+pub mod discovery;
+pub mod lab;
+pub mod netns;
+pub mod output;
+pub mod peers;
+pub mod preflight;
+pub mod reaper;
+pub mod tracer;
+pub mod watch;

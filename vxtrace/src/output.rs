@@ -1,0 +1,296 @@
+//! Rendering: the live terminal screen, plain per-interval lines when stdout
+//! is not a terminal, and NDJSON (`--json`). Also the hints that turn
+//! counters into words.
+
+use std::{fmt::Write as _, net::IpAddr};
+
+use serde_json::{Value, json};
+use vxtrace_common::{Counter, GlobalStats, PeerStats};
+
+use crate::peers::{Peer, PeerTable};
+
+pub fn counter_json(c: &Counter) -> Value {
+    json!({"packets": c.packets, "bytes": c.bytes})
+}
+
+/// The per-peer counters, as the summary and interval lines show them.
+pub fn stats_json(s: &PeerStats) -> Value {
+    json!({
+        "tx_encap": counter_json(&s.tx_encap),
+        "rx_nic": counter_json(&s.rx_nic),
+        "rx_decap": counter_json(&s.rx_decap),
+        "tx_dev": counter_json(&s.tx_dev),
+        "malformed": s.malformed_rx + s.malformed_tx,
+        "malformed_rx": s.malformed_rx,
+        "malformed_tx": s.malformed_tx,
+        "unknown_vni": s.unknown_vni,
+        "outer_size": {
+            "tx_over_1450": s.tx_over_1450,
+            "tx_over_1500": s.tx_over_1500,
+            "rx_over_1450": s.rx_over_1450,
+            "rx_over_1500": s.rx_over_1500,
+        },
+        "fragmented": {"tx": s.tx_fragmented, "rx": s.rx_fragmented},
+    })
+}
+
+fn percentiles(h: &hdrhistogram::Histogram<u32>) -> Value {
+    json!({
+        "p50": h.value_at_quantile(0.5),
+        "p99": h.value_at_quantile(0.99),
+        "max": h.max(),
+    })
+}
+
+/// A peer's totals, rate percentiles and hints (summary form).
+pub fn peer_summary_json(peer: &Peer) -> Value {
+    let total = peer.total();
+    let mut v = stats_json(&total);
+    if let Some(r) = &peer.rates {
+        v["rates_pps"] = json!({
+            "tx_encap": percentiles(&r.tx_encap),
+            "rx_nic": percentiles(&r.rx_nic),
+            "rx_decap": percentiles(&r.rx_decap),
+        });
+    }
+    v["hints"] = json!(hints(&total));
+    v
+}
+
+pub fn global_json(g: &GlobalStats) -> Value {
+    json!({
+        "rx_decap": counter_json(&g.rx_decap_unattributed),
+        "tx_dev": counter_json(&g.tx_dev_unattributed),
+    })
+}
+
+/// What the counters of one peer suggest, in words. Thresholds keep a
+/// packet in flight at the moment of reading from raising a hint.
+pub fn hints(s: &PeerStats) -> Vec<String> {
+    let mut out = Vec::new();
+    let tx = s.tx_encap.packets;
+    let rx = s.rx_nic.packets;
+    if tx >= 5 && rx == 0 {
+        out.push(format!(
+            "one-way: sent {tx}, received 0; nothing from this peer reached the underlay device, \
+             so the loss is outside this host (path, security group, NAT) or on the peer"
+        ));
+    }
+    let decap = s.rx_decap.packets;
+    if rx >= 5 && decap * 10 < rx * 9 {
+        out.push(format!(
+            "arrived at the underlay device {rx}, decapsulated {decap}: lost on this host between \
+             the NIC and the VXLAN device (firewall on the VXLAN port, no socket, wrong VNI)"
+        ));
+    }
+    let dev = s.tx_dev.packets;
+    if dev >= 5 && s.tx_encap.packets * 10 < dev * 9 {
+        out.push(format!(
+            "handed to the VXLAN device {dev}, left the underlay device {}: lost on this host \
+             while encapsulating (route to the peer, MTU, qdisc)",
+            s.tx_encap.packets
+        ));
+    }
+    let malformed = s.malformed_rx + s.malformed_tx;
+    if malformed > 0 {
+        out.push(format!(
+            "{malformed} packets to the VXLAN port were not valid VXLAN (truncated, I flag clear \
+             or reserved bits set): a misconfigured sender, another protocol on the port, or a scan"
+        ));
+    }
+    if s.unknown_vni > 0 {
+        out.push(format!(
+            "{} VXLAN packets carried a VNI no watched device uses: VNI mismatch between nodes",
+            s.unknown_vni
+        ));
+    }
+    if s.tx_over_1500 > 0 && s.rx_nic.packets == 0 {
+        out.push(format!(
+            "{} outer packets above 1500 bytes sent and nothing received: check the path MTU \
+             (VXLAN adds 50 bytes on IPv4, 70 on IPv6)",
+            s.tx_over_1500
+        ));
+    }
+    out
+}
+
+/// "12.3k" style numbers for the screen.
+pub fn human(n: f64) -> String {
+    let (v, unit) = if n >= 1e9 {
+        (n / 1e9, "G")
+    } else if n >= 1e6 {
+        (n / 1e6, "M")
+    } else if n >= 1e3 {
+        (n / 1e3, "k")
+    } else {
+        return format!("{n:.0}");
+    };
+    format!("{v:.1}{unit}")
+}
+
+pub struct ScreenHeader<'a> {
+    pub elapsed_s: f64,
+    pub interval_s: f64,
+    pub devices: &'a str,
+    pub attach_summary: &'a str,
+}
+
+/// Which peers to show: the `--peer` selection (even with nothing counted
+/// yet: "nothing from this peer" is an answer), or everyone.
+pub fn shown<'a>(table: &'a PeerTable, selected: &[IpAddr]) -> Vec<(IpAddr, Option<&'a Peer>)> {
+    if selected.is_empty() {
+        table.sorted().into_iter().map(|p| (p.addr, Some(p))).collect()
+    } else {
+        selected.iter().map(|a| (*a, table.get(a))).collect()
+    }
+}
+
+/// One screenful for a terminal.
+pub fn render_screen(
+    header: &ScreenHeader<'_>,
+    table: &PeerTable,
+    selected: &[IpAddr],
+    global: &GlobalStats,
+) -> String {
+    let mut s = String::new();
+    let shown = shown(table, selected);
+    let _ = writeln!(
+        s,
+        "vxtrace watch · elapsed {:.0}s · interval {:.1}s · {} peers known{}",
+        header.elapsed_s,
+        header.interval_s,
+        table.peers.len(),
+        if selected.is_empty() {
+            String::new()
+        } else {
+            format!(" · showing {}", shown.len())
+        }
+    );
+    let _ = writeln!(s, "devices: {}", header.devices);
+    let _ = writeln!(s, "attached: {}", header.attach_summary);
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<40} {:<9} {:>9} {:>10} {:>12} {:>12}  {:>20}",
+        "PEER", "DIR", "PKT/S", "BIT/S", "PACKETS", "BYTES", "PKT/S p50/p99/max"
+    );
+    for (addr, peer) in shown {
+        let (total, delta) = match peer {
+            Some(p) => (p.total(), p.last_delta),
+            None => (PeerStats::default(), PeerStats::default()),
+        };
+        let rows = [
+            ("tx_encap", total.tx_encap, delta.tx_encap, peer.and_then(|p| p.rates.as_ref()).map(|r| &r.tx_encap)),
+            ("rx_nic", total.rx_nic, delta.rx_nic, peer.and_then(|p| p.rates.as_ref()).map(|r| &r.rx_nic)),
+            ("rx_decap", total.rx_decap, delta.rx_decap, peer.and_then(|p| p.rates.as_ref()).map(|r| &r.rx_decap)),
+        ];
+        for (i, (name, tot, d, hist)) in rows.iter().enumerate() {
+            let pps = d.packets as f64 / header.interval_s;
+            let bps = d.bytes as f64 * 8.0 / header.interval_s;
+            let pct = hist
+                .map(|h| {
+                    format!(
+                        "{}/{}/{}",
+                        human(h.value_at_quantile(0.5) as f64),
+                        human(h.value_at_quantile(0.99) as f64),
+                        human(h.max() as f64)
+                    )
+                })
+                .unwrap_or_else(|| "-".into());
+            let label = if i == 0 { addr.to_string() } else { String::new() };
+            let _ = writeln!(
+                s,
+                "{:<40} {:<9} {:>9} {:>10} {:>12} {:>12}  {:>20}",
+                label,
+                name,
+                human(pps),
+                human(bps),
+                tot.packets,
+                tot.bytes,
+                pct
+            );
+        }
+        let malformed = total.malformed_rx + total.malformed_tx;
+        if malformed + total.unknown_vni + total.tx_over_1450 + total.rx_over_1450 > 0 {
+            let _ = writeln!(
+                s,
+                "{:<40} malformed {} · unknown VNI {} · outer >1450B tx {} rx {} · >1500B tx {} rx {}",
+                "",
+                malformed,
+                total.unknown_vni,
+                total.tx_over_1450,
+                total.rx_over_1450,
+                total.tx_over_1500,
+                total.rx_over_1500
+            );
+        }
+        for h in hints(&total) {
+            let _ = writeln!(s, "{:<40} ! {h}", "");
+        }
+    }
+    if global.rx_decap_unattributed.packets + global.tx_dev_unattributed.packets > 0 {
+        let _ = writeln!(
+            s,
+            "\nnot attributable to a peer: decapsulated {} · sent to a group/unknown MAC {}",
+            global.rx_decap_unattributed.packets, global.tx_dev_unattributed.packets
+        );
+    }
+    s
+}
+
+/// One plain line per shown peer (stdout not a terminal, no --json).
+pub fn plain_lines(elapsed_s: f64, interval_s: f64, table: &PeerTable, selected: &[IpAddr]) -> String {
+    let mut s = String::new();
+    for (addr, peer) in shown(table, selected) {
+        let (total, delta) = match peer {
+            Some(p) => (p.total(), p.last_delta),
+            None => (PeerStats::default(), PeerStats::default()),
+        };
+        let _ = writeln!(
+            s,
+            "t={elapsed_s:.1}s peer={addr} tx_encap={}pkt/s({}) rx_nic={}pkt/s({}) rx_decap={}pkt/s({}) malformed={}",
+            human(delta.tx_encap.packets as f64 / interval_s),
+            total.tx_encap.packets,
+            human(delta.rx_nic.packets as f64 / interval_s),
+            total.rx_nic.packets,
+            human(delta.rx_decap.packets as f64 / interval_s),
+            total.rx_decap.packets,
+            total.malformed_rx + total.malformed_tx,
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_way_hint() {
+        let mut s = PeerStats::default();
+        s.tx_encap.add(200, 20_000);
+        let h = hints(&s);
+        assert_eq!(h.len(), 1);
+        assert!(h[0].starts_with("one-way: sent 200, received 0"));
+        s.rx_nic.add(200, 20_000);
+        s.rx_decap.add(200, 20_000);
+        assert!(hints(&s).is_empty());
+    }
+
+    #[test]
+    fn host_loss_hint() {
+        let mut s = PeerStats::default();
+        s.tx_encap.add(10, 1000);
+        s.rx_nic.add(10, 1000);
+        let h = hints(&s);
+        assert_eq!(h.len(), 1);
+        assert!(h[0].contains("decapsulated 0"));
+    }
+
+    #[test]
+    fn human_numbers() {
+        assert_eq!(human(999.0), "999");
+        assert_eq!(human(1500.0), "1.5k");
+        assert_eq!(human(2_500_000.0), "2.5M");
+    }
+}

@@ -1,0 +1,368 @@
+//! Loads vxtrace's kernel programs, configures them, attaches them to the
+//! underlay and VXLAN devices, and reads their maps.
+//!
+//! Attachment prefers tcx links (kernel >= 6.6): they belong to this
+//! process's file descriptors, so the kernel detaches them when the process
+//! dies, SIGKILL included. Where tcx is missing the programs go on a clsact
+//! qdisc through netlink, and a small watchdog process (see `reaper`)
+//! removes those filters when this process dies.
+
+use std::{collections::HashMap as StdHashMap, fmt, net::IpAddr};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        tc::{NlOptions, TcAttachOptions, qdisc_add_clsact, qdisc_detach_program},
+    },
+};
+use serde::Serialize;
+use vxtrace_common::{
+    Config, GlobalStats, MAC_SOURCE_FDB, MAX_LOCAL_ADDRS, MAX_PORTS, MacKey, MacPeer, PeerKey,
+    PeerStats, VXLAN_FLAG_I,
+};
+
+use crate::discovery::{VxlanDevice, peer_key};
+
+/// The kernel programs, built by build.rs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vxtrace"));
+
+pub const PROG_NIC_INGRESS: &str = "vxtrace_nic_ingress";
+pub const PROG_NIC_EGRESS: &str = "vxtrace_nic_egress";
+pub const PROG_VXLAN_INGRESS: &str = "vxtrace_vxlan_ingress";
+pub const PROG_VXLAN_EGRESS: &str = "vxtrace_vxlan_egress";
+pub const PROG_EMPTY: &str = "vxtrace_empty";
+pub const ALL_PROGRAMS: [&str; 5] = [
+    PROG_NIC_INGRESS,
+    PROG_NIC_EGRESS,
+    PROG_VXLAN_INGRESS,
+    PROG_VXLAN_EGRESS,
+    PROG_EMPTY,
+];
+
+/// bpf_map_update_elem flag: create only.
+const BPF_NOEXIST: u64 = 1;
+
+/// GBP extension bits of the VXLAN header (the kernel's VXLAN_GBP_USED_BITS).
+const VXLAN_GBP_USED_BITS: u32 = (1 << 31) | (1 << 22) | (1 << 19) | 0xffff;
+
+/// What the kernel programs are told at load time.
+#[derive(Clone, Debug)]
+pub struct TracerConfig {
+    pub ports: Vec<u16>,
+    pub local_addrs: Vec<IpAddr>,
+    pub gbp: bool,
+    /// Count only VNIs of watched devices (false when a metadata device is
+    /// watched or no VXLAN device is).
+    pub filter_vni: bool,
+    pub max_peers: u32,
+    pub max_macs: u32,
+}
+
+impl TracerConfig {
+    fn to_kernel(&self) -> Result<Config> {
+        let mut cfg = Config::empty();
+        if self.ports.is_empty() {
+            bail!("no VXLAN port to watch");
+        }
+        if self.ports.len() > MAX_PORTS {
+            bail!(
+                "{} VXLAN ports requested; at most {MAX_PORTS} can be watched at once",
+                self.ports.len()
+            );
+        }
+        for (slot, port) in cfg.ports.iter_mut().zip(&self.ports) {
+            *slot = *port;
+        }
+        // More local addresses than slots: watch any address rather than
+        // silently missing some.
+        if self.local_addrs.len() <= MAX_LOCAL_ADDRS {
+            for (slot, addr) in cfg.local_addrs.iter_mut().zip(&self.local_addrs) {
+                *slot = peer_key(addr);
+            }
+            cfg.local_addr_count = self.local_addrs.len() as u32;
+        }
+        cfg.allowed_flags = VXLAN_FLAG_I | if self.gbp { VXLAN_GBP_USED_BITS } else { 0 };
+        cfg.filter_vni = u32::from(self.filter_vni);
+        Ok(cfg)
+    }
+}
+
+/// How a program got onto a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// A tcx link (kernel >= 6.6); detached by the kernel when we exit.
+    Tcx,
+    /// A filter on the clsact qdisc, through netlink.
+    Clsact,
+}
+
+/// Which attach mechanism the user allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachPolicy {
+    /// tcx where the kernel has it, clsact otherwise.
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Attachment {
+    pub program: &'static str,
+    pub device: String,
+    pub hook: &'static str,
+    pub mode: AttachMode,
+}
+
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} on {} {} ({})",
+            self.program,
+            self.device,
+            self.hook,
+            match self.mode {
+                AttachMode::Tcx => "tcx",
+                AttachMode::Clsact => "clsact",
+            }
+        )
+    }
+}
+
+/// One read of the kernel maps.
+#[derive(Debug, Default)]
+pub struct Readout {
+    pub peers: StdHashMap<PeerKey, PeerStats>,
+    pub global: GlobalStats,
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    pub attachments: Vec<Attachment>,
+    policy: AttachPolicy,
+    pub max_peers: u32,
+}
+
+impl Tracer {
+    /// Loads the programs (not yet attached) with `cfg` written in.
+    pub fn load(cfg: &TracerConfig, btf: Option<&Btf>, policy: AttachPolicy) -> Result<Self> {
+        let kernel_cfg = cfg.to_kernel()?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(btf)
+            .override_global("CONFIG", &kernel_cfg, true)
+            .map_max_entries("PEERS", cfg.max_peers)
+            .map_max_entries("MAC_PEERS", cfg.max_macs);
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| explain_bpf_error(anyhow!(e)))
+            .context("loading vxtrace's BPF object")?;
+        for name in ALL_PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))?
+                .try_into()?;
+            prog.load()
+                .map_err(|e| explain_bpf_error(anyhow!(e)))
+                .with_context(|| format!("loading program {name} into the kernel"))?;
+        }
+        Ok(Self {
+            ebpf,
+            attachments: Vec::new(),
+            policy,
+            max_peers: cfg.max_peers,
+        })
+    }
+
+    pub fn program(&self, name: &str) -> Result<&SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?)
+    }
+
+    /// Attaches the underlay programs to `iface`, both directions.
+    pub fn attach_underlay(&mut self, iface: &str) -> Result<()> {
+        self.attach(PROG_NIC_INGRESS, iface, TcAttachType::Ingress)?;
+        self.attach(PROG_NIC_EGRESS, iface, TcAttachType::Egress)
+    }
+
+    /// Registers `dev` with the kernel programs and attaches to it.
+    pub fn attach_vxlan(&mut self, dev: &VxlanDevice) -> Result<()> {
+        // A metadata device has no VNI of its own; it is registered under
+        // VNI 0, and its FDB entries carry theirs.
+        let vni = dev.vni.unwrap_or(0);
+        let mut devices: HashMap<_, u32, vxtrace_common::VxlanDevice> =
+            HashMap::try_from(self.map_mut("VXLAN_DEVICES")?)?;
+        devices
+            .insert(
+                dev.ifindex,
+                vxtrace_common::VxlanDevice { vni, _pad: 0 },
+                0,
+            )
+            .context("registering the VXLAN device")?;
+        if let Some(vni) = dev.vni {
+            let mut by_vni: HashMap<_, u32, u32> =
+                HashMap::try_from(self.map_mut("VXLAN_DEVICES_BY_VNI")?)?;
+            by_vni.insert(vni, dev.ifindex, 0)?;
+        }
+        self.attach(PROG_VXLAN_INGRESS, &dev.name, TcAttachType::Ingress)?;
+        self.attach(PROG_VXLAN_EGRESS, &dev.name, TcAttachType::Egress)
+    }
+
+    /// Tells the kernel programs that `mac` on `vni` lives behind `peer`
+    /// (from the VXLAN device's FDB). Learned entries are not overwritten:
+    /// what the traffic says wins over configuration.
+    pub fn seed_mac(&mut self, vni: u32, mac: [u8; 6], peer: &IpAddr) -> Result<()> {
+        let mut macs: HashMap<_, MacKey, MacPeer> =
+            HashMap::try_from(self.map_mut("MAC_PEERS")?)?;
+        let key = MacKey::new(vni, mac);
+        if macs.get(&key, 0).is_ok() {
+            return Ok(());
+        }
+        let value = MacPeer {
+            peer: peer_key(peer),
+            source: MAC_SOURCE_FDB,
+            _pad: 0,
+        };
+        // BPF_NOEXIST: a learned entry that raced in first stays.
+        match macs.insert(key, value, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e).context("seeding the MAC-to-peer map"),
+        }
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the BPF object"))
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the BPF object"))
+    }
+
+    fn attach(&mut self, program: &'static str, iface: &str, hook: TcAttachType) -> Result<()> {
+        let policy = self.policy;
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("no program {program}"))?
+            .try_into()?;
+        let hook_name = match hook {
+            TcAttachType::Ingress => "ingress",
+            TcAttachType::Egress => "egress",
+            TcAttachType::Custom(_) => "custom",
+        };
+        let mut tcx_error = None;
+        if policy != AttachPolicy::Clsact {
+            match prog.attach_with_options(
+                iface,
+                hook,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            ) {
+                Ok(_) => {
+                    self.attachments.push(Attachment {
+                        program,
+                        device: iface.to_string(),
+                        hook: hook_name,
+                        mode: AttachMode::Tcx,
+                    });
+                    return Ok(());
+                }
+                Err(e) if policy == AttachPolicy::Tcx => {
+                    return Err(anyhow!(e)).with_context(|| {
+                        format!("attaching {program} to {iface} {hook_name} with tcx (needs kernel >= 6.6; try --attach auto)")
+                    });
+                }
+                Err(e) => tcx_error = Some(e),
+            }
+        }
+        if let Some(e) = &tcx_error {
+            log::info!("tcx attach of {program} on {iface} failed ({e}); using clsact");
+        }
+        match qdisc_add_clsact(iface) {
+            Ok(()) => {}
+            Err(aya::programs::tc::TcError::NetlinkError(e))
+                if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => {
+                return Err(anyhow!(e))
+                    .with_context(|| format!("adding the clsact qdisc to {iface}"));
+            }
+        }
+        // Filters left by an earlier vxtrace that could not clean up.
+        let _ = qdisc_detach_program(iface, hook, program);
+        prog.attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
+            .with_context(|| format!("attaching {program} to {iface} {hook_name} (clsact)"))?;
+        self.attachments.push(Attachment {
+            program,
+            device: iface.to_string(),
+            hook: hook_name,
+            mode: AttachMode::Clsact,
+        });
+        Ok(())
+    }
+
+    /// Reads and sums (over CPUs) every counter map.
+    pub fn read(&self) -> Result<Readout> {
+        let mut out = Readout::default();
+        let peers: PerCpuHashMap<&MapData, PeerKey, PeerStats> =
+            PerCpuHashMap::try_from(self.map("PEERS")?)?;
+        for item in peers.iter() {
+            // A key evicted between "next key" and "lookup" is skipped; its
+            // counts are already in the loader's totals.
+            let Ok((key, per_cpu)) = item else { continue };
+            let mut sum = PeerStats::default();
+            for v in per_cpu.iter() {
+                sum.merge(v);
+            }
+            out.peers.insert(key, sum);
+        }
+        let global: PerCpuArray<&MapData, GlobalStats> =
+            PerCpuArray::try_from(self.map("GLOBAL")?)?;
+        for v in global.get(&0, 0).context("reading the global counters")?.iter() {
+            out.global.merge(v);
+        }
+        Ok(out)
+    }
+
+    /// The clsact filters this tracer owns: (device, hook, program).
+    pub fn clsact_filters(&self) -> Vec<(String, &'static str, &'static str)> {
+        self.attachments
+            .iter()
+            .filter(|a| a.mode == AttachMode::Clsact)
+            .map(|a| (a.device.clone(), a.hook, a.program))
+            .collect()
+    }
+}
+
+/// Adds what to do to the errors users hit when loading BPF programs.
+fn explain_bpf_error(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        e.context("the kernel refused to load BPF programs: run vxtrace as root (it needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN)")
+    } else {
+        e
+    }
+}
+
+/// Removes vxtrace's clsact filters from `iface` (used by the watchdog).
+pub fn detach_clsact(iface: &str, hook: &str, program: &str) {
+    let hook = match hook {
+        "ingress" => TcAttachType::Ingress,
+        _ => TcAttachType::Egress,
+    };
+    let _ = qdisc_detach_program(iface, hook, program);
+}
