@@ -3,8 +3,8 @@
 fn main() {
     match which::which("bpf-linker") {
         Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
-        Err(_) => println!(
-            "cargo:warning=bpf-linker not on PATH: run `cargo xtask setup` to install it"
-        ),
+        Err(_) => {
+            println!("cargo:warning=bpf-linker not on PATH: run `cargo xtask setup` to install it")
+        }
     }
 }

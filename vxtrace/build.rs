@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         root_dir: &root_dir,
         ..Default::default()
     };
-    aya_build::build_ebpf([package], toolchain)
-        .context("building the kernel programs failed; `cargo xtask setup` installs bpf-linker and rust-src")
+    aya_build::build_ebpf([package], toolchain).context(
+        "building the kernel programs failed; `cargo xtask setup` installs bpf-linker and rust-src",
+    )
 }

@@ -303,7 +303,13 @@ mod stats_tests {
         a.rx_over_1500 = 2;
         let mut b = a;
         b.merge(&a);
-        assert_eq!(b.tx_encap, Counter { packets: 6, bytes: 600 });
+        assert_eq!(
+            b.tx_encap,
+            Counter {
+                packets: 6,
+                bytes: 600
+            }
+        );
         assert_eq!(b.rx_over_1500, 4);
         let d = b.delta(&a);
         assert_eq!(d, a);

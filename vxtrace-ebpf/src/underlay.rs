@@ -9,7 +9,9 @@ use vxtrace_common::{MAC_SOURCE_LEARNED, MacKey, MacPeer, PeerKey, PeerStats};
 
 use crate::{
     maps::{MAC_PEERS, VXLAN_DEVICES_BY_VNI, config, peer_stats},
-    packet::{Outer, VXLAN_HLEN, Vxlan, is_local_vtep, is_vxlan_port, parse_outer, parse_vxlan, segments},
+    packet::{
+        Outer, VXLAN_HLEN, Vxlan, is_local_vtep, is_vxlan_port, parse_outer, parse_vxlan, segments,
+    },
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -191,8 +191,7 @@ fn link_from_msg(msg: LinkMessage) -> Link {
 
 /// Reads links, addresses and the bridge FDB of the current network namespace.
 pub async fn snapshot() -> Result<Snapshot> {
-    let (conn, handle, _) =
-        rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
     let task = tokio::spawn(conn);
     let result = async {
         let mut snap = Snapshot::default();

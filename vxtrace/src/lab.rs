@@ -222,7 +222,12 @@ impl Lab {
         ip(&["netns", "add", &node])?;
         ip(&["netns", "add", &pod])?;
         let port = format!("veth{i}");
-        ipn(&br, &["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &node])?;
+        ipn(
+            &br,
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &node,
+            ],
+        )?;
         ipn(&br, &["link", "set", &port, "master", "br0", "up"])?;
         ipn(&node, &["link", "set", "lo", "up"])?;
         ipn(&node, &["link", "set", "eth0", "up"])?;
@@ -235,24 +240,74 @@ impl Lab {
         let local = self.underlay_ip(i).to_string();
         let vni = self.vni.to_string();
         let port_s = self.port.to_string();
-        ipn(&node, &[
-            "link", "add", &self.dev, "type", "vxlan", "id", &vni, "local", &local, "dev", "eth0",
-            "dstport", &port_s, "nolearning",
-        ])?;
+        ipn(
+            &node,
+            &[
+                "link",
+                "add",
+                &self.dev,
+                "type",
+                "vxlan",
+                "id",
+                &vni,
+                "local",
+                &local,
+                "dev",
+                "eth0",
+                "dstport",
+                &port_s,
+                "nolearning",
+            ],
+        )?;
         let mtu = if self.ipv6 { "1430" } else { "1450" };
-        ipn(&node, &["link", "set", &self.dev, "address", &self.vtep_mac(i), "mtu", mtu])?;
-        ipn(&node, &["addr", "add", &format!("{}/32", self.vtep_ip(i)), "dev", &self.dev])?;
+        ipn(
+            &node,
+            &[
+                "link",
+                "set",
+                &self.dev,
+                "address",
+                &self.vtep_mac(i),
+                "mtu",
+                mtu,
+            ],
+        )?;
+        ipn(
+            &node,
+            &[
+                "addr",
+                "add",
+                &format!("{}/32", self.vtep_ip(i)),
+                "dev",
+                &self.dev,
+            ],
+        )?;
         ipn(&node, &["link", "set", &self.dev, "up"])?;
         // The pod behind cni0.
         ipn(&node, &["link", "add", "cni0", "type", "bridge"])?;
         let gw = Ipv4Addr::new(10, 244, i - 1, 1);
         ipn(&node, &["addr", "add", &format!("{gw}/24"), "dev", "cni0"])?;
         ipn(&node, &["link", "set", "cni0", "mtu", mtu, "up"])?;
-        ipn(&node, &["link", "add", "veth0", "mtu", mtu, "type", "veth", "peer", "name", "eth0", "netns", &pod])?;
+        ipn(
+            &node,
+            &[
+                "link", "add", "veth0", "mtu", mtu, "type", "veth", "peer", "name", "eth0",
+                "netns", &pod,
+            ],
+        )?;
         ipn(&node, &["link", "set", "veth0", "master", "cni0", "up"])?;
         ipn(&pod, &["link", "set", "lo", "up"])?;
         ipn(&pod, &["link", "set", "eth0", "mtu", mtu, "up"])?;
-        ipn(&pod, &["addr", "add", &format!("{}/24", self.pod_ip(i)), "dev", "eth0"])?;
+        ipn(
+            &pod,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", self.pod_ip(i)),
+                "dev",
+                "eth0",
+            ],
+        )?;
         ipn(&pod, &["route", "add", "default", "via", &gw.to_string()])?;
         netns::run_in(&node, || {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling ip_forward")
@@ -265,19 +320,46 @@ impl Lab {
         let node = self.node_ns(i);
         let vtep = self.vtep_ip(j).to_string();
         let subnet = format!("10.244.{}.0/24", j - 1);
-        ipn(&node, &["route", "add", &subnet, "via", &vtep, "dev", &self.dev, "onlink"])?;
-        ipn(&node, &["neigh", "add", &vtep, "lladdr", &self.vtep_mac(j), "dev", &self.dev, "nud", "permanent"])?;
-        run_cmd("bridge", &[
-            "-n", &node, "fdb", "append", &self.vtep_mac(j), "dev", &self.dev, "dst",
-            &self.underlay_ip(j).to_string(),
-        ])
+        ipn(
+            &node,
+            &[
+                "route", "add", &subnet, "via", &vtep, "dev", &self.dev, "onlink",
+            ],
+        )?;
+        ipn(
+            &node,
+            &[
+                "neigh",
+                "add",
+                &vtep,
+                "lladdr",
+                &self.vtep_mac(j),
+                "dev",
+                &self.dev,
+                "nud",
+                "permanent",
+            ],
+        )?;
+        run_cmd(
+            "bridge",
+            &[
+                "-n",
+                &node,
+                "fdb",
+                "append",
+                &self.vtep_mac(j),
+                "dev",
+                &self.dev,
+                "dst",
+                &self.underlay_ip(j).to_string(),
+            ],
+        )
     }
 
     /// ICMP echoes from pod `from` to pod `to`, one at a time; returns the
     /// number of replies.
     pub fn ping(&self, from: u8, to: u8, count: u32, gap: Duration) -> Result<u32> {
-        let dst = self.pod_ip(to);
-        netns::run_in(&self.pod_ns(from), || ping(dst, count, gap))
+        ping_from(&self.pod_ns(from), self.pod_ip(to), count, gap)
     }
 
     /// UDP datagrams from pod `from` to a receiver in pod `to`; returns how
@@ -314,6 +396,12 @@ impl Lab {
     }
 }
 
+/// ICMP echoes to `dst` from network namespace `ns`, one at a time;
+/// returns the number of replies.
+pub fn ping_from(ns: &str, dst: Ipv4Addr, count: u32, gap: Duration) -> Result<u32> {
+    netns::run_in(ns, || ping(dst, count, gap))
+}
+
 fn icmp_checksum(data: &[u8]) -> u16 {
     let mut sum = 0u32;
     for chunk in data.chunks(2) {
@@ -336,13 +424,19 @@ fn ping(dst: Ipv4Addr, count: u32, gap: Duration) -> Result<u32> {
     // SAFETY: plain socket syscalls on a descriptor we own.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
     if fd < 0 {
-        bail!("opening a raw ICMP socket: {}", std::io::Error::last_os_error());
+        bail!(
+            "opening a raw ICMP socket: {}",
+            std::io::Error::last_os_error()
+        );
     }
     let ident = (std::process::id() as u16) ^ 0x5678;
     let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     addr.sin_family = libc::AF_INET as u16;
     addr.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
-    let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
     unsafe {
         libc::setsockopt(
             fd,
@@ -472,7 +566,10 @@ fn demo(opts: &LabOpts, duration: Duration) -> Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    eprintln!("vxtrace demo: building a {}-node VXLAN lab ({})", lab.nodes, lab.name);
+    eprintln!(
+        "vxtrace demo: building a {}-node VXLAN lab ({})",
+        lab.nodes, lab.name
+    );
     lab.up()?;
     let result = demo_inner(&lab, duration);
     eprintln!("vxtrace demo: removing the lab");
@@ -485,7 +582,11 @@ fn demo_inner(lab: &Lab, duration: Duration) -> Result<()> {
     let mut watcher = Command::new("ip")
         .args(["netns", "exec", &lab.node_ns(1)])
         .arg(&exe)
-        .args(["watch", "--duration", &humantime::format_duration(duration).to_string()])
+        .args([
+            "watch",
+            "--duration",
+            &humantime::format_duration(duration).to_string(),
+        ])
         .spawn()
         .context("starting vxtrace watch in node 1")?;
     std::thread::sleep(Duration::from_millis(1500));

@@ -139,7 +139,11 @@ pub struct ScreenHeader<'a> {
 /// yet: "nothing from this peer" is an answer), or everyone.
 pub fn shown<'a>(table: &'a PeerTable, selected: &[IpAddr]) -> Vec<(IpAddr, Option<&'a Peer>)> {
     if selected.is_empty() {
-        table.sorted().into_iter().map(|p| (p.addr, Some(p))).collect()
+        table
+            .sorted()
+            .into_iter()
+            .map(|p| (p.addr, Some(p)))
+            .collect()
     } else {
         selected.iter().map(|a| (*a, table.get(a))).collect()
     }
@@ -180,9 +184,24 @@ pub fn render_screen(
             None => (PeerStats::default(), PeerStats::default()),
         };
         let rows = [
-            ("tx_encap", total.tx_encap, delta.tx_encap, peer.and_then(|p| p.rates.as_ref()).map(|r| &r.tx_encap)),
-            ("rx_nic", total.rx_nic, delta.rx_nic, peer.and_then(|p| p.rates.as_ref()).map(|r| &r.rx_nic)),
-            ("rx_decap", total.rx_decap, delta.rx_decap, peer.and_then(|p| p.rates.as_ref()).map(|r| &r.rx_decap)),
+            (
+                "tx_encap",
+                total.tx_encap,
+                delta.tx_encap,
+                peer.and_then(|p| p.rates.as_ref()).map(|r| &r.tx_encap),
+            ),
+            (
+                "rx_nic",
+                total.rx_nic,
+                delta.rx_nic,
+                peer.and_then(|p| p.rates.as_ref()).map(|r| &r.rx_nic),
+            ),
+            (
+                "rx_decap",
+                total.rx_decap,
+                delta.rx_decap,
+                peer.and_then(|p| p.rates.as_ref()).map(|r| &r.rx_decap),
+            ),
         ];
         for (i, (name, tot, d, hist)) in rows.iter().enumerate() {
             let pps = d.packets as f64 / header.interval_s;
@@ -197,7 +216,11 @@ pub fn render_screen(
                     )
                 })
                 .unwrap_or_else(|| "-".into());
-            let label = if i == 0 { addr.to_string() } else { String::new() };
+            let label = if i == 0 {
+                addr.to_string()
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
                 "{:<40} {:<9} {:>9} {:>10} {:>12} {:>12}  {:>20}",
@@ -239,7 +262,12 @@ pub fn render_screen(
 }
 
 /// One plain line per shown peer (stdout not a terminal, no --json).
-pub fn plain_lines(elapsed_s: f64, interval_s: f64, table: &PeerTable, selected: &[IpAddr]) -> String {
+pub fn plain_lines(
+    elapsed_s: f64,
+    interval_s: f64,
+    table: &PeerTable,
+    selected: &[IpAddr],
+) -> String {
     let mut s = String::new();
     for (addr, peer) in shown(table, selected) {
         let (total, delta) = match peer {

@@ -7,10 +7,7 @@
 //! Userspace memory is bounded the same way: past a limit, peers that are
 //! gone from the kernel map are folded into one "retired" total.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-};
+use std::{collections::HashMap, net::IpAddr};
 
 use hdrhistogram::Histogram;
 use vxtrace_common::{PeerKey, PeerStats};
@@ -205,7 +202,10 @@ mod tests {
     #[test]
     fn memory_is_bounded_without_losing_counts() {
         let mut t = PeerTable::new(2);
-        t.update(&readout(&[("192.0.2.1", 1), ("192.0.2.2", 2), ("192.0.2.3", 3)]), 1.0);
+        t.update(
+            &readout(&[("192.0.2.1", 1), ("192.0.2.2", 2), ("192.0.2.3", 3)]),
+            1.0,
+        );
         assert_eq!(t.peers.len(), 3, "present peers are never retired");
         t.update(&readout(&[("192.0.2.3", 4)]), 1.0);
         assert_eq!(t.peers.len(), 2);

@@ -194,33 +194,42 @@ impl Tracer {
 
     /// Registers `dev` with the kernel programs and attaches to it.
     pub fn attach_vxlan(&mut self, dev: &VxlanDevice) -> Result<()> {
-        // A metadata device has no VNI of its own; it is registered under
-        // VNI 0, and its FDB entries carry theirs.
-        let vni = dev.vni.unwrap_or(0);
+        self.register_device(dev.ifindex, dev.vni)?;
+        self.attach(PROG_VXLAN_INGRESS, &dev.name, TcAttachType::Ingress)?;
+        self.attach(PROG_VXLAN_EGRESS, &dev.name, TcAttachType::Egress)
+    }
+
+    /// Tells the kernel programs that `ifindex` is a VXLAN device with `vni`
+    /// (`None`: a metadata device, registered under VNI 0; its FDB entries
+    /// carry their own VNIs).
+    pub fn register_device(&mut self, ifindex: u32, vni: Option<u32>) -> Result<()> {
         let mut devices: HashMap<_, u32, vxtrace_common::VxlanDevice> =
             HashMap::try_from(self.map_mut("VXLAN_DEVICES")?)?;
         devices
             .insert(
-                dev.ifindex,
-                vxtrace_common::VxlanDevice { vni, _pad: 0 },
+                ifindex,
+                vxtrace_common::VxlanDevice {
+                    vni: vni.unwrap_or(0),
+                    _pad: 0,
+                },
                 0,
             )
             .context("registering the VXLAN device")?;
-        if let Some(vni) = dev.vni {
+        if let Some(vni) = vni {
             let mut by_vni: HashMap<_, u32, u32> =
                 HashMap::try_from(self.map_mut("VXLAN_DEVICES_BY_VNI")?)?;
-            by_vni.insert(vni, dev.ifindex, 0)?;
+            by_vni
+                .insert(vni, ifindex, 0)
+                .context("registering the VNI")?;
         }
-        self.attach(PROG_VXLAN_INGRESS, &dev.name, TcAttachType::Ingress)?;
-        self.attach(PROG_VXLAN_EGRESS, &dev.name, TcAttachType::Egress)
+        Ok(())
     }
 
     /// Tells the kernel programs that `mac` on `vni` lives behind `peer`
     /// (from the VXLAN device's FDB). Learned entries are not overwritten:
     /// what the traffic says wins over configuration.
     pub fn seed_mac(&mut self, vni: u32, mac: [u8; 6], peer: &IpAddr) -> Result<()> {
-        let mut macs: HashMap<_, MacKey, MacPeer> =
-            HashMap::try_from(self.map_mut("MAC_PEERS")?)?;
+        let mut macs: HashMap<_, MacKey, MacPeer> = HashMap::try_from(self.map_mut("MAC_PEERS")?)?;
         let key = MacKey::new(vni, mac);
         if macs.get(&key, 0).is_ok() {
             return Ok(());
@@ -332,7 +341,11 @@ impl Tracer {
         }
         let global: PerCpuArray<&MapData, GlobalStats> =
             PerCpuArray::try_from(self.map("GLOBAL")?)?;
-        for v in global.get(&0, 0).context("reading the global counters")?.iter() {
+        for v in global
+            .get(&0, 0)
+            .context("reading the global counters")?
+            .iter()
+        {
             out.global.merge(v);
         }
         Ok(out)

@@ -143,7 +143,9 @@ pub fn plan(args: &WatchArgs, snap: &Snapshot) -> Result<Plan> {
                 );
             };
             if link.kind.as_deref() == Some("vxlan") {
-                bail!("{name} is a VXLAN device; --iface takes the underlay device (use --vxlan-dev for {name})");
+                bail!(
+                    "{name} is a VXLAN device; --iface takes the underlay device (use --vxlan-dev for {name})"
+                );
             }
             underlays.push(name.clone());
         }
@@ -198,25 +200,44 @@ pub fn plan(args: &WatchArgs, snap: &Snapshot) -> Result<Plan> {
     let ports: Vec<u16> = if args.ports.is_empty() {
         let p: BTreeSet<u16> = vxlan.iter().map(|d| d.port).collect();
         if p.is_empty() {
-            bail!("no VXLAN device to take the port from; pass --port (8472 for flannel, 4789 IANA)");
+            bail!(
+                "no VXLAN device to take the port from; pass --port (8472 for flannel, 4789 IANA)"
+            );
         }
         p.into_iter().collect()
     } else {
-        args.ports.iter().copied().collect::<BTreeSet<_>>().into_iter().collect()
-    };
-
-    // The local filter only holds when every watched device names its
-    // local address; otherwise any address of this host may be the VTEP.
-    let local_addrs = if !vxlan.is_empty() && args.ifaces.is_empty() && vxlan.iter().all(|d| d.local.is_some()) {
-        vxlan
+        args.ports
             .iter()
-            .filter_map(|d| d.local)
+            .copied()
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect()
-    } else {
-        Vec::new()
     };
+
+    for d in &vxlan {
+        if !ports.contains(&d.port) {
+            notes.push(format!(
+                "{} uses UDP port {} which is not watched (--port {}): its packets are not counted at the underlay device",
+                d.name,
+                d.port,
+                ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+            ));
+        }
+    }
+
+    // The local filter only holds when every watched device names its
+    // local address; otherwise any address of this host may be the VTEP.
+    let local_addrs =
+        if !vxlan.is_empty() && args.ifaces.is_empty() && vxlan.iter().all(|d| d.local.is_some()) {
+            vxlan
+                .iter()
+                .filter_map(|d| d.local)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        } else {
+            Vec::new()
+        };
     let filter_vni = !vxlan.is_empty() && vxlan.iter().all(|d| d.vni.is_some());
     let gbp = vxlan.iter().any(|d| d.gbp);
     if vxlan.is_empty() {
@@ -245,7 +266,9 @@ fn describe_devices(plan: &Plan) -> String {
                 d.name,
                 d.vni.map(|v| v.to_string()).unwrap_or_else(|| "any".into()),
                 d.port,
-                d.local.map(|a| a.to_string()).unwrap_or_else(|| "any".into())
+                d.local
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "any".into())
             )
         })
         .collect();
@@ -307,7 +330,10 @@ async fn run_async(args: WatchArgs) -> Result<()> {
             .with_context(|| format!("attaching to VXLAN device {}", dev.name))?;
     }
     let seeded = seed_fdb(&mut tracer, &plan, &snap)?;
-    log::info!("seeded {seeded} MAC-to-peer entries from the FDB ({} FDB entries seen)", snap.fdb.len());
+    log::info!(
+        "seeded {seeded} MAC-to-peer entries from the FDB ({} FDB entries seen)",
+        snap.fdb.len()
+    );
     for iface in &plan.underlays {
         tracer
             .attach_underlay(iface)
@@ -433,7 +459,11 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     let seconds = last_tick.elapsed().as_secs_f64();
     let readout = tracer.read()?;
     global = readout.global;
-    let record = if seconds >= interval.as_secs_f64() / 2.0 { seconds } else { 0.0 };
+    let record = if seconds >= interval.as_secs_f64() / 2.0 {
+        seconds
+    } else {
+        0.0
+    };
     table.update(&readout, record);
     let duration_s = start.elapsed().as_secs_f64();
     let peer_map = json!({
@@ -443,7 +473,16 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         "evictions": global.peers_inserted.saturating_sub(table.kernel_entries as u64),
         "insert_failed": global.peer_insert_failed,
     });
-    let summary = summary_json(duration_s, interval, &table, &args.peers, &global, peer_map, &tracer, &plan);
+    let summary = summary_json(
+        duration_s,
+        interval,
+        &table,
+        &args.peers,
+        &global,
+        peer_map,
+        &tracer,
+        &plan,
+    );
     // Detach before printing: nothing of ours stays in the kernel a moment
     // longer than needed.
     drop(tracer);
@@ -461,7 +500,11 @@ async fn run_async(args: WatchArgs) -> Result<()> {
             };
             let mut out = stdout.lock();
             let _ = writeln!(out, "\n=== summary over {duration_s:.1}s ===");
-            let _ = write!(out, "{}", output::render_screen(&header, &table, &args.peers, &global));
+            let _ = write!(
+                out,
+                "{}",
+                output::render_screen(&header, &table, &args.peers, &global)
+            );
             let _ = out.flush();
         }
     }
@@ -552,9 +595,11 @@ fn summary_json(
             }
         }
         others.merge(&table.retired);
-        out["other_peers"] = json!({"count": count + table.retired_count, "totals": output::stats_json(&others)});
+        out["other_peers"] =
+            json!({"count": count + table.retired_count, "totals": output::stats_json(&others)});
     } else if table.retired_count > 0 {
-        out["retired_peers"] = json!({"count": table.retired_count, "totals": output::stats_json(&table.retired)});
+        out["retired_peers"] =
+            json!({"count": table.retired_count, "totals": output::stats_json(&table.retired)});
     }
     out
 }

@@ -1,0 +1,164 @@
+//! Start, stop and crash: clean exits print the summary; nothing of
+//! vxtrace's stays in the kernel after any exit, SIGKILL included.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use vxtrace_tests::{LabGuard, Watcher, bin, packets, run};
+
+/// Names of loaded BPF programs that are vxtrace's (the kernel keeps the
+/// first 15 characters of a name).
+fn loaded_vxtrace_programs() -> Vec<String> {
+    let (code, out, err) = run(Command::new("bpftool").args(["-j", "prog", "show"]));
+    assert_eq!(code, 0, "bpftool: {err}");
+    let progs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|n| n.starts_with("vxtrace_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// TC filters (clsact) on a device of a namespace, both directions.
+fn tc_filters(ns: &str, dev: &str) -> String {
+    let mut all = String::new();
+    for dir in ["ingress", "egress"] {
+        let (_, out, _) =
+            run(Command::new("tc").args(["-n", ns, "filter", "show", "dev", dev, dir]));
+        all.push_str(&out);
+    }
+    all
+}
+
+/// tcx links the kernel reports for a device of a namespace.
+fn tcx_programs(ns: &str, dev: &str) -> usize {
+    let (_, out, _) = run(Command::new("ip").args([
+        "netns", "exec", ns, "bpftool", "-j", "net", "show", "dev", dev,
+    ]));
+    out.matches("vxtrace_").count()
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sigkill_leaves_nothing(attach: &str) {
+    let lab = LabGuard::new(&format!("vt-kill-{attach}"), 2, false, 8472);
+    let ns = lab.node_ns(1);
+    assert!(
+        loaded_vxtrace_programs().is_empty(),
+        "programs left by an earlier run"
+    );
+    let w = Watcher::start(&ns, &["--attach", attach]);
+    let modes: Vec<&str> = w.attached["attached"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, vec![attach; 4]);
+    // While running, the kernel shows the programs.
+    assert!(!loaded_vxtrace_programs().is_empty());
+    if attach == "clsact" {
+        assert!(
+            tc_filters(&ns, "eth0").contains("vxtrace_nic"),
+            "{}",
+            tc_filters(&ns, "eth0")
+        );
+        assert!(tc_filters(&ns, "flannel.1").contains("vxtrace_vxlan"));
+    }
+    w.kill();
+    wait_until("vxtrace's programs to leave the kernel", || {
+        loaded_vxtrace_programs().is_empty()
+    });
+    for dev in ["eth0", "flannel.1"] {
+        let filters = tc_filters(&ns, dev);
+        assert!(!filters.contains("vxtrace"), "{dev}: {filters}");
+        assert_eq!(tcx_programs(&ns, dev), 0);
+    }
+    // And the overlay still works.
+    assert_eq!(lab.ping(1, 2, 5, Duration::ZERO).unwrap(), 5);
+}
+
+#[test]
+fn sigkill_tcx_leaves_nothing_attached() {
+    sigkill_leaves_nothing("tcx");
+}
+
+#[test]
+fn sigkill_clsact_leaves_nothing_attached() {
+    sigkill_leaves_nothing("clsact");
+}
+
+#[test]
+fn sigint_and_sigterm_exit_cleanly_with_summary() {
+    let lab = LabGuard::new("vt-sig", 2, false, 8472);
+    let b = lab.underlay_ip(2).to_string();
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let w = Watcher::start(&lab.node_ns(1), &[]);
+        assert_eq!(lab.ping(1, 2, 12, Duration::ZERO).unwrap(), 12);
+        std::thread::sleep(Duration::from_millis(200));
+        unsafe { libc::kill(w.pid(), sig) };
+        let s = w.finish();
+        assert_eq!(packets(&s, &b, "tx_encap"), 12, "{s}");
+        wait_until("programs gone", || loaded_vxtrace_programs().is_empty());
+    }
+}
+
+#[test]
+fn duration_ends_the_run_with_interval_lines_and_summary() {
+    let lab = LabGuard::new("vt-dur", 2, false, 8472);
+    let b = lab.underlay_ip(2).to_string();
+    let mut w = Watcher::start(
+        &lab.node_ns(1),
+        &["--duration", "3s", "--interval", "500ms"],
+    );
+    assert_eq!(lab.ping(1, 2, 40, Duration::from_millis(10)).unwrap(), 40);
+    let first = w
+        .next_of_type("interval", Duration::from_secs(5))
+        .expect("interval line");
+    assert!(first["interval_s"].as_f64().unwrap() > 0.3, "{first}");
+    let s = w.finish();
+    let d = s["duration_s"].as_f64().unwrap();
+    assert!((2.9..6.0).contains(&d), "duration {d}");
+    assert_eq!(packets(&s, &b, "tx_encap"), 40);
+    let rates = &s["peers"][&b]["rates_pps"]["tx_encap"];
+    assert!(rates["max"].as_u64().unwrap() > 0, "{s}");
+}
+
+/// Without --json and without a terminal: plain lines and a summary table.
+#[test]
+fn plain_output_when_not_a_terminal() {
+    let lab = LabGuard::new("vt-plain", 2, false, 8472);
+    let b = lab.underlay_ip(2).to_string();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.node_ns(1)])
+        .arg(bin())
+        .args(["watch", "--duration", "2s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(lab.ping(1, 2, 9, Duration::ZERO).unwrap(), 9);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("peer={b}")), "{stdout}");
+    assert!(stdout.contains("=== summary"), "{stdout}");
+    assert!(!stdout.contains('\x1b'), "escape codes on a pipe");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("attached vxtrace_nic_ingress on eth0 ingress"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,475 @@
+//! Header parsing of the real kernel programs, on crafted frames, through
+//! BPF_PROG_TEST_RUN: the verifier-approved object is what runs.
+
+use std::net::IpAddr;
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use vxtrace::tracer::{
+    AttachPolicy, PROG_NIC_EGRESS, PROG_NIC_INGRESS, PROG_VXLAN_EGRESS, PROG_VXLAN_INGRESS,
+    Readout, Tracer, TracerConfig,
+};
+use vxtrace_common::{PeerKey, PeerStats};
+
+const LOCAL4: [u8; 4] = [192, 0, 2, 11];
+const PEER4: [u8; 4] = [192, 0, 2, 12];
+const LOCAL6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11,
+];
+const PEER6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12,
+];
+const PEER_MAC: [u8; 6] = [0x0e, 0x76, 0x78, 0, 0, 2];
+const LOCAL_MAC: [u8; 6] = [0x0e, 0x76, 0x78, 0, 0, 1];
+/// A VXLAN device's ifindex, as registered with the programs. Test runs
+/// pass it in the skb context, so it has to be a real device: the test runs
+/// in its own namespace with a veth pair (the first gets ifindex 2, after lo).
+const DEV_IFINDEX: u32 = 2;
+const TC_NEXT: u32 = u32::MAX; // -1: the programs never change a verdict
+
+fn tracer() -> Tracer {
+    let cfg = TracerConfig {
+        ports: vec![8472, 4789],
+        local_addrs: vec![IpAddr::from(LOCAL4), IpAddr::from(LOCAL6)],
+        gbp: false,
+        filter_vni: true,
+        max_peers: 64,
+        max_macs: 64,
+    };
+    let mut t = Tracer::load(&cfg, None, AttachPolicy::Auto).expect("loading the programs");
+    t.register_device(DEV_IFINDEX, Some(1)).unwrap();
+    t
+}
+
+// ---- frame builders (network byte order throughout) ----
+
+fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, frag: u16, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 1]);
+    h.extend_from_slice(&frag.to_be_bytes());
+    h.extend_from_slice(&[64, proto, 0, 0]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(payload);
+    h
+}
+
+fn ipv6(src: [u8; 16], dst: [u8; 16], nh: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[nh, 64]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(payload);
+    h
+}
+
+fn udp(dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&40000u16.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h.extend_from_slice(payload);
+    h
+}
+
+fn vxlan(flags: u32, vni_word: u32, inner: &[u8]) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&flags.to_be_bytes());
+    h.extend_from_slice(&vni_word.to_be_bytes());
+    h.extend_from_slice(inner);
+    h
+}
+
+/// A decapsulated frame: peer VTEP MAC -> our VTEP MAC, a small IPv4 packet.
+fn inner(src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
+    let ip = ipv4(
+        [10, 244, 1, 2],
+        [10, 244, 0, 2],
+        1,
+        0,
+        &[8, 0, 0, 0, 0, 0, 0, 0],
+    );
+    eth(dst_mac, src_mac, 0x0800, &ip)
+}
+
+fn valid_vxlan(vni: u32) -> Vec<u8> {
+    vxlan(0x0800_0000, vni << 8, &inner(PEER_MAC, LOCAL_MAC))
+}
+
+fn outer4(src: [u8; 4], dst: [u8; 4], dport: u16, vx: &[u8]) -> Vec<u8> {
+    eth(
+        LOCAL_MAC,
+        PEER_MAC,
+        0x0800,
+        &ipv4(src, dst, 17, 0, &udp(dport, vx)),
+    )
+}
+
+fn rx4(vx: &[u8]) -> Vec<u8> {
+    outer4(PEER4, LOCAL4, 8472, vx)
+}
+
+/// Runs `prog` once on `frame` (with an optional skb context).
+fn run(t: &Tracer, prog: &str, frame: &[u8], ctx: Option<&[u8]>) {
+    let p = t.program(prog).unwrap();
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        ctx_in: ctx,
+        repeat: 1,
+        ..Default::default()
+    };
+    let r = p.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    assert_eq!(r.return_value, TC_NEXT, "{prog} changed the verdict");
+}
+
+/// An skb context with `ifindex` and `gso_segs` set (offsets from struct
+/// __sk_buff, which is UAPI and stable).
+fn skb_ctx(ifindex: u32, gso_segs: u32) -> Vec<u8> {
+    let mut c = vec![0u8; 192];
+    c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    c[164..168].copy_from_slice(&gso_segs.to_ne_bytes());
+    if gso_segs > 1 {
+        c[176..180].copy_from_slice(&1400u32.to_ne_bytes());
+    }
+    c
+}
+
+fn peer(r: &Readout, addr: &[u8]) -> PeerStats {
+    let key = if addr.len() == 4 {
+        PeerKey::from_v4(addr.try_into().unwrap())
+    } else {
+        PeerKey::from_v6(addr.try_into().unwrap())
+    };
+    r.peers.get(&key).copied().unwrap_or_default()
+}
+
+/// Every case in a namespace of its own, with a veth standing in for the VXLAN device.
+fn in_test_netns(f: impl FnOnce() + Send) {
+    let ns = "vt-parse";
+    if std::path::Path::new("/run/netns").join(ns).exists() {
+        vxtrace_tests::sh(&["ip", "netns", "delete", ns]);
+    }
+    vxtrace_tests::sh(&["ip", "netns", "add", ns]);
+    vxtrace_tests::sh(&[
+        "ip", "-n", ns, "link", "add", "vt0", "type", "veth", "peer", "name", "vt1",
+    ]);
+    let result = vxtrace::netns::run_in(ns, || {
+        f();
+        Ok(())
+    });
+    vxtrace_tests::sh(&["ip", "netns", "delete", ns]);
+    result.unwrap();
+}
+
+#[test]
+fn valid_vxlan_is_counted_per_peer_and_direction() {
+    in_test_netns(|| {
+        let t = tracer();
+        let frame = rx4(&valid_vxlan(1));
+        run(&t, PROG_NIC_INGRESS, &frame, None);
+        run(
+            &t,
+            PROG_NIC_INGRESS,
+            &outer4(PEER4, LOCAL4, 4789, &valid_vxlan(1)),
+            None,
+        );
+        // Egress: local -> peer.
+        run(
+            &t,
+            PROG_NIC_EGRESS,
+            &outer4(LOCAL4, PEER4, 8472, &valid_vxlan(1)),
+            None,
+        );
+        let r = t.read().unwrap();
+        let p = peer(&r, &PEER4);
+        assert_eq!(p.rx_nic.packets, 2);
+        assert_eq!(p.rx_nic.bytes, 2 * frame.len() as u64);
+        assert_eq!(p.tx_encap.packets, 1);
+        assert_eq!(p.tx_encap.bytes, frame.len() as u64);
+        assert_eq!(p.malformed_rx + p.malformed_tx + p.unknown_vni, 0);
+        assert_eq!(r.peers.len(), 1);
+        assert_eq!(r.global.peers_inserted, 1);
+    });
+}
+
+#[test]
+fn vlan_tags_and_ipv6_underlay() {
+    in_test_netns(|| {
+        let t = tracer();
+        let ip = ipv4(PEER4, LOCAL4, 17, 0, &udp(8472, &valid_vxlan(1)));
+        let mut tagged = vec![0, 0x64];
+        tagged.extend_from_slice(&0x0800u16.to_be_bytes());
+        tagged.extend_from_slice(&ip);
+        run(
+            &t,
+            PROG_NIC_INGRESS,
+            &eth(LOCAL_MAC, PEER_MAC, 0x8100, &tagged),
+            None,
+        );
+        let mut qinq = vec![0, 0x10];
+        qinq.extend_from_slice(&0x8100u16.to_be_bytes());
+        qinq.extend_from_slice(&tagged);
+        run(
+            &t,
+            PROG_NIC_INGRESS,
+            &eth(LOCAL_MAC, PEER_MAC, 0x88a8, &qinq),
+            None,
+        );
+        let v6 = eth(
+            LOCAL_MAC,
+            PEER_MAC,
+            0x86dd,
+            &ipv6(PEER6, LOCAL6, 17, &udp(8472, &valid_vxlan(1))),
+        );
+        run(&t, PROG_NIC_INGRESS, &v6, None);
+        // An IPv6 extension header before UDP: not parsed, not counted.
+        let hop = ipv6(PEER6, LOCAL6, 0, &udp(8472, &valid_vxlan(1)));
+        run(
+            &t,
+            PROG_NIC_INGRESS,
+            &eth(LOCAL_MAC, PEER_MAC, 0x86dd, &hop),
+            None,
+        );
+        let r = t.read().unwrap();
+        assert_eq!(peer(&r, &PEER4).rx_nic.packets, 2);
+        assert_eq!(peer(&r, &PEER6).rx_nic.packets, 1);
+        assert_eq!(peer(&r, &PEER6).rx_nic.bytes, v6.len() as u64);
+        assert_eq!(r.peers.len(), 2);
+    });
+}
+
+#[test]
+fn malformed_vxlan_is_counted_and_never_traffic() {
+    in_test_netns(|| {
+        let t = tracer();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("short header", vec![0x08, 0, 0, 0]),
+            ("empty payload", vec![]),
+            (
+                "I flag clear",
+                vxlan(0, 1 << 8, &inner(PEER_MAC, LOCAL_MAC)),
+            ),
+            ("garbage", vec![0xff; 40]),
+            (
+                "reserved flag bits",
+                vxlan(
+                    0x0800_0000 | 0x0001_0000,
+                    1 << 8,
+                    &inner(PEER_MAC, LOCAL_MAC),
+                ),
+            ),
+            (
+                "reserved byte after VNI",
+                vxlan(0x0800_0000, (1 << 8) | 0x5, &inner(PEER_MAC, LOCAL_MAC)),
+            ),
+            (
+                "truncated inner frame",
+                vxlan(0x0800_0000, 1 << 8, &[0u8; 6]),
+            ),
+        ];
+        for (_, vx) in &cases {
+            run(&t, PROG_NIC_INGRESS, &rx4(vx), None);
+        }
+        run(
+            &t,
+            PROG_NIC_EGRESS,
+            &outer4(LOCAL4, PEER4, 8472, &[1, 2, 3]),
+            None,
+        );
+        let r = t.read().unwrap();
+        let p = peer(&r, &PEER4);
+        assert_eq!(p.malformed_rx, cases.len() as u64, "{p:?}");
+        assert_eq!(p.malformed_tx, 1);
+        assert_eq!(p.rx_nic.packets, 0);
+        assert_eq!(p.tx_encap.packets, 0);
+        assert_eq!(p.unknown_vni, 0);
+        // Nothing was learned from garbage.
+        run(
+            &t,
+            PROG_VXLAN_INGRESS,
+            &inner(PEER_MAC, LOCAL_MAC),
+            Some(&skb_ctx(DEV_IFINDEX, 0)),
+        );
+        let r = t.read().unwrap();
+        assert_eq!(peer(&r, &PEER4).rx_decap.packets, 0);
+        assert_eq!(r.global.rx_decap_unattributed.packets, 1);
+    });
+}
+
+#[test]
+fn what_is_not_vxlan_to_us_is_ignored() {
+    in_test_netns(|| {
+        let t = tracer();
+        // Another UDP port, TCP to the VXLAN port, a destination that is not
+        // a local VTEP, a non-first fragment, ARP.
+        run(
+            &t,
+            PROG_NIC_INGRESS,
+            &outer4(PEER4, LOCAL4, 9999, &valid_vxlan(1)),
+            None,
+        );
+        let tcp = eth(
+            LOCAL_MAC,
+            PEER_MAC,
+            0x0800,
+            &ipv4(PEER4, LOCAL4, 6, 0, &udp(8472, &valid_vxlan(1))),
+        );
+        run(&t, PROG_NIC_INGRESS, &tcp, None);
+        run(
+            &t,
+            PROG_NIC_INGRESS,
+            &outer4(PEER4, [192, 0, 2, 99], 8472, &valid_vxlan(1)),
+            None,
+        );
+        let frag = eth(
+            LOCAL_MAC,
+            PEER_MAC,
+            0x0800,
+            &ipv4(PEER4, LOCAL4, 17, 185, &udp(8472, &valid_vxlan(1))),
+        );
+        run(&t, PROG_NIC_INGRESS, &frag, None);
+        run(
+            &t,
+            PROG_NIC_INGRESS,
+            &eth([0xff; 6], PEER_MAC, 0x0806, &[0u8; 28]),
+            None,
+        );
+        // Runt frame: shorter than an Ethernet header.
+        run(&t, PROG_NIC_INGRESS, &[0u8; 14], None);
+        let r = t.read().unwrap();
+        assert!(r.peers.is_empty(), "{:?}", r.peers);
+    });
+}
+
+#[test]
+fn unknown_vni_fragments_sizes_and_gso() {
+    in_test_netns(|| {
+        let t = tracer();
+        run(&t, PROG_NIC_INGRESS, &rx4(&valid_vxlan(7)), None);
+        // First fragment (MF set, offset 0): counted, and flagged.
+        let first = eth(
+            LOCAL_MAC,
+            PEER_MAC,
+            0x0800,
+            &ipv4(PEER4, LOCAL4, 17, 0x2000, &udp(8472, &valid_vxlan(1))),
+        );
+        run(&t, PROG_NIC_INGRESS, &first, None);
+        // Outer IP of 1480 and 1550 bytes.
+        for total in [1480usize, 1550] {
+            let mut vx = valid_vxlan(1);
+            vx.resize(total - 20 - 8, 0);
+            run(&t, PROG_NIC_INGRESS, &rx4(&vx), None);
+        }
+        // A GRO aggregate of 10 segments counts as 10 packets.
+        let frame = rx4(&valid_vxlan(1));
+        run(&t, PROG_NIC_INGRESS, &frame, Some(&skb_ctx(0, 10)));
+        let r = t.read().unwrap();
+        let p = peer(&r, &PEER4);
+        assert_eq!(p.unknown_vni, 1);
+        assert_eq!(p.rx_fragmented, 1);
+        assert_eq!(p.rx_over_1450, 1 + 1, "{p:?}");
+        assert_eq!(p.rx_over_1500, 1);
+        assert_eq!(p.rx_nic.packets, 1 + 2 + 10);
+    });
+}
+
+#[test]
+fn decapsulated_frames_find_their_peer() {
+    in_test_netns(|| {
+        let mut t = tracer();
+        let ctx = skb_ctx(DEV_IFINDEX, 0);
+        // Before anything is known: unattributed.
+        run(
+            &t,
+            PROG_VXLAN_INGRESS,
+            &inner(PEER_MAC, LOCAL_MAC),
+            Some(&ctx),
+        );
+        // The NIC sees the peer's packet and learns its inner source MAC.
+        run(&t, PROG_NIC_INGRESS, &rx4(&valid_vxlan(1)), None);
+        run(
+            &t,
+            PROG_VXLAN_INGRESS,
+            &inner(PEER_MAC, LOCAL_MAC),
+            Some(&ctx),
+        );
+        run(
+            &t,
+            PROG_VXLAN_INGRESS,
+            &inner(PEER_MAC, LOCAL_MAC),
+            Some(&ctx),
+        );
+        // Egress to the peer's MAC is attributed by the same entry.
+        run(
+            &t,
+            PROG_VXLAN_EGRESS,
+            &inner(LOCAL_MAC, PEER_MAC),
+            Some(&ctx),
+        );
+        // A MAC known only from the FDB.
+        let other_mac = [0x0e, 0x76, 0x78, 0, 0, 3];
+        let other: IpAddr = "192.0.2.13".parse().unwrap();
+        t.seed_mac(1, other_mac, &other).unwrap();
+        run(
+            &t,
+            PROG_VXLAN_EGRESS,
+            &inner(LOCAL_MAC, other_mac),
+            Some(&ctx),
+        );
+        // Broadcast: belongs to no peer.
+        run(
+            &t,
+            PROG_VXLAN_EGRESS,
+            &inner(LOCAL_MAC, [0xff; 6]),
+            Some(&ctx),
+        );
+        // A device that is not registered: ignored.
+        run(
+            &t,
+            PROG_VXLAN_INGRESS,
+            &inner(PEER_MAC, LOCAL_MAC),
+            Some(&skb_ctx(1, 0)),
+        );
+        let r = t.read().unwrap();
+        let p = peer(&r, &PEER4);
+        let frame_len = inner(PEER_MAC, LOCAL_MAC).len() as u64;
+        assert_eq!(p.rx_decap.packets, 2);
+        assert_eq!(p.rx_decap.bytes, 2 * frame_len);
+        assert_eq!(p.tx_dev.packets, 1);
+        assert_eq!(peer(&r, &[192, 0, 2, 13]).tx_dev.packets, 1);
+        assert_eq!(r.global.rx_decap_unattributed.packets, 1);
+        assert_eq!(r.global.tx_dev_unattributed.packets, 1);
+    });
+}
+
+#[test]
+fn peer_map_is_bounded_and_evictions_are_counted() {
+    in_test_netns(|| {
+        let t = tracer(); // 64 peers
+        for i in 0..200u32 {
+            let src = [198, 51, (i >> 8) as u8, i as u8];
+            run(
+                &t,
+                PROG_NIC_INGRESS,
+                &outer4(src, LOCAL4, 8472, &valid_vxlan(1)),
+                None,
+            );
+        }
+        let r = t.read().unwrap();
+        assert!(r.peers.len() <= 64, "{}", r.peers.len());
+        assert_eq!(r.global.peers_inserted, 200);
+        let total: u64 = r.peers.values().map(|p| p.rx_nic.packets).sum();
+        assert_eq!(total, r.peers.len() as u64);
+    });
+}
