@@ -6,7 +6,9 @@
 use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    programs::TcContext,
 };
+use aya_log_ebpf::warn;
 use vxtrace_common::{
     Config, DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, GlobalStats, MacKey, MacPeer, PeerKey, PeerStats,
     VxlanDevice,
@@ -47,7 +49,7 @@ pub static VXLAN_DEVICES: HashMap<u32, VxlanDevice> = HashMap::with_max_entries(
 
 /// The peer's counters, creating them on first sight.
 #[inline(always)]
-pub fn peer_stats(peer: &PeerKey) -> Option<*mut PeerStats> {
+pub fn peer_stats(ctx: &TcContext, peer: &PeerKey) -> Option<*mut PeerStats> {
     if let Some(stats) = PEERS.get_ptr_mut(peer) {
         return Some(stats);
     }
@@ -61,10 +63,12 @@ pub fn peer_stats(peer: &PeerKey) -> Option<*mut PeerStats> {
             }
         }
         Err(_) => {
-            if PEERS.get_ptr_mut(peer).is_none()
-                && let Some(g) = global()
-            {
-                unsafe { (*g).peer_insert_failed += 1 };
+            if PEERS.get_ptr_mut(peer).is_none() {
+                if let Some(g) = global() {
+                    unsafe { (*g).peer_insert_failed += 1 };
+                }
+                // Rare (the LRU evicts rather than fails), so worth a line.
+                warn!(ctx, "per-peer map insert failed; a packet went uncounted");
             }
         }
     }

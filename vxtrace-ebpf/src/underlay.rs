@@ -38,7 +38,7 @@ pub fn handle(ctx: &TcContext, dir: Direction) {
         return;
     }
     let vxlan = parse_vxlan(ctx, outer.payload_off);
-    let Some(stats) = peer_stats(peer) else {
+    let Some(stats) = peer_stats(ctx, peer) else {
         return;
     };
     // SAFETY: a per-CPU map value; only this CPU writes it, and the BPF

@@ -42,7 +42,7 @@ pub fn handle(ctx: &TcContext, dir: Direction) {
     let key = MacKey::new(dev.vni, mac);
     if let Some(owner) = MAC_PEERS.get_ptr(&key) {
         let peer = unsafe { (*owner).peer };
-        if let Some(stats) = peer_stats(&peer) {
+        if let Some(stats) = peer_stats(ctx, &peer) {
             let stats = unsafe { &mut *stats };
             match dir {
                 Direction::Decap => stats.rx_decap.add(segs, bytes),

@@ -142,6 +142,7 @@ pub struct Readout {
 
 pub struct Tracer {
     ebpf: Ebpf,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub attachments: Vec<Attachment>,
     policy: AttachPolicy,
     pub max_peers: u32,
@@ -170,8 +171,12 @@ impl Tracer {
                 .map_err(|e| explain_bpf_error(anyhow!(e)))
                 .with_context(|| format!("loading program {name} into the kernel"))?;
         }
+        // Kernel-side log lines (rare: map insert failures) go to the log
+        // crate. Read from the loop in `drain_logs`.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
         Ok(Self {
             ebpf,
+            logger,
             attachments: Vec::new(),
             policy,
             max_peers: cfg.max_peers,
@@ -322,6 +327,13 @@ impl Tracer {
             mode: AttachMode::Clsact,
         });
         Ok(())
+    }
+
+    /// Forwards what the kernel programs logged since the last call.
+    pub fn drain_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
     }
 
     /// Reads and sums (over CPUs) every counter map.

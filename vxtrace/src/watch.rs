@@ -412,6 +412,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                 let now = Instant::now();
                 let seconds = now.duration_since(last_tick).as_secs_f64();
                 last_tick = now;
+                tracer.drain_logs();
                 let readout = tracer.read()?;
                 global = readout.global;
                 table.update(&readout, seconds);
