@@ -14,9 +14,9 @@ fn crafted_bad_packets_are_malformed_only() {
 
     // From node A's own namespace (its underlay address) to B's VXLAN port.
     let bad: Vec<Vec<u8>> = vec![
-        vec![0x08, 0, 0],                                // short header
-        [vec![0u8; 8], vec![0x11; 60]].concat(),         // I flag clear
-        vec![0xff; 64],                                  // garbage
+        vec![0x08, 0, 0],                                       // short header
+        [vec![0u8; 8], vec![0x11; 60]].concat(),                // I flag clear
+        vec![0xff; 64],                                         // garbage
         [vec![0x08, 0, 0, 0, 0, 0, 1, 0], vec![0; 5]].concat(), // truncated inner frame
     ];
     let per_kind = 5;
@@ -64,7 +64,9 @@ fn foreign_vni_is_counted_as_unknown() {
     let (a, b) = (lab.underlay_ip(1), lab.underlay_ip(2));
     let on_b = Watcher::start(&lab.node_ns(2), &[]);
     let mut frame = vec![0x08, 0, 0, 0, 0, 0, 7, 0]; // VNI 7
-    frame.extend_from_slice(&[0x0e, 0x76, 0x78, 0, 0, 2, 0x0e, 0x76, 0x78, 0, 0, 1, 0x08, 0x00]);
+    frame.extend_from_slice(&[
+        0x0e, 0x76, 0x78, 0, 0, 2, 0x0e, 0x76, 0x78, 0, 0, 1, 0x08, 0x00,
+    ]);
     frame.extend_from_slice(&[0u8; 28]);
     vxtrace::netns::run_in(&lab.node_ns(1), || {
         let s = UdpSocket::bind((a, 0))?;

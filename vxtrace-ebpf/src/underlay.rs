@@ -83,31 +83,29 @@ fn count_traffic(ctx: &TcContext, stats: &mut PeerStats, outer: &Outer, dir: Dir
     } else {
         outer.ip_len
     };
-    match dir {
-        Direction::Egress => {
-            stats.tx_encap.add(segs, bytes);
-            if ip_len > 1450 {
-                stats.tx_over_1450 += segs;
-            }
-            if ip_len > 1500 {
-                stats.tx_over_1500 += segs;
-            }
-            if outer.first_fragment {
-                stats.tx_fragmented += 1;
-            }
-        }
-        Direction::Ingress => {
-            stats.rx_nic.add(segs, bytes);
-            if ip_len > 1450 {
-                stats.rx_over_1450 += segs;
-            }
-            if ip_len > 1500 {
-                stats.rx_over_1500 += segs;
-            }
-            if outer.first_fragment {
-                stats.rx_fragmented += 1;
-            }
-        }
+    let (counter, over_1450, over_1500, fragmented) = match dir {
+        Direction::Egress => (
+            &mut stats.tx_encap,
+            &mut stats.tx_over_1450,
+            &mut stats.tx_over_1500,
+            &mut stats.tx_fragmented,
+        ),
+        Direction::Ingress => (
+            &mut stats.rx_nic,
+            &mut stats.rx_over_1450,
+            &mut stats.rx_over_1500,
+            &mut stats.rx_fragmented,
+        ),
+    };
+    counter.add(segs, bytes);
+    if ip_len > 1450 {
+        *over_1450 += segs;
+    }
+    if ip_len > 1500 {
+        *over_1500 += segs;
+    }
+    if outer.first_fragment {
+        *fragmented += 1;
     }
 }
 

@@ -591,27 +591,46 @@ fn demo_inner(lab: &Lab, duration: Duration) -> Result<()> {
         .context("starting vxtrace watch in node 1")?;
     std::thread::sleep(Duration::from_millis(1500));
     let start = Instant::now();
-    let blackhole_from = duration.mul_f64(0.4);
-    let blackhole_to = duration.mul_f64(0.7);
-    let mut blackholed = false;
+    let traffic_until = duration.saturating_sub(Duration::from_secs(2));
+    let running = || start.elapsed() < traffic_until && !STOP.load(Ordering::SeqCst);
     let route = format!("{}/{}", lab.underlay_ip(1), if lab.ipv6 { 128 } else { 32 });
-    while start.elapsed() + Duration::from_secs(2) < duration && !STOP.load(Ordering::SeqCst) {
-        let t = start.elapsed();
-        // Incident 2 in miniature: node 3's packets to node 1 vanish on the
-        // way, so node 1 keeps sending to node 3 and hears nothing back.
-        let want = t >= blackhole_from && t < blackhole_to;
-        if want != blackholed {
-            let verb = if want { "add" } else { "del" };
-            let _ = ipn(&lab.node_ns(3), &["route", verb, "blackhole", &route]);
-            blackholed = want;
-        }
-        let _ = lab.ping(1, 2, 20, Duration::from_millis(10));
-        let _ = lab.udp(1, 3, 10, 1200);
-        let _ = lab.ping(1, 3, 2, Duration::ZERO);
-    }
-    if blackholed {
-        let _ = ipn(&lab.node_ns(3), &["route", "del", "blackhole", &route]);
-    }
+    std::thread::scope(|s| {
+        // Steady flows, each paced on its own so a timeout stalls no other.
+        s.spawn(|| {
+            while running() {
+                let _ = lab.ping(1, 2, 10, Duration::from_millis(10));
+            }
+        });
+        s.spawn(|| {
+            while running() {
+                let _ = lab.udp(1, 3, 5, 1200);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        s.spawn(|| {
+            while running() {
+                let _ = lab.ping(1, 3, 1, Duration::from_millis(100));
+            }
+        });
+        // Incident 2 in miniature: for a while node 3's packets to node 1
+        // vanish on the way, so node 1 keeps sending and hears nothing back.
+        s.spawn(|| {
+            let mut blackholed = false;
+            while running() {
+                let t = start.elapsed().as_secs_f64() / duration.as_secs_f64();
+                let want = (0.35..0.75).contains(&t);
+                if want != blackholed {
+                    let verb = if want { "add" } else { "del" };
+                    let _ = ipn(&lab.node_ns(3), &["route", verb, "blackhole", &route]);
+                    blackholed = want;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if blackholed {
+                let _ = ipn(&lab.node_ns(3), &["route", "del", "blackhole", &route]);
+            }
+        });
+    });
     if STOP.load(Ordering::SeqCst) {
         unsafe { libc::kill(watcher.id() as i32, libc::SIGTERM) };
     }

@@ -247,6 +247,15 @@ pub fn render_screen(
                 total.rx_over_1500
             );
         }
+        if let Some(p) = peer
+            && p.rx_silent_s >= crate::peers::SILENCE_WORTH_SHOWING_S
+        {
+            let _ = writeln!(
+                s,
+                "{:<40} ! NOW: nothing received for {:.0}s while sending ({} packets sent into the silence)",
+                "", p.rx_silent_s, p.sent_into_silence
+            );
+        }
         for h in hints(&total) {
             let _ = writeln!(s, "{:<40} ! {h}", "");
         }

@@ -55,7 +55,15 @@ pub struct Peer {
     pub rates: Option<RateHistograms>,
     /// Interval number of the last change.
     pub last_active: u64,
+    /// Seconds since something last arrived from the peer while we kept
+    /// sending to it (0 when it answers).
+    pub rx_silent_s: f64,
+    /// Packets sent to the peer during that silence.
+    pub sent_into_silence: u64,
 }
+
+/// Silence from a peer we are sending to, long enough to call out live.
+pub const SILENCE_WORTH_SHOWING_S: f64 = 3.0;
 
 impl Peer {
     pub fn total(&self) -> PeerStats {
@@ -112,6 +120,8 @@ impl PeerTable {
                 present: true,
                 rates: None,
                 last_active: 0,
+                rx_silent_s: 0.0,
+                sent_into_silence: 0,
             });
             peer.current = *stats;
             peer.present = true;
@@ -124,6 +134,13 @@ impl PeerTable {
             peer.last_delta = delta;
             if !delta.is_zero() {
                 peer.last_active = intervals;
+            }
+            if delta.rx_nic.packets > 0 {
+                peer.rx_silent_s = 0.0;
+                peer.sent_into_silence = 0;
+            } else if delta.tx_encap.packets > 0 || peer.sent_into_silence > 0 {
+                peer.rx_silent_s += seconds;
+                peer.sent_into_silence += delta.tx_encap.packets;
             }
             if peer.rates.is_none() && !total.is_zero() {
                 peer.rates = Some(RateHistograms::new());
@@ -197,6 +214,30 @@ mod tests {
         let rates = p.rates.as_ref().unwrap();
         assert_eq!(rates.tx_encap.len(), 3);
         assert_eq!(rates.tx_encap.max(), 10);
+    }
+
+    #[test]
+    fn silence_while_sending_is_tracked_and_reset() {
+        let mut t = PeerTable::new(10);
+        let both = |tx: u64, rx: u64| {
+            let mut r = Readout::default();
+            let mut s = PeerStats::default();
+            s.tx_encap.add(tx, tx);
+            s.rx_nic.add(rx, rx);
+            r.peers
+                .insert(crate::discovery::peer_key(&"192.0.2.1".parse().unwrap()), s);
+            r
+        };
+        t.update(&both(10, 10), 1.0);
+        t.update(&both(20, 10), 1.0);
+        t.update(&both(35, 10), 1.0);
+        let p = t.get(&"192.0.2.1".parse().unwrap()).unwrap();
+        assert_eq!(p.rx_silent_s, 2.0);
+        assert_eq!(p.sent_into_silence, 25);
+        t.update(&both(40, 11), 1.0);
+        let p = t.get(&"192.0.2.1".parse().unwrap()).unwrap();
+        assert_eq!(p.rx_silent_s, 0.0);
+        assert_eq!(p.sent_into_silence, 0);
     }
 
     #[test]

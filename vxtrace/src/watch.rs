@@ -539,6 +539,10 @@ fn interval_json(elapsed: f64, seconds: f64, table: &PeerTable, selected: &[IpAd
             "rx_nic": d.rx_nic.bytes as f64 * 8.0 / seconds,
             "rx_decap": d.rx_decap.bytes as f64 * 8.0 / seconds,
         });
+        if peer.rx_silent_s > 0.0 {
+            v["rx_silent_s"] = json!(round3(peer.rx_silent_s));
+            v["sent_into_silence"] = json!(peer.sent_into_silence);
+        }
         peers.insert(addr.to_string(), v);
     }
     json!({
