@@ -73,11 +73,20 @@ pub struct Watcher {
 
 impl Watcher {
     /// Starts the watcher in `ns` and waits until its programs are attached.
+    ///
+    /// Lab nodes share one kernel, so unless a test says otherwise each
+    /// node counts only the drops of its own namespace (`--netns self`).
     pub fn start(ns: &str, extra: &[&str]) -> Self {
+        let scope: &[&str] = if extra.iter().any(|a| a.starts_with("--netns")) {
+            &[]
+        } else {
+            &["--netns", "self"]
+        };
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(bin())
             .args(["watch", "--json"])
+            .args(scope)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -98,6 +98,8 @@ fn missing_or_wrong_devices() {
     runtime_error(c, &e, "underlay device ens9 does not exist");
     let (c, _, e) = watch_in(Some(&ns), &["--iface", "flannel.1"]);
     runtime_error(c, &e, "flannel.1 is a VXLAN device");
+    let (c, _, e) = watch_in(Some(&ns), &["--netns", "self,no-such-ns"]);
+    runtime_error(c, &e, "network namespace no-such-ns not found");
     // A good run afterwards still works: errors left nothing behind.
     let (c, _, e) = watch_in(Some(&ns), &["--json"]);
     assert_eq!(c, 0, "{e}");

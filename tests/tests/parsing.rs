@@ -34,9 +34,13 @@ fn tracer() -> Tracer {
         filter_vni: true,
         max_peers: 64,
         max_macs: 64,
+        offsets: vxtrace_common::KernelOffsets::none(),
+        netns_scope_all: true,
+        raw_tp_has_reason: true,
     };
     let mut t = Tracer::load(&cfg, None, AttachPolicy::Auto).expect("loading the programs");
-    t.register_device(DEV_IFINDEX, Some(1)).unwrap();
+    t.register_device(DEV_IFINDEX, Some(1), Some(LOCAL_MAC))
+        .unwrap();
     t
 }
 

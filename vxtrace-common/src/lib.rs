@@ -94,6 +94,12 @@ pub struct PeerStats {
     /// other UDP; first fragments are counted here (and as traffic).
     pub tx_fragmented: u64,
     pub rx_fragmented: u64,
+    /// Decapsulated frames (seen at the underlay NIC) whose destination MAC
+    /// is not this VTEP's: the peer holds a stale neighbour entry for us.
+    pub inner_dst_mac_mismatch: u64,
+    /// Frames whose inner source address is the peer's own VTEP address
+    /// rather than a pod's: the peer masquerades pod traffic.
+    pub inner_src_vtep: u64,
 }
 
 /// Host-wide counters that belong to no peer, one copy per CPU.
@@ -110,6 +116,12 @@ pub struct GlobalStats {
     /// Frames handed to the VXLAN device whose destination MAC maps to no
     /// peer (broadcast, multicast, or no FDB entry).
     pub tx_dev_unattributed: Counter,
+    /// New keys inserted into the drop map (minus entries present = evicted).
+    pub drop_keys_inserted: u64,
+    /// Drops seen by the drop program in scope (before attribution).
+    pub drops_seen: u64,
+    /// Drops outside the namespace scope (not counted).
+    pub drops_out_of_scope: u64,
 }
 
 /// Key of the map from an inner MAC address to the peer that owns it.
@@ -154,6 +166,91 @@ pub struct VxlanDevice {
     pub _pad: u32,
 }
 
+/// A watched VNI (value of the VNI map, keyed by VNI).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VniInfo {
+    pub ifindex: u32,
+    /// 1 when decapsulated frames must be addressed to `mac` (a routed,
+    /// flannel-style device); 0 for a device bridged to others.
+    pub check_dst_mac: u32,
+    /// The VXLAN device's own MAC.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Value of the inner-address map: which peer an inner (pod / VTEP) address
+/// belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InnerAddr {
+    pub peer: PeerKey,
+    /// [`INNER_LEARNED`] or [`INNER_VTEP`].
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+/// Seen as the inner source of the peer's packets.
+pub const INNER_LEARNED: u32 = 1;
+/// The peer's VTEP address (from the VXLAN device's neighbour entries).
+pub const INNER_VTEP: u32 = 2;
+
+/// Key of the drop map: one per (peer, reason, kernel location). The zero
+/// peer holds drops that belong to no peer ("other").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    pub peer: PeerKey,
+    pub reason: u32,
+    pub _pad: u32,
+    pub location: u64,
+}
+
+/// The tracepoint has no reason field (kernels before 5.17).
+pub const REASON_UNKNOWN: u32 = u32::MAX;
+/// An offset that the running kernel does not have.
+pub const NO_FIELD: u32 = u32::MAX;
+
+/// Kernel struct offsets, resolved from the running kernel's BTF at load
+/// time, and the classic tracepoint's field offsets from tracefs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// 1 when the struct offsets below are valid (BTF was available).
+    pub valid: u32,
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_protocol: u32,
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    pub dev_nd_net: u32,
+    pub net_ns_inum: u32,
+    pub sk_net: u32,
+    /// Field offsets in the classic `skb:kfree_skb` tracepoint record.
+    pub tp_skbaddr: u32,
+    pub tp_location: u32,
+    pub tp_reason: u32,
+}
+
+impl KernelOffsets {
+    pub const fn none() -> Self {
+        Self {
+            valid: 0,
+            skb_head: NO_FIELD,
+            skb_network_header: NO_FIELD,
+            skb_protocol: NO_FIELD,
+            skb_dev: NO_FIELD,
+            skb_sk: NO_FIELD,
+            dev_nd_net: NO_FIELD,
+            net_ns_inum: NO_FIELD,
+            sk_net: NO_FIELD,
+            tp_skbaddr: NO_FIELD,
+            tp_location: NO_FIELD,
+            tp_reason: NO_FIELD,
+        }
+    }
+}
+
 /// Load-time configuration, written into the object before it is loaded.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +268,12 @@ pub struct Config {
     /// Count packets whose VNI is in the device map only; otherwise any VNI
     /// is traffic. 1 = filter, 0 = no filter.
     pub filter_vni: u32,
+    /// 1: count drops of every network namespace; 0: only those in the
+    /// namespace-scope map.
+    pub netns_scope_all: u32,
+    pub offsets: KernelOffsets,
+    /// 1 when the raw tracepoint passes the drop reason as its third argument.
+    pub raw_tp_has_reason: u32,
     pub _pad: u32,
 }
 
@@ -185,6 +288,9 @@ impl Config {
             local_addr_count: 0,
             allowed_flags: VXLAN_FLAG_I,
             filter_vni: 0,
+            netns_scope_all: 1,
+            offsets: KernelOffsets::none(),
+            raw_tp_has_reason: 1,
             _pad: 0,
         }
     }
@@ -210,6 +316,10 @@ mod user {
     unsafe impl aya::Pod for MacPeer {}
     unsafe impl aya::Pod for VxlanDevice {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for VniInfo {}
+    unsafe impl aya::Pod for InnerAddr {}
+    unsafe impl aya::Pod for DropKey {}
+    unsafe impl aya::Pod for KernelOffsets {}
 }
 
 #[cfg(test)]
@@ -221,13 +331,17 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<PeerKey>(), 16);
         assert_eq!(size_of::<Counter>(), 16);
-        assert_eq!(size_of::<PeerStats>(), 4 * 16 + 9 * 8);
-        assert_eq!(size_of::<GlobalStats>(), 2 * 8 + 2 * 16);
+        assert_eq!(size_of::<PeerStats>(), 4 * 16 + 11 * 8);
+        assert_eq!(size_of::<GlobalStats>(), 5 * 8 + 2 * 16);
         assert_eq!(size_of::<MacKey>(), 12);
         assert_eq!(size_of::<MacPeer>(), 24);
+        assert_eq!(size_of::<KernelOffsets>(), 12 * 4);
+        assert_eq!(size_of::<DropKey>(), 32);
+        assert_eq!(size_of::<VniInfo>(), 16);
+        assert_eq!(size_of::<InnerAddr>(), 24);
         assert_eq!(
             size_of::<Config>(),
-            2 * MAX_PORTS + 16 * MAX_LOCAL_ADDRS + 4 * 4
+            2 * MAX_PORTS + 16 * MAX_LOCAL_ADDRS + 4 * 4 + 12 * 4 + 8
         );
     }
 
@@ -277,6 +391,8 @@ impl PeerStats {
             (&mut self.rx_over_1500, o.rx_over_1500),
             (&mut self.tx_fragmented, o.tx_fragmented),
             (&mut self.rx_fragmented, o.rx_fragmented),
+            (&mut self.inner_dst_mac_mismatch, o.inner_dst_mac_mismatch),
+            (&mut self.inner_src_vtep, o.inner_src_vtep),
         ] {
             *a = f(*a, b);
         }
@@ -289,6 +405,9 @@ impl GlobalStats {
         self.peer_insert_failed = self.peer_insert_failed.wrapping_add(o.peer_insert_failed);
         self.rx_decap_unattributed.merge(&o.rx_decap_unattributed);
         self.tx_dev_unattributed.merge(&o.tx_dev_unattributed);
+        self.drop_keys_inserted = self.drop_keys_inserted.wrapping_add(o.drop_keys_inserted);
+        self.drops_seen = self.drops_seen.wrapping_add(o.drops_seen);
+        self.drops_out_of_scope = self.drops_out_of_scope.wrapping_add(o.drops_out_of_scope);
     }
 }
 

@@ -5,12 +5,17 @@
 #![no_std]
 #![no_main]
 
+mod drops;
 mod maps;
 mod packet;
 mod underlay;
 mod vxlan_dev;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TcContext, TracePointContext},
+};
+use vxtrace_common::{NO_FIELD, REASON_UNKNOWN};
 
 /// TC_ACT_UNSPEC / TCX_NEXT: continue with the next program, then the stack.
 const TC_NEXT: i32 = -1;
@@ -37,6 +42,45 @@ pub fn vxtrace_vxlan_ingress(ctx: TcContext) -> i32 {
 pub fn vxtrace_vxlan_egress(ctx: TcContext) -> i32 {
     vxlan_dev::handle(&ctx, vxlan_dev::Direction::Encap);
     TC_NEXT
+}
+
+/// `skb:kfree_skb` as a raw tracepoint: arguments (skb, location, reason).
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn vxtrace_kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let has_reason =
+        unsafe { core::ptr::read_volatile(&raw const (*maps::config()).raw_tp_has_reason) };
+    let reason = if has_reason != 0 {
+        ctx.arg::<u64>(2) as u32
+    } else {
+        REASON_UNKNOWN
+    };
+    drops::handle(skb, location, reason);
+    0
+}
+
+/// `skb:kfree_skb` as a classic tracepoint, for kernels where the raw one
+/// cannot attach; field offsets come from its tracefs format file.
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn vxtrace_kfree_skb_tp(ctx: TracePointContext) -> u32 {
+    let o = unsafe { core::ptr::read_volatile(&raw const (*maps::config()).offsets) };
+    if o.tp_skbaddr == NO_FIELD {
+        return 0;
+    }
+    let skb: u64 = unsafe { ctx.read_at(o.tp_skbaddr as usize) }.unwrap_or(0);
+    let location: u64 = if o.tp_location == NO_FIELD {
+        0
+    } else {
+        unsafe { ctx.read_at(o.tp_location as usize) }.unwrap_or(0)
+    };
+    let reason: u32 = if o.tp_reason == NO_FIELD {
+        REASON_UNKNOWN
+    } else {
+        unsafe { ctx.read_at(o.tp_reason as usize) }.unwrap_or(REASON_UNKNOWN)
+    };
+    drops::handle(skb, location, reason);
+    0
 }
 
 /// Does nothing: the floor the benchmark measures the others against.

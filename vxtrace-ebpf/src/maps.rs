@@ -4,14 +4,14 @@
 //! (`PEERS`, `MAC_PEERS`) before load.
 
 use aya_ebpf::{
+    EbpfContext,
     macros::map,
-    maps::{HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
-    programs::TcContext,
+    maps::{HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use aya_log_ebpf::warn;
 use vxtrace_common::{
-    Config, DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, GlobalStats, MacKey, MacPeer, PeerKey, PeerStats,
-    VxlanDevice,
+    Config, DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, DropKey, GlobalStats, InnerAddr, MacKey, MacPeer,
+    PeerKey, PeerStats, VniInfo, VxlanDevice,
 };
 
 /// Written by the loader before load (`EbpfLoader::override_global`); never
@@ -49,7 +49,7 @@ pub static VXLAN_DEVICES: HashMap<u32, VxlanDevice> = HashMap::with_max_entries(
 
 /// The peer's counters, creating them on first sight.
 #[inline(always)]
-pub fn peer_stats(ctx: &TcContext, peer: &PeerKey) -> Option<*mut PeerStats> {
+pub fn peer_stats<C: EbpfContext>(ctx: &C, peer: &PeerKey) -> Option<*mut PeerStats> {
     if let Some(stats) = PEERS.get_ptr_mut(peer) {
         return Some(stats);
     }
@@ -80,7 +80,28 @@ pub fn global() -> Option<*mut GlobalStats> {
     GLOBAL.get_ptr_mut(0)
 }
 
-/// Watched VNIs (value: the device's ifindex), for the NIC programs' VNI
-/// filter when `Config::filter_vni` is set.
+/// Watched VNIs: the NIC programs' VNI filter (when `Config::filter_vni` is
+/// set) and the VTEP MAC that decapsulated frames should be addressed to.
 #[map]
-pub static VXLAN_DEVICES_BY_VNI: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+pub static VXLAN_DEVICES_BY_VNI: HashMap<u32, VniInfo> = HashMap::with_max_entries(64, 0);
+
+/// Inner (pod / VTEP) addresses to the peer that owns them: VTEP addresses
+/// from the loader (neighbour entries), pod addresses learned from the
+/// inner source of arriving packets. Attributes dropped inner packets.
+#[map]
+pub static INNER_ADDRS: LruHashMap<PeerKey, InnerAddr> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_MACS, 0);
+
+/// Pod subnets routed through a VXLAN device, to the peer behind them (from
+/// the routes, neighbour and FDB entries). Keys are IPv6 or IPv4-mapped.
+#[map]
+pub static POD_SUBNETS: LpmTrie<[u8; 16], PeerKey> = LpmTrie::with_max_entries(4096, 0);
+
+/// Drops by (peer, reason, location).
+#[map]
+pub static DROPS: LruPerCpuHashMap<DropKey, u64> = LruPerCpuHashMap::with_max_entries(16_384, 0);
+
+/// Network namespaces (inode numbers) whose drops count, unless
+/// `Config::netns_scope_all` is set.
+#[map]
+pub static NETNS_SCOPE: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);

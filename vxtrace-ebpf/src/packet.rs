@@ -135,7 +135,7 @@ pub fn is_vxlan_port(port: u16) -> bool {
 }
 
 #[inline(always)]
-fn same_addr(a: &PeerKey, b: &PeerKey) -> bool {
+pub fn same_addr(a: &PeerKey, b: &PeerKey) -> bool {
     // Two u64 compares: a byte-array `==` could become a memcmp call.
     let a: [u64; 2] = unsafe { core::mem::transmute(a.addr) };
     let b: [u64; 2] = unsafe { core::mem::transmute(b.addr) };
@@ -202,4 +202,21 @@ pub fn parse_vxlan(ctx: &TcContext, off: usize) -> Vxlan {
 pub fn segments(ctx: &TcContext) -> u32 {
     let segs = unsafe { (*ctx.skb.skb).gso_segs };
     if segs > 1 { segs } else { 1 }
+}
+
+/// The inner IPv4/IPv6 source address; `type_off` is the offset of the
+/// inner Ethernet type field.
+#[inline(always)]
+pub fn inner_src_addr(ctx: &TcContext, type_off: usize) -> Option<PeerKey> {
+    let proto = u16::from_be(read::<u16>(ctx, type_off)?);
+    let ip = type_off + 2;
+    if proto == ETH_P_IP {
+        let a: [u8; 4] = read(ctx, ip + 12)?;
+        Some(PeerKey::from_v4(a))
+    } else if proto == ETH_P_IPV6 {
+        let a: [u8; 16] = read(ctx, ip + 8)?;
+        Some(PeerKey::from_v6(a))
+    } else {
+        None
+    }
 }

@@ -2,15 +2,21 @@
 //! (`tx_encap`) and arriving from one (`rx_nic`), plus malformed packets to
 //! the VXLAN port. Arriving packets also teach `MAC_PEERS` which peer owns
 //! each inner source MAC, which is how the VXLAN device's programs attribute
-//! decapsulated frames.
+//! decapsulated frames, and `INNER_ADDRS` which peer owns each inner source
+//! address. Arriving frames are checked for the two inner anomalies:
+//! a destination MAC that is not ours, and a source address that is the
+//! peer's own VTEP address.
 
 use aya_ebpf::programs::TcContext;
-use vxtrace_common::{MAC_SOURCE_LEARNED, MacKey, MacPeer, PeerKey, PeerStats};
+use vxtrace_common::{
+    INNER_LEARNED, INNER_VTEP, InnerAddr, MAC_SOURCE_LEARNED, MacKey, MacPeer, PeerKey, PeerStats,
+};
 
 use crate::{
-    maps::{MAC_PEERS, VXLAN_DEVICES_BY_VNI, config, peer_stats},
+    maps::{INNER_ADDRS, MAC_PEERS, VXLAN_DEVICES_BY_VNI, config, peer_stats},
     packet::{
-        Outer, VXLAN_HLEN, Vxlan, is_local_vtep, is_vxlan_port, parse_outer, parse_vxlan, segments,
+        ETH_HLEN, Outer, VXLAN_HLEN, Vxlan, inner_src_addr, is_local_vtep, is_vxlan_port,
+        parse_outer, parse_vxlan, read, same_addr, segments,
     },
 };
 
@@ -51,22 +57,56 @@ pub fn handle(ctx: &TcContext, dir: Direction) {
             Direction::Egress => stats.malformed_tx += 1,
         },
         Vxlan::Valid { vni, inner_src } => {
-            if !vni_watched(vni) {
+            let filter = unsafe { core::ptr::read_volatile(&raw const (*config()).filter_vni) };
+            let info = unsafe { VXLAN_DEVICES_BY_VNI.get(vni) };
+            if filter != 0 && info.is_none() {
                 stats.unknown_vni += 1;
                 return;
             }
             count_traffic(ctx, stats, &outer, dir);
             if dir == Direction::Ingress {
                 learn_mac(vni, inner_src, peer);
+                let inner_off = outer.payload_off + VXLAN_HLEN;
+                if let Some(info) = info
+                    && info.check_dst_mac != 0
+                    && let Some(dst) = read::<[u8; 6]>(ctx, inner_off)
+                    && dst[0] & 1 == 0
+                    && dst != info.mac
+                {
+                    stats.inner_dst_mac_mismatch += 1;
+                }
+                if let Some(src) = inner_src_addr(ctx, inner_off + ETH_HLEN - 2) {
+                    inspect_inner_src(stats, &src, peer);
+                }
             }
         }
     }
 }
 
+/// The inner source address of a packet from `peer`: the peer's own VTEP
+/// address means it masquerades pod traffic; anything else is learned as
+/// living behind the peer (for attributing dropped inner packets).
 #[inline(always)]
-fn vni_watched(vni: u32) -> bool {
-    let filter = unsafe { core::ptr::read_volatile(&raw const (*config()).filter_vni) };
-    filter == 0 || unsafe { VXLAN_DEVICES_BY_VNI.get(vni) }.is_some()
+fn inspect_inner_src(stats: &mut PeerStats, src: &PeerKey, peer: &PeerKey) {
+    if let Some(known) = INNER_ADDRS.get_ptr(src) {
+        let known = unsafe { &*known };
+        if same_addr(&known.peer, peer) {
+            if known.kind == INNER_VTEP {
+                stats.inner_src_vtep += 1;
+            }
+            return;
+        }
+        if known.kind == INNER_VTEP {
+            // Configuration says another peer owns it; do not overwrite.
+            return;
+        }
+    }
+    let value = InnerAddr {
+        peer: *peer,
+        kind: INNER_LEARNED,
+        _pad: 0,
+    };
+    let _ = INNER_ADDRS.insert(src, &value, 0);
 }
 
 #[inline(always)]
@@ -114,13 +154,10 @@ fn count_traffic(ctx: &TcContext, stats: &mut PeerStats, outer: &Outer, dir: Dir
 #[inline(always)]
 fn learn_mac(vni: u32, mac: [u8; 6], peer: &PeerKey) {
     let key = MacKey::new(vni, mac);
-    if let Some(known) = MAC_PEERS.get_ptr(&key) {
-        let known = unsafe { &*known };
-        let a: [u64; 2] = unsafe { core::mem::transmute(known.peer.addr) };
-        let b: [u64; 2] = unsafe { core::mem::transmute(peer.addr) };
-        if a[0] == b[0] && a[1] == b[1] {
-            return;
-        }
+    if let Some(known) = MAC_PEERS.get_ptr(&key)
+        && same_addr(unsafe { &(*known).peer }, peer)
+    {
+        return;
     }
     let value = MacPeer {
         peer: *peer,

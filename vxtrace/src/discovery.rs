@@ -16,6 +16,7 @@ use netlink_packet_route::{
     address::AddressAttribute,
     link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute},
+    route::{RouteAddress, RouteAttribute, RouteMessage},
 };
 use serde::Serialize;
 
@@ -30,6 +31,8 @@ pub struct Link {
     #[serde(skip)]
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
+    /// The bridge (or other master) this device is enslaved to.
+    pub master: Option<u32>,
     #[serde(skip)]
     vxlan: Option<Vec<InfoVxlan>>,
 }
@@ -50,6 +53,9 @@ pub struct VxlanDevice {
     pub mtu: Option<u32>,
     pub gbp: bool,
     pub learning: bool,
+    /// Enslaved to a bridge: inner frames are addressed to other hosts'
+    /// MACs, not to the device's own.
+    pub bridged: bool,
 }
 
 /// A forwarding-database entry of a VXLAN device: inner MAC -> remote VTEP.
@@ -76,6 +82,23 @@ pub fn format_mac(m: &[u8; 6]) -> String {
     )
 }
 
+/// An IP neighbour entry (ARP / NDP) of a VXLAN device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbour {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+    pub mac: [u8; 6],
+}
+
+/// A route whose output device is a VXLAN device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverlayRoute {
+    pub ifindex: u32,
+    pub dst: IpAddr,
+    pub prefix_len: u8,
+    pub gateway: Option<IpAddr>,
+}
+
 /// A snapshot of what netlink says about this namespace.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -83,6 +106,8 @@ pub struct Snapshot {
     /// Addresses by ifindex.
     pub addrs: BTreeMap<u32, Vec<IpAddr>>,
     pub fdb: Vec<FdbEntry>,
+    pub neighbours: Vec<Neighbour>,
+    pub routes: Vec<OverlayRoute>,
 }
 
 impl Snapshot {
@@ -128,6 +153,7 @@ fn vxlan_from_info(link: &Link, info: &[InfoVxlan]) -> VxlanDevice {
         mtu: link.mtu,
         gbp: false,
         learning: false,
+        bridged: link.master.is_some(),
     };
     let mut external = false;
     for attr in info {
@@ -158,6 +184,7 @@ fn link_from_msg(msg: LinkMessage) -> Link {
         loopback: msg.header.flags.contains(LinkFlags::Loopback),
         mac: None,
         mtu: None,
+        master: None,
         vxlan: None,
     };
     for attr in msg.attributes {
@@ -169,6 +196,7 @@ fn link_from_msg(msg: LinkMessage) -> Link {
                 link.mac = Some(m);
             }
             LinkAttribute::Mtu(m) => link.mtu = Some(m),
+            LinkAttribute::Controller(m) if m != 0 => link.master = Some(m),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
@@ -252,6 +280,66 @@ pub async fn snapshot() -> Result<Snapshot> {
                 });
             }
         }
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut neigh = handle
+                .neighbours()
+                .get()
+                .set_address_family(family)
+                .execute();
+            while let Some(msg) = neigh.try_next().await.context("dumping neighbours")? {
+                let ifindex = msg.header.ifindex;
+                if !snap.is_vxlan(ifindex) {
+                    continue;
+                }
+                let mut mac = None;
+                let mut addr = None;
+                for attr in msg.attributes {
+                    match attr {
+                        NeighbourAttribute::LinkLayerAddress(a) if a.len() == 6 => {
+                            let mut m = [0u8; 6];
+                            m.copy_from_slice(&a);
+                            mac = Some(m);
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                            addr = Some(IpAddr::V4(a))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                            addr = Some(IpAddr::V6(a))
+                        }
+                        _ => {}
+                    }
+                }
+                if let (Some(mac), Some(addr)) = (mac, addr) {
+                    snap.neighbours.push(Neighbour { ifindex, addr, mac });
+                }
+            }
+            let mut req = RouteMessage::default();
+            req.header.address_family = family;
+            let mut routes = handle.route().get(req).execute();
+            while let Some(msg) = routes.try_next().await.context("dumping routes")? {
+                let mut oif = None;
+                let mut dst = None;
+                let mut gateway = None;
+                for attr in &msg.attributes {
+                    match attr {
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        RouteAttribute::Destination(a) => dst = route_ip(a),
+                        RouteAttribute::Gateway(a) => gateway = route_ip(a),
+                        _ => {}
+                    }
+                }
+                if let (Some(ifindex), Some(dst)) = (oif, dst)
+                    && snap.is_vxlan(ifindex)
+                {
+                    snap.routes.push(OverlayRoute {
+                        ifindex,
+                        dst,
+                        prefix_len: msg.header.destination_prefix_length,
+                        gateway,
+                    });
+                }
+            }
+        }
         Ok(snap)
     }
     .await;
@@ -280,6 +368,48 @@ pub fn peer_addr(key: &vxtrace_common::PeerKey) -> IpAddr {
 /// multicast/broadcast MACs, which belong to no single peer.
 pub fn is_group_mac(mac: &[u8; 6]) -> bool {
     *mac == [0; 6] || mac[0] & 1 == 1
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    }
+}
+
+impl Snapshot {
+    /// The underlay address behind an inner MAC of a VXLAN device (its FDB).
+    pub fn fdb_dst(&self, ifindex: u32, mac: &[u8; 6]) -> Option<IpAddr> {
+        self.fdb
+            .iter()
+            .find(|e| e.ifindex == ifindex && &e.mac == mac)
+            .map(|e| e.dst)
+    }
+
+    /// Overlay (VTEP) addresses of peers: neighbour IP -> MAC -> FDB -> peer.
+    pub fn vtep_addrs(&self) -> Vec<(IpAddr, IpAddr)> {
+        self.neighbours
+            .iter()
+            .filter_map(|n| Some((n.addr, self.fdb_dst(n.ifindex, &n.mac)?)))
+            .collect()
+    }
+
+    /// Pod subnets behind peers: route via a VTEP address -> its neighbour
+    /// MAC -> FDB -> peer. Returns (subnet, prefix length, peer).
+    pub fn pod_subnets(&self) -> Vec<(IpAddr, u8, IpAddr)> {
+        self.routes
+            .iter()
+            .filter_map(|r| {
+                let gw = r.gateway?;
+                let n = self
+                    .neighbours
+                    .iter()
+                    .find(|n| n.ifindex == r.ifindex && n.addr == gw)?;
+                Some((r.dst, r.prefix_len, self.fdb_dst(r.ifindex, &n.mac)?))
+            })
+            .collect()
+    }
 }
 
 fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {

@@ -4,6 +4,8 @@
 //! programs, the lab).
 
 pub mod discovery;
+pub mod drops;
+pub mod kernel;
 pub mod lab;
 pub mod netns;
 pub mod output;

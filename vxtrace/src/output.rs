@@ -7,7 +7,10 @@ use std::{fmt::Write as _, net::IpAddr};
 use serde_json::{Value, json};
 use vxtrace_common::{Counter, GlobalStats, PeerStats};
 
-use crate::peers::{Peer, PeerTable};
+use crate::{
+    drops::PeerDrops,
+    peers::{Peer, PeerTable},
+};
 
 pub fn counter_json(c: &Counter) -> Value {
     json!({"packets": c.packets, "bytes": c.bytes})
@@ -31,6 +34,8 @@ pub fn stats_json(s: &PeerStats) -> Value {
             "rx_over_1500": s.rx_over_1500,
         },
         "fragmented": {"tx": s.tx_fragmented, "rx": s.rx_fragmented},
+        "inner_dst_mac_mismatch": s.inner_dst_mac_mismatch,
+        "inner_src_vtep": s.inner_src_vtep,
     })
 }
 
@@ -43,9 +48,11 @@ fn percentiles(h: &hdrhistogram::Histogram<u32>) -> Value {
 }
 
 /// A peer's totals, rate percentiles and hints (summary form).
-pub fn peer_summary_json(peer: &Peer) -> Value {
+pub fn peer_summary_json(peer: &Peer, drops: &PeerDrops) -> Value {
     let total = peer.total();
     let mut v = stats_json(&total);
+    v["drops"] = drops.json();
+    v["drop_locations"] = drops.locations_json();
     if let Some(r) = &peer.rates {
         v["rates_pps"] = json!({
             "tx_encap": percentiles(&r.tx_encap),
@@ -53,7 +60,7 @@ pub fn peer_summary_json(peer: &Peer) -> Value {
             "rx_decap": percentiles(&r.rx_decap),
         });
     }
-    v["hints"] = json!(hints(&total));
+    v["hints"] = json!(hints(&total, drops));
     v
 }
 
@@ -66,8 +73,34 @@ pub fn global_json(g: &GlobalStats) -> Value {
 
 /// What the counters of one peer suggest, in words. Thresholds keep a
 /// packet in flight at the moment of reading from raising a hint.
-pub fn hints(s: &PeerStats) -> Vec<String> {
+pub fn hints(s: &PeerStats, drops: &PeerDrops) -> Vec<String> {
     let mut out = Vec::new();
+    let nf = drops.get("NETFILTER_DROP");
+    if nf > 0 {
+        if s.rx_nic.packets > s.rx_decap.packets {
+            out.push(format!(
+                "host firewall: packets from this peer reached the underlay device ({}) but only {} were decapsulated, and netfilter dropped {nf} (NETFILTER_DROP): check iptables/nftables input rules for the VXLAN UDP port",
+                s.rx_nic.packets, s.rx_decap.packets
+            ));
+        } else {
+            out.push(format!(
+                "netfilter dropped {nf} packets of this peer's traffic (NETFILTER_DROP): check forward/input rules for pod traffic"
+            ));
+        }
+    }
+    let otherhost = drops.get("OTHERHOST");
+    if s.inner_dst_mac_mismatch > 0 || otherhost > 0 {
+        out.push(format!(
+            "stale neighbour entry on the peer: {} frames from it were addressed to a MAC that is not this VTEP's, {otherhost} dropped as OTHERHOST; the peer still has this node's old VTEP MAC (e.g. after flannel was recreated): flush that neighbour entry on the peer",
+            s.inner_dst_mac_mismatch
+        ));
+    }
+    if s.inner_src_vtep > 0 {
+        out.push(format!(
+            "masquerade: {} packets from this peer carry the peer's own VTEP address as inner source instead of a pod address; the peer SNATs pod traffic (check its MASQUERADE / --ip-masq rules)",
+            s.inner_src_vtep
+        ));
+    }
     let tx = s.tx_encap.packets;
     let rx = s.rx_nic.packets;
     if tx >= 5 && rx == 0 {
@@ -77,7 +110,7 @@ pub fn hints(s: &PeerStats) -> Vec<String> {
         ));
     }
     let decap = s.rx_decap.packets;
-    if rx >= 5 && decap * 10 < rx * 9 {
+    if rx >= 5 && decap * 10 < rx * 9 && nf == 0 {
         out.push(format!(
             "arrived at the underlay device {rx}, decapsulated {decap}: lost on this host between \
              the NIC and the VXLAN device (firewall on the VXLAN port, no socket, wrong VNI)"
@@ -155,9 +188,18 @@ pub fn render_screen(
     table: &PeerTable,
     selected: &[IpAddr],
     global: &GlobalStats,
+    drops: &std::collections::HashMap<vxtrace_common::PeerKey, PeerDrops>,
 ) -> String {
     let mut s = String::new();
-    let shown = shown(table, selected);
+    let mut shown = shown(table, selected);
+    for addr in crate::drops::drop_peers(drops) {
+        if (selected.is_empty() || selected.contains(&addr))
+            && !shown.iter().any(|(a, _)| *a == addr)
+        {
+            shown.push((addr, None));
+        }
+    }
+    let empty = PeerDrops::default();
     let _ = writeln!(
         s,
         "vxtrace watch · elapsed {:.0}s · interval {:.1}s · {} peers known{}",
@@ -256,9 +298,32 @@ pub fn render_screen(
                 "", p.rx_silent_s, p.sent_into_silence
             );
         }
-        for h in hints(&total) {
+        let d = drops
+            .get(&crate::discovery::peer_key(&addr))
+            .unwrap_or(&empty);
+        if d.total() > 0 {
+            let top = d
+                .locations
+                .first()
+                .map(|(_, _, l)| format!(" (top location {l})"))
+                .unwrap_or_default();
+            let _ = writeln!(s, "{:<40} drops: {}{top}", "", d.top_reasons(4));
+        }
+        if total.inner_dst_mac_mismatch + total.inner_src_vtep > 0 {
+            let _ = writeln!(
+                s,
+                "{:<40} inner dst MAC not ours {} · inner src is peer VTEP {}",
+                "", total.inner_dst_mac_mismatch, total.inner_src_vtep
+            );
+        }
+        for h in hints(&total, d) {
             let _ = writeln!(s, "{:<40} ! {h}", "");
         }
+    }
+    if let Some(other) = drops.get(&vxtrace_common::PeerKey::default())
+        && other.total() > 0
+    {
+        let _ = writeln!(s, "\ndrops of no peer: {}", other.top_reasons(6));
     }
     if global.rx_decap_unattributed.packets + global.tx_dev_unattributed.packets > 0 {
         let _ = writeln!(
@@ -306,12 +371,13 @@ mod tests {
     fn one_way_hint() {
         let mut s = PeerStats::default();
         s.tx_encap.add(200, 20_000);
-        let h = hints(&s);
+        let none = PeerDrops::default();
+        let h = hints(&s, &none);
         assert_eq!(h.len(), 1);
         assert!(h[0].starts_with("one-way: sent 200, received 0"));
         s.rx_nic.add(200, 20_000);
         s.rx_decap.add(200, 20_000);
-        assert!(hints(&s).is_empty());
+        assert!(hints(&s, &none).is_empty());
     }
 
     #[test]
@@ -319,9 +385,14 @@ mod tests {
         let mut s = PeerStats::default();
         s.tx_encap.add(10, 1000);
         s.rx_nic.add(10, 1000);
-        let h = hints(&s);
+        let h = hints(&s, &PeerDrops::default());
         assert_eq!(h.len(), 1);
         assert!(h[0].contains("decapsulated 0"));
+        let mut d = PeerDrops::default();
+        d.by_reason.insert("NETFILTER_DROP".into(), 10);
+        let h = hints(&s, &d);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h[0].starts_with("host firewall"));
     }
 
     #[test]

@@ -12,16 +12,19 @@ use std::{collections::HashMap as StdHashMap, fmt, net::IpAddr};
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{
+        HashMap, MapData, PerCpuArray, PerCpuHashMap,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
         tc::{NlOptions, TcAttachOptions, qdisc_add_clsact, qdisc_detach_program},
     },
 };
 use serde::Serialize;
 use vxtrace_common::{
-    Config, GlobalStats, MAC_SOURCE_FDB, MAX_LOCAL_ADDRS, MAX_PORTS, MacKey, MacPeer, PeerKey,
-    PeerStats, VXLAN_FLAG_I,
+    Config, DropKey, GlobalStats, INNER_VTEP, InnerAddr, KernelOffsets, MAC_SOURCE_FDB,
+    MAX_LOCAL_ADDRS, MAX_PORTS, MacKey, MacPeer, PeerKey, PeerStats, VXLAN_FLAG_I, VniInfo,
 };
 
 use crate::discovery::{VxlanDevice, peer_key};
@@ -34,6 +37,9 @@ pub const PROG_NIC_EGRESS: &str = "vxtrace_nic_egress";
 pub const PROG_VXLAN_INGRESS: &str = "vxtrace_vxlan_ingress";
 pub const PROG_VXLAN_EGRESS: &str = "vxtrace_vxlan_egress";
 pub const PROG_EMPTY: &str = "vxtrace_empty";
+pub const PROG_DROPS_RAW: &str = "vxtrace_kfree_skb_raw";
+pub const PROG_DROPS_TP: &str = "vxtrace_kfree_skb_tp";
+/// The TC programs (loaded up front; the drop programs load when attached).
 pub const ALL_PROGRAMS: [&str; 5] = [
     PROG_NIC_INGRESS,
     PROG_NIC_EGRESS,
@@ -59,6 +65,13 @@ pub struct TracerConfig {
     pub filter_vni: bool,
     pub max_peers: u32,
     pub max_macs: u32,
+    /// Kernel offsets for the drop program (invalid without BTF).
+    pub offsets: KernelOffsets,
+    /// Count drops of every namespace (else only those given to
+    /// `Tracer::set_netns_scope`).
+    pub netns_scope_all: bool,
+    /// The raw tracepoint's third argument is the drop reason (>= 5.17).
+    pub raw_tp_has_reason: bool,
 }
 
 impl TracerConfig {
@@ -86,6 +99,9 @@ impl TracerConfig {
         }
         cfg.allowed_flags = VXLAN_FLAG_I | if self.gbp { VXLAN_GBP_USED_BITS } else { 0 };
         cfg.filter_vni = u32::from(self.filter_vni);
+        cfg.offsets = self.offsets;
+        cfg.netns_scope_all = u32::from(self.netns_scope_all);
+        cfg.raw_tp_has_reason = u32::from(self.raw_tp_has_reason);
         Ok(cfg)
     }
 }
@@ -138,6 +154,16 @@ impl fmt::Display for Attachment {
 pub struct Readout {
     pub peers: StdHashMap<PeerKey, PeerStats>,
     pub global: GlobalStats,
+    pub drops: StdHashMap<DropKey, u64>,
+}
+
+/// How the drop program got attached, or why it did not.
+#[derive(Clone, Debug, Serialize)]
+pub struct DropProbe {
+    /// "raw_tracepoint", "tracepoint", or "none".
+    pub attached: &'static str,
+    /// What was tried and failed, in order.
+    pub skipped: Vec<String>,
 }
 
 pub struct Tracer {
@@ -199,7 +225,8 @@ impl Tracer {
 
     /// Registers `dev` with the kernel programs and attaches to it.
     pub fn attach_vxlan(&mut self, dev: &VxlanDevice) -> Result<()> {
-        self.register_device(dev.ifindex, dev.vni)?;
+        let check_mac = if dev.bridged { None } else { dev.mac };
+        self.register_device(dev.ifindex, dev.vni, check_mac)?;
         self.attach(PROG_VXLAN_INGRESS, &dev.name, TcAttachType::Ingress)?;
         self.attach(PROG_VXLAN_EGRESS, &dev.name, TcAttachType::Egress)
     }
@@ -207,7 +234,14 @@ impl Tracer {
     /// Tells the kernel programs that `ifindex` is a VXLAN device with `vni`
     /// (`None`: a metadata device, registered under VNI 0; its FDB entries
     /// carry their own VNIs).
-    pub fn register_device(&mut self, ifindex: u32, vni: Option<u32>) -> Result<()> {
+    /// `own_mac`: the device's MAC, when decapsulated frames must be
+    /// addressed to it (routed devices; not bridged ones).
+    pub fn register_device(
+        &mut self,
+        ifindex: u32,
+        vni: Option<u32>,
+        own_mac: Option<[u8; 6]>,
+    ) -> Result<()> {
         let mut devices: HashMap<_, u32, vxtrace_common::VxlanDevice> =
             HashMap::try_from(self.map_mut("VXLAN_DEVICES")?)?;
         devices
@@ -221,11 +255,15 @@ impl Tracer {
             )
             .context("registering the VXLAN device")?;
         if let Some(vni) = vni {
-            let mut by_vni: HashMap<_, u32, u32> =
+            let mut by_vni: HashMap<_, u32, VniInfo> =
                 HashMap::try_from(self.map_mut("VXLAN_DEVICES_BY_VNI")?)?;
-            by_vni
-                .insert(vni, ifindex, 0)
-                .context("registering the VNI")?;
+            let info = VniInfo {
+                ifindex,
+                check_dst_mac: u32::from(own_mac.is_some()),
+                mac: own_mac.unwrap_or_default(),
+                _pad: [0; 2],
+            };
+            by_vni.insert(vni, info, 0).context("registering the VNI")?;
         }
         Ok(())
     }
@@ -254,6 +292,93 @@ impl Tracer {
             }
             Err(e) => Err(e).context("seeding the MAC-to-peer map"),
         }
+    }
+
+    /// `addr` is the VTEP (overlay) address of `peer` (from a neighbour entry).
+    pub fn seed_vtep_addr(&mut self, addr: &IpAddr, peer: &IpAddr) -> Result<()> {
+        let mut m: HashMap<_, PeerKey, InnerAddr> =
+            HashMap::try_from(self.map_mut("INNER_ADDRS")?)?;
+        let v = InnerAddr {
+            peer: peer_key(peer),
+            kind: INNER_VTEP,
+            _pad: 0,
+        };
+        m.insert(peer_key(addr), v, 0)
+            .context("seeding the inner-address map")
+    }
+
+    /// Pod subnet `net/prefix_len` lives behind `peer` (from the routes).
+    pub fn seed_pod_subnet(&mut self, net: &IpAddr, prefix_len: u8, peer: &IpAddr) -> Result<()> {
+        let mut m: LpmTrie<_, [u8; 16], PeerKey> = LpmTrie::try_from(self.map_mut("POD_SUBNETS")?)?;
+        // IPv4 lives in the mapped range, so its prefix is 96 bits longer.
+        let bits = match net {
+            IpAddr::V4(_) => 96 + prefix_len as u32,
+            IpAddr::V6(_) => prefix_len as u32,
+        };
+        m.insert(&LpmKey::new(bits, peer_key(net).addr), peer_key(peer), 0)
+            .context("seeding the pod-subnet map")
+    }
+
+    /// Count drops only from these network namespaces (inode numbers).
+    pub fn set_netns_scope(&mut self, inums: &[u32]) -> Result<()> {
+        let mut m: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut("NETNS_SCOPE")?)?;
+        for i in inums {
+            m.insert(*i, 1, 0).context("setting the namespace scope")?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the drop program: the raw tracepoint first (no tracefs
+    /// needed), the classic tracepoint where that fails.
+    pub fn attach_drops(&mut self) -> DropProbe {
+        let mut skipped = Vec::new();
+        match self.attach_raw_drops() {
+            Ok(()) => {
+                return DropProbe {
+                    attached: "raw_tracepoint",
+                    skipped,
+                };
+            }
+            Err(e) => skipped.push(format!("raw_tracepoint skb:kfree_skb: {e:#}")),
+        }
+        match self.attach_tp_drops() {
+            Ok(()) => DropProbe {
+                attached: "tracepoint",
+                skipped,
+            },
+            Err(e) => {
+                skipped.push(format!("tracepoint skb:kfree_skb: {e:#}"));
+                DropProbe {
+                    attached: "none",
+                    skipped,
+                }
+            }
+        }
+    }
+
+    fn attach_raw_drops(&mut self) -> Result<()> {
+        let prog: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(PROG_DROPS_RAW)
+            .ok_or_else(|| anyhow!("no program {PROG_DROPS_RAW}"))?
+            .try_into()?;
+        prog.load().context("loading")?;
+        prog.attach("kfree_skb").context("attaching")?;
+        Ok(())
+    }
+
+    fn attach_tp_drops(&mut self) -> Result<()> {
+        if crate::kernel::tracefs().is_none() {
+            bail!("tracefs is not mounted and could not be mounted");
+        }
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(PROG_DROPS_TP)
+            .ok_or_else(|| anyhow!("no program {PROG_DROPS_TP}"))?
+            .try_into()?;
+        prog.load().context("loading")?;
+        prog.attach("skb", "kfree_skb").context("attaching")?;
+        Ok(())
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
@@ -359,6 +484,16 @@ impl Tracer {
             .iter()
         {
             out.global.merge(v);
+        }
+        let drops: PerCpuHashMap<&MapData, DropKey, u64> =
+            PerCpuHashMap::try_from(self.map("DROPS")?)?;
+        for item in drops.iter() {
+            match item {
+                Ok((key, per_cpu)) => {
+                    out.drops.insert(key, per_cpu.iter().sum());
+                }
+                Err(e) => log::debug!("reading the drop map: {e}"),
+            }
         }
         Ok(out)
     }

@@ -1,25 +1,29 @@
 //! `vxtrace watch`: discover, attach, count, show, summarise.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet, HashMap},
     io::{IsTerminal as _, Write as _},
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
-use vxtrace_common::{DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, GlobalStats, PeerStats};
+use vxtrace_common::{
+    DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, GlobalStats, KernelOffsets, PeerKey, PeerStats,
+};
 
 use crate::{
     discovery::{self, Snapshot, VxlanDevice, is_group_mac},
+    drops::{self, DropTable, PeerDrops},
+    kernel::{self, DropReasons},
     output,
     peers::PeerTable,
     preflight,
     reaper::Reaper,
-    tracer::{AttachMode, AttachPolicy, Tracer, TracerConfig},
+    tracer::{AttachMode, AttachPolicy, DropProbe, Tracer, TracerConfig},
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -58,9 +62,17 @@ pub struct WatchArgs {
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
 
-    /// Kernel BTF to use.
-    #[arg(long, value_name = "FILE", default_value = "/sys/kernel/btf/vmlinux")]
-    pub btf: PathBuf,
+    /// Kernel BTF to read struct offsets and drop-reason names from
+    /// (default /sys/kernel/btf/vmlinux; `none`: behave as on a kernel
+    /// without BTF: drops counted by reason, not attributed to peers).
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
+
+    /// Network namespaces whose kernel drops count: `all` (default; on a
+    /// node the pods live in their own), `self` (the one vxtrace runs in),
+    /// or names (`ip netns`) / paths, comma-separated or repeated.
+    #[arg(long = "netns", value_name = "NS", value_delimiter = ',')]
+    pub netns: Vec<String>,
 
     /// Capacity of the kernel's per-peer map (LRU beyond it; evictions are
     /// reported).
@@ -290,6 +302,25 @@ fn seed_fdb(tracer: &mut Tracer, plan: &Plan, snap: &Snapshot) -> Result<usize> 
         tracer.seed_mac(vni, entry.mac, &entry.dst)?;
         n += 1;
     }
+    let watched = |i: u32| plan.vxlan.iter().any(|d| d.ifindex == i);
+    for n in snap.neighbours.iter().filter(|n| watched(n.ifindex)) {
+        if let Some(peer) = snap.fdb_dst(n.ifindex, &n.mac) {
+            tracer.seed_vtep_addr(&n.addr, &peer)?;
+        }
+    }
+    for r in snap.routes.iter().filter(|r| watched(r.ifindex)) {
+        let Some(gw) = r.gateway else { continue };
+        let Some(nb) = snap
+            .neighbours
+            .iter()
+            .find(|n| n.ifindex == r.ifindex && n.addr == gw)
+        else {
+            continue;
+        };
+        if let Some(peer) = snap.fdb_dst(r.ifindex, &nb.mac) {
+            tracer.seed_pod_subnet(&r.dst, r.prefix_len, &peer)?;
+        }
+    }
     Ok(n)
 }
 
@@ -299,9 +330,126 @@ enum Mode {
     Plain,
 }
 
+/// What the running kernel offers the drop program.
+pub struct KernelInfo {
+    pub btf_path: Option<PathBuf>,
+    pub offsets: KernelOffsets,
+    pub reasons: DropReasons,
+    pub raw_tp_has_reason: bool,
+    pub notes: Vec<String>,
+}
+
+const DEFAULT_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Reason names the hints rely on.
+const EXPECTED_REASONS: [&str; 3] = ["NETFILTER_DROP", "OTHERHOST", "NO_SOCKET"];
+
+pub fn kernel_info(btf_arg: Option<&Path>) -> Result<KernelInfo> {
+    let mut notes = Vec::new();
+    let btf_path = match btf_arg {
+        Some(p) if p.as_os_str() == "none" => {
+            notes
+                .push("--btf none: drops are counted by reason but not attributed to peers".into());
+            None
+        }
+        Some(p) => {
+            preflight::check_btf(p)?;
+            Some(p.to_path_buf())
+        }
+        None if Path::new(DEFAULT_BTF).exists() => Some(PathBuf::from(DEFAULT_BTF)),
+        None => {
+            notes.push(format!(
+                "no kernel BTF at {DEFAULT_BTF} (kernel built without CONFIG_DEBUG_INFO_BTF): drops are counted by reason but not attributed to peers; pass --btf FILE if you have one"
+            ));
+            None
+        }
+    };
+    let format = kernel::kfree_skb_format();
+    let mut offsets = KernelOffsets::none();
+    let mut reasons = None;
+    let mut raw_tp_has_reason = None;
+    if let Some(path) = &btf_path {
+        let btf = btf_rs::Btf::from_file(path)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("reading kernel BTF from {}", path.display()))?;
+        match kernel::skb_offsets(&btf) {
+            Ok(o) => offsets = o,
+            Err(e) => notes.push(format!(
+                "cannot resolve sk_buff offsets from BTF ({e:#}): drops are not attributed to peers"
+            )),
+        }
+        match DropReasons::from_btf(&btf) {
+            Ok(r) => reasons = Some(r),
+            Err(e) => notes.push(format!("{e:#}; trying tracefs for reason names")),
+        }
+        raw_tp_has_reason = kernel::raw_tp_has_reason(&btf);
+    }
+    if let Some(f) = &format {
+        let (skb, loc, reason) = kernel::tracepoint_fields(f);
+        offsets.tp_skbaddr = skb;
+        offsets.tp_location = loc;
+        offsets.tp_reason = reason;
+        if raw_tp_has_reason.is_none() {
+            raw_tp_has_reason = Some(reason != vxtrace_common::NO_FIELD);
+        }
+        if reasons.is_none() {
+            reasons = DropReasons::from_format(f).ok();
+        }
+    }
+    let reasons = reasons.unwrap_or_else(|| {
+        notes.push(
+            "drop-reason names unavailable (no skb_drop_reason in BTF, no tracefs): reasons are shown by number".into(),
+        );
+        DropReasons {
+            source: "none",
+            ..Default::default()
+        }
+    });
+    if reasons.source != "none" {
+        let missing = reasons.missing(&EXPECTED_REASONS);
+        if !missing.is_empty() {
+            notes.push(format!(
+                "this kernel defines no drop reason {}: hints that rely on it are unavailable; drops are still counted by reason number",
+                missing.join(", ")
+            ));
+        }
+    }
+    Ok(KernelInfo {
+        btf_path,
+        offsets,
+        reasons,
+        raw_tp_has_reason: raw_tp_has_reason.unwrap_or(false),
+        notes,
+    })
+}
+
+/// Inode numbers of the namespaces named by --netns; `None` means all.
+pub fn resolve_netns(specs: &[String]) -> Result<Option<Vec<u32>>> {
+    if specs.is_empty() || specs.iter().any(|s| s == "all") {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for spec in specs {
+        let path = if spec == "self" {
+            PathBuf::from("/proc/self/ns/net")
+        } else if spec.contains('/') {
+            PathBuf::from(spec)
+        } else {
+            Path::new("/run/netns").join(spec)
+        };
+        let meta = std::fs::metadata(&path).with_context(|| {
+            format!(
+                "network namespace {spec} not found ({}); `ip netns list` shows the named ones, or give a path such as /proc/PID/ns/net",
+                path.display()
+            )
+        })?;
+        out.push(std::os::unix::fs::MetadataExt::ino(&meta) as u32);
+    }
+    Ok(Some(out))
+}
+
 pub fn run(args: WatchArgs) -> Result<()> {
     preflight::check_capabilities()?;
-    preflight::check_btf(&args.btf)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -310,10 +458,32 @@ pub fn run(args: WatchArgs) -> Result<()> {
 }
 
 async fn run_async(args: WatchArgs) -> Result<()> {
+    let kinfo = kernel_info(args.btf.as_deref())?;
+    let mut netns_scope = resolve_netns(&args.netns)?;
     let snap = discovery::snapshot().await?;
-    let plan = plan(&args, &snap)?;
-    let btf = aya::Btf::parse_file(&args.btf, aya::Endianness::default())
-        .with_context(|| format!("reading kernel BTF from {}", args.btf.display()))?;
+    let mut plan = plan(&args, &snap)?;
+    plan.notes.extend(kinfo.notes.iter().cloned());
+    if netns_scope.is_some() && kinfo.offsets.valid == 0 {
+        // The namespace of a dropped skb is read through BTF offsets.
+        plan.notes.push(
+            "--netns needs the kernel's BTF to tell namespaces apart: counting drops of all namespaces".into(),
+        );
+        netns_scope = None;
+    }
+    let btf = match &kinfo.btf_path {
+        Some(p) => Some(
+            aya::Btf::parse_file(p, aya::Endianness::default())
+                .with_context(|| format!("reading kernel BTF from {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let syms = match kernel::Kallsyms::load() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            plan.notes.push(format!("{e:#}"));
+            None
+        }
+    };
     let cfg = TracerConfig {
         ports: plan.ports.clone(),
         local_addrs: plan.local_addrs.clone(),
@@ -321,8 +491,14 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         filter_vni: plan.filter_vni,
         max_peers: args.max_peers,
         max_macs: DEFAULT_MAX_MACS.max(args.max_peers * 4),
+        offsets: kinfo.offsets,
+        netns_scope_all: netns_scope.is_none(),
+        raw_tp_has_reason: kinfo.raw_tp_has_reason,
     };
-    let mut tracer = Tracer::load(&cfg, Some(&btf), args.attach)?;
+    let mut tracer = Tracer::load(&cfg, btf.as_ref(), args.attach)?;
+    if let Some(inums) = &netns_scope {
+        tracer.set_netns_scope(inums)?;
+    }
     // Register devices and MACs before the first packet is counted.
     for dev in &plan.vxlan {
         tracer
@@ -338,6 +514,13 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         tracer
             .attach_underlay(iface)
             .with_context(|| format!("attaching to underlay device {iface}"))?;
+    }
+    let drop_probe = tracer.attach_drops();
+    if drop_probe.attached == "none" {
+        plan.notes.push(format!(
+            "kernel drops are not counted: {}",
+            drop_probe.skipped.join("; ")
+        ));
     }
     let reaper = {
         let filters = tracer.clsact_filters();
@@ -383,6 +566,8 @@ async fn run_async(args: WatchArgs) -> Result<()> {
             "underlays": plan.underlays,
             "ports": plan.ports,
             "attached": tracer.attachments,
+            "probes": {"drops": &drop_probe, "reason_names": kinfo.reasons.source},
+            "netns": netns_scope_json(&netns_scope),
             "notes": plan.notes,
         });
         emit(&stdout, &line)?;
@@ -396,6 +581,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut table = PeerTable::new((args.max_peers as usize) * 2);
+    let mut drop_table = DropTable::new(65_536);
     let mut global;
     let mut last_tick = Instant::now();
     let mut last_fdb_refresh = Instant::now();
@@ -416,9 +602,11 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                 let readout = tracer.read()?;
                 global = readout.global;
                 table.update(&readout, seconds);
+                drop_table.update(&readout.drops);
+                let drop_deltas = drop_table.interval_deltas(&kinfo.reasons);
                 let elapsed = start.elapsed().as_secs_f64();
                 match mode {
-                    Mode::Json => emit(&stdout, &interval_json(elapsed, seconds, &table, &args.peers))?,
+                    Mode::Json => emit(&stdout, &interval_json(elapsed, seconds, &table, &args.peers, &drop_deltas))?,
                     Mode::Screen => {
                         let header = output::ScreenHeader {
                             elapsed_s: elapsed,
@@ -426,7 +614,8 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                             devices: &devices,
                             attach_summary: &attach_summary,
                         };
-                        let screen = output::render_screen(&header, &table, &args.peers, &global);
+                        let drops = drop_table.by_peer(&kinfo.reasons, syms.as_ref());
+                        let screen = output::render_screen(&header, &table, &args.peers, &global, &drops);
                         let mut out = stdout.lock();
                         let _ = write!(out, "\x1b[H\x1b[2J{screen}");
                         let _ = out.flush();
@@ -466,6 +655,8 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         0.0
     };
     table.update(&readout, record);
+    drop_table.update(&readout.drops);
+    let drops = drop_table.by_peer(&kinfo.reasons, syms.as_ref());
     let duration_s = start.elapsed().as_secs_f64();
     let peer_map = json!({
         "capacity": tracer.max_peers,
@@ -474,16 +665,19 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         "evictions": global.peers_inserted.saturating_sub(table.kernel_entries as u64),
         "insert_failed": global.peer_insert_failed,
     });
-    let summary = summary_json(
+    let ctx = SummaryContext {
         duration_s,
         interval,
-        &table,
-        &args.peers,
-        &global,
+        table: &table,
+        selected: &args.peers,
+        global: &global,
         peer_map,
-        &tracer,
-        &plan,
-    );
+        tracer: &tracer,
+        plan: &plan,
+        drops: &drops,
+        drop_probe: &drop_probe,
+    };
+    let summary = summary_json(&ctx);
     // Detach before printing: nothing of ours stays in the kernel a moment
     // longer than needed.
     drop(tracer);
@@ -504,7 +698,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
             let _ = write!(
                 out,
                 "{}",
-                output::render_screen(&header, &table, &args.peers, &global)
+                output::render_screen(&header, &table, &args.peers, &global, &drops)
             );
             let _ = out.flush();
         }
@@ -520,11 +714,18 @@ fn emit(stdout: &std::io::Stdout, v: &Value) -> Result<()> {
     Ok(())
 }
 
-fn interval_json(elapsed: f64, seconds: f64, table: &PeerTable, selected: &[IpAddr]) -> Value {
+fn interval_json(
+    elapsed: f64,
+    seconds: f64,
+    table: &PeerTable,
+    selected: &[IpAddr],
+    drop_deltas: &HashMap<PeerKey, BTreeMap<String, u64>>,
+) -> Value {
     let mut peers = serde_json::Map::new();
     for (addr, peer) in output::shown(table, selected) {
         let Some(peer) = peer else { continue };
-        if peer.last_delta.is_zero() && selected.is_empty() {
+        let drops = drop_deltas.get(&discovery::peer_key(&addr));
+        if peer.last_delta.is_zero() && selected.is_empty() && drops.is_none() {
             continue;
         }
         let d = &peer.last_delta;
@@ -539,72 +740,109 @@ fn interval_json(elapsed: f64, seconds: f64, table: &PeerTable, selected: &[IpAd
             "rx_nic": d.rx_nic.bytes as f64 * 8.0 / seconds,
             "rx_decap": d.rx_decap.bytes as f64 * 8.0 / seconds,
         });
+        if let Some(d) = drops {
+            v["drops"] = json!(d);
+        }
         if peer.rx_silent_s > 0.0 {
             v["rx_silent_s"] = json!(round3(peer.rx_silent_s));
             v["sent_into_silence"] = json!(peer.sent_into_silence);
         }
         peers.insert(addr.to_string(), v);
     }
+    let other = drop_deltas.get(&PeerKey::default());
     json!({
         "type": "interval",
         "ts": unix_now(),
         "elapsed_s": round3(elapsed),
         "interval_s": round3(seconds),
         "peers": peers,
+        "drops_other": other.cloned().unwrap_or_default(),
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn summary_json(
+struct SummaryContext<'a> {
     duration_s: f64,
     interval: Duration,
-    table: &PeerTable,
-    selected: &[IpAddr],
-    global: &GlobalStats,
+    table: &'a PeerTable,
+    selected: &'a [IpAddr],
+    global: &'a GlobalStats,
     peer_map: Value,
-    tracer: &Tracer,
-    plan: &Plan,
-) -> Value {
+    tracer: &'a Tracer,
+    plan: &'a Plan,
+    drops: &'a HashMap<PeerKey, PeerDrops>,
+    drop_probe: &'a DropProbe,
+}
+
+fn netns_scope_json(scope: &Option<Vec<u32>>) -> Value {
+    match scope {
+        None => json!("all"),
+        Some(v) => json!(v),
+    }
+}
+
+fn summary_json(c: &SummaryContext<'_>) -> Value {
+    let mut shown = output::shown(c.table, c.selected);
+    // Peers known only from their drops (no traffic counted) still show.
+    for addr in drops::drop_peers(c.drops) {
+        let wanted = c.selected.is_empty() || c.selected.contains(&addr);
+        if wanted && !shown.iter().any(|(a, _)| *a == addr) {
+            shown.push((addr, None));
+        }
+    }
+    let empty = PeerDrops::default();
     let mut peers = serde_json::Map::new();
-    for (addr, peer) in output::shown(table, selected) {
+    for (addr, peer) in shown {
+        let d = c.drops.get(&discovery::peer_key(&addr)).unwrap_or(&empty);
         let v = match peer {
-            Some(p) => output::peer_summary_json(p),
+            Some(p) => output::peer_summary_json(p, d),
             None => {
                 let mut v = output::stats_json(&PeerStats::default());
-                v["hints"] = json!([]);
+                v["drops"] = d.json();
+                v["drop_locations"] = d.locations_json();
+                v["hints"] = json!(output::hints(&PeerStats::default(), d));
                 v
             }
         };
         peers.insert(addr.to_string(), v);
     }
+    let other = c.drops.get(&PeerKey::default()).unwrap_or(&empty);
+    let g = c.global;
     let mut out = json!({
         "type": "summary",
-        "duration_s": round3(duration_s),
-        "interval_s": interval.as_secs_f64(),
-        "intervals": table.intervals,
+        "duration_s": round3(c.duration_s),
+        "interval_s": c.interval.as_secs_f64(),
+        "intervals": c.table.intervals,
         "peers": peers,
-        "unattributed": output::global_json(global),
-        "peer_map": peer_map,
-        "devices": plan.vxlan,
-        "underlays": plan.underlays,
-        "ports": plan.ports,
-        "attached": tracer.attachments,
+        "drops_other": other.json(),
+        "drop_locations_other": other.locations_json(),
+        "drop_map": {
+            "inserted": g.drop_keys_inserted,
+            "seen": g.drops_seen,
+            "out_of_scope": g.drops_out_of_scope,
+        },
+        "unattributed": output::global_json(g),
+        "peer_map": c.peer_map,
+        "devices": c.plan.vxlan,
+        "underlays": c.plan.underlays,
+        "ports": c.plan.ports,
+        "attached": c.tracer.attachments,
+        "probes": {"drops": c.drop_probe},
     });
-    if !selected.is_empty() {
+    if !c.selected.is_empty() {
         let mut others = PeerStats::default();
         let mut count = 0u64;
-        for p in table.peers.values() {
-            if !selected.contains(&p.addr) {
+        for p in c.table.peers.values() {
+            if !c.selected.contains(&p.addr) {
                 others.merge(&p.total());
                 count += 1;
             }
         }
-        others.merge(&table.retired);
+        others.merge(&c.table.retired);
         out["other_peers"] =
-            json!({"count": count + table.retired_count, "totals": output::stats_json(&others)});
-    } else if table.retired_count > 0 {
+            json!({"count": count + c.table.retired_count, "totals": output::stats_json(&others)});
+    } else if c.table.retired_count > 0 {
         out["retired_peers"] =
-            json!({"count": table.retired_count, "totals": output::stats_json(&table.retired)});
+            json!({"count": c.table.retired_count, "totals": output::stats_json(&c.table.retired)});
     }
     out
 }

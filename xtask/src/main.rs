@@ -48,6 +48,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     // setpriv, for the "not root" test.
     "util-linux",
+    // Firewall and NAT rules in the drop tests.
+    "nftables",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,0 +1,194 @@
+//! Drop totals over the whole run, from successive reads of the kernel's
+//! drop map (peer, reason, location), and their presentation.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use serde_json::{Value, json};
+use vxtrace_common::{DropKey, PeerKey};
+
+use crate::{
+    discovery::peer_addr,
+    kernel::{DropReasons, Kallsyms},
+};
+
+/// Cumulative drop counts that never go backwards across LRU evictions.
+#[derive(Default)]
+pub struct DropTable {
+    base: HashMap<DropKey, u64>,
+    current: HashMap<DropKey, u64>,
+    /// Totals at the previous interval, per (peer, reason), for deltas.
+    previous: HashMap<(PeerKey, u32), u64>,
+    limit: usize,
+}
+
+/// One peer's (or "other"'s) drops.
+#[derive(Default, Debug, Clone)]
+pub struct PeerDrops {
+    pub by_reason: BTreeMap<String, u64>,
+    /// (count, reason, location), largest first.
+    pub locations: Vec<(u64, String, String)>,
+}
+
+impl PeerDrops {
+    pub fn total(&self) -> u64 {
+        self.by_reason.values().sum()
+    }
+
+    pub fn get(&self, reason: &str) -> u64 {
+        self.by_reason.get(reason).copied().unwrap_or(0)
+    }
+
+    pub fn json(&self) -> Value {
+        json!(self.by_reason)
+    }
+
+    pub fn locations_json(&self) -> Value {
+        Value::Array(
+            self.locations
+                .iter()
+                .take(5)
+                .map(|(n, r, l)| json!({"reason": r, "location": l, "count": n}))
+                .collect(),
+        )
+    }
+
+    /// "NETFILTER_DROP 37, OTHERHOST 5" (largest first).
+    pub fn top_reasons(&self, n: usize) -> String {
+        let mut v: Vec<(&String, &u64)> = self.by_reason.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        v.into_iter()
+            .take(n)
+            .map(|(r, c)| format!("{r} {c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl DropTable {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            ..Default::default()
+        }
+    }
+
+    pub fn update(&mut self, now: &HashMap<DropKey, u64>) {
+        for (k, v) in &self.current {
+            if !now.contains_key(k) {
+                *self.base.entry(*k).or_default() += v;
+            }
+        }
+        self.current = now.clone();
+        if self.base.len() > self.limit {
+            // Bound memory: forget the locations of evicted keys, keep counts.
+            let old = std::mem::take(&mut self.base);
+            for (mut k, v) in old {
+                k.location = 0;
+                *self.base.entry(k).or_default() += v;
+            }
+        }
+    }
+
+    fn totals(&self) -> HashMap<DropKey, u64> {
+        let mut t = self.base.clone();
+        for (k, v) in &self.current {
+            *t.entry(*k).or_default() += v;
+        }
+        t
+    }
+
+    /// Cumulative drops per peer (the zero key = "other").
+    pub fn by_peer(
+        &self,
+        reasons: &DropReasons,
+        syms: Option<&Kallsyms>,
+    ) -> HashMap<PeerKey, PeerDrops> {
+        let mut out: HashMap<PeerKey, PeerDrops> = HashMap::new();
+        for (k, n) in self.totals() {
+            let d = out.entry(k.peer).or_default();
+            let reason = reasons.name(k.reason);
+            *d.by_reason.entry(reason.clone()).or_default() += n;
+            let loc = match (k.location, syms) {
+                (0, _) => "unknown".to_string(),
+                (addr, Some(s)) => s.symbolize(addr).unwrap_or_else(|| format!("0x{addr:x}")),
+                (addr, None) => format!("0x{addr:x}"),
+            };
+            d.locations.push((n, reason, loc));
+        }
+        for d in out.values_mut() {
+            d.locations
+                .sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        }
+        out
+    }
+
+    /// Drops per (peer, reason) since the previous call.
+    pub fn interval_deltas(
+        &mut self,
+        reasons: &DropReasons,
+    ) -> HashMap<PeerKey, BTreeMap<String, u64>> {
+        let mut now: HashMap<(PeerKey, u32), u64> = HashMap::new();
+        for (k, n) in self.totals() {
+            *now.entry((k.peer, k.reason)).or_default() += n;
+        }
+        let mut out: HashMap<PeerKey, BTreeMap<String, u64>> = HashMap::new();
+        for ((peer, reason), n) in &now {
+            let before = self.previous.get(&(*peer, *reason)).copied().unwrap_or(0);
+            if *n > before {
+                *out.entry(*peer)
+                    .or_default()
+                    .entry(reasons.name(*reason))
+                    .or_default() += n - before;
+            }
+        }
+        self.previous = now;
+        out
+    }
+}
+
+/// Peers that have drops, as addresses (the zero key excluded).
+pub fn drop_peers(d: &HashMap<PeerKey, PeerDrops>) -> Vec<IpAddr> {
+    d.keys()
+        .filter(|k| **k != PeerKey::default())
+        .map(peer_addr)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(peer: &str, reason: u32, location: u64) -> DropKey {
+        DropKey {
+            peer: crate::discovery::peer_key(&peer.parse().unwrap()),
+            reason,
+            _pad: 0,
+            location,
+        }
+    }
+
+    #[test]
+    fn totals_survive_eviction_and_deltas_are_per_interval() {
+        let mut reasons = DropReasons::default();
+        reasons.names.insert(12, "NETFILTER_DROP".into());
+        let mut t = DropTable::new(100);
+        let mut now = HashMap::new();
+        now.insert(key("192.0.2.1", 12, 0x10), 5);
+        t.update(&now);
+        assert_eq!(
+            t.interval_deltas(&reasons).values().next().unwrap()["NETFILTER_DROP"],
+            5
+        );
+        t.update(&HashMap::new()); // evicted
+        assert!(t.interval_deltas(&reasons).is_empty());
+        now.insert(key("192.0.2.1", 12, 0x10), 2); // back from zero
+        t.update(&now);
+        let d = t.by_peer(&reasons, None);
+        let p = &d[&crate::discovery::peer_key(&"192.0.2.1".parse().unwrap())];
+        assert_eq!(p.get("NETFILTER_DROP"), 7);
+        assert_eq!(p.locations[0].2, "0x10");
+    }
+}

@@ -1,0 +1,385 @@
+//! What the running kernel says about itself: struct offsets and drop-reason
+//! names from its BTF, the `skb:kfree_skb` record layout and reason table
+//! from tracefs, and symbols from /proc/kallsyms. Nothing here is compiled
+//! in from one kernel's headers.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use btf_rs::{Btf, Type};
+use vxtrace_common::{KernelOffsets, NO_FIELD, REASON_UNKNOWN};
+
+/// Strips typedefs, const and volatile.
+fn resolve_underlying(btf: &Btf, mut t: Type) -> Result<Type> {
+    loop {
+        match &t {
+            Type::Typedef(_)
+            | Type::Const(_)
+            | Type::Volatile(_)
+            | Type::Restrict(_)
+            | Type::TypeTag(_) => {
+                let bt = t
+                    .as_btf_type()
+                    .ok_or_else(|| anyhow!("type without BTF info"))?;
+                t = btf.resolve_chained_type(bt)?;
+            }
+            _ => return Ok(t),
+        }
+    }
+}
+
+/// Finds `name` among the members of `st`, descending into anonymous
+/// structs and unions; returns its bit offset and type.
+fn find_member(btf: &Btf, st: &btf_rs::Struct, name: &str) -> Result<Option<(u32, Type)>> {
+    for m in &st.members {
+        let mname = btf.resolve_name(m).unwrap_or_default();
+        if mname == name {
+            let t = btf.resolve_chained_type(m)?;
+            return Ok(Some((m.bit_offset(), t)));
+        }
+        if mname.is_empty() {
+            let inner = resolve_underlying(btf, btf.resolve_chained_type(m)?)?;
+            if let Type::Struct(s) | Type::Union(s) = &inner
+                && let Some((off, t)) = find_member(btf, s, name)?
+            {
+                return Ok(Some((m.bit_offset() + off, t)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn struct_by_name(btf: &Btf, name: &str) -> Result<btf_rs::Struct> {
+    for t in btf.resolve_types_by_name(name).unwrap_or_default() {
+        if let Type::Struct(s) = t
+            && !s.members.is_empty()
+        {
+            return Ok(s);
+        }
+    }
+    bail!("struct {name} not in the kernel's BTF")
+}
+
+/// Byte offset of `path` (e.g. ["nd_net", "net"]) inside struct `root`.
+pub fn offset_of(btf: &Btf, root: &str, path: &[&str]) -> Result<u32> {
+    let mut st = struct_by_name(btf, root)?;
+    let mut bits = 0u32;
+    for (i, field) in path.iter().enumerate() {
+        let (off, t) = find_member(btf, &st, field)?
+            .ok_or_else(|| anyhow!("{root}.{} has no member {field}", path[..i].join(".")))?;
+        bits += off;
+        if i + 1 < path.len() {
+            match resolve_underlying(btf, t)? {
+                Type::Struct(s) | Type::Union(s) => st = s,
+                other => bail!("{root}.{field} is a {}, not a struct", other.name()),
+            }
+        }
+    }
+    if !bits.is_multiple_of(8) {
+        bail!("{root}.{} is a bitfield", path.join("."));
+    }
+    Ok(bits / 8)
+}
+
+/// The skb, device, netns and socket offsets the drop program reads.
+pub fn skb_offsets(btf: &Btf) -> Result<KernelOffsets> {
+    let mut o = KernelOffsets::none();
+    o.skb_head = offset_of(btf, "sk_buff", &["head"])?;
+    o.skb_network_header = offset_of(btf, "sk_buff", &["network_header"])?;
+    o.skb_protocol = offset_of(btf, "sk_buff", &["protocol"])?;
+    o.skb_dev = offset_of(btf, "sk_buff", &["dev"])?;
+    o.skb_sk = offset_of(btf, "sk_buff", &["sk"])?;
+    // Kernels without network namespaces have no `net` pointer to follow;
+    // the namespace is then unknown (0) and only "all" scope works.
+    o.dev_nd_net = offset_of(btf, "net_device", &["nd_net", "net"]).unwrap_or(NO_FIELD);
+    o.net_ns_inum = offset_of(btf, "net", &["ns", "inum"]).unwrap_or(NO_FIELD);
+    o.sk_net = offset_of(btf, "sock", &["__sk_common", "skc_net", "net"]).unwrap_or(NO_FIELD);
+    o.valid = 1;
+    Ok(o)
+}
+
+/// Whether the `kfree_skb` raw tracepoint passes a reason (its prototype
+/// `btf_trace_kfree_skb` has the hidden context, skb, location, reason...).
+pub fn raw_tp_has_reason(btf: &Btf) -> Option<bool> {
+    let t = btf
+        .resolve_types_by_name("btf_trace_kfree_skb")
+        .ok()?
+        .into_iter()
+        .next()?;
+    let ptr = resolve_underlying(btf, t).ok()?;
+    let proto = btf.resolve_chained_type(ptr.as_btf_type()?).ok()?;
+    match proto {
+        Type::FuncProto(p) => Some(p.parameters.len() >= 4),
+        _ => None,
+    }
+}
+
+/// Drop-reason numbers to names, as this kernel defines them.
+#[derive(Clone, Debug, Default)]
+pub struct DropReasons {
+    pub names: BTreeMap<u32, String>,
+    /// Subsystem ids (high 16 bits of newer kernels' reasons) to names.
+    pub subsystems: BTreeMap<u32, String>,
+    /// Where the names came from ("BTF", "tracefs", or "none").
+    pub source: &'static str,
+}
+
+const SUBSYS_SHIFT: u32 = 16;
+
+impl DropReasons {
+    /// Reads `enum skb_drop_reason` (and the subsystem enum) from BTF.
+    pub fn from_btf(btf: &Btf) -> Result<Self> {
+        let names = enum_values(btf, "skb_drop_reason", "SKB_DROP_REASON_")?;
+        let subsystems = enum_values(btf, "skb_drop_reason_subsys", "SKB_DROP_REASON_SUBSYS_")
+            .unwrap_or_default();
+        Ok(Self {
+            names,
+            subsystems,
+            source: "BTF",
+        })
+    }
+
+    /// Reads the reason table from the tracepoint's format file (its
+    /// `__print_symbolic` list).
+    pub fn from_format(format: &str) -> Result<Self> {
+        let start = format
+            .find("__print_symbolic(REC->reason,")
+            .ok_or_else(|| anyhow!("no reason table in the kfree_skb format file"))?;
+        let mut names = BTreeMap::new();
+        let mut rest = &format[start..];
+        while let Some(open) = rest.find("{ ") {
+            rest = &rest[open + 2..];
+            let Some(close) = rest.find('}') else { break };
+            let entry = &rest[..close];
+            if let Some((num, name)) = entry.split_once(',')
+                && let Ok(n) = num.trim().parse::<u32>()
+            {
+                names.insert(n, name.trim().trim_matches('"').to_string());
+            }
+            rest = &rest[close..];
+        }
+        if names.is_empty() {
+            bail!("empty reason table in the kfree_skb format file");
+        }
+        Ok(Self {
+            names,
+            subsystems: BTreeMap::new(),
+            source: "tracefs",
+        })
+    }
+
+    pub fn name(&self, reason: u32) -> String {
+        if reason == REASON_UNKNOWN {
+            return "UNKNOWN".into();
+        }
+        if let Some(n) = self.names.get(&reason) {
+            return n.clone();
+        }
+        let subsys = reason >> SUBSYS_SHIFT;
+        if subsys != 0 {
+            let code = reason & ((1 << SUBSYS_SHIFT) - 1);
+            let s = self
+                .subsystems
+                .get(&subsys)
+                .cloned()
+                .unwrap_or_else(|| format!("SUBSYS_{subsys}"));
+            return format!("{s}/{code}");
+        }
+        format!("REASON_{reason}")
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.names.values().any(|n| n == name)
+    }
+
+    /// Reasons vxtrace's hints rely on that this kernel does not define.
+    pub fn missing(&self, expected: &[&str]) -> Vec<String> {
+        expected
+            .iter()
+            .filter(|n| !self.has(n))
+            .map(|n| n.to_string())
+            .collect()
+    }
+}
+
+fn enum_values(btf: &Btf, name: &str, prefix: &str) -> Result<BTreeMap<u32, String>> {
+    let mut out = BTreeMap::new();
+    for t in btf.resolve_types_by_name(name).unwrap_or_default() {
+        match t {
+            Type::Enum(e) => {
+                for m in &e.members {
+                    let n = btf.resolve_name(m)?;
+                    out.insert(m.val(), n.trim_start_matches(prefix).to_string());
+                }
+            }
+            Type::Enum64(e) => {
+                for m in &e.members {
+                    let n = btf.resolve_name(m)?;
+                    out.insert(m.val() as u32, n.trim_start_matches(prefix).to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        bail!("enum {name} not in the kernel's BTF");
+    }
+    Ok(out)
+}
+
+/// The classic tracepoint's record layout, from its format file.
+pub fn tracepoint_fields(format: &str) -> (u32, u32, u32) {
+    let mut skb = NO_FIELD;
+    let mut loc = NO_FIELD;
+    let mut reason = NO_FIELD;
+    for line in format.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
+        let Some((decl, tail)) = rest.split_once(';') else {
+            continue;
+        };
+        let name = decl.split_whitespace().last().unwrap_or("");
+        let off = tail
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("offset:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(NO_FIELD);
+        match name {
+            "skbaddr" => skb = off,
+            "location" => loc = off,
+            "reason" => reason = off,
+            _ => {}
+        }
+    }
+    (skb, loc, reason)
+}
+
+/// Where tracefs is, mounting it if needed (in this process's mount
+/// namespace: `ip netns exec` gives each command a private one).
+pub fn tracefs() -> Option<PathBuf> {
+    for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if Path::new(p).join("events").is_dir() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    let target = std::ffi::CString::new("/sys/kernel/tracing").ok()?;
+    let fstype = std::ffi::CString::new("tracefs").ok()?;
+    // SAFETY: valid C strings; mounting tracefs has no effect beyond
+    // making the tracing files visible.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    (rc == 0 && Path::new("/sys/kernel/tracing/events").is_dir())
+        .then(|| PathBuf::from("/sys/kernel/tracing"))
+}
+
+pub fn kfree_skb_format() -> Option<String> {
+    let dir = tracefs()?;
+    std::fs::read_to_string(dir.join("events/skb/kfree_skb/format")).ok()
+}
+
+/// Kernel text symbols for naming drop locations.
+pub struct Kallsyms {
+    /// Sorted by address.
+    syms: Vec<(u64, String)>,
+}
+
+impl Kallsyms {
+    pub fn load() -> Result<Self> {
+        let text = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+        let mut syms: Vec<(u64, String)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+                let kind = it.next()?;
+                let name = it.next()?;
+                (addr != 0 && matches!(kind, "t" | "T")).then(|| (addr, name.to_string()))
+            })
+            .collect();
+        if syms.is_empty() {
+            bail!("/proc/kallsyms shows no addresses (kptr_restrict); drop locations stay numeric");
+        }
+        syms.sort();
+        Ok(Self { syms })
+    }
+
+    /// `function+0xoff` for an address.
+    pub fn symbolize(&self, addr: u64) -> Option<String> {
+        let i = self.syms.partition_point(|(a, _)| *a <= addr);
+        let (base, name) = self.syms.get(i.checked_sub(1)?)?;
+        Some(format!("{name}+0x{:x}", addr - base))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORMAT: &str = r#"name: kfree_skb
+format:
+	field:unsigned short common_type;	offset:0;	size:2;	signed:0;
+	field:void * skbaddr;	offset:8;	size:8;	signed:0;
+	field:void * location;	offset:16;	size:8;	signed:0;
+	field:enum skb_drop_reason reason;	offset:36;	size:4;	signed:0;
+
+print fmt: "skbaddr=%p reason: %s", REC->skbaddr, __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, { 12, "NETFILTER_DROP" }, { 13, "OTHERHOST" })
+"#;
+
+    #[test]
+    fn format_file_layout_and_reasons() {
+        assert_eq!(tracepoint_fields(FORMAT), (8, 16, 36));
+        let r = DropReasons::from_format(FORMAT).unwrap();
+        assert_eq!(r.name(12), "NETFILTER_DROP");
+        assert_eq!(r.name(13), "OTHERHOST");
+        assert_eq!(r.name(99), "REASON_99");
+        assert_eq!(r.name(REASON_UNKNOWN), "UNKNOWN");
+        assert_eq!(
+            r.missing(&["OTHERHOST", "TCP_RFC7323_PAWS"]),
+            vec!["TCP_RFC7323_PAWS"]
+        );
+    }
+
+    #[test]
+    fn old_kernel_format_without_reason() {
+        let old = "field:void * skbaddr;\toffset:8;\tsize:8;\n\tfield:void * location;\toffset:16;\tsize:8;\n\tfield:unsigned short protocol;\toffset:24;\tsize:2;\n";
+        assert_eq!(tracepoint_fields(old), (8, 16, NO_FIELD));
+    }
+
+    #[test]
+    fn subsystem_encoded_reasons() {
+        let mut r = DropReasons::default();
+        r.subsystems.insert(3, "OPENVSWITCH".into());
+        assert_eq!(r.name((3 << 16) | 5), "OPENVSWITCH/5");
+        assert_eq!(r.name((9 << 16) | 1), "SUBSYS_9/1");
+    }
+
+    /// Against the running kernel's BTF, when there is one.
+    #[test]
+    fn running_kernel_btf() {
+        let path = "/sys/kernel/btf/vmlinux";
+        if !Path::new(path).exists() {
+            eprintln!("skipped: no {path}");
+            return;
+        }
+        let btf = Btf::from_file(path).unwrap();
+        let o = skb_offsets(&btf).unwrap();
+        assert!(o.skb_head > 0 && o.skb_head < 256);
+        assert_ne!(o.net_ns_inum, NO_FIELD);
+        assert_eq!(raw_tp_has_reason(&btf), Some(true));
+        let r = DropReasons::from_btf(&btf).unwrap();
+        assert!(r.has("NETFILTER_DROP"));
+        assert!(r.has("NOT_SPECIFIED"));
+    }
+}
