@@ -582,11 +582,9 @@ fn demo_inner(lab: &Lab, duration: Duration) -> Result<()> {
     let mut watcher = Command::new("ip")
         .args(["netns", "exec", &lab.node_ns(1)])
         .arg(&exe)
-        .args([
-            "watch",
-            "--duration",
-            &humantime::format_duration(duration).to_string(),
-        ])
+        // The lab's nodes share one kernel: count node 1's own drops only.
+        .args(["watch", "--netns", "self", "--duration"])
+        .arg(humantime::format_duration(duration).to_string())
         .spawn()
         .context("starting vxtrace watch in node 1")?;
     std::thread::sleep(Duration::from_millis(1500));
