@@ -37,6 +37,7 @@ fn tracer() -> Tracer {
         offsets: vxtrace_common::KernelOffsets::none(),
         netns_scope_all: true,
         raw_tp_has_reason: true,
+        raw_tp_has_rx_sk: false,
     };
     let mut t = Tracer::load(&cfg, None, AttachPolicy::Auto).expect("loading the programs");
     t.register_device(DEV_IFINDEX, Some(1), Some(LOCAL_MAC))

@@ -100,6 +100,16 @@ pub struct PeerStats {
     /// Frames whose inner source address is the peer's own VTEP address
     /// rather than a pod's: the peer masquerades pod traffic.
     pub inner_src_vtep: u64,
+    /// Inner TCP over the overlay, seen on the VXLAN device: SYNs (no ACK)
+    /// and SYN-ACKs sent to / received from the peer's pods.
+    pub syn_sent: u64,
+    pub syn_received: u64,
+    pub synack_sent: u64,
+    pub synack_received: u64,
+    pub rst_sent: u64,
+    pub rst_received: u64,
+    /// A SYN for a handshake that was already open (a retransmission).
+    pub syn_retrans: u64,
 }
 
 /// Host-wide counters that belong to no peer, one copy per CPU.
@@ -122,6 +132,8 @@ pub struct GlobalStats {
     pub drops_seen: u64,
     /// Drops outside the namespace scope (not counted).
     pub drops_out_of_scope: u64,
+    /// Handshake-latency events the ring buffer had no room for.
+    pub handshake_events_lost: u64,
 }
 
 /// Key of the map from an inner MAC address to the peer that owns it.
@@ -202,8 +214,53 @@ pub const INNER_VTEP: u32 = 2;
 pub struct DropKey {
     pub peer: PeerKey,
     pub reason: u32,
-    pub _pad: u32,
+    /// [`DROP_KIND_PACKET`] or [`DROP_KIND_SYNACK`].
+    pub kind: u32,
     pub location: u64,
+}
+
+/// Any dropped packet.
+pub const DROP_KIND_PACKET: u32 = 0;
+/// A dropped TCP SYN-ACK (a handshake that cannot complete).
+pub const DROP_KIND_SYNACK: u32 = 1;
+
+/// An open TCP handshake: client and server address and port (inner).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client: PeerKey,
+    pub server: PeerKey,
+    pub client_port: u16,
+    pub server_port: u16,
+    pub _pad: u32,
+}
+
+/// Value of the open-handshake map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handshake {
+    /// bpf_ktime_get_ns() of the first SYN (CLOCK_MONOTONIC).
+    pub first_syn_ns: u64,
+    pub peer: PeerKey,
+    /// [`HANDSHAKE_OUT`]: a local client's SYN to the peer; [`HANDSHAKE_IN`]:
+    /// the peer's SYN to a local server.
+    pub direction: u32,
+    /// Set by the loader once it has counted the handshake as unanswered,
+    /// so retransmitted SYNs of the same attempt are not counted again.
+    pub reported: u32,
+}
+
+pub const HANDSHAKE_OUT: u32 = 0;
+pub const HANDSHAKE_IN: u32 = 1;
+
+/// A completed handshake (SYN -> SYN-ACK), sent to userspace per connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandshakeEvent {
+    pub peer: PeerKey,
+    pub latency_ns: u64,
+    pub direction: u32,
+    pub _pad: u32,
 }
 
 /// The tracepoint has no reason field (kernels before 5.17).
@@ -230,6 +287,9 @@ pub struct KernelOffsets {
     pub tp_skbaddr: u32,
     pub tp_location: u32,
     pub tp_reason: u32,
+    /// The receiving socket (`rx_sk`, kernels >= 6.10): the namespace of
+    /// a drop at socket level, where the skb has neither device nor socket.
+    pub tp_rx_sk: u32,
 }
 
 impl KernelOffsets {
@@ -247,6 +307,7 @@ impl KernelOffsets {
             tp_skbaddr: NO_FIELD,
             tp_location: NO_FIELD,
             tp_reason: NO_FIELD,
+            tp_rx_sk: NO_FIELD,
         }
     }
 }
@@ -274,7 +335,8 @@ pub struct Config {
     pub offsets: KernelOffsets,
     /// 1 when the raw tracepoint passes the drop reason as its third argument.
     pub raw_tp_has_reason: u32,
-    pub _pad: u32,
+    /// 1 when it passes the receiving socket as its fourth.
+    pub raw_tp_has_rx_sk: u32,
 }
 
 /// The I flag: "a valid VNI is present" (RFC 7348).
@@ -291,7 +353,7 @@ impl Config {
             netns_scope_all: 1,
             offsets: KernelOffsets::none(),
             raw_tp_has_reason: 1,
-            _pad: 0,
+            raw_tp_has_rx_sk: 0,
         }
     }
 }
@@ -320,6 +382,9 @@ mod user {
     unsafe impl aya::Pod for InnerAddr {}
     unsafe impl aya::Pod for DropKey {}
     unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Handshake {}
+    unsafe impl aya::Pod for HandshakeEvent {}
 }
 
 #[cfg(test)]
@@ -331,17 +396,17 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<PeerKey>(), 16);
         assert_eq!(size_of::<Counter>(), 16);
-        assert_eq!(size_of::<PeerStats>(), 4 * 16 + 11 * 8);
-        assert_eq!(size_of::<GlobalStats>(), 5 * 8 + 2 * 16);
+        assert_eq!(size_of::<PeerStats>(), 4 * 16 + 18 * 8);
+        assert_eq!(size_of::<GlobalStats>(), 6 * 8 + 2 * 16);
         assert_eq!(size_of::<MacKey>(), 12);
         assert_eq!(size_of::<MacPeer>(), 24);
-        assert_eq!(size_of::<KernelOffsets>(), 12 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 13 * 4);
         assert_eq!(size_of::<DropKey>(), 32);
         assert_eq!(size_of::<VniInfo>(), 16);
         assert_eq!(size_of::<InnerAddr>(), 24);
         assert_eq!(
             size_of::<Config>(),
-            2 * MAX_PORTS + 16 * MAX_LOCAL_ADDRS + 4 * 4 + 12 * 4 + 8
+            2 * MAX_PORTS + 16 * MAX_LOCAL_ADDRS + 4 * 4 + 13 * 4 + 8
         );
     }
 
@@ -393,6 +458,13 @@ impl PeerStats {
             (&mut self.rx_fragmented, o.rx_fragmented),
             (&mut self.inner_dst_mac_mismatch, o.inner_dst_mac_mismatch),
             (&mut self.inner_src_vtep, o.inner_src_vtep),
+            (&mut self.syn_sent, o.syn_sent),
+            (&mut self.syn_received, o.syn_received),
+            (&mut self.synack_sent, o.synack_sent),
+            (&mut self.synack_received, o.synack_received),
+            (&mut self.rst_sent, o.rst_sent),
+            (&mut self.rst_received, o.rst_received),
+            (&mut self.syn_retrans, o.syn_retrans),
         ] {
             *a = f(*a, b);
         }
@@ -408,6 +480,9 @@ impl GlobalStats {
         self.drop_keys_inserted = self.drop_keys_inserted.wrapping_add(o.drop_keys_inserted);
         self.drops_seen = self.drops_seen.wrapping_add(o.drops_seen);
         self.drops_out_of_scope = self.drops_out_of_scope.wrapping_add(o.drops_out_of_scope);
+        self.handshake_events_lost = self
+            .handshake_events_lost
+            .wrapping_add(o.handshake_events_lost);
     }
 }
 

@@ -8,7 +8,7 @@
 //! pod-subnet trie. Anything else is "other" (the zero peer), by reason.
 
 use aya_ebpf::{helpers::bpf_probe_read_kernel, maps::lpm_trie::Key};
-use vxtrace_common::{DropKey, NO_FIELD, PeerKey};
+use vxtrace_common::{DROP_KIND_PACKET, DROP_KIND_SYNACK, DropKey, NO_FIELD, PeerKey};
 
 use crate::{
     maps::{DROPS, INNER_ADDRS, NETNS_SCOPE, PEERS, POD_SUBNETS, config, global},
@@ -39,7 +39,7 @@ fn field(off: u32) -> Option<u64> {
 /// The network namespace (inode number) of the skb: its device's, else
 /// its socket's; 0 when neither is known.
 #[inline(always)]
-fn netns_of(skb: u64) -> u32 {
+fn netns_of(skb: u64, rx_sk: u64) -> u32 {
     let o = unsafe { core::ptr::read_volatile(&raw const (*config()).offsets) };
     let dev: u64 = field(o.skb_dev).and_then(|f| kread(skb + f)).unwrap_or(0);
     let net: u64 = if dev != 0 {
@@ -47,7 +47,11 @@ fn netns_of(skb: u64) -> u32 {
             .and_then(|f| kread(dev + f))
             .unwrap_or(0)
     } else {
-        let sk: u64 = field(o.skb_sk).and_then(|f| kread(skb + f)).unwrap_or(0);
+        // TCP clears skb->dev on receive; the socket tells the namespace.
+        let mut sk: u64 = field(o.skb_sk).and_then(|f| kread(skb + f)).unwrap_or(0);
+        if sk == 0 {
+            sk = rx_sk;
+        }
         field(o.sk_net).and_then(|f| kread(sk + f)).unwrap_or(0)
     };
     field(o.net_ns_inum)
@@ -64,9 +68,10 @@ fn owner_of_inner(addr: &PeerKey) -> Option<PeerKey> {
     POD_SUBNETS.get(&key).copied()
 }
 
-/// The peer a dropped packet belongs to, if any.
+/// The peer a dropped packet belongs to, if any, and what kind of packet
+/// it was.
 #[inline(always)]
-fn attribute(skb: u64) -> Option<PeerKey> {
+fn attribute(skb: u64) -> Option<(PeerKey, u32)> {
     let o = unsafe { core::ptr::read_volatile(&raw const (*config()).offsets) };
     if o.valid == 0 {
         return None;
@@ -108,32 +113,41 @@ fn attribute(skb: u64) -> Option<PeerKey> {
         // Outer VXLAN: the peer is the address that is not ours.
         let cfg = config();
         let has_local = unsafe { core::ptr::read_volatile(&raw const (*cfg).local_addr_count) } > 0;
-        if has_local {
+        let outer = if has_local {
             if is_local_vtep(&src) {
-                return Some(dst);
+                Some(dst)
+            } else if is_local_vtep(&dst) {
+                Some(src)
+            } else {
+                None
             }
-            if is_local_vtep(&dst) {
-                return Some(src);
-            }
+        } else if PEERS.get_ptr(&src).is_some() {
+            Some(src)
+        } else if PEERS.get_ptr(&dst).is_some() {
+            Some(dst)
         } else {
-            if PEERS.get_ptr(&src).is_some() {
-                return Some(src);
-            }
-            if PEERS.get_ptr(&dst).is_some() {
-                return Some(dst);
-            }
-        }
-        return None;
+            None
+        };
+        return outer.map(|p| (p, DROP_KIND_PACKET));
     }
-    owner_of_inner(&src).or_else(|| owner_of_inner(&dst))
+    let mut kind = DROP_KIND_PACKET;
+    if l4_proto == 6
+        && let Some(flags) = kread::<u8>(ip + l4_off + 13)
+        && flags & 0x16 == 0x12
+    {
+        kind = DROP_KIND_SYNACK;
+    }
+    owner_of_inner(&src)
+        .or_else(|| owner_of_inner(&dst))
+        .map(|p| (p, kind))
 }
 
 #[inline(always)]
-pub fn handle(skb: u64, location: u64, reason: u32) {
+pub fn handle(skb: u64, location: u64, reason: u32, rx_sk: u64) {
     let cfg = config();
     let all = unsafe { core::ptr::read_volatile(&raw const (*cfg).netns_scope_all) };
     if all == 0 {
-        let inum = netns_of(skb);
+        let inum = netns_of(skb, rx_sk);
         if unsafe { NETNS_SCOPE.get(inum) }.is_none() {
             if let Some(g) = global() {
                 unsafe { (*g).drops_out_of_scope += 1 };
@@ -141,10 +155,11 @@ pub fn handle(skb: u64, location: u64, reason: u32) {
             return;
         }
     }
+    let (peer, kind) = attribute(skb).unwrap_or_default();
     let key = DropKey {
-        peer: attribute(skb).unwrap_or_default(),
+        peer,
         reason,
-        _pad: 0,
+        kind,
         location,
     };
     if let Some(g) = global() {

@@ -56,7 +56,10 @@ pub fn vxtrace_kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
     } else {
         REASON_UNKNOWN
     };
-    drops::handle(skb, location, reason);
+    let has_rx_sk =
+        unsafe { core::ptr::read_volatile(&raw const (*maps::config()).raw_tp_has_rx_sk) };
+    let rx_sk: u64 = if has_rx_sk != 0 { ctx.arg(3) } else { 0 };
+    drops::handle(skb, location, reason, rx_sk);
     0
 }
 
@@ -79,7 +82,12 @@ pub fn vxtrace_kfree_skb_tp(ctx: TracePointContext) -> u32 {
     } else {
         unsafe { ctx.read_at(o.tp_reason as usize) }.unwrap_or(REASON_UNKNOWN)
     };
-    drops::handle(skb, location, reason);
+    let rx_sk: u64 = if o.tp_rx_sk == NO_FIELD {
+        0
+    } else {
+        unsafe { ctx.read_at(o.tp_rx_sk as usize) }.unwrap_or(0)
+    };
+    drops::handle(skb, location, reason, rx_sk);
     0
 }
 

@@ -6,12 +6,12 @@
 use aya_ebpf::{
     EbpfContext,
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use aya_log_ebpf::warn;
 use vxtrace_common::{
-    Config, DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, DropKey, GlobalStats, InnerAddr, MacKey, MacPeer,
-    PeerKey, PeerStats, VniInfo, VxlanDevice,
+    Config, DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, DropKey, FlowKey, GlobalStats, Handshake,
+    InnerAddr, MacKey, MacPeer, PeerKey, PeerStats, VniInfo, VxlanDevice,
 };
 
 /// Written by the loader before load (`EbpfLoader::override_global`); never
@@ -100,6 +100,16 @@ pub static POD_SUBNETS: LpmTrie<[u8; 16], PeerKey> = LpmTrie::with_max_entries(4
 /// Drops by (peer, reason, location).
 #[map]
 pub static DROPS: LruPerCpuHashMap<DropKey, u64> = LruPerCpuHashMap::with_max_entries(16_384, 0);
+
+/// TCP handshakes seen starting (SYN) and not yet answered (SYN-ACK),
+/// keyed by the inner 4-tuple. The loader expires old entries as
+/// "unanswered"; the LRU bounds the map under a SYN flood.
+#[map]
+pub static HANDSHAKES: LruHashMap<FlowKey, Handshake> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Completed handshakes (latency), one small record per connection.
+#[map]
+pub static HANDSHAKE_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Network namespaces (inode numbers) whose drops count, unless
 /// `Config::netns_scope_all` is set.

@@ -4,13 +4,146 @@
 //! from `MAC_PEERS`: the inner source MAC on ingress, the destination MAC on
 //! egress (the same MAC in flannel's layout: the peer VTEP's).
 
-use aya_ebpf::programs::TcContext;
-use vxtrace_common::{Counter, MacKey};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use vxtrace_common::{
+    Counter, FlowKey, HANDSHAKE_IN, HANDSHAKE_OUT, Handshake, HandshakeEvent, MacKey, PeerKey,
+    PeerStats,
+};
 
 use crate::{
-    maps::{MAC_PEERS, VXLAN_DEVICES, global, peer_stats},
+    maps::{HANDSHAKE_EVENTS, HANDSHAKES, MAC_PEERS, VXLAN_DEVICES, global, peer_stats},
     packet::{ETH_HLEN, read},
 };
+
+const TCP_FIN_SYN_RST_ACK: u8 = 0x17;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Inner TCP: addresses, ports and flags of a decapsulated / about to be
+/// encapsulated frame.
+struct InnerTcp {
+    src: PeerKey,
+    dst: PeerKey,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+}
+
+#[inline(always)]
+fn parse_inner_tcp(ctx: &TcContext) -> Option<InnerTcp> {
+    let proto = u16::from_be(read::<u16>(ctx, 12)?);
+    let (src, dst, l4) = if proto == 0x0800 {
+        let h: [u8; 20] = read(ctx, ETH_HLEN)?;
+        let frag = u16::from_be_bytes([h[6], h[7]]);
+        if h[9] != 6 || frag & 0x1fff != 0 {
+            return None;
+        }
+        (
+            PeerKey::from_v4([h[12], h[13], h[14], h[15]]),
+            PeerKey::from_v4([h[16], h[17], h[18], h[19]]),
+            ETH_HLEN + ((h[0] & 0x0f) as usize) * 4,
+        )
+    } else if proto == 0x86dd {
+        let h: [u8; 40] = read(ctx, ETH_HLEN)?;
+        if h[6] != 6 {
+            return None;
+        }
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s.copy_from_slice(&h[8..24]);
+        d.copy_from_slice(&h[24..40]);
+        (PeerKey::from_v6(s), PeerKey::from_v6(d), ETH_HLEN + 40)
+    } else {
+        return None;
+    };
+    // Ports to flags in one read: a 1-byte read compiles to a bounds check
+    // the verifier cannot use.
+    let h: [u8; 14] = read(ctx, l4)?;
+    Some(InnerTcp {
+        src,
+        dst,
+        sport: u16::from_be_bytes([h[0], h[1]]),
+        dport: u16::from_be_bytes([h[2], h[3]]),
+        flags: h[13],
+    })
+}
+
+/// Counts handshake packets and keeps the open-handshake map: a SYN opens
+/// an entry, the SYN-ACK closes it (and reports the latency of our own
+/// clients' handshakes).
+#[inline(always)]
+fn track_tcp(ctx: &TcContext, dir: Direction, peer: &PeerKey, stats: &mut PeerStats) {
+    let Some(t) = parse_inner_tcp(ctx) else {
+        return;
+    };
+    let flags = t.flags & TCP_FIN_SYN_RST_ACK;
+    if flags & TCP_RST != 0 {
+        match dir {
+            Direction::Encap => stats.rst_sent += 1,
+            Direction::Decap => stats.rst_received += 1,
+        }
+    }
+    if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
+        match dir {
+            Direction::Encap => stats.syn_sent += 1,
+            Direction::Decap => stats.syn_received += 1,
+        }
+        let key = FlowKey {
+            client: t.src,
+            server: t.dst,
+            client_port: t.sport,
+            server_port: t.dport,
+            _pad: 0,
+        };
+        if HANDSHAKES.get_ptr(&key).is_some() {
+            stats.syn_retrans += 1;
+            return;
+        }
+        let value = Handshake {
+            first_syn_ns: unsafe { bpf_ktime_get_ns() },
+            peer: *peer,
+            direction: match dir {
+                Direction::Encap => HANDSHAKE_OUT,
+                Direction::Decap => HANDSHAKE_IN,
+            },
+            reported: 0,
+        };
+        let _ = HANDSHAKES.insert(&key, &value, 0);
+    } else if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK {
+        match dir {
+            Direction::Encap => stats.synack_sent += 1,
+            Direction::Decap => stats.synack_received += 1,
+        }
+        let key = FlowKey {
+            client: t.dst,
+            server: t.src,
+            client_port: t.dport,
+            server_port: t.sport,
+            _pad: 0,
+        };
+        let Some(open) = HANDSHAKES.get_ptr(&key) else {
+            return;
+        };
+        let open = unsafe { *open };
+        let _ = HANDSHAKES.remove(&key);
+        if open.direction == HANDSHAKE_OUT && dir == Direction::Decap && open.reported == 0 {
+            let event = HandshakeEvent {
+                peer: *peer,
+                latency_ns: unsafe { bpf_ktime_get_ns() } - open.first_syn_ns,
+                direction: HANDSHAKE_OUT,
+                _pad: 0,
+            };
+            if HANDSHAKE_EVENTS
+                .output::<HandshakeEvent>(&event, 0)
+                .is_err()
+                && let Some(g) = global()
+            {
+                unsafe { (*g).handshake_events_lost += 1 };
+            }
+        }
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -48,6 +181,7 @@ pub fn handle(ctx: &TcContext, dir: Direction) {
                 Direction::Decap => stats.rx_decap.add(segs, bytes),
                 Direction::Encap => stats.tx_dev.add(segs, bytes),
             }
+            track_tcp(ctx, dir, &peer, stats);
             return;
         }
     }

@@ -14,6 +14,15 @@ use crate::{
     kernel::{DropReasons, Kallsyms},
 };
 
+/// Drop reasons of TCP timestamp checks (RFC 7323 PAWS), where the kernel
+/// has them.
+pub const PAWS_REASONS: [&str; 4] = [
+    "TCP_RFC7323_PAWS",
+    "TCP_RFC7323_PAWS_ACK",
+    "TCP_RFC7323_TW_PAWS",
+    "TCP_RFC7323_TSECR",
+];
+
 /// Cumulative drop counts that never go backwards across LRU evictions.
 #[derive(Default)]
 pub struct DropTable {
@@ -28,6 +37,8 @@ pub struct DropTable {
 #[derive(Default, Debug, Clone)]
 pub struct PeerDrops {
     pub by_reason: BTreeMap<String, u64>,
+    /// Dropped SYN-ACKs by reason (also in `by_reason`).
+    pub synack_by_reason: BTreeMap<String, u64>,
     /// (count, reason, location), largest first.
     pub locations: Vec<(u64, String, String)>,
 }
@@ -39,6 +50,15 @@ impl PeerDrops {
 
     pub fn get(&self, reason: &str) -> u64 {
         self.by_reason.get(reason).copied().unwrap_or(0)
+    }
+
+    pub fn synack_dropped(&self) -> u64 {
+        self.synack_by_reason.values().sum()
+    }
+
+    /// TCP timestamp (PAWS) rejects: the RFC 7323 drop reasons.
+    pub fn paws_rejects(&self) -> u64 {
+        PAWS_REASONS.iter().map(|r| self.get(r)).sum()
     }
 
     pub fn json(&self) -> Value {
@@ -111,6 +131,9 @@ impl DropTable {
             let d = out.entry(k.peer).or_default();
             let reason = reasons.name(k.reason);
             *d.by_reason.entry(reason.clone()).or_default() += n;
+            if k.kind == vxtrace_common::DROP_KIND_SYNACK {
+                *d.synack_by_reason.entry(reason.clone()).or_default() += n;
+            }
             let loc = match (k.location, syms) {
                 (0, _) => "unknown".to_string(),
                 (addr, Some(s)) => s.symbolize(addr).unwrap_or_else(|| format!("0x{addr:x}")),
@@ -165,7 +188,7 @@ mod tests {
         DropKey {
             peer: crate::discovery::peer_key(&peer.parse().unwrap()),
             reason,
-            _pad: 0,
+            kind: 0,
             location,
         }
     }

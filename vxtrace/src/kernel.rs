@@ -104,6 +104,15 @@ pub fn skb_offsets(btf: &Btf) -> Result<KernelOffsets> {
 /// Whether the `kfree_skb` raw tracepoint passes a reason (its prototype
 /// `btf_trace_kfree_skb` has the hidden context, skb, location, reason...).
 pub fn raw_tp_has_reason(btf: &Btf) -> Option<bool> {
+    raw_tp_params(btf).map(|n| n >= 4)
+}
+
+/// Whether it also passes the receiving socket (`rx_sk`, >= 6.10).
+pub fn raw_tp_has_rx_sk(btf: &Btf) -> Option<bool> {
+    raw_tp_params(btf).map(|n| n >= 5)
+}
+
+fn raw_tp_params(btf: &Btf) -> Option<usize> {
     let t = btf
         .resolve_types_by_name("btf_trace_kfree_skb")
         .ok()?
@@ -112,7 +121,7 @@ pub fn raw_tp_has_reason(btf: &Btf) -> Option<bool> {
     let ptr = resolve_underlying(btf, t).ok()?;
     let proto = btf.resolve_chained_type(ptr.as_btf_type()?).ok()?;
     match proto {
-        Type::FuncProto(p) => Some(p.parameters.len() >= 4),
+        Type::FuncProto(p) => Some(p.parameters.len()),
         _ => None,
     }
 }
@@ -231,10 +240,11 @@ fn enum_values(btf: &Btf, name: &str, prefix: &str) -> Result<BTreeMap<u32, Stri
 }
 
 /// The classic tracepoint's record layout, from its format file.
-pub fn tracepoint_fields(format: &str) -> (u32, u32, u32) {
+pub fn tracepoint_fields(format: &str) -> (u32, u32, u32, u32) {
     let mut skb = NO_FIELD;
     let mut loc = NO_FIELD;
     let mut reason = NO_FIELD;
+    let mut rx_sk = NO_FIELD;
     for line in format.lines() {
         let line = line.trim();
         let Some(rest) = line.strip_prefix("field:") else {
@@ -253,10 +263,11 @@ pub fn tracepoint_fields(format: &str) -> (u32, u32, u32) {
             "skbaddr" => skb = off,
             "location" => loc = off,
             "reason" => reason = off,
+            "rx_sk" => rx_sk = off,
             _ => {}
         }
     }
-    (skb, loc, reason)
+    (skb, loc, reason, rx_sk)
 }
 
 /// Where tracefs is, mounting it if needed (in this process's mount
@@ -339,7 +350,7 @@ print fmt: "skbaddr=%p reason: %s", REC->skbaddr, __print_symbolic(REC->reason, 
 
     #[test]
     fn format_file_layout_and_reasons() {
-        assert_eq!(tracepoint_fields(FORMAT), (8, 16, 36));
+        assert_eq!(tracepoint_fields(FORMAT), (8, 16, 36, NO_FIELD));
         let r = DropReasons::from_format(FORMAT).unwrap();
         assert_eq!(r.name(12), "NETFILTER_DROP");
         assert_eq!(r.name(13), "OTHERHOST");
@@ -354,7 +365,7 @@ print fmt: "skbaddr=%p reason: %s", REC->skbaddr, __print_symbolic(REC->reason, 
     #[test]
     fn old_kernel_format_without_reason() {
         let old = "field:void * skbaddr;\toffset:8;\tsize:8;\n\tfield:void * location;\toffset:16;\tsize:8;\n\tfield:unsigned short protocol;\toffset:24;\tsize:2;\n";
-        assert_eq!(tracepoint_fields(old), (8, 16, NO_FIELD));
+        assert_eq!(tracepoint_fields(old), (8, 16, NO_FIELD, NO_FIELD));
     }
 
     #[test]

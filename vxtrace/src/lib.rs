@@ -8,6 +8,7 @@ pub mod drops;
 pub mod kernel;
 pub mod lab;
 pub mod netns;
+pub mod netstat;
 pub mod output;
 pub mod peers;
 pub mod preflight;

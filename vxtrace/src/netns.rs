@@ -7,9 +7,21 @@ use std::{fs::File, os::fd::AsRawFd as _};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-/// Runs `f` on a new thread inside network namespace `name`.
+/// Runs `f` on a new thread inside network namespace `name` (`ip netns`).
 pub fn run_in<R: Send>(name: &str, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
-    let path = format!("/run/netns/{name}");
+    run_in_path(&format!("/run/netns/{name}"), f)
+}
+
+/// Like [`run_in`], for a name or a path (`/proc/PID/ns/net`, `self`).
+pub fn run_in_path<R: Send>(spec: &str, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+    let path = if spec == "self" {
+        "/proc/self/ns/net".to_string()
+    } else if spec.contains('/') {
+        spec.to_string()
+    } else {
+        format!("/run/netns/{spec}")
+    };
+    let name = spec;
     std::thread::scope(|s| {
         s.spawn(|| {
             let file = File::open(&path)

@@ -36,7 +36,49 @@ pub fn stats_json(s: &PeerStats) -> Value {
         "fragmented": {"tx": s.tx_fragmented, "rx": s.rx_fragmented},
         "inner_dst_mac_mismatch": s.inner_dst_mac_mismatch,
         "inner_src_vtep": s.inner_src_vtep,
+        "tcp": {
+            "syn_sent": s.syn_sent,
+            "syn_received": s.syn_received,
+            "synack_sent": s.synack_sent,
+            "synack_received": s.synack_received,
+            "rst": s.rst_sent + s.rst_received,
+            "rst_sent": s.rst_sent,
+            "rst_received": s.rst_received,
+            "syn_retrans": s.syn_retrans,
+        },
     })
+}
+
+/// Adds what only the whole run knows to a peer's `tcp` object.
+fn tcp_summary(v: &mut Value, peer: Option<&Peer>, drops: &PeerDrops) {
+    let tcp = &mut v["tcp"];
+    tcp["unanswered_syn"] = json!(peer.map(|p| p.unanswered_syn()).unwrap_or(0));
+    tcp["unanswered_syn_out"] = json!(peer.map(|p| p.unanswered_syn_out).unwrap_or(0));
+    tcp["unanswered_syn_in"] = json!(peer.map(|p| p.unanswered_syn_in).unwrap_or(0));
+    tcp["synack_dropped"] = json!(drops.synack_dropped());
+    tcp["synack_dropped_reasons"] = json!(drops.synack_by_reason);
+    tcp["paws_rejects"] = json!(drops.paws_rejects());
+    let h = peer.and_then(|p| p.handshake_us.as_ref());
+    tcp["handshake_us"] = match h {
+        Some(h) => json!({
+            "count": h.len(),
+            "p50": h.value_at_quantile(0.5),
+            "p99": h.value_at_quantile(0.99),
+            "max": h.max(),
+        }),
+        None => json!({"count": 0, "p50": 0, "p99": 0, "max": 0}),
+    };
+}
+
+/// A peer with no counters of its own yet (selected, or known from drops).
+pub fn empty_peer_summary_json(drops: &PeerDrops) -> Value {
+    let zero = PeerStats::default();
+    let mut v = stats_json(&zero);
+    v["drops"] = drops.json();
+    v["drop_locations"] = drops.locations_json();
+    tcp_summary(&mut v, None, drops);
+    v["hints"] = json!(hints(&zero, drops, 0));
+    v
 }
 
 fn percentiles(h: &hdrhistogram::Histogram<u32>) -> Value {
@@ -60,7 +102,8 @@ pub fn peer_summary_json(peer: &Peer, drops: &PeerDrops) -> Value {
             "rx_decap": percentiles(&r.rx_decap),
         });
     }
-    v["hints"] = json!(hints(&total, drops));
+    tcp_summary(&mut v, Some(peer), drops);
+    v["hints"] = json!(hints(&total, drops, peer.unanswered_syn()));
     v
 }
 
@@ -73,8 +116,32 @@ pub fn global_json(g: &GlobalStats) -> Value {
 
 /// What the counters of one peer suggest, in words. Thresholds keep a
 /// packet in flight at the moment of reading from raising a hint.
-pub fn hints(s: &PeerStats, drops: &PeerDrops) -> Vec<String> {
+pub fn hints(s: &PeerStats, drops: &PeerDrops, unanswered_syn: u64) -> Vec<String> {
     let mut out = Vec::new();
+    let paws = drops.paws_rejects();
+    if paws > 0 {
+        out.push(format!(
+            "TCP timestamps: {paws} segments of this peer's connections were dropped by the PAWS check (old timestamp): clients behind one NAT address with unrelated timestamps (tcp_tw_recycle, TIME_WAIT reuse); stop SNAT between nodes/pods or disable tcp_tw_recycle"
+        ));
+    }
+    if unanswered_syn > 0 {
+        out.push(format!(
+            "{unanswered_syn} SYNs got no SYN-ACK in time ({} retransmitted SYNs): the handshake dies on the server side; look there for SYN-ACK drops or PAWS rejects",
+            s.syn_retrans
+        ));
+    }
+    let synack = drops.synack_dropped();
+    if synack > 0 {
+        let why = drops
+            .synack_by_reason
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(format!(
+            "{synack} SYN-ACKs of handshakes with this peer were dropped on this host ({why}): those connections cannot complete"
+        ));
+    }
     let nf = drops.get("NETFILTER_DROP");
     if nf > 0 {
         if s.rx_nic.packets > s.rx_decap.packets {
@@ -316,7 +383,37 @@ pub fn render_screen(
                 "", total.inner_dst_mac_mismatch, total.inner_src_vtep
             );
         }
-        for h in hints(&total, d) {
+        let unanswered = peer.map(|p| p.unanswered_syn()).unwrap_or(0);
+        let tcp_any = total.syn_sent + total.syn_received + total.rst_sent + total.rst_received;
+        if tcp_any + unanswered + d.paws_rejects() + d.synack_dropped() > 0 {
+            let hs = peer
+                .and_then(|p| p.handshake_us.as_ref())
+                .map(|h| {
+                    format!(
+                        " · handshake p50/p99/max {}/{}/{} us",
+                        h.value_at_quantile(0.5),
+                        h.value_at_quantile(0.99),
+                        h.max()
+                    )
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "{:<40} tcp: SYN out {} / SYN-ACK in {} · SYN in {} / SYN-ACK out {} · retrans {} · unanswered {} · RST {}/{} · SYN-ACK dropped {} · PAWS {}{hs}",
+                "",
+                total.syn_sent,
+                total.synack_received,
+                total.syn_received,
+                total.synack_sent,
+                total.syn_retrans,
+                unanswered,
+                total.rst_sent,
+                total.rst_received,
+                d.synack_dropped(),
+                d.paws_rejects()
+            );
+        }
+        for h in hints(&total, d, unanswered) {
             let _ = writeln!(s, "{:<40} ! {h}", "");
         }
     }
@@ -372,12 +469,13 @@ mod tests {
         let mut s = PeerStats::default();
         s.tx_encap.add(200, 20_000);
         let none = PeerDrops::default();
-        let h = hints(&s, &none);
+        let h = hints(&s, &none, 0);
         assert_eq!(h.len(), 1);
         assert!(h[0].starts_with("one-way: sent 200, received 0"));
         s.rx_nic.add(200, 20_000);
         s.rx_decap.add(200, 20_000);
-        assert!(hints(&s, &none).is_empty());
+        assert!(hints(&s, &none, 0).is_empty());
+        assert!(hints(&s, &none, 2)[0].starts_with("2 SYNs got no SYN-ACK"));
     }
 
     #[test]
@@ -385,12 +483,12 @@ mod tests {
         let mut s = PeerStats::default();
         s.tx_encap.add(10, 1000);
         s.rx_nic.add(10, 1000);
-        let h = hints(&s, &PeerDrops::default());
+        let h = hints(&s, &PeerDrops::default(), 0);
         assert_eq!(h.len(), 1);
         assert!(h[0].contains("decapsulated 0"));
         let mut d = PeerDrops::default();
         d.by_reason.insert("NETFILTER_DROP".into(), 10);
-        let h = hints(&s, &d);
+        let h = hints(&s, &d, 0);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h[0].starts_with("host firewall"));
     }

@@ -60,12 +60,40 @@ pub struct Peer {
     pub rx_silent_s: f64,
     /// Packets sent to the peer during that silence.
     pub sent_into_silence: u64,
+    /// SYNs that got no SYN-ACK within the timeout: our clients' SYNs to
+    /// the peer (out) and the peer's SYNs to our servers (in).
+    pub unanswered_syn_out: u64,
+    pub unanswered_syn_in: u64,
+    /// SYN -> SYN-ACK latency of our clients' handshakes, in microseconds.
+    pub handshake_us: Option<Histogram<u64>>,
 }
 
 /// Silence from a peer we are sending to, long enough to call out live.
 pub const SILENCE_WORTH_SHOWING_S: f64 = 3.0;
 
 impl Peer {
+    fn new(key: &PeerKey) -> Self {
+        Peer {
+            addr: peer_addr(key),
+            base: PeerStats::default(),
+            current: PeerStats::default(),
+            previous_total: PeerStats::default(),
+            last_delta: PeerStats::default(),
+            present: false,
+            rates: None,
+            last_active: 0,
+            rx_silent_s: 0.0,
+            sent_into_silence: 0,
+            unanswered_syn_out: 0,
+            unanswered_syn_in: 0,
+            handshake_us: None,
+        }
+    }
+
+    pub fn unanswered_syn(&self) -> u64 {
+        self.unanswered_syn_out + self.unanswered_syn_in
+    }
+
     pub fn total(&self) -> PeerStats {
         let mut t = self.base;
         t.merge(&self.current);
@@ -111,18 +139,7 @@ impl PeerTable {
             }
         }
         for (key, stats) in &readout.peers {
-            let peer = self.peers.entry(*key).or_insert_with(|| Peer {
-                addr: peer_addr(key),
-                base: PeerStats::default(),
-                current: PeerStats::default(),
-                previous_total: PeerStats::default(),
-                last_delta: PeerStats::default(),
-                present: true,
-                rates: None,
-                last_active: 0,
-                rx_silent_s: 0.0,
-                sent_into_silence: 0,
-            });
+            let peer = self.peers.entry(*key).or_insert_with(|| Peer::new(key));
             peer.current = *stats;
             peer.present = true;
         }
@@ -172,6 +189,25 @@ impl PeerTable {
                 self.retired.merge(&p.total());
                 self.retired_count += 1;
             }
+        }
+    }
+
+    /// A completed handshake of one of our clients with the peer.
+    pub fn record_handshake(&mut self, peer: &PeerKey, latency_ns: u64) {
+        let p = self.peers.entry(*peer).or_insert_with(|| Peer::new(peer));
+        let h = p.handshake_us.get_or_insert_with(|| {
+            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+        });
+        let _ = h.record((latency_ns / 1000).clamp(1, 3_600_000_000));
+    }
+
+    /// A SYN that got no SYN-ACK in time.
+    pub fn record_unanswered(&mut self, peer: &PeerKey, outgoing: bool) {
+        let p = self.peers.entry(*peer).or_insert_with(|| Peer::new(peer));
+        if outgoing {
+            p.unanswered_syn_out += 1;
+        } else {
+            p.unanswered_syn_in += 1;
         }
     }
 

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{
-        HashMap, MapData, PerCpuArray, PerCpuHashMap,
+        HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf,
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
@@ -72,6 +72,8 @@ pub struct TracerConfig {
     pub netns_scope_all: bool,
     /// The raw tracepoint's third argument is the drop reason (>= 5.17).
     pub raw_tp_has_reason: bool,
+    /// Its fourth is the receiving socket (>= 6.10).
+    pub raw_tp_has_rx_sk: bool,
 }
 
 impl TracerConfig {
@@ -102,6 +104,7 @@ impl TracerConfig {
         cfg.offsets = self.offsets;
         cfg.netns_scope_all = u32::from(self.netns_scope_all);
         cfg.raw_tp_has_reason = u32::from(self.raw_tp_has_reason);
+        cfg.raw_tp_has_rx_sk = u32::from(self.raw_tp_has_rx_sk);
         Ok(cfg)
     }
 }
@@ -168,6 +171,7 @@ pub struct DropProbe {
 
 pub struct Tracer {
     ebpf: Ebpf,
+    handshake_events: Option<RingBuf<MapData>>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub attachments: Vec<Attachment>,
     policy: AttachPolicy,
@@ -200,8 +204,12 @@ impl Tracer {
         // Kernel-side log lines (rare: map insert failures) go to the log
         // crate. Read from the loop in `drain_logs`.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+        let handshake_events = ebpf
+            .take_map("HANDSHAKE_EVENTS")
+            .and_then(|m| RingBuf::try_from(m).ok());
         Ok(Self {
             ebpf,
+            handshake_events,
             logger,
             attachments: Vec::new(),
             policy,
@@ -454,6 +462,63 @@ impl Tracer {
         Ok(())
     }
 
+    /// Completed handshakes reported since the last call.
+    pub fn drain_handshakes(&mut self) -> Vec<vxtrace_common::HandshakeEvent> {
+        let mut out = Vec::new();
+        if let Some(ring) = self.handshake_events.as_mut() {
+            while let Some(item) = ring.next() {
+                if item.len() >= std::mem::size_of::<vxtrace_common::HandshakeEvent>() {
+                    // SAFETY: the kernel wrote a HandshakeEvent (repr(C), Pod).
+                    let ev = unsafe {
+                        std::ptr::read_unaligned(
+                            item.as_ptr() as *const vxtrace_common::HandshakeEvent
+                        )
+                    };
+                    out.push(ev);
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes handshakes whose SYN is older than `timeout` and returns
+    /// them: SYNs that never got a SYN-ACK.
+    pub fn expire_handshakes(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<vxtrace_common::Handshake>> {
+        let now = monotonic_ns();
+        let limit = timeout.as_nanos() as u64;
+        let mut map: HashMap<_, vxtrace_common::FlowKey, vxtrace_common::Handshake> =
+            HashMap::try_from(self.map_mut("HANDSHAKES")?)?;
+        let mut expired = Vec::new();
+        let mut stale = Vec::new();
+        for item in map.iter() {
+            let Ok((k, v)) = item else { continue };
+            let age = now.saturating_sub(v.first_syn_ns);
+            if v.reported == 0 && age > limit {
+                expired.push((k, v));
+            } else if v.reported != 0 && age > limit.saturating_mul(10) {
+                stale.push(k);
+            }
+        }
+        let mut out = Vec::new();
+        for (k, mut v) in expired {
+            // Keep the entry, marked: retransmitted SYNs of this attempt then
+            // count as retransmissions, not as new unanswered handshakes.
+            // If a SYN-ACK removed it meanwhile, it was answered after all.
+            if map.get(&k, 0).is_ok() {
+                v.reported = 1;
+                let _ = map.insert(k, v, 2 /* BPF_EXIST */);
+                out.push(v);
+            }
+        }
+        for k in stale {
+            let _ = map.remove(&k);
+        }
+        Ok(out)
+    }
+
     /// Forwards what the kernel programs logged since the last call.
     pub fn drain_logs(&mut self) {
         if let Some(l) = self.logger.as_mut() {
@@ -516,6 +581,17 @@ fn explain_bpf_error(e: anyhow::Error) -> anyhow::Error {
     } else {
         e
     }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Removes vxtrace's clsact filters from `iface` (used by the watchdog).

@@ -19,7 +19,7 @@ use crate::{
     discovery::{self, Snapshot, VxlanDevice, is_group_mac},
     drops::{self, DropTable, PeerDrops},
     kernel::{self, DropReasons},
-    output,
+    netstat, output,
     peers::PeerTable,
     preflight,
     reaper::Reaper,
@@ -61,6 +61,10 @@ pub struct WatchArgs {
     /// dstport, e.g. 8472 for flannel, 4789 IANA).
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
+
+    /// A SYN without SYN-ACK for this long counts as unanswered.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub syn_timeout: Duration,
 
     /// Kernel BTF to read struct offsets and drop-reason names from
     /// (default /sys/kernel/btf/vmlinux; `none`: behave as on a kernel
@@ -336,6 +340,7 @@ pub struct KernelInfo {
     pub offsets: KernelOffsets,
     pub reasons: DropReasons,
     pub raw_tp_has_reason: bool,
+    pub raw_tp_has_rx_sk: bool,
     pub notes: Vec<String>,
 }
 
@@ -368,6 +373,7 @@ pub fn kernel_info(btf_arg: Option<&Path>) -> Result<KernelInfo> {
     let mut offsets = KernelOffsets::none();
     let mut reasons = None;
     let mut raw_tp_has_reason = None;
+    let mut raw_tp_has_rx_sk = None;
     if let Some(path) = &btf_path {
         let btf = btf_rs::Btf::from_file(path)
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -383,12 +389,17 @@ pub fn kernel_info(btf_arg: Option<&Path>) -> Result<KernelInfo> {
             Err(e) => notes.push(format!("{e:#}; trying tracefs for reason names")),
         }
         raw_tp_has_reason = kernel::raw_tp_has_reason(&btf);
+        raw_tp_has_rx_sk = kernel::raw_tp_has_rx_sk(&btf);
     }
     if let Some(f) = &format {
-        let (skb, loc, reason) = kernel::tracepoint_fields(f);
+        let (skb, loc, reason, rx_sk) = kernel::tracepoint_fields(f);
         offsets.tp_skbaddr = skb;
         offsets.tp_location = loc;
         offsets.tp_reason = reason;
+        offsets.tp_rx_sk = rx_sk;
+        if raw_tp_has_rx_sk.is_none() {
+            raw_tp_has_rx_sk = Some(rx_sk != vxtrace_common::NO_FIELD);
+        }
         if raw_tp_has_reason.is_none() {
             raw_tp_has_reason = Some(reason != vxtrace_common::NO_FIELD);
         }
@@ -419,6 +430,7 @@ pub fn kernel_info(btf_arg: Option<&Path>) -> Result<KernelInfo> {
         offsets,
         reasons,
         raw_tp_has_reason: raw_tp_has_reason.unwrap_or(false),
+        raw_tp_has_rx_sk: raw_tp_has_rx_sk.unwrap_or(false),
         notes,
     })
 }
@@ -494,6 +506,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         offsets: kinfo.offsets,
         netns_scope_all: netns_scope.is_none(),
         raw_tp_has_reason: kinfo.raw_tp_has_reason,
+        raw_tp_has_rx_sk: kinfo.raw_tp_has_rx_sk,
     };
     let mut tracer = Tracer::load(&cfg, btf.as_ref(), args.attach)?;
     if let Some(inums) = &netns_scope {
@@ -573,6 +586,8 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         emit(&stdout, &line)?;
     }
 
+    let netstat_ns = netstat_scope(&args.netns);
+    let netstat_start = read_netstat(&netstat_ns);
     let start = Instant::now();
     let interval = args.interval;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -599,6 +614,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                 let seconds = now.duration_since(last_tick).as_secs_f64();
                 last_tick = now;
                 tracer.drain_logs();
+                track_handshakes(&mut tracer, &mut table, args.syn_timeout);
                 let readout = tracer.read()?;
                 global = readout.global;
                 table.update(&readout, seconds);
@@ -647,6 +663,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     // Fold in what was counted since the last tick; a short remainder
     // adds to the totals but not to the rate histograms.
     let seconds = last_tick.elapsed().as_secs_f64();
+    track_handshakes(&mut tracer, &mut table, args.syn_timeout);
     let readout = tracer.read()?;
     global = readout.global;
     let record = if seconds >= interval.as_secs_f64() / 2.0 {
@@ -677,7 +694,8 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         drops: &drops,
         drop_probe: &drop_probe,
     };
-    let summary = summary_json(&ctx);
+    let mut summary = summary_json(&ctx);
+    summary["netstat_paws"] = netstat_json(&netstat_start, &read_netstat(&netstat_ns));
     // Detach before printing: nothing of ours stays in the kernel a moment
     // longer than needed.
     drop(tracer);
@@ -704,6 +722,60 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Folds completed and expired handshakes into the peer table.
+fn track_handshakes(tracer: &mut Tracer, table: &mut PeerTable, timeout: Duration) {
+    for ev in tracer.drain_handshakes() {
+        table.record_handshake(&ev.peer, ev.latency_ns);
+    }
+    match tracer.expire_handshakes(timeout) {
+        Ok(expired) => {
+            for h in expired {
+                table.record_unanswered(&h.peer, h.direction == vxtrace_common::HANDSHAKE_OUT);
+            }
+        }
+        Err(e) => log::warn!("scanning open handshakes failed: {e:#}"),
+    }
+}
+
+/// PAWS counters of the namespaces in scope (this one, plus named ones).
+fn netstat_scope(specs: &[String]) -> Vec<Option<String>> {
+    let mut v = vec![None];
+    for s in specs {
+        if s != "self" && s != "all" {
+            v.push(Some(s.clone()));
+        }
+    }
+    v
+}
+
+fn read_netstat(scope: &[Option<String>]) -> BTreeMap<String, BTreeMap<String, u64>> {
+    scope
+        .iter()
+        .filter_map(|ns| {
+            let label = ns.clone().unwrap_or_else(|| "self".into());
+            netstat::read(ns.as_deref()).ok().map(|m| (label, m))
+        })
+        .collect()
+}
+
+fn netstat_json(
+    start: &BTreeMap<String, BTreeMap<String, u64>>,
+    now: &BTreeMap<String, BTreeMap<String, u64>>,
+) -> Value {
+    let mut total: BTreeMap<String, u64> = BTreeMap::new();
+    let mut per_ns = serde_json::Map::new();
+    for (ns, counters) in now {
+        let d = netstat::delta(start.get(ns).unwrap_or(&BTreeMap::new()), counters);
+        for (k, v) in &d {
+            *total.entry(k.clone()).or_default() += v;
+        }
+        per_ns.insert(ns.clone(), json!(d));
+    }
+    let mut v = json!(total);
+    v["namespaces"] = Value::Object(per_ns);
+    v
 }
 
 fn emit(stdout: &std::io::Stdout, v: &Value) -> Result<()> {
@@ -795,13 +867,7 @@ fn summary_json(c: &SummaryContext<'_>) -> Value {
         let d = c.drops.get(&discovery::peer_key(&addr)).unwrap_or(&empty);
         let v = match peer {
             Some(p) => output::peer_summary_json(p, d),
-            None => {
-                let mut v = output::stats_json(&PeerStats::default());
-                v["drops"] = d.json();
-                v["drop_locations"] = d.locations_json();
-                v["hints"] = json!(output::hints(&PeerStats::default(), d));
-                v
-            }
+            None => output::empty_peer_summary_json(d),
         };
         peers.insert(addr.to_string(), v);
     }

@@ -50,6 +50,8 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // Firewall and NAT rules in the drop tests.
     "nftables",
+    // Crafted TCP segments (old timestamps) in the PAWS test.
+    "python3-scapy",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
