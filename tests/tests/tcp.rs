@@ -1,7 +1,7 @@
 //! TCP handshakes and PAWS rejects per peer (incident 6).
 
 use std::{
-    io::Write as _,
+    io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     process::Command,
@@ -41,6 +41,9 @@ fn dropped_synacks_leave_syns_unanswered() {
         "nft",
         "add table inet vt; add chain inet vt fw { type filter hook forward priority 0 ; }; add rule inet vt fw tcp sport 7777 tcp flags & (syn|ack) == syn|ack drop",
     ]);
+    // Connection tracking on A's node (a ct rule is enough to enable it).
+    sh(&["ip", "netns", "exec", &lab.node_ns(1), "nft",
+        "add table inet vtct; add chain inet vtct fw { type filter hook forward priority 0 ; }; add rule inet vtct fw ct state new accept"]);
     let _blocked = listen_in(&lab.pod_ns(2), 7777);
     let _open = listen_in(&lab.pod_ns(2), 7778);
     let on_a = Watcher::start(&lab.node_ns(1), &["--syn-timeout", "1s"]);
@@ -86,6 +89,9 @@ fn dropped_synacks_leave_syns_unanswered() {
             .contains("SYNs got no SYN-ACK")
     );
     assert_eq!(tcp(&sa, &c, "syn_sent"), 0);
+    assert_eq!(sa["conntrack"]["available"], true, "{}", sa["conntrack"]);
+    assert_eq!(tcp(&sa, &b, "conntrack_syn_sent"), 1, "conntrack still holds the half-open flow: {sa}");
+    assert_eq!(tcp(&sa, &c, "conntrack_syn_sent"), 0);
 
     let dropped = tcp(&sb, &a, "synack_dropped");
     assert!(dropped >= 1, "{sb}");
@@ -178,4 +184,107 @@ fn paws_rejects_on_an_established_connection() {
         "{sb}"
     );
     drop(client);
+}
+
+/// A TCP connection from `ns` bound to source port `sport` (two clients
+/// behind one NAT address reusing a port).
+fn connect_from_port(ns: &str, sport: u16, to: SocketAddr) -> TcpStream {
+    vxtrace::netns::run_in(ns, || {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: plain socket calls on a descriptor we own.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let one: libc::c_int = 1;
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const _, 4);
+            let mut local: libc::sockaddr_in = std::mem::zeroed();
+            local.sin_family = libc::AF_INET as u16;
+            local.sin_port = sport.to_be();
+            assert_eq!(libc::bind(fd, &local as *const _ as *const _, std::mem::size_of::<libc::sockaddr_in>() as u32), 0);
+            let SocketAddr::V4(v4) = to else { panic!("IPv4 only") };
+            let mut remote: libc::sockaddr_in = std::mem::zeroed();
+            remote.sin_family = libc::AF_INET as u16;
+            remote.sin_port = v4.port().to_be();
+            remote.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            let rc = libc::connect(fd, &remote as *const _ as *const _, std::mem::size_of::<libc::sockaddr_in>() as u32);
+            assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+            Ok(TcpStream::from_raw_fd(fd))
+        }
+    })
+    .unwrap()
+}
+
+/// Incident 6 with modern kernels: two clients behind one SNAT address use
+/// the same source port against a server that closed first. The second
+/// client's clock is behind the first's, so the server's TIME_WAIT socket
+/// rejects its SYN (PAWS): counted on the server's node, and the client's
+/// node sees a SYN that got no SYN-ACK.
+#[test]
+fn nat_and_time_wait_reuse_reject_syns() {
+    let lab = LabGuard::new("vt-tw", 2, false, 8472);
+    let (a, b) = (lab.underlay_ip(1).to_string(), lab.underlay_ip(2).to_string());
+    let node_a = lab.node_ns(1);
+    // A second client namespace on node A (cleaned up with the lab).
+    let client2 = format!("{}-p9", lab.name);
+    sh(&["ip", "netns", "add", &client2]);
+    sh(&["ip", "-n", &node_a, "link", "add", "veth9", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "netns", &client2]);
+    sh(&["ip", "-n", &node_a, "link", "set", "veth9", "master", "cni0", "up"]);
+    sh(&["ip", "-n", &client2, "link", "set", "lo", "up"]);
+    sh(&["ip", "-n", &client2, "link", "set", "eth0", "mtu", "1450", "up"]);
+    sh(&["ip", "-n", &client2, "addr", "add", "10.244.0.3/24", "dev", "eth0"]);
+    sh(&["ip", "-n", &client2, "route", "add", "default", "via", "10.244.0.1"]);
+    // Node A hides its pods behind its VTEP address.
+    sh(&["ip", "netns", "exec", &node_a, "nft",
+        "add table ip vtnat; add chain ip vtnat post { type nat hook postrouting priority 100 ; }; add rule ip vtnat post ip saddr 10.244.0.0/24 ip daddr 10.244.1.0/24 snat to 10.244.0.0"]);
+    let listener = listen_in(&lab.pod_ns(2), 8080);
+    let server_ns = lab.pod_ns(2);
+    let on_a = Watcher::start(&node_a, &["--syn-timeout", "500ms", "--interval", "200ms"]);
+    let on_b = Watcher::start(&lab.node_ns(2), &["--netns", &format!("self,{server_ns}")]);
+
+    // Client 1: a whole connection; the server closes first (TIME_WAIT).
+    let server = SocketAddr::from((lab.pod_ip(2), 8080));
+    let mut c1 = connect_from_port(&lab.pod_ns(1), 40000, server);
+    let (mut s1, _) = listener.accept().unwrap();
+    // Read what was sent: closing with unread data would send a RST
+    // instead of a FIN, and leave no TIME_WAIT behind.
+    let mut buf = [0u8; 16];
+    c1.write_all(b"request").unwrap();
+    s1.read_exact(&mut buf[..7]).unwrap();
+    s1.write_all(b"response").unwrap();
+    c1.read_exact(&mut buf[..8]).unwrap();
+    let mut tsval: u32 = 0;
+    let mut len = 4u32;
+    unsafe {
+        libc::getsockopt(c1.as_raw_fd(), libc::IPPROTO_TCP, 24, &mut tsval as *mut u32 as *mut _, &mut len)
+    };
+    drop(s1); // server: active close
+    std::thread::sleep(Duration::from_millis(100));
+    drop(c1);
+    std::thread::sleep(Duration::from_millis(200));
+    // The NAT forgets the mapping, so client 2 gets the same port.
+    sh(&["ip", "netns", "exec", &node_a, "conntrack", "-F"]);
+
+    // Client 2: same port after SNAT, its clock far behind client 1's.
+    let old = tsval.wrapping_sub(5_000_000);
+    let script = format!(
+        "from scapy.all import IP, TCP, send\n\
+         p = IP(src='10.244.0.3', dst='{dst}')/TCP(sport=40000, dport=8080, flags='S', seq=777, options=[('MSS', 1400), ('NOP', None), ('NOP', None), ('Timestamp', ({old}, 0))])\n\
+         send(p, verbose=0)\n",
+        dst = lab.pod_ip(2),
+    );
+    let (code, _, err) = run(Command::new("ip").args(["netns", "exec", &client2, "/usr/bin/python3", "-c", &script]));
+    assert_eq!(code, 0, "scapy: {err}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let sa = on_a.stop();
+    let sb = on_b.stop();
+
+    assert_eq!(sb["peers"][&a]["drops"]["TCP_RFC7323_TW_PAWS"], 1, "{sb}");
+    assert_eq!(tcp(&sb, &a, "paws_rejects"), 1, "{sb}");
+    let tw = sb["netstat_paws"]["namespaces"][&server_ns]["PAWSTimewait"].as_u64().unwrap_or(0);
+    assert_eq!(tw, 1, "{}", sb["netstat_paws"]);
+    // The SNAT shows on B as A's VTEP address for an inner source.
+    assert!(tcp(&sb, &a, "syn_received") >= 2);
+    assert!(sb["peers"][&a]["inner_src_vtep"].as_u64().unwrap() > 0);
+    assert_eq!(tcp(&sa, &b, "unanswered_syn_out"), 1, "{sa}");
+    assert_eq!(tcp(&sa, &b, "synack_received"), 1, "only client 1 was answered: {sa}");
 }

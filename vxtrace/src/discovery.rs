@@ -370,6 +370,23 @@ pub fn is_group_mac(mac: &[u8; 6]) -> bool {
     *mac == [0; 6] || mac[0] & 1 == 1
 }
 
+/// Is `addr` inside `net/len`?
+pub fn prefix_contains(net: &IpAddr, len: u8, addr: &IpAddr) -> bool {
+    match (net, addr) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let len = len.min(32) as u32;
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            u32::from(*n) & mask == u32::from(*a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let len = len.min(128) as u32;
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            u128::from(*n) & mask == u128::from(*a) & mask
+        }
+        _ => false,
+    }
+}
+
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
@@ -393,6 +410,19 @@ impl Snapshot {
             .iter()
             .filter_map(|n| Some((n.addr, self.fdb_dst(n.ifindex, &n.mac)?)))
             .collect()
+    }
+
+    /// The peer that owns an inner (VTEP or pod) address, from the VXLAN
+    /// devices' neighbour, FDB and route entries.
+    pub fn owner_of_inner(&self, addr: &IpAddr) -> Option<IpAddr> {
+        if let Some((_, peer)) = self.vtep_addrs().into_iter().find(|(a, _)| a == addr) {
+            return Some(peer);
+        }
+        self.pod_subnets()
+            .into_iter()
+            .filter(|(net, len, _)| prefix_contains(net, *len, addr))
+            .max_by_key(|(_, len, _)| *len)
+            .map(|(_, _, peer)| peer)
     }
 
     /// Pod subnets behind peers: route via a VTEP address -> its neighbour
@@ -442,6 +472,16 @@ mod tests {
             };
             assert_eq!(back, expect, "{a}");
         }
+    }
+
+    #[test]
+    fn prefixes() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(prefix_contains(&ip("10.244.1.0"), 24, &ip("10.244.1.7")));
+        assert!(!prefix_contains(&ip("10.244.1.0"), 24, &ip("10.244.2.7")));
+        assert!(prefix_contains(&ip("0.0.0.0"), 0, &ip("192.0.2.1")));
+        assert!(prefix_contains(&ip("fd00::"), 64, &ip("fd00::5")));
+        assert!(!prefix_contains(&ip("fd00::"), 64, &ip("10.0.0.1")));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
     discovery::{self, Snapshot, VxlanDevice, is_group_mac},
     drops::{self, DropTable, PeerDrops},
     kernel::{self, DropReasons},
-    netstat, output,
+    conntrack, netstat, output,
     peers::PeerTable,
     preflight,
     reaper::Reaper,
@@ -472,7 +472,7 @@ pub fn run(args: WatchArgs) -> Result<()> {
 async fn run_async(args: WatchArgs) -> Result<()> {
     let kinfo = kernel_info(args.btf.as_deref())?;
     let mut netns_scope = resolve_netns(&args.netns)?;
-    let snap = discovery::snapshot().await?;
+    let mut snap = discovery::snapshot().await?;
     let mut plan = plan(&args, &snap)?;
     plan.notes.extend(kinfo.notes.iter().cloned());
     if netns_scope.is_some() && kinfo.offsets.valid == 0 {
@@ -646,7 +646,10 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                 if last_fdb_refresh.elapsed() >= Duration::from_secs(5) {
                     last_fdb_refresh = Instant::now();
                     match discovery::snapshot().await {
-                        Ok(snap) => { let _ = seed_fdb(&mut tracer, &plan, &snap); }
+                        Ok(fresh) => {
+                            let _ = seed_fdb(&mut tracer, &plan, &fresh);
+                            snap = fresh;
+                        }
                         Err(e) => log::warn!("refreshing the FDB failed: {e:#}"),
                     }
                 }
@@ -695,6 +698,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         drop_probe: &drop_probe,
     };
     let mut summary = summary_json(&ctx);
+    add_conntrack(&mut summary, &snap);
     summary["netstat_paws"] = netstat_json(&netstat_start, &read_netstat(&netstat_ns));
     // Detach before printing: nothing of ours stays in the kernel a moment
     // longer than needed.
@@ -722,6 +726,41 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Conntrack's half-open TCP flows, per peer (the peer that owns the
+/// remote end: the server of a SYN_SENT flow, the client of a SYN_RECV one).
+fn add_conntrack(summary: &mut Value, snap: &Snapshot) {
+    let flows = match conntrack::tcp_flows() {
+        Ok(f) => f,
+        Err(e) => {
+            summary["conntrack"] = json!({"available": false, "error": format!("{e:#}")});
+            return;
+        }
+    };
+    let mut per_peer: BTreeMap<IpAddr, (u64, u64)> = BTreeMap::new();
+    for f in &flows {
+        if f.syn_sent()
+            && let Some(p) = snap.owner_of_inner(&f.dst)
+        {
+            per_peer.entry(p).or_default().0 += 1;
+        } else if f.syn_recv()
+            && let Some(p) = snap.owner_of_inner(&f.src)
+        {
+            per_peer.entry(p).or_default().1 += 1;
+        }
+    }
+    summary["conntrack"] = json!({"available": true, "tcp_flows": flows.len()});
+    let Some(peers) = summary["peers"].as_object_mut() else { return };
+    for (addr, v) in peers.iter_mut() {
+        let (sent, recv) = addr
+            .parse::<IpAddr>()
+            .ok()
+            .and_then(|a| per_peer.get(&a).copied())
+            .unwrap_or((0, 0));
+        v["tcp"]["conntrack_syn_sent"] = json!(sent);
+        v["tcp"]["conntrack_syn_recv"] = json!(recv);
+    }
 }
 
 /// Folds completed and expired handshakes into the peer table.

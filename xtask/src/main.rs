@@ -52,6 +52,8 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     // Crafted TCP segments (old timestamps) in the PAWS test.
     "python3-scapy",
+    // Flushing the NAT's connection table in the TIME_WAIT test.
+    "conntrack",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
