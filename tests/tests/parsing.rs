@@ -458,6 +458,14 @@ fn decapsulated_frames_find_their_peer() {
     });
 }
 
+/// The PAWS kprobe fallbacks pass the verifier, whatever this kernel can
+/// attach them to.
+#[test]
+fn paws_kprobes_pass_the_verifier() {
+    let mut t = tracer();
+    t.load_paws_kprobes().expect("PAWS kprobes must load");
+}
+
 #[test]
 fn peer_map_is_bounded_and_evictions_are_counted() {
     in_test_netns(|| {

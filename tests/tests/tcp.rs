@@ -42,8 +42,14 @@ fn dropped_synacks_leave_syns_unanswered() {
         "add table inet vt; add chain inet vt fw { type filter hook forward priority 0 ; }; add rule inet vt fw tcp sport 7777 tcp flags & (syn|ack) == syn|ack drop",
     ]);
     // Connection tracking on A's node (a ct rule is enough to enable it).
-    sh(&["ip", "netns", "exec", &lab.node_ns(1), "nft",
-        "add table inet vtct; add chain inet vtct fw { type filter hook forward priority 0 ; }; add rule inet vtct fw ct state new accept"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node_ns(1),
+        "nft",
+        "add table inet vtct; add chain inet vtct fw { type filter hook forward priority 0 ; }; add rule inet vtct fw ct state new accept",
+    ]);
     let _blocked = listen_in(&lab.pod_ns(2), 7777);
     let _open = listen_in(&lab.pod_ns(2), 7778);
     let on_a = Watcher::start(&lab.node_ns(1), &["--syn-timeout", "1s"]);
@@ -90,7 +96,11 @@ fn dropped_synacks_leave_syns_unanswered() {
     );
     assert_eq!(tcp(&sa, &c, "syn_sent"), 0);
     assert_eq!(sa["conntrack"]["available"], true, "{}", sa["conntrack"]);
-    assert_eq!(tcp(&sa, &b, "conntrack_syn_sent"), 1, "conntrack still holds the half-open flow: {sa}");
+    assert_eq!(
+        tcp(&sa, &b, "conntrack_syn_sent"),
+        1,
+        "conntrack still holds the half-open flow: {sa}"
+    );
     assert_eq!(tcp(&sa, &c, "conntrack_syn_sent"), 0);
 
     let dropped = tcp(&sb, &a, "synack_dropped");
@@ -196,17 +206,36 @@ fn connect_from_port(ns: &str, sport: u16, to: SocketAddr) -> TcpStream {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
             assert!(fd >= 0);
             let one: libc::c_int = 1;
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const _, 4);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                &one as *const _ as *const _,
+                4,
+            );
             let mut local: libc::sockaddr_in = std::mem::zeroed();
             local.sin_family = libc::AF_INET as u16;
             local.sin_port = sport.to_be();
-            assert_eq!(libc::bind(fd, &local as *const _ as *const _, std::mem::size_of::<libc::sockaddr_in>() as u32), 0);
-            let SocketAddr::V4(v4) = to else { panic!("IPv4 only") };
+            assert_eq!(
+                libc::bind(
+                    fd,
+                    &local as *const _ as *const _,
+                    std::mem::size_of::<libc::sockaddr_in>() as u32
+                ),
+                0
+            );
+            let SocketAddr::V4(v4) = to else {
+                panic!("IPv4 only")
+            };
             let mut remote: libc::sockaddr_in = std::mem::zeroed();
             remote.sin_family = libc::AF_INET as u16;
             remote.sin_port = v4.port().to_be();
             remote.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
-            let rc = libc::connect(fd, &remote as *const _ as *const _, std::mem::size_of::<libc::sockaddr_in>() as u32);
+            let rc = libc::connect(
+                fd,
+                &remote as *const _ as *const _,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
             assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
             Ok(TcpStream::from_raw_fd(fd))
         }
@@ -222,20 +251,54 @@ fn connect_from_port(ns: &str, sport: u16, to: SocketAddr) -> TcpStream {
 #[test]
 fn nat_and_time_wait_reuse_reject_syns() {
     let lab = LabGuard::new("vt-tw", 2, false, 8472);
-    let (a, b) = (lab.underlay_ip(1).to_string(), lab.underlay_ip(2).to_string());
+    let (a, b) = (
+        lab.underlay_ip(1).to_string(),
+        lab.underlay_ip(2).to_string(),
+    );
     let node_a = lab.node_ns(1);
     // A second client namespace on node A (cleaned up with the lab).
     let client2 = format!("{}-p9", lab.name);
     sh(&["ip", "netns", "add", &client2]);
-    sh(&["ip", "-n", &node_a, "link", "add", "veth9", "mtu", "1450", "type", "veth", "peer", "name", "eth0", "netns", &client2]);
-    sh(&["ip", "-n", &node_a, "link", "set", "veth9", "master", "cni0", "up"]);
+    sh(&[
+        "ip", "-n", &node_a, "link", "add", "veth9", "mtu", "1450", "type", "veth", "peer", "name",
+        "eth0", "netns", &client2,
+    ]);
+    sh(&[
+        "ip", "-n", &node_a, "link", "set", "veth9", "master", "cni0", "up",
+    ]);
     sh(&["ip", "-n", &client2, "link", "set", "lo", "up"]);
-    sh(&["ip", "-n", &client2, "link", "set", "eth0", "mtu", "1450", "up"]);
-    sh(&["ip", "-n", &client2, "addr", "add", "10.244.0.3/24", "dev", "eth0"]);
-    sh(&["ip", "-n", &client2, "route", "add", "default", "via", "10.244.0.1"]);
+    sh(&[
+        "ip", "-n", &client2, "link", "set", "eth0", "mtu", "1450", "up",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &client2,
+        "addr",
+        "add",
+        "10.244.0.3/24",
+        "dev",
+        "eth0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &client2,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.244.0.1",
+    ]);
     // Node A hides its pods behind its VTEP address.
-    sh(&["ip", "netns", "exec", &node_a, "nft",
-        "add table ip vtnat; add chain ip vtnat post { type nat hook postrouting priority 100 ; }; add rule ip vtnat post ip saddr 10.244.0.0/24 ip daddr 10.244.1.0/24 snat to 10.244.0.0"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &node_a,
+        "nft",
+        "add table ip vtnat; add chain ip vtnat post { type nat hook postrouting priority 100 ; }; add rule ip vtnat post ip saddr 10.244.0.0/24 ip daddr 10.244.1.0/24 snat to 10.244.0.0",
+    ]);
     let listener = listen_in(&lab.pod_ns(2), 8080);
     let server_ns = lab.pod_ns(2);
     let on_a = Watcher::start(&node_a, &["--syn-timeout", "500ms", "--interval", "200ms"]);
@@ -255,7 +318,13 @@ fn nat_and_time_wait_reuse_reject_syns() {
     let mut tsval: u32 = 0;
     let mut len = 4u32;
     unsafe {
-        libc::getsockopt(c1.as_raw_fd(), libc::IPPROTO_TCP, 24, &mut tsval as *mut u32 as *mut _, &mut len)
+        libc::getsockopt(
+            c1.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            24,
+            &mut tsval as *mut u32 as *mut _,
+            &mut len,
+        )
     };
     drop(s1); // server: active close
     std::thread::sleep(Duration::from_millis(100));
@@ -272,7 +341,14 @@ fn nat_and_time_wait_reuse_reject_syns() {
          send(p, verbose=0)\n",
         dst = lab.pod_ip(2),
     );
-    let (code, _, err) = run(Command::new("ip").args(["netns", "exec", &client2, "/usr/bin/python3", "-c", &script]));
+    let (code, _, err) = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &client2,
+        "/usr/bin/python3",
+        "-c",
+        &script,
+    ]));
     assert_eq!(code, 0, "scapy: {err}");
     std::thread::sleep(Duration::from_millis(1500));
     let sa = on_a.stop();
@@ -280,11 +356,62 @@ fn nat_and_time_wait_reuse_reject_syns() {
 
     assert_eq!(sb["peers"][&a]["drops"]["TCP_RFC7323_TW_PAWS"], 1, "{sb}");
     assert_eq!(tcp(&sb, &a, "paws_rejects"), 1, "{sb}");
-    let tw = sb["netstat_paws"]["namespaces"][&server_ns]["PAWSTimewait"].as_u64().unwrap_or(0);
+    let tw = sb["netstat_paws"]["namespaces"][&server_ns]["PAWSTimewait"]
+        .as_u64()
+        .unwrap_or(0);
     assert_eq!(tw, 1, "{}", sb["netstat_paws"]);
     // The SNAT shows on B as A's VTEP address for an inner source.
     assert!(tcp(&sb, &a, "syn_received") >= 2);
     assert!(sb["peers"][&a]["inner_src_vtep"].as_u64().unwrap() > 0);
     assert_eq!(tcp(&sa, &b, "unanswered_syn_out"), 1, "{sa}");
-    assert_eq!(tcp(&sa, &b, "synack_received"), 1, "only client 1 was answered: {sa}");
+    assert_eq!(
+        tcp(&sa, &b, "synack_received"),
+        1,
+        "only client 1 was answered: {sa}"
+    );
+}
+
+/// `--paws-kprobes always`: attached where the kernel has kprobes, else
+/// reported as not available; the run goes on either way.
+#[test]
+fn paws_kprobes_report_what_the_kernel_offers() {
+    let lab = LabGuard::new("vt-kp", 2, false, 8472);
+    let w = Watcher::start(&lab.node_ns(1), &["--paws-kprobes", "always"]);
+    let probes = w.attached["probes"]["paws_kprobes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(probes.len(), 2, "{probes:?}");
+    let kprobes_here = std::fs::read("/proc/config.gz").ok().map(|gz| {
+        let (_, out, _) =
+            run(Command::new("sh")
+                .args(["-c", "zcat /proc/config.gz | grep -c '^CONFIG_KPROBES=y'"]));
+        let _ = gz;
+        out.trim() != "0"
+    });
+    for p in &probes {
+        let status = p["status"].as_str().unwrap();
+        match kprobes_here {
+            Some(false) => assert!(status.starts_with("not available on this kernel"), "{p}"),
+            _ => assert!(
+                status == "attached" || status.starts_with("not available on this kernel"),
+                "{p}"
+            ),
+        }
+    }
+    assert_eq!(lab.ping(1, 2, 3, Duration::ZERO).unwrap(), 3);
+    let s = w.stop();
+    assert_eq!(s["probes"]["paws_kprobes"].as_array().unwrap().len(), 2);
+    // Default: not needed where the kernel has the PAWS drop reasons.
+    let w = Watcher::start(&lab.node_ns(1), &[]);
+    for p in w.attached["probes"]["paws_kprobes"].as_array().unwrap() {
+        let status = p["status"].as_str().unwrap();
+        assert!(
+            status.starts_with("skipped")
+                || status == "attached"
+                || status.starts_with("not available"),
+            "{p}"
+        );
+    }
+    w.stop();
 }

@@ -265,6 +265,10 @@ pub struct HandshakeEvent {
 
 /// The tracepoint has no reason field (kernels before 5.17).
 pub const REASON_UNKNOWN: u32 = u32::MAX;
+/// Reasons the PAWS kprobes record on kernels that lack the RFC 7323 drop
+/// reasons; shown under the names newer kernels use.
+pub const REASON_KPROBE_PAWS: u32 = 0xfffe_0001;
+pub const REASON_KPROBE_TW_PAWS: u32 = 0xfffe_0002;
 /// An offset that the running kernel does not have.
 pub const NO_FIELD: u32 = u32::MAX;
 
@@ -290,6 +294,13 @@ pub struct KernelOffsets {
     /// The receiving socket (`rx_sk`, kernels >= 6.10): the namespace of
     /// a drop at socket level, where the skb has neither device nor socket.
     pub tp_rx_sk: u32,
+    /// For the PAWS kprobes (kernels without PAWS drop reasons):
+    /// `tcp_sock.rx_opt.ts_recent`, `.ts_recent_stamp`, and the TIME_WAIT
+    /// socket's `tw_ts_recent`, `tw_ts_recent_stamp`.
+    pub tcp_ts_recent: u32,
+    pub tcp_ts_recent_stamp: u32,
+    pub tw_ts_recent: u32,
+    pub tw_ts_recent_stamp: u32,
 }
 
 impl KernelOffsets {
@@ -308,6 +319,10 @@ impl KernelOffsets {
             tp_location: NO_FIELD,
             tp_reason: NO_FIELD,
             tp_rx_sk: NO_FIELD,
+            tcp_ts_recent: NO_FIELD,
+            tcp_ts_recent_stamp: NO_FIELD,
+            tw_ts_recent: NO_FIELD,
+            tw_ts_recent_stamp: NO_FIELD,
         }
     }
 }
@@ -400,13 +415,13 @@ mod tests {
         assert_eq!(size_of::<GlobalStats>(), 6 * 8 + 2 * 16);
         assert_eq!(size_of::<MacKey>(), 12);
         assert_eq!(size_of::<MacPeer>(), 24);
-        assert_eq!(size_of::<KernelOffsets>(), 13 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 17 * 4);
         assert_eq!(size_of::<DropKey>(), 32);
         assert_eq!(size_of::<VniInfo>(), 16);
         assert_eq!(size_of::<InnerAddr>(), 24);
         assert_eq!(
             size_of::<Config>(),
-            2 * MAX_PORTS + 16 * MAX_LOCAL_ADDRS + 4 * 4 + 13 * 4 + 8
+            2 * MAX_PORTS + 16 * MAX_LOCAL_ADDRS + 4 * 4 + 17 * 4 + 8
         );
     }
 

@@ -8,12 +8,13 @@
 mod drops;
 mod maps;
 mod packet;
+mod paws;
 mod underlay;
 mod vxlan_dev;
 
 use aya_ebpf::{
-    macros::{classifier, raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TcContext, TracePointContext},
+    macros::{classifier, kprobe, raw_tracepoint, tracepoint},
+    programs::{ProbeContext, RawTracePointContext, TcContext, TracePointContext},
 };
 use vxtrace_common::{NO_FIELD, REASON_UNKNOWN};
 
@@ -88,6 +89,29 @@ pub fn vxtrace_kfree_skb_tp(ctx: TracePointContext) -> u32 {
         unsafe { ctx.read_at(o.tp_rx_sk as usize) }.unwrap_or(0)
     };
     drops::handle(skb, location, reason, rx_sk);
+    0
+}
+
+/// PAWS check of established connections, for kernels without the
+/// RFC 7323 drop reasons.
+#[kprobe]
+pub fn vxtrace_paws_established(ctx: ProbeContext) -> u32 {
+    let (Some(sk), Some(skb), Some(th)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    else {
+        return 0;
+    };
+    paws::established(sk, skb, th);
+    0
+}
+
+/// PAWS check of TIME_WAIT sockets, same fallback.
+#[kprobe]
+pub fn vxtrace_paws_time_wait(ctx: ProbeContext) -> u32 {
+    let (Some(tw), Some(skb), Some(th)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    else {
+        return 0;
+    };
+    paws::time_wait(tw, skb, th);
     0
 }
 

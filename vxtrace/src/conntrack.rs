@@ -109,9 +109,13 @@ pub fn tcp_flows() -> Result<Vec<Flow>> {
         msg.finalize();
         let mut buf = vec![0u8; msg.header.length as usize];
         msg.serialize(&mut buf);
-        socket.send(&buf, 0).context("sending the conntrack dump request")?;
+        socket
+            .send(&buf, 0)
+            .context("sending the conntrack dump request")?;
         'dump: loop {
-            let (data, _) = socket.recv_from_full().context("reading the conntrack dump")?;
+            let (data, _) = socket
+                .recv_from_full()
+                .context("reading the conntrack dump")?;
             let mut off = 0;
             while off < data.len() {
                 let reply = NetlinkMessage::<NetfilterMessage>::deserialize(&data[off..])
@@ -121,12 +125,16 @@ pub fn tcp_flows() -> Result<Vec<Flow>> {
                     NetlinkPayload::Done(_) => break 'dump,
                     NetlinkPayload::Error(e) => {
                         if let Some(code) = e.code {
-                            bail!("conntrack dump refused: {}", std::io::Error::from_raw_os_error(-code.get()));
+                            bail!(
+                                "conntrack dump refused: {}",
+                                std::io::Error::from_raw_os_error(-code.get())
+                            );
                         }
                         break 'dump;
                     }
                     NetlinkPayload::InnerMessage(m) => {
-                        if let NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) = m.inner
+                        if let NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) =
+                            m.inner
                             && let Some(f) = flow_from(&attrs)
                         {
                             flows.push(f);

@@ -380,7 +380,11 @@ pub fn prefix_contains(net: &IpAddr, len: u8, addr: &IpAddr) -> bool {
         }
         (IpAddr::V6(n), IpAddr::V6(a)) => {
             let len = len.min(128) as u32;
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             u128::from(*n) & mask == u128::from(*a) & mask
         }
         _ => false,

@@ -97,6 +97,14 @@ pub fn skb_offsets(btf: &Btf) -> Result<KernelOffsets> {
     o.dev_nd_net = offset_of(btf, "net_device", &["nd_net", "net"]).unwrap_or(NO_FIELD);
     o.net_ns_inum = offset_of(btf, "net", &["ns", "inum"]).unwrap_or(NO_FIELD);
     o.sk_net = offset_of(btf, "sock", &["__sk_common", "skc_net", "net"]).unwrap_or(NO_FIELD);
+    // Only the PAWS kprobes read these; a kernel without them just cannot
+    // use that fallback.
+    o.tcp_ts_recent = offset_of(btf, "tcp_sock", &["rx_opt", "ts_recent"]).unwrap_or(NO_FIELD);
+    o.tcp_ts_recent_stamp =
+        offset_of(btf, "tcp_sock", &["rx_opt", "ts_recent_stamp"]).unwrap_or(NO_FIELD);
+    o.tw_ts_recent = offset_of(btf, "tcp_timewait_sock", &["tw_ts_recent"]).unwrap_or(NO_FIELD);
+    o.tw_ts_recent_stamp =
+        offset_of(btf, "tcp_timewait_sock", &["tw_ts_recent_stamp"]).unwrap_or(NO_FIELD);
     o.valid = 1;
     Ok(o)
 }
@@ -181,8 +189,11 @@ impl DropReasons {
     }
 
     pub fn name(&self, reason: u32) -> String {
-        if reason == REASON_UNKNOWN {
-            return "UNKNOWN".into();
+        match reason {
+            REASON_UNKNOWN => return "UNKNOWN".into(),
+            vxtrace_common::REASON_KPROBE_PAWS => return "TCP_RFC7323_PAWS".into(),
+            vxtrace_common::REASON_KPROBE_TW_PAWS => return "TCP_RFC7323_TW_PAWS".into(),
+            _ => {}
         }
         if let Some(n) = self.names.get(&reason) {
             return n.clone();
@@ -388,6 +399,8 @@ print fmt: "skbaddr=%p reason: %s", REC->skbaddr, __print_symbolic(REC->reason, 
         let o = skb_offsets(&btf).unwrap();
         assert!(o.skb_head > 0 && o.skb_head < 256);
         assert_ne!(o.net_ns_inum, NO_FIELD);
+        assert_ne!(o.tcp_ts_recent, NO_FIELD);
+        assert_ne!(o.tw_ts_recent_stamp, NO_FIELD);
         assert_eq!(raw_tp_has_reason(&btf), Some(true));
         let r = DropReasons::from_btf(&btf).unwrap();
         assert!(r.has("NETFILTER_DROP"));

@@ -17,7 +17,7 @@ use aya::{
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
     programs::{
-        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
+        KProbe, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
         tc::{NlOptions, TcAttachOptions, qdisc_add_clsact, qdisc_detach_program},
     },
 };
@@ -39,6 +39,33 @@ pub const PROG_VXLAN_EGRESS: &str = "vxtrace_vxlan_egress";
 pub const PROG_EMPTY: &str = "vxtrace_empty";
 pub const PROG_DROPS_RAW: &str = "vxtrace_kfree_skb_raw";
 pub const PROG_DROPS_TP: &str = "vxtrace_kfree_skb_tp";
+pub const PROG_PAWS_ESTABLISHED: &str = "vxtrace_paws_established";
+pub const PROG_PAWS_TIME_WAIT: &str = "vxtrace_paws_time_wait";
+
+/// The PAWS kprobes and the kernel functions they go on.
+pub const PAWS_KPROBES: [(&str, &str); 2] = [
+    (PROG_PAWS_ESTABLISHED, "tcp_validate_incoming"),
+    (PROG_PAWS_TIME_WAIT, "tcp_timewait_state_process"),
+];
+
+/// When to use the PAWS kprobes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PawsKprobes {
+    /// Only where the kernel's drops carry no PAWS reasons.
+    Auto,
+    /// Always try (they fail where the kernel has no kprobes).
+    Always,
+    Never,
+}
+
+/// What became of one optional probe.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeStatus {
+    pub program: &'static str,
+    pub target: &'static str,
+    /// "attached", "skipped: …" or "not available on this kernel: …".
+    pub status: String,
+}
 /// The TC programs (loaded up front; the drop programs load when attached).
 pub const ALL_PROGRAMS: [&str; 5] = [
     PROG_NIC_INGRESS,
@@ -362,6 +389,68 @@ impl Tracer {
                 }
             }
         }
+    }
+
+    /// Loads the PAWS kprobes (the verifier checks them here whatever the
+    /// kernel) without attaching.
+    pub fn load_paws_kprobes(&mut self) -> Result<()> {
+        for (prog, _) in PAWS_KPROBES {
+            let p: &mut KProbe = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("no program {prog}"))?
+                .try_into()?;
+            p.load()
+                .map_err(|e| explain_bpf_error(anyhow!(e)))
+                .with_context(|| format!("loading {prog}"))?;
+        }
+        Ok(())
+    }
+
+    /// Loads and, where wanted and possible, attaches the PAWS kprobes.
+    pub fn attach_paws_kprobes(
+        &mut self,
+        mode: PawsKprobes,
+        kernel_has_paws_reasons: bool,
+    ) -> Vec<ProbeStatus> {
+        let skip = match mode {
+            PawsKprobes::Never => Some("skipped: --paws-kprobes never".to_string()),
+            PawsKprobes::Auto if kernel_has_paws_reasons => {
+                Some("skipped: this kernel reports PAWS rejects as drop reasons".to_string())
+            }
+            _ => None,
+        };
+        let loaded = self.load_paws_kprobes();
+        PAWS_KPROBES
+            .iter()
+            .map(|(prog, target)| {
+                let status = if let Err(e) = &loaded {
+                    format!("not loaded: {e:#}")
+                } else if let Some(s) = &skip {
+                    s.clone()
+                } else {
+                    match self.attach_kprobe(prog, target) {
+                        Ok(()) => "attached".to_string(),
+                        Err(e) => format!("not available on this kernel: {e:#}"),
+                    }
+                };
+                ProbeStatus {
+                    program: prog,
+                    target,
+                    status,
+                }
+            })
+            .collect()
+    }
+
+    fn attach_kprobe(&mut self, prog: &str, target: &str) -> Result<()> {
+        let p: &mut KProbe = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("no program {prog}"))?
+            .try_into()?;
+        p.attach(target, 0)?;
+        Ok(())
     }
 
     fn attach_raw_drops(&mut self) -> Result<()> {

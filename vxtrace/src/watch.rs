@@ -16,14 +16,15 @@ use vxtrace_common::{
 };
 
 use crate::{
+    conntrack,
     discovery::{self, Snapshot, VxlanDevice, is_group_mac},
     drops::{self, DropTable, PeerDrops},
     kernel::{self, DropReasons},
-    conntrack, netstat, output,
+    netstat, output,
     peers::PeerTable,
     preflight,
     reaper::Reaper,
-    tracer::{AttachMode, AttachPolicy, DropProbe, Tracer, TracerConfig},
+    tracer::{AttachMode, AttachPolicy, DropProbe, PawsKprobes, Tracer, TracerConfig},
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -61,6 +62,11 @@ pub struct WatchArgs {
     /// dstport, e.g. 8472 for flannel, 4789 IANA).
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
+
+    /// PAWS kprobes (tcp_validate_incoming, tcp_timewait_state_process):
+    /// `auto` uses them where the kernel's drops carry no PAWS reasons.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub paws_kprobes: PawsKprobes,
 
     /// A SYN without SYN-ACK for this long counts as unanswered.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
@@ -529,6 +535,14 @@ async fn run_async(args: WatchArgs) -> Result<()> {
             .with_context(|| format!("attaching to underlay device {iface}"))?;
     }
     let drop_probe = tracer.attach_drops();
+    let paws_probes =
+        tracer.attach_paws_kprobes(args.paws_kprobes, kinfo.reasons.has("TCP_RFC7323_PAWS"));
+    for p in &paws_probes {
+        if p.status != "attached" && args.paws_kprobes == PawsKprobes::Always {
+            plan.notes
+                .push(format!("{} on {}: {}", p.program, p.target, p.status));
+        }
+    }
     if drop_probe.attached == "none" {
         plan.notes.push(format!(
             "kernel drops are not counted: {}",
@@ -579,7 +593,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
             "underlays": plan.underlays,
             "ports": plan.ports,
             "attached": tracer.attachments,
-            "probes": {"drops": &drop_probe, "reason_names": kinfo.reasons.source},
+            "probes": {"drops": &drop_probe, "paws_kprobes": &paws_probes, "reason_names": kinfo.reasons.source},
             "netns": netns_scope_json(&netns_scope),
             "notes": plan.notes,
         });
@@ -699,6 +713,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     };
     let mut summary = summary_json(&ctx);
     add_conntrack(&mut summary, &snap);
+    summary["probes"]["paws_kprobes"] = json!(paws_probes);
     summary["netstat_paws"] = netstat_json(&netstat_start, &read_netstat(&netstat_ns));
     // Detach before printing: nothing of ours stays in the kernel a moment
     // longer than needed.
@@ -751,7 +766,9 @@ fn add_conntrack(summary: &mut Value, snap: &Snapshot) {
         }
     }
     summary["conntrack"] = json!({"available": true, "tcp_flows": flows.len()});
-    let Some(peers) = summary["peers"].as_object_mut() else { return };
+    let Some(peers) = summary["peers"].as_object_mut() else {
+        return;
+    };
     for (addr, v) in peers.iter_mut() {
         let (sent, recv) = addr
             .parse::<IpAddr>()

@@ -1,0 +1,113 @@
+//! PAWS rejects on kernels whose drops carry no RFC 7323 reason: kprobes at
+//! the two timestamp checks redo the kernel's comparison with the socket's
+//! `ts_recent` (offsets from BTF) and count a reject as a drop of the
+//! segment's peer. Kernels with the drop reasons do not need these; the
+//! loader attaches them only where kprobes exist and the reasons do not.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use vxtrace_common::{NO_FIELD, REASON_KPROBE_PAWS, REASON_KPROBE_TW_PAWS};
+
+use crate::{drops, maps::config};
+
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_TIMESTAMP: u8 = 8;
+
+#[inline(always)]
+fn kread<T>(addr: u64) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+/// The TSval of a TCP header at `th` (kernel memory), and its flags.
+#[inline(always)]
+fn tsval(th: u64) -> Option<(u32, u8)> {
+    let fixed: [u8; 20] = kread(th)?;
+    let flags = fixed[13];
+    let doff = ((fixed[12] >> 4) as usize) * 4;
+    if doff <= 20 {
+        return None;
+    }
+    let opts: [u8; 40] = kread(th + 20)?;
+    let len = doff - 20;
+    let mut i = 0usize;
+    // At most 40 option bytes; every step advances at least one byte.
+    for _ in 0..40 {
+        if i >= len || i >= 40 {
+            return None;
+        }
+        let kind = opts[i];
+        if kind == TCPOPT_EOL {
+            return None;
+        }
+        if kind == TCPOPT_NOP {
+            i += 1;
+            continue;
+        }
+        if i + 1 >= 40 {
+            return None;
+        }
+        let olen = opts[i + 1] as usize;
+        if kind == TCPOPT_TIMESTAMP && olen == 10 && i + 6 <= 40 {
+            let v = u32::from_be_bytes([opts[i + 2], opts[i + 3], opts[i + 4], opts[i + 5]]);
+            return Some((v, flags));
+        }
+        if olen < 2 {
+            return None;
+        }
+        i += olen;
+    }
+    None
+}
+
+/// `tcp_validate_incoming(sk, skb, th, syn_inerr)`: the established check,
+/// with the kernel's window of 1 (TCP_PAWS_WINDOW). Pure ACKs are left out
+/// (the kernel lets reordered ones through).
+#[inline(always)]
+pub fn established(sk: u64, skb: u64, th: u64) {
+    let o = unsafe { core::ptr::read_volatile(&raw const (*config()).offsets) };
+    if o.tcp_ts_recent == NO_FIELD || o.tcp_ts_recent_stamp == NO_FIELD {
+        return;
+    }
+    let Some((val, flags)) = tsval(th) else {
+        return;
+    };
+    if flags & 0x04 != 0 || flags & 0x18 == 0x10 {
+        return; // RST, or a pure ACK
+    }
+    let Some(stamp) = kread::<i32>(sk + o.tcp_ts_recent_stamp as u64) else {
+        return;
+    };
+    let Some(recent) = kread::<u32>(sk + o.tcp_ts_recent as u64) else {
+        return;
+    };
+    if stamp != 0 && (recent.wrapping_sub(val) as i32) > 1 {
+        drops::handle(skb, 0, REASON_KPROBE_PAWS, sk);
+    }
+}
+
+/// `tcp_timewait_state_process(tw, skb, th, ...)`: the TIME_WAIT check.
+#[inline(always)]
+pub fn time_wait(tw: u64, skb: u64, th: u64) {
+    let o = unsafe { core::ptr::read_volatile(&raw const (*config()).offsets) };
+    if o.tw_ts_recent == NO_FIELD || o.tw_ts_recent_stamp == NO_FIELD {
+        return;
+    }
+    let Some((val, flags)) = tsval(th) else {
+        return;
+    };
+    if flags & 0x04 != 0 {
+        return;
+    }
+    let Some(stamp) = kread::<i32>(tw + o.tw_ts_recent_stamp as u64) else {
+        return;
+    };
+    let Some(recent) = kread::<u32>(tw + o.tw_ts_recent as u64) else {
+        return;
+    };
+    if stamp != 0 && (recent.wrapping_sub(val) as i32) > 0 {
+        drops::handle(skb, 0, REASON_KPROBE_TW_PAWS, tw);
+    }
+}
