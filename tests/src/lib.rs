@@ -151,6 +151,12 @@ impl Watcher {
         }
     }
 
+    /// The next JSON line of any type.
+    pub fn next_of_any(&mut self, timeout: Duration) -> Option<Value> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+    }
+
     fn stderr_text(self) -> String {
         self.stderr.join().unwrap_or_default()
     }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use vxtrace::{lab, reaper, watch};
+use vxtrace::{lab, reaper, report, watch};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Count VXLAN traffic per underlay peer and show it live.
     Watch(watch::WatchArgs),
+    /// Read recordings (`watch --record`) and name the likely causes.
+    Report(report::ReportArgs),
     /// A built-in VXLAN lab in network namespaces (flannel's layout).
     Lab {
         #[command(subcommand)]
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Watch(args) => watch::run(args),
+        Command::Report(args) => report::run(args),
         Command::Lab { command } => lab::run(command),
         Command::ReapClsact => reaper::run(),
     };

@@ -20,10 +20,13 @@ use crate::{
     discovery::{self, Snapshot, VxlanDevice, is_group_mac},
     drops::{self, DropTable, PeerDrops},
     kernel::{self, DropReasons},
-    netstat, output,
+    netstat,
+    outages::OutageTracker,
+    output,
     peers::PeerTable,
     preflight,
     reaper::Reaper,
+    record::Recorder,
     tracer::{AttachMode, AttachPolicy, DropProbe, PawsKprobes, Tracer, TracerConfig},
 };
 
@@ -68,6 +71,29 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub paws_kprobes: PawsKprobes,
 
+    /// Silence from a peer (no rx) while sending to it for longer than this
+    /// is an outage.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub outage_threshold: Duration,
+
+    /// A peer is one-way when it was sent to and nothing came back for
+    /// this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub one_way_window: Duration,
+
+    /// Append the NDJSON lines (header, intervals, events, summary) to
+    /// FILE, synced every interval, rotated by size.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+
+    /// Rotate the recording at this size (e.g. 64M, 1G).
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub record_max_size: u64,
+
+    /// Rotated recording files kept (FILE.1 .. FILE.N).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub record_keep: usize,
+
     /// A SYN without SYN-ACK for this long counts as unanswered.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     pub syn_timeout: Duration,
@@ -99,6 +125,31 @@ fn parse_peer(s: &str) -> Result<IpAddr, String> {
     s.parse().map_err(|_| {
         format!("'{s}' is not an IP address; give the peer's underlay address, e.g. 172.16.10.173 or fd00::173")
     })
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let mult = match t[i..].to_ascii_lowercase().as_str() {
+                "k" | "kb" | "kib" => 1u64 << 10,
+                "m" | "mb" | "mib" => 1 << 20,
+                "g" | "gb" | "gib" => 1 << 30,
+                other => return Err(format!("unknown size unit '{other}'; use K, M or G")),
+            };
+            (&t[..i], mult)
+        }
+        None => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size; examples: 64M, 1G"))?;
+    let v = n.saturating_mul(mult);
+    if v < 4096 {
+        return Err("the recording size limit must be at least 4K".into());
+    }
+    Ok(v)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -586,7 +637,23 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         eprintln!("vxtrace: attached {a}");
     }
     let stdout = std::io::stdout();
-    if let Mode::Json = mode {
+    let mut recorder = match &args.record {
+        Some(path) => Some(Recorder::open(
+            path,
+            args.record_max_size,
+            args.record_keep,
+            record_header(&plan),
+        )?),
+        None => None,
+    };
+    let mut tracker = OutageTracker::new(
+        args.outage_threshold.as_secs_f64(),
+        args.one_way_window.as_secs_f64(),
+        unix_now(),
+        (args.max_peers as usize) * 2,
+    );
+    let mut recent_events: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    {
         let line = json!({
             "type": "attached",
             "devices": plan.vxlan,
@@ -597,7 +664,13 @@ async fn run_async(args: WatchArgs) -> Result<()> {
             "netns": netns_scope_json(&netns_scope),
             "notes": plan.notes,
         });
-        emit(&stdout, &line)?;
+        if let Mode::Json = mode {
+            emit(&stdout, &line)?;
+        }
+        if let Some(r) = recorder.as_mut() {
+            r.write(&line)?;
+            r.flush()?;
+        }
     }
 
     let netstat_ns = netstat_scope(&args.netns);
@@ -635,8 +708,34 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                 drop_table.update(&readout.drops);
                 let drop_deltas = drop_table.interval_deltas(&kinfo.reasons);
                 let elapsed = start.elapsed().as_secs_f64();
+                let events = tracker.update(
+                    elapsed,
+                    seconds,
+                    table.peers.iter().map(|(k, p)| (*k, p.addr, &p.last_delta)),
+                );
+                let interval_line = interval_json(elapsed, seconds, &table, &args.peers, &drop_deltas);
+                if let Some(r) = recorder.as_mut() {
+                    r.write(&interval_line)?;
+                    for e in &events {
+                        r.write(&e.json())?;
+                    }
+                    r.flush()?;
+                }
+                for e in &events {
+                    let v = e.json();
+                    match mode {
+                        Mode::Json => emit(&stdout, &v)?,
+                        Mode::Plain => println!("event: {v}"),
+                        Mode::Screen => {
+                            recent_events.push_back(v.to_string());
+                            if recent_events.len() > 5 {
+                                recent_events.pop_front();
+                            }
+                        }
+                    }
+                }
                 match mode {
-                    Mode::Json => emit(&stdout, &interval_json(elapsed, seconds, &table, &args.peers, &drop_deltas))?,
+                    Mode::Json => emit(&stdout, &interval_line)?,
                     Mode::Screen => {
                         let header = output::ScreenHeader {
                             elapsed_s: elapsed,
@@ -645,7 +744,27 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                             attach_summary: &attach_summary,
                         };
                         let drops = drop_table.by_peer(&kinfo.reasons, syms.as_ref());
-                        let screen = output::render_screen(&header, &table, &args.peers, &global, &drops);
+                        let mut screen = output::render_screen(&header, &table, &args.peers, &global, &drops);
+                        for key in table.peers.keys() {
+                            if let Some(o) = tracker.open(key) {
+                                screen.push_str(&format!(
+                                    "\nOUTAGE {}: silent since {:.1}s ago, {} packets sent into the silence{}",
+                                    o.peer,
+                                    unix_now() - o.start,
+                                    o.sent_into_silence,
+                                    if o.silent_together.is_empty() { String::new() } else {
+                                        format!(", together with {}", o.silent_together.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "))
+                                    }
+                                ));
+                            }
+                        }
+                        if !recent_events.is_empty() {
+                            screen.push_str("\n\nrecent events:\n");
+                            for e in &recent_events {
+                                screen.push_str(e);
+                                screen.push('\n');
+                            }
+                        }
                         let mut out = stdout.lock();
                         let _ = write!(out, "\x1b[H\x1b[2J{screen}");
                         let _ = out.flush();
@@ -712,6 +831,22 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         drop_probe: &drop_probe,
     };
     let mut summary = summary_json(&ctx);
+    if let Some(peers) = summary["peers"].as_object_mut() {
+        for (addr, v) in peers.iter_mut() {
+            if let Ok(a) = addr.parse::<IpAddr>() {
+                let o = tracker.peer_json(&discovery::peer_key(&a));
+                for k in [
+                    "outages",
+                    "outages_total",
+                    "one_way",
+                    "one_way_now",
+                    "longest_silence_s",
+                ] {
+                    v[k] = o[k].clone();
+                }
+            }
+        }
+    }
     add_conntrack(&mut summary, &snap);
     summary["probes"]["paws_kprobes"] = json!(paws_probes);
     summary["netstat_paws"] = netstat_json(&netstat_start, &read_netstat(&netstat_ns));
@@ -720,6 +855,10 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     drop(tracer);
     if let Some(r) = reaper {
         r.finish();
+    }
+    if let Some(r) = recorder.as_mut() {
+        r.write(&summary)?;
+        r.flush()?;
     }
     match mode {
         Mode::Json => emit(&stdout, &summary)?,
@@ -741,6 +880,26 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first line of every recording file: what produced it, where.
+fn record_header(plan: &Plan) -> Value {
+    let uname = |f: &str| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    json!({
+        "type": "header",
+        "version": env!("CARGO_PKG_VERSION"),
+        "command_line": std::env::args().collect::<Vec<_>>(),
+        "kernel": uname("osrelease"),
+        "host": uname("hostname"),
+        "started": unix_now(),
+        "devices": plan.vxlan,
+        "underlays": plan.underlays,
+        "ports": plan.ports,
+    })
 }
 
 /// Conntrack's half-open TCP flows, per peer (the peer that owns the

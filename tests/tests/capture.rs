@@ -1,0 +1,241 @@
+//! Long-running capture: outages, one-way peers, recordings and `report`.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use vxtrace_tests::{LabGuard, Watcher, bin, run, sh};
+
+/// Steady traffic from pod 1 to `to`, until `until`.
+fn steady(lab: &LabGuard, to: u8, until: Instant) -> std::thread::JoinHandle<()> {
+    let lab = lab.lab.clone();
+    std::thread::spawn(move || {
+        while Instant::now() < until {
+            let _ = lab.ping(1, to, 5, Duration::from_millis(20));
+        }
+    })
+}
+
+/// Drops frames between two bridge ports of the underlay (both ways).
+fn block(lab: &LabGuard, ports: &[&str]) {
+    let br = lab.bridge_ns();
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &br,
+        "nft",
+        "add table bridge vtblock; add chain bridge vtblock fw { type filter hook forward priority 0 ; }",
+    ]);
+    for p in ports {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &br,
+            "nft",
+            &format!("add rule bridge vtblock fw iifname \"{p}\" drop"),
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &br,
+            "nft",
+            &format!("add rule bridge vtblock fw oifname \"{p}\" drop"),
+        ]);
+    }
+}
+
+fn unblock(lab: &LabGuard) {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.bridge_ns(),
+        "nft",
+        "delete table bridge vtblock",
+    ]);
+}
+
+fn events(w: &mut Watcher, until: Instant) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match w.next_of_any(left) {
+            Some(v) if v["type"] != "interval" => out.push(v),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn outages_one_peer_then_two_together() {
+    let lab = LabGuard::new("vt-out", 3, false, 8472);
+    let (b, c) = (
+        lab.underlay_ip(2).to_string(),
+        lab.underlay_ip(3).to_string(),
+    );
+    let mut w = Watcher::start(&lab.node_ns(1), &["--interval", "250ms"]);
+    let end = Instant::now() + Duration::from_secs(16);
+    let t1 = steady(&lab, 2, end);
+    let t2 = steady(&lab, 3, end);
+    std::thread::sleep(Duration::from_secs(2));
+    // B alone, 3 s (node B's bridge port).
+    block(&lab, &["veth2"]);
+    std::thread::sleep(Duration::from_secs(3));
+    unblock(&lab);
+    let mut seen = events(&mut w, Instant::now() + Duration::from_secs(3));
+    // Node A cut off from both.
+    block(&lab, &["veth1"]);
+    std::thread::sleep(Duration::from_secs(3));
+    unblock(&lab);
+    seen.extend(events(&mut w, Instant::now() + Duration::from_secs(3)));
+    t1.join().unwrap();
+    t2.join().unwrap();
+    let s = w.stop();
+
+    let ends: Vec<&Value> = seen.iter().filter(|e| e["type"] == "outage_end").collect();
+    let b_ends: Vec<&&Value> = ends.iter().filter(|e| e["peer"] == b.as_str()).collect();
+    let c_ends: Vec<&&Value> = ends.iter().filter(|e| e["peer"] == c.as_str()).collect();
+    assert_eq!(b_ends.len(), 2, "{seen:?}");
+    assert_eq!(
+        c_ends.len(),
+        1,
+        "C had one outage (the second block): {seen:?}"
+    );
+    let first = b_ends[0]["duration_s"].as_f64().unwrap();
+    assert!((first - 3.0).abs() <= 1.0, "{first}");
+    assert!(b_ends[0]["silent_together"].as_array().unwrap().is_empty());
+    let groups: Vec<&Value> = seen
+        .iter()
+        .filter(|e| e["type"] == "outage_group")
+        .collect();
+    assert_eq!(groups.len(), 1, "{seen:?}");
+    let mut members: Vec<String> = groups[0]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    members.sort();
+    assert_eq!(members, vec![b.clone(), c.clone()]);
+    assert_eq!(
+        s["peers"][&b]["outages"].as_array().unwrap().len(),
+        2,
+        "{s}"
+    );
+    assert_eq!(s["peers"][&c]["outages"].as_array().unwrap().len(), 1);
+    assert_eq!(s["peers"][&b]["one_way"], false);
+}
+
+fn report(files: &[&std::path::Path]) -> Value {
+    let (code, out, err) = run(Command::new(bin()).arg("report").arg("--json").args(files));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn causes(r: &Value, peer: &str) -> String {
+    r["peers"][peer]["causes"].to_string()
+}
+
+#[test]
+fn report_names_a_one_way_peer_and_survives_sigkill() {
+    let lab = LabGuard::new("vt-rep", 3, false, 8472);
+    let dir = std::env::temp_dir().join(format!("vt-rep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("a.ndjson");
+    let _ = std::fs::remove_file(&file);
+    // Node 3's packets to node 1 vanish: one-way from A's side.
+    let route = format!("{}/32", lab.underlay_ip(1));
+    sh(&[
+        "ip",
+        "-n",
+        &lab.node_ns(3),
+        "route",
+        "add",
+        "blackhole",
+        &route,
+    ]);
+    let w = Watcher::start(
+        &lab.node_ns(1),
+        &["--record", file.to_str().unwrap(), "--interval", "300ms"],
+    );
+    assert_eq!(lab.ping(1, 2, 20, Duration::ZERO).unwrap(), 20);
+    assert_eq!(lab.ping(1, 3, 6, Duration::from_millis(1)).unwrap(), 0);
+    // Two intervals, so the counts are in the file; then no chance to clean up.
+    std::thread::sleep(Duration::from_millis(800));
+    w.kill();
+    // A half-written line, as a crash may leave.
+    use std::io::Write as _;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap()
+        .write_all(b"{\"type\":\"interval\",\"pe")
+        .unwrap();
+
+    let r = report(&[&file]);
+    assert_eq!(r["complete"], false);
+    assert_eq!(r["truncated_lines"], 1);
+    let (b, c) = (
+        lab.underlay_ip(2).to_string(),
+        lab.underlay_ip(3).to_string(),
+    );
+    assert_eq!(r["peers"][&b]["tx_encap"]["packets"], 20, "{r}");
+    assert_eq!(r["peers"][&c]["tx_encap"]["packets"], 6, "{r}");
+    assert!(causes(&r, &c).contains("one-way"), "{r}");
+    assert_eq!(r["peers"][&b]["causes"].as_array().unwrap().len(), 0, "{r}");
+    // The text report says it in words.
+    let (code, text, _) = run(Command::new(bin()).arg("report").arg(&file));
+    assert_eq!(code, 0);
+    assert!(text.contains("likely cause: one-way"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn report_names_a_host_firewall() {
+    let lab = LabGuard::new("vt-repfw", 2, false, 8472);
+    let dir = std::env::temp_dir().join(format!("vt-repfw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("b.ndjson");
+    let _ = std::fs::remove_file(&file);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node_ns(2),
+        "nft",
+        "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop",
+    ]);
+    let w = Watcher::start(&lab.node_ns(2), &["--record", file.to_str().unwrap()]);
+    assert_eq!(lab.ping(1, 2, 4, Duration::ZERO).unwrap(), 0);
+    let s = w.stop();
+    let r = report(&[&file]);
+    assert_eq!(r["complete"], true);
+    let a = lab.underlay_ip(1).to_string();
+    assert!(causes(&r, &a).contains("host firewall"), "{r}");
+    assert!(causes(&r, &a).contains("NETFILTER_DROP 4"), "{r}");
+    assert_eq!(r["peers"][&a]["rx_nic"], s["peers"][&a]["rx_nic"]);
+    // Every line of the file is JSON, and the first is the header.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "header");
+    assert!(first["kernel"].as_str().unwrap().len() > 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn report_errors_are_clear() {
+    let (code, _, err) = run(Command::new(bin()).args(["report", "/nonexistent/rec.ndjson"]));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("recording /nonexistent/rec.ndjson not found"),
+        "{err}"
+    );
+    let (code, _, err) = run(Command::new(bin()).args(["report"]));
+    assert_eq!(code, 2, "{err}");
+}

@@ -1,0 +1,415 @@
+//! Outages and one-way peers, from the per-interval deltas.
+//!
+//! An outage of a peer: nothing arrives from it (rx_nic) for longer than a
+//! threshold while we keep sending to it (tx_encap). Its start is the middle
+//! of the last interval with rx, its end the middle of the interval in which
+//! rx came back, so the error is at most one interval. Peers whose outages
+//! start within the same second are named together: a subnet-wide
+//! blackhole looks different from one broken peer.
+//!
+//! A one-way peer: tx > 0 and rx == 0 over a whole window.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use vxtrace_common::{PeerKey, PeerStats};
+
+/// Closed outages kept per peer (older ones are only counted).
+const OUTAGES_KEPT: usize = 100;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Outage {
+    pub peer: IpAddr,
+    /// Unix time, seconds.
+    pub start: f64,
+    pub end: Option<f64>,
+    pub duration_s: Option<f64>,
+    pub sent_into_silence: u64,
+    /// tx_encap packet rate over the 10 s before the silence.
+    pub tx_pps_before: f64,
+    /// Other peers whose outages started within a second of this one.
+    pub silent_together: Vec<IpAddr>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Elapsed time (s) of the middle of the last interval with rx.
+    last_rx: Option<f64>,
+    sent_since_rx: u64,
+    open: Option<Outage>,
+    closed: VecDeque<Outage>,
+    closed_total: u64,
+    /// (elapsed end of interval, interval length, tx packets, rx packets).
+    history: VecDeque<(f64, f64, u64, u64)>,
+    one_way: bool,
+    ever_one_way: bool,
+    longest_silence_s: f64,
+}
+
+pub enum Event {
+    OutageStart(Outage),
+    OutageEnd(Outage),
+    Group {
+        start: f64,
+        peers: Vec<IpAddr>,
+    },
+    OneWay {
+        peer: IpAddr,
+        sent: u64,
+        window_s: f64,
+    },
+}
+
+impl Event {
+    pub fn json(&self) -> Value {
+        match self {
+            Event::OutageStart(o) => {
+                let mut v = json!(o);
+                v["type"] = json!("outage_start");
+                v
+            }
+            Event::OutageEnd(o) => {
+                let mut v = json!(o);
+                v["type"] = json!("outage_end");
+                v
+            }
+            Event::Group { start, peers } => {
+                json!({"type": "outage_group", "start": start, "peers": peers})
+            }
+            Event::OneWay {
+                peer,
+                sent,
+                window_s,
+            } => {
+                json!({"type": "one_way", "peer": peer, "sent": sent, "received": 0, "window_s": window_s})
+            }
+        }
+    }
+}
+
+pub struct OutageTracker {
+    threshold_s: f64,
+    window_s: f64,
+    /// Unix time at elapsed 0.
+    epoch: f64,
+    peers: HashMap<PeerKey, State>,
+    limit: usize,
+}
+
+impl OutageTracker {
+    pub fn new(threshold_s: f64, window_s: f64, epoch: f64, limit: usize) -> Self {
+        Self {
+            threshold_s,
+            window_s,
+            epoch,
+            peers: HashMap::new(),
+            limit,
+        }
+    }
+
+    /// One interval ending at `now` (elapsed seconds) of length `interval`.
+    pub fn update<'a>(
+        &mut self,
+        now: f64,
+        interval: f64,
+        deltas: impl Iterator<Item = (PeerKey, IpAddr, &'a PeerStats)>,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mid = now - interval / 2.0;
+        let mut started = Vec::new();
+        for (key, addr, d) in deltas {
+            let (tx, rx) = (d.tx_encap.packets, d.rx_nic.packets);
+            if tx == 0 && rx == 0 && !self.peers.contains_key(&key) {
+                continue;
+            }
+            let s = self.peers.entry(key).or_default();
+            s.history.push_back((now, interval, tx, rx));
+            while s
+                .history
+                .front()
+                .is_some_and(|(t, ..)| now - t > self.window_s.max(10.0) + interval)
+            {
+                s.history.pop_front();
+            }
+            if s.history.len() > 4096 {
+                s.history.pop_front();
+            }
+            if rx > 0 {
+                if let Some(last) = s.last_rx {
+                    s.longest_silence_s = s.longest_silence_s.max(mid - last);
+                }
+                if let Some(mut o) = s.open.take() {
+                    let end = self.epoch + mid;
+                    o.end = Some(round3(end));
+                    o.duration_s = Some(round3(end - o.start));
+                    o.sent_into_silence = s.sent_since_rx;
+                    events.push(Event::OutageEnd(o.clone()));
+                    s.closed.push_back(o);
+                    s.closed_total += 1;
+                    if s.closed.len() > OUTAGES_KEPT {
+                        s.closed.pop_front();
+                    }
+                }
+                s.last_rx = Some(mid);
+                s.sent_since_rx = 0;
+            } else if tx > 0 || s.sent_since_rx > 0 {
+                s.sent_since_rx += tx;
+                if let Some(o) = s.open.as_mut() {
+                    o.sent_into_silence = s.sent_since_rx;
+                } else if let Some(last) = s.last_rx
+                    && now - last > self.threshold_s
+                    && s.sent_since_rx > 0
+                {
+                    // tx rate over the 10 s before the silence began.
+                    let (mut pkts, mut secs) = (0u64, 0f64);
+                    for (t, len, tx, _) in &s.history {
+                        if *t <= last + interval && last - t < 10.0 {
+                            pkts += tx;
+                            secs += len;
+                        }
+                    }
+                    s.open = Some(Outage {
+                        peer: addr,
+                        start: round3(self.epoch + last),
+                        end: None,
+                        duration_s: None,
+                        sent_into_silence: s.sent_since_rx,
+                        tx_pps_before: if secs > 0.0 {
+                            round3(pkts as f64 / secs)
+                        } else {
+                            0.0
+                        },
+                        silent_together: Vec::new(),
+                    });
+                    started.push(key);
+                }
+            }
+            // One-way over the window: sending, nothing back, for all of it.
+            let covered: f64 = s
+                .history
+                .iter()
+                .filter(|(t, ..)| now - t < self.window_s)
+                .map(|(_, l, ..)| l)
+                .sum();
+            let sent: u64 = s
+                .history
+                .iter()
+                .filter(|(t, ..)| now - t < self.window_s)
+                .map(|(_, _, tx, _)| tx)
+                .sum();
+            let got: u64 = s
+                .history
+                .iter()
+                .filter(|(t, ..)| now - t < self.window_s)
+                .map(|(.., rx)| rx)
+                .sum();
+            let one_way = covered + interval / 2.0 >= self.window_s && sent > 0 && got == 0;
+            if one_way && !s.one_way {
+                events.push(Event::OneWay {
+                    peer: addr,
+                    sent,
+                    window_s: self.window_s,
+                });
+                s.ever_one_way = true;
+            }
+            s.one_way = one_way;
+        }
+        // Name the peers that went silent together (within a second).
+        if !started.is_empty() {
+            let opened: Vec<(PeerKey, f64, IpAddr)> = self
+                .peers
+                .iter()
+                .filter_map(|(k, s)| s.open.as_ref().map(|o| (*k, o.start, o.peer)))
+                .collect();
+            for key in &started {
+                let Some(s) = self.peers.get_mut(key) else {
+                    continue;
+                };
+                let Some(o) = s.open.as_mut() else { continue };
+                o.silent_together = opened
+                    .iter()
+                    .filter(|(k, t, _)| k != key && (t - o.start).abs() <= 1.0)
+                    .map(|(_, _, a)| *a)
+                    .collect();
+                o.silent_together.sort();
+                events.push(Event::OutageStart(o.clone()));
+            }
+            // One event naming every peer that went silent within a second
+            // of the earliest of these.
+            let first = started
+                .iter()
+                .filter_map(|k| self.peers.get(k)?.open.as_ref().map(|o| o.start))
+                .fold(f64::MAX, f64::min);
+            let mut peers: Vec<IpAddr> = opened
+                .iter()
+                .filter(|(_, t, _)| (t - first).abs() <= 1.0)
+                .map(|(_, _, a)| *a)
+                .collect();
+            peers.sort();
+            peers.dedup();
+            if peers.len() >= 2 {
+                events.push(Event::Group {
+                    start: first,
+                    peers,
+                });
+            }
+        }
+        self.enforce_limit();
+        events
+    }
+
+    fn enforce_limit(&mut self) {
+        if self.peers.len() <= self.limit {
+            return;
+        }
+        // Forget the peers idle longest (no open outage).
+        let mut idle: Vec<(f64, PeerKey)> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.open.is_none())
+            .map(|(k, s)| (s.history.back().map(|h| h.0).unwrap_or(0.0), *k))
+            .collect();
+        idle.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let excess = self.peers.len() - self.limit;
+        for (_, k) in idle.into_iter().take(excess) {
+            self.peers.remove(&k);
+        }
+    }
+
+    /// The summary fields of a peer.
+    pub fn peer_json(&self, key: &PeerKey) -> Value {
+        let Some(s) = self.peers.get(key) else {
+            return json!({"outages": [], "one_way": false, "longest_silence_s": 0.0});
+        };
+        let mut list: Vec<Value> = s
+            .closed
+            .iter()
+            .map(|o| json!({"start": o.start, "end": o.end, "duration_s": o.duration_s, "sent_into_silence": o.sent_into_silence, "silent_together": o.silent_together}))
+            .collect();
+        if let Some(o) = &s.open {
+            list.push(json!({"start": o.start, "end": null, "duration_s": null, "sent_into_silence": o.sent_into_silence, "silent_together": o.silent_together, "ongoing": true}));
+        }
+        json!({
+            "outages": list,
+            "outages_total": s.closed_total + u64::from(s.open.is_some()),
+            "one_way": s.ever_one_way,
+            "one_way_now": s.one_way,
+            "longest_silence_s": round3(s.longest_silence_s),
+        })
+    }
+
+    /// Live: the open outage of a peer, if any (start elapsed-free: unix).
+    pub fn open(&self, key: &PeerKey) -> Option<&Outage> {
+        self.peers.get(key)?.open.as_ref()
+    }
+
+    pub fn one_way_now(&self, key: &PeerKey) -> bool {
+        self.peers.get(key).is_some_and(|s| s.one_way)
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(tx: u64, rx: u64) -> PeerStats {
+        let mut s = PeerStats::default();
+        s.tx_encap.add(tx, tx * 100);
+        s.rx_nic.add(rx, rx * 100);
+        s
+    }
+
+    fn key(a: &str) -> (PeerKey, IpAddr) {
+        let ip: IpAddr = a.parse().unwrap();
+        (crate::discovery::peer_key(&ip), ip)
+    }
+
+    /// Feeds `steps` half-second intervals of (B rx, C rx) with tx always on.
+    fn run(t: &mut OutageTracker, steps: &[(u64, u64)]) -> Vec<Event> {
+        let (kb, b) = key("192.0.2.12");
+        let (kc, c) = key("192.0.2.13");
+        let mut all = Vec::new();
+        for (i, (rb, rc)) in steps.iter().enumerate() {
+            let now = 0.5 * (i + 1) as f64;
+            let (db, dc) = (d(10, *rb), d(10, *rc));
+            all.extend(t.update(now, 0.5, [(kb, b, &db), (kc, c, &dc)].into_iter()));
+        }
+        all
+    }
+
+    #[test]
+    fn one_outage_of_three_seconds_for_one_peer() {
+        let mut t = OutageTracker::new(1.0, 10.0, 0.0, 100);
+        let mut steps = vec![(5, 5); 4];
+        steps.extend(vec![(0, 5); 6]); // B silent 3 s
+        steps.extend(vec![(5, 5); 4]);
+        let ev = run(&mut t, &steps);
+        let ends: Vec<&Outage> = ev
+            .iter()
+            .filter_map(|e| {
+                if let Event::OutageEnd(o) = e {
+                    Some(o)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(ends.len(), 1);
+        assert_eq!(ends[0].peer.to_string(), "192.0.2.12");
+        assert!(
+            (ends[0].duration_s.unwrap() - 3.0).abs() <= 0.5,
+            "{:?}",
+            ends[0]
+        );
+        assert_eq!(ends[0].sent_into_silence, 60);
+        assert_eq!(ends[0].tx_pps_before, 20.0);
+        assert!(!ev.iter().any(|e| matches!(e, Event::Group { .. })));
+    }
+
+    #[test]
+    fn simultaneous_outages_are_grouped() {
+        let mut t = OutageTracker::new(1.0, 10.0, 0.0, 100);
+        let mut steps = vec![(5, 5); 4];
+        steps.extend(vec![(0, 0); 6]);
+        steps.extend(vec![(5, 5); 2]);
+        let ev = run(&mut t, &steps);
+        let groups: Vec<&Vec<IpAddr>> = ev
+            .iter()
+            .filter_map(|e| {
+                if let Event::Group { peers, .. } = e {
+                    Some(peers)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].len(), 2);
+        let starts = ev
+            .iter()
+            .filter(|e| matches!(e, Event::OutageStart(_)))
+            .count();
+        assert_eq!(starts, 2);
+    }
+
+    #[test]
+    fn one_way_needs_a_whole_window() {
+        let mut t = OutageTracker::new(1.0, 3.0, 0.0, 100);
+        let ev = run(&mut t, &[(0, 5); 5]);
+        assert!(!ev.iter().any(|e| matches!(e, Event::OneWay { .. })));
+        let ev = run(&mut t, &[(0, 5); 2]);
+        let ow: Vec<&Event> = ev
+            .iter()
+            .filter(|e| matches!(e, Event::OneWay { .. }))
+            .collect();
+        assert_eq!(ow.len(), 1);
+    }
+}
