@@ -239,3 +239,30 @@ fn report_errors_are_clear() {
     let (code, _, err) = run(Command::new(bin()).args(["report"]));
     assert_eq!(code, 2, "{err}");
 }
+
+/// flannel's DaemonSet restarts: the VXLAN device is deleted and created
+/// again (new ifindex). vxtrace notices, re-attaches, and keeps counting.
+#[test]
+fn vxlan_device_recreated_during_a_run() {
+    let lab = LabGuard::new("vt-churn", 2, false, 8472);
+    let b = lab.underlay_ip(2).to_string();
+    let mut w = Watcher::start(&lab.node_ns(1), &[]);
+    assert_eq!(lab.ping(1, 2, 10, Duration::ZERO).unwrap(), 10);
+    lab.recreate_vxlan(1).unwrap();
+    let back = Instant::now();
+    let mut reattached = None;
+    while reattached.is_none() && back.elapsed() < Duration::from_secs(5) {
+        if let Some(v) = w.next_of_any(Duration::from_millis(200))
+            && v["type"] == "device_reattached"
+        {
+            reattached = Some(back.elapsed());
+        }
+    }
+    let took = reattached.expect("no device_reattached event");
+    assert!(took <= Duration::from_secs(2) + Duration::from_millis(500), "{took:?}");
+    assert_eq!(lab.ping(1, 2, 15, Duration::ZERO).unwrap(), 15);
+    let s = w.stop();
+    assert_eq!(s["peers"][&b]["tx_encap"]["packets"], 25, "{s}");
+    assert_eq!(s["peers"][&b]["rx_decap"]["packets"], 25, "{s}");
+    assert_eq!(s["peers"][&b]["tx_dev"]["packets"], 25, "{s}");
+}

@@ -237,52 +237,8 @@ impl Lab {
         } else {
             ipn(&node, &["addr", "add", &ul, "dev", "eth0"])?;
         }
-        let local = self.underlay_ip(i).to_string();
-        let vni = self.vni.to_string();
-        let port_s = self.port.to_string();
-        ipn(
-            &node,
-            &[
-                "link",
-                "add",
-                &self.dev,
-                "type",
-                "vxlan",
-                "id",
-                &vni,
-                "local",
-                &local,
-                "dev",
-                "eth0",
-                "dstport",
-                &port_s,
-                "nolearning",
-            ],
-        )?;
+        self.add_vxlan(i)?;
         let mtu = if self.ipv6 { "1430" } else { "1450" };
-        ipn(
-            &node,
-            &[
-                "link",
-                "set",
-                &self.dev,
-                "address",
-                &self.vtep_mac(i),
-                "mtu",
-                mtu,
-            ],
-        )?;
-        ipn(
-            &node,
-            &[
-                "addr",
-                "add",
-                &format!("{}/32", self.vtep_ip(i)),
-                "dev",
-                &self.dev,
-            ],
-        )?;
-        ipn(&node, &["link", "set", &self.dev, "up"])?;
         // The pod behind cni0.
         ipn(&node, &["link", "add", "cni0", "type", "bridge"])?;
         let gw = Ipv4Addr::new(10, 244, i - 1, 1);
@@ -312,6 +268,39 @@ impl Lab {
         netns::run_in(&node, || {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling ip_forward")
         })?;
+        Ok(())
+    }
+
+    /// Node i's VXLAN device, as flannel creates it (address, MAC, MTU).
+    fn add_vxlan(&self, i: u8) -> Result<()> {
+        let node = self.node_ns(i);
+        let local = self.underlay_ip(i).to_string();
+        let vni = self.vni.to_string();
+        let port_s = self.port.to_string();
+        ipn(
+            &node,
+            &[
+                "link", "add", &self.dev, "type", "vxlan", "id", &vni, "local", &local, "dev",
+                "eth0", "dstport", &port_s, "nolearning",
+            ],
+        )?;
+        let mtu = if self.ipv6 { "1430" } else { "1450" };
+        ipn(&node, &["link", "set", &self.dev, "address", &self.vtep_mac(i), "mtu", mtu])?;
+        let addr = format!("{}/32", self.vtep_ip(i));
+        ipn(&node, &["addr", "add", &addr, "dev", &self.dev])?;
+        ipn(&node, &["link", "set", &self.dev, "up"])
+    }
+
+    /// Deletes node i's VXLAN device and creates it again with its routes,
+    /// neighbours and FDB entries: what a flannel DaemonSet restart does.
+    pub fn recreate_vxlan(&self, i: u8) -> Result<()> {
+        ipn(&self.node_ns(i), &["link", "del", &self.dev])?;
+        self.add_vxlan(i)?;
+        for j in 1..=self.nodes {
+            if j != i {
+                self.connect(i, j)?;
+            }
+        }
         Ok(())
     }
 

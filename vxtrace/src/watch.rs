@@ -687,6 +687,16 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     let mut global;
     let mut last_tick = Instant::now();
     let mut last_fdb_refresh = Instant::now();
+    let mut known_ifindex: HashMap<String, Option<u32>> = plan
+        .vxlan
+        .iter()
+        .map(|d| (d.name.clone(), Some(d.ifindex)))
+        .chain(
+            plan.underlays
+                .iter()
+                .map(|u| (u.clone(), snap.link_by_name(u).map(|l| l.ifindex))),
+        )
+        .collect();
 
     loop {
         let sleep_deadline = async {
@@ -776,10 +786,22 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                     }
                 }
                 // New peers join the FDB while we run; keep attribution current.
-                if last_fdb_refresh.elapsed() >= Duration::from_secs(5) {
+                // Devices that went away and came back (a flannel restart),
+                // and new FDB entries: look at netlink about once a second.
+                if last_fdb_refresh.elapsed() >= Duration::from_millis(900) {
                     last_fdb_refresh = Instant::now();
                     match discovery::snapshot().await {
                         Ok(fresh) => {
+                            for ev in reattach(&mut tracer, &mut plan, &fresh, &mut known_ifindex) {
+                                eprintln!("vxtrace: {}", ev["message"].as_str().unwrap_or(""));
+                                if let Mode::Json = mode {
+                                    emit(&stdout, &ev)?;
+                                }
+                                if let Some(r) = recorder.as_mut() {
+                                    r.write(&ev)?;
+                                    r.flush()?;
+                                }
+                            }
                             let _ = seed_fdb(&mut tracer, &plan, &fresh);
                             snap = fresh;
                         }
@@ -880,6 +902,60 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Re-attaches to watched devices that were deleted and created again
+/// (new ifindex), and reports devices that disappeared. Returns events.
+fn reattach(
+    tracer: &mut Tracer,
+    plan: &mut Plan,
+    snap: &Snapshot,
+    known: &mut HashMap<String, Option<u32>>,
+) -> Vec<Value> {
+    let mut events = Vec::new();
+    let current = snap.vxlan_devices();
+    for dev in plan.vxlan.iter_mut() {
+        let was = known.get(&dev.name).copied().flatten();
+        match current.iter().find(|d| d.name == dev.name) {
+            Some(d) if Some(d.ifindex) != was => match tracer.attach_vxlan(d) {
+                Ok(()) => {
+                    events.push(json!({"type": "device_reattached", "device": d.name, "ifindex": d.ifindex,
+                        "message": format!("VXLAN device {} is back (ifindex {}): re-attached", d.name, d.ifindex)}));
+                    known.insert(dev.name.clone(), Some(d.ifindex));
+                    *dev = d.clone();
+                }
+                Err(e) => events.push(json!({"type": "device_error", "device": d.name,
+                    "message": format!("re-attaching to {} failed: {e:#}", d.name)})),
+            },
+            None if was.is_some() => {
+                known.insert(dev.name.clone(), None);
+                events.push(json!({"type": "device_gone", "device": dev.name,
+                    "message": format!("VXLAN device {} disappeared; waiting for it to come back", dev.name)}));
+            }
+            _ => {}
+        }
+    }
+    for name in plan.underlays.clone() {
+        let was = known.get(&name).copied().flatten();
+        match snap.link_by_name(&name) {
+            Some(l) if Some(l.ifindex) != was => match tracer.attach_underlay(&name) {
+                Ok(()) => {
+                    known.insert(name.clone(), Some(l.ifindex));
+                    events.push(json!({"type": "device_reattached", "device": name, "ifindex": l.ifindex,
+                        "message": format!("underlay device {name} is back (ifindex {}): re-attached", l.ifindex)}));
+                }
+                Err(e) => events.push(json!({"type": "device_error", "device": name,
+                    "message": format!("re-attaching to {name} failed: {e:#}")})),
+            },
+            None if was.is_some() => {
+                known.insert(name.clone(), None);
+                events.push(json!({"type": "device_gone", "device": name,
+                    "message": format!("underlay device {name} disappeared; waiting for it to come back")}));
+            }
+            _ => {}
+        }
+    }
+    events
 }
 
 /// The first line of every recording file: what produced it, where.
