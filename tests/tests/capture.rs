@@ -266,3 +266,66 @@ fn vxlan_device_recreated_during_a_run() {
     assert_eq!(s["peers"][&b]["rx_decap"]["packets"], 25, "{s}");
     assert_eq!(s["peers"][&b]["tx_dev"]["packets"], 25, "{s}");
 }
+
+/// Scrapes `http://127.0.0.1:port/metrics` from inside `ns`.
+fn scrape(ns: &str, port: u16) -> String {
+    vxtrace::netns::run_in(ns, || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })
+    .unwrap()
+}
+
+fn metric(text: &str, name: &str, labels: &str) -> u64 {
+    let prefix = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+}
+
+#[test]
+fn metrics_endpoint_matches_the_summary() {
+    let lab = LabGuard::new("vt-prom", 3, false, 8472);
+    nft_input_drop(&lab, 3);
+    let w = Watcher::start(&lab.node_ns(1), &["--metrics", "127.0.0.1:9478", "--netns", "all"]);
+    assert!(w.attached["notes"].to_string().contains("http://127.0.0.1:9478/metrics"));
+    assert_eq!(lab.ping(1, 2, 30, Duration::ZERO).unwrap(), 30);
+    // Node C drops them at its input: nothing arrives.
+    assert_eq!(lab.udp(1, 3, 12, 200).unwrap(), 0);
+    // One TCP handshake with B, for the latency histogram.
+    let listener = vxtrace::netns::run_in(&lab.pod_ns(2), || Ok(std::net::TcpListener::bind(("0.0.0.0", 7000))?)).unwrap();
+    let server = std::net::SocketAddr::from((lab.pod_ip(2), 7000));
+    let conn = vxtrace::netns::run_in(&lab.pod_ns(1), || Ok(std::net::TcpStream::connect_timeout(&server, Duration::from_secs(2))?)).unwrap();
+    drop((conn, listener));
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = scrape(&lab.node_ns(1), 9478);
+    let s = w.stop();
+    let (b, c) = (lab.underlay_ip(2).to_string(), lab.underlay_ip(3).to_string());
+    for (peer, name, field) in [
+        (&b, "vxtrace_tx_encap_packets_total", "tx_encap"),
+        (&b, "vxtrace_rx_nic_packets_total", "rx_nic"),
+        (&b, "vxtrace_rx_decap_packets_total", "rx_decap"),
+        (&c, "vxtrace_tx_encap_packets_total", "tx_encap"),
+    ] {
+        let m = metric(&text, name, &format!("peer=\"{peer}\""));
+        assert_eq!(m, s["peers"][peer.as_str()][field]["packets"].as_u64().unwrap(), "{name} {peer}");
+    }
+    assert_eq!(metric(&text, "vxtrace_tx_encap_bytes_total", &format!("peer=\"{b}\"")),
+        s["peers"][&b]["tx_encap"]["bytes"].as_u64().unwrap());
+    // C's node drops the UDP port: its drops, attributed to C, by reason.
+    let drops = metric(&text, "vxtrace_drops_total", &format!("peer=\"{c}\",reason=\"NETFILTER_DROP\""));
+    assert_eq!(drops, s["peers"][&c]["drops"]["NETFILTER_DROP"].as_u64().unwrap());
+    assert!(drops >= 12);
+    assert_eq!(metric(&text, "vxtrace_tcp_handshake_seconds_count", &format!("peer=\"{b}\"")), 1);
+    assert_eq!(s["peers"][&b]["tcp"]["handshake_us"]["count"], 1);
+}
+
+fn nft_input_drop(lab: &LabGuard, node: u8) {
+    sh(&["ip", "netns", "exec", &lab.node_ns(node), "nft",
+        "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop"]);
+}

@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod drops;
 pub mod kernel;
 pub mod lab;
+pub mod metrics;
 pub mod netns;
 pub mod netstat;
 pub mod outages;

@@ -21,7 +21,8 @@ use crate::{
     drops::{self, DropTable, PeerDrops},
     kernel::{self, DropReasons},
     netstat,
-    outages::OutageTracker,
+    metrics::Metrics,
+    outages::{self, OutageTracker},
     output,
     peers::PeerTable,
     preflight,
@@ -89,6 +90,11 @@ pub struct WatchArgs {
     /// Rotate the recording at this size (e.g. 64M, 1G).
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     pub record_max_size: u64,
+
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9478; a bare port
+    /// binds loopback).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 
     /// Rotated recording files kept (FILE.1 .. FILE.N).
     #[arg(long, value_name = "N", default_value_t = 5)]
@@ -646,6 +652,15 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         )?),
         None => None,
     };
+    let mut metrics = match &args.metrics {
+        Some(addr) => {
+            let (m, bound) = Metrics::serve(addr)?;
+            eprintln!("vxtrace: Prometheus metrics on http://{bound}/metrics");
+            plan.notes.push(format!("Prometheus metrics on http://{bound}/metrics"));
+            Some(m)
+        }
+        None => None,
+    };
     let mut tracker = OutageTracker::new(
         args.outage_threshold.as_secs_f64(),
         args.one_way_window.as_secs_f64(),
@@ -711,7 +726,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                 let seconds = now.duration_since(last_tick).as_secs_f64();
                 last_tick = now;
                 tracer.drain_logs();
-                track_handshakes(&mut tracer, &mut table, args.syn_timeout);
+                track_handshakes(&mut tracer, &mut table, args.syn_timeout, metrics.as_ref());
                 let readout = tracer.read()?;
                 global = readout.global;
                 table.update(&readout, seconds);
@@ -724,6 +739,21 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                     table.peers.iter().map(|(k, p)| (*k, p.addr, &p.last_delta)),
                 );
                 let interval_line = interval_json(elapsed, seconds, &table, &args.peers, &drop_deltas);
+                if let Some(m) = metrics.as_mut() {
+                    for (key, p) in &table.peers {
+                        let addr = p.addr.to_string();
+                        m.add_peer(&addr, &p.last_delta, p.unanswered_syn());
+                        m.set_one_way(&addr, tracker.one_way_now(key));
+                    }
+                    for (peer, by_reason) in &drop_deltas {
+                        m.add_drops(peer, by_reason);
+                    }
+                    for e in &events {
+                        if let outages::Event::OutageStart(o) = e {
+                            m.outage(&o.peer.to_string());
+                        }
+                    }
+                }
                 if let Some(r) = recorder.as_mut() {
                     r.write(&interval_line)?;
                     for e in &events {
@@ -821,7 +851,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     // Fold in what was counted since the last tick; a short remainder
     // adds to the totals but not to the rate histograms.
     let seconds = last_tick.elapsed().as_secs_f64();
-    track_handshakes(&mut tracer, &mut table, args.syn_timeout);
+    track_handshakes(&mut tracer, &mut table, args.syn_timeout, metrics.as_ref());
     let readout = tracer.read()?;
     global = readout.global;
     let record = if seconds >= interval.as_secs_f64() / 2.0 {
@@ -1016,9 +1046,17 @@ fn add_conntrack(summary: &mut Value, snap: &Snapshot) {
 }
 
 /// Folds completed and expired handshakes into the peer table.
-fn track_handshakes(tracer: &mut Tracer, table: &mut PeerTable, timeout: Duration) {
+fn track_handshakes(
+    tracer: &mut Tracer,
+    table: &mut PeerTable,
+    timeout: Duration,
+    metrics: Option<&Metrics>,
+) {
     for ev in tracer.drain_handshakes() {
         table.record_handshake(&ev.peer, ev.latency_ns);
+        if let Some(m) = metrics {
+            m.handshake(&discovery::peer_addr(&ev.peer).to_string(), ev.latency_ns);
+        }
     }
     match tracer.expire_handshakes(timeout) {
         Ok(expired) => {
