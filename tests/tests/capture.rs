@@ -189,10 +189,29 @@ fn report_names_a_one_way_peer_and_survives_sigkill() {
     assert_eq!(r["peers"][&c]["tx_encap"]["packets"], 6, "{r}");
     assert!(causes(&r, &c).contains("one-way"), "{r}");
     assert_eq!(r["peers"][&b]["causes"].as_array().unwrap().len(), 0, "{r}");
-    // The text report says it in words.
-    let (code, text, _) = run(Command::new(bin()).arg("report").arg(&file));
-    assert_eq!(code, 0);
+    // The text report says it in words, and draws the timeline.
+    let svg = dir.join("timeline.svg");
+    let (code, text, err) = run(Command::new(bin())
+        .arg("report")
+        .arg(&file)
+        .arg("--svg")
+        .arg(&svg));
+    assert_eq!(code, 0, "{err}");
     assert!(text.contains("likely cause: one-way"), "{text}");
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&svg_text).expect("a valid SVG document");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let texts: Vec<&str> = doc.descendants().filter_map(|n| n.text()).collect();
+    assert!(
+        texts.iter().any(|t| t.contains(&c)),
+        "peer {c} not labelled"
+    );
+    assert!(
+        doc.descendants()
+            .filter(|n| n.tag_name().name() == "polyline")
+            .count()
+            >= 4
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -259,7 +278,10 @@ fn vxlan_device_recreated_during_a_run() {
         }
     }
     let took = reattached.expect("no device_reattached event");
-    assert!(took <= Duration::from_secs(2) + Duration::from_millis(500), "{took:?}");
+    assert!(
+        took <= Duration::from_secs(2) + Duration::from_millis(500),
+        "{took:?}"
+    );
     assert_eq!(lab.ping(1, 2, 15, Duration::ZERO).unwrap(), 15);
     let s = w.stop();
     assert_eq!(s["peers"][&b]["tx_encap"]["packets"], 25, "{s}");
@@ -292,20 +314,39 @@ fn metric(text: &str, name: &str, labels: &str) -> u64 {
 fn metrics_endpoint_matches_the_summary() {
     let lab = LabGuard::new("vt-prom", 3, false, 8472);
     nft_input_drop(&lab, 3);
-    let w = Watcher::start(&lab.node_ns(1), &["--metrics", "127.0.0.1:9478", "--netns", "all"]);
-    assert!(w.attached["notes"].to_string().contains("http://127.0.0.1:9478/metrics"));
+    let w = Watcher::start(
+        &lab.node_ns(1),
+        &["--metrics", "127.0.0.1:9478", "--netns", "all"],
+    );
+    assert!(
+        w.attached["notes"]
+            .to_string()
+            .contains("http://127.0.0.1:9478/metrics")
+    );
     assert_eq!(lab.ping(1, 2, 30, Duration::ZERO).unwrap(), 30);
     // Node C drops them at its input: nothing arrives.
     assert_eq!(lab.udp(1, 3, 12, 200).unwrap(), 0);
     // One TCP handshake with B, for the latency histogram.
-    let listener = vxtrace::netns::run_in(&lab.pod_ns(2), || Ok(std::net::TcpListener::bind(("0.0.0.0", 7000))?)).unwrap();
+    let listener = vxtrace::netns::run_in(&lab.pod_ns(2), || {
+        Ok(std::net::TcpListener::bind(("0.0.0.0", 7000))?)
+    })
+    .unwrap();
     let server = std::net::SocketAddr::from((lab.pod_ip(2), 7000));
-    let conn = vxtrace::netns::run_in(&lab.pod_ns(1), || Ok(std::net::TcpStream::connect_timeout(&server, Duration::from_secs(2))?)).unwrap();
+    let conn = vxtrace::netns::run_in(&lab.pod_ns(1), || {
+        Ok(std::net::TcpStream::connect_timeout(
+            &server,
+            Duration::from_secs(2),
+        )?)
+    })
+    .unwrap();
     drop((conn, listener));
     std::thread::sleep(Duration::from_millis(1500));
     let text = scrape(&lab.node_ns(1), 9478);
     let s = w.stop();
-    let (b, c) = (lab.underlay_ip(2).to_string(), lab.underlay_ip(3).to_string());
+    let (b, c) = (
+        lab.underlay_ip(2).to_string(),
+        lab.underlay_ip(3).to_string(),
+    );
     for (peer, name, field) in [
         (&b, "vxtrace_tx_encap_packets_total", "tx_encap"),
         (&b, "vxtrace_rx_nic_packets_total", "rx_nic"),
@@ -313,19 +354,51 @@ fn metrics_endpoint_matches_the_summary() {
         (&c, "vxtrace_tx_encap_packets_total", "tx_encap"),
     ] {
         let m = metric(&text, name, &format!("peer=\"{peer}\""));
-        assert_eq!(m, s["peers"][peer.as_str()][field]["packets"].as_u64().unwrap(), "{name} {peer}");
+        assert_eq!(
+            m,
+            s["peers"][peer.as_str()][field]["packets"]
+                .as_u64()
+                .unwrap(),
+            "{name} {peer}"
+        );
     }
-    assert_eq!(metric(&text, "vxtrace_tx_encap_bytes_total", &format!("peer=\"{b}\"")),
-        s["peers"][&b]["tx_encap"]["bytes"].as_u64().unwrap());
+    assert_eq!(
+        metric(
+            &text,
+            "vxtrace_tx_encap_bytes_total",
+            &format!("peer=\"{b}\"")
+        ),
+        s["peers"][&b]["tx_encap"]["bytes"].as_u64().unwrap()
+    );
     // C's node drops the UDP port: its drops, attributed to C, by reason.
-    let drops = metric(&text, "vxtrace_drops_total", &format!("peer=\"{c}\",reason=\"NETFILTER_DROP\""));
-    assert_eq!(drops, s["peers"][&c]["drops"]["NETFILTER_DROP"].as_u64().unwrap());
+    let drops = metric(
+        &text,
+        "vxtrace_drops_total",
+        &format!("peer=\"{c}\",reason=\"NETFILTER_DROP\""),
+    );
+    assert_eq!(
+        drops,
+        s["peers"][&c]["drops"]["NETFILTER_DROP"].as_u64().unwrap()
+    );
     assert!(drops >= 12);
-    assert_eq!(metric(&text, "vxtrace_tcp_handshake_seconds_count", &format!("peer=\"{b}\"")), 1);
+    assert_eq!(
+        metric(
+            &text,
+            "vxtrace_tcp_handshake_seconds_count",
+            &format!("peer=\"{b}\"")
+        ),
+        1
+    );
     assert_eq!(s["peers"][&b]["tcp"]["handshake_us"]["count"], 1);
 }
 
 fn nft_input_drop(lab: &LabGuard, node: u8) {
-    sh(&["ip", "netns", "exec", &lab.node_ns(node), "nft",
-        "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node_ns(node),
+        "nft",
+        "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop",
+    ]);
 }

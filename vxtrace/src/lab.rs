@@ -280,12 +280,35 @@ impl Lab {
         ipn(
             &node,
             &[
-                "link", "add", &self.dev, "type", "vxlan", "id", &vni, "local", &local, "dev",
-                "eth0", "dstport", &port_s, "nolearning",
+                "link",
+                "add",
+                &self.dev,
+                "type",
+                "vxlan",
+                "id",
+                &vni,
+                "local",
+                &local,
+                "dev",
+                "eth0",
+                "dstport",
+                &port_s,
+                "nolearning",
             ],
         )?;
         let mtu = if self.ipv6 { "1430" } else { "1450" };
-        ipn(&node, &["link", "set", &self.dev, "address", &self.vtep_mac(i), "mtu", mtu])?;
+        ipn(
+            &node,
+            &[
+                "link",
+                "set",
+                &self.dev,
+                "address",
+                &self.vtep_mac(i),
+                "mtu",
+                mtu,
+            ],
+        )?;
         let addr = format!("{}/32", self.vtep_ip(i));
         ipn(&node, &["addr", "add", &addr, "dev", &self.dev])?;
         ipn(&node, &["link", "set", &self.dev, "up"])

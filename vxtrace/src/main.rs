@@ -23,7 +23,7 @@ struct Cli {
 #[derive(clap::Subcommand, Debug)]
 enum Command {
     /// Count VXLAN traffic per underlay peer and show it live.
-    Watch(watch::WatchArgs),
+    Watch(Box<watch::WatchArgs>),
     /// Read recordings (`watch --record`) and name the likely causes.
     Report(report::ReportArgs),
     /// A built-in VXLAN lab in network namespaces (flannel's layout).
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let result = match cli.command {
-        Command::Watch(args) => watch::run(args),
+        Command::Watch(args) => watch::run(*args),
         Command::Report(args) => report::run(args),
         Command::Lab { command } => lab::run(command),
         Command::ReapClsact => reaper::run(),

@@ -38,24 +38,69 @@ pub struct Metrics {
 
 /// Counter name (without `_total`) -> help, and how to read it from PeerStats.
 const PEER_COUNTERS: [(&str, &str); 18] = [
-    ("vxtrace_tx_encap_packets", "VXLAN packets sent to the peer (underlay egress)"),
+    (
+        "vxtrace_tx_encap_packets",
+        "VXLAN packets sent to the peer (underlay egress)",
+    ),
     ("vxtrace_tx_encap_bytes", "VXLAN bytes sent to the peer"),
-    ("vxtrace_rx_nic_packets", "VXLAN packets from the peer at the underlay device"),
-    ("vxtrace_rx_nic_bytes", "VXLAN bytes from the peer at the underlay device"),
-    ("vxtrace_rx_decap_packets", "Frames from the peer delivered by the VXLAN device"),
-    ("vxtrace_rx_decap_bytes", "Bytes of frames from the peer delivered by the VXLAN device"),
-    ("vxtrace_tx_dev_packets", "Frames handed to the VXLAN device for the peer"),
-    ("vxtrace_malformed_packets", "Packets to the VXLAN port that are not valid VXLAN"),
-    ("vxtrace_unknown_vni_packets", "VXLAN packets with a VNI no watched device uses"),
-    ("vxtrace_inner_dst_mac_mismatch", "Frames from the peer not addressed to this VTEP's MAC"),
-    ("vxtrace_inner_src_vtep", "Frames from the peer whose inner source is the peer's VTEP"),
+    (
+        "vxtrace_rx_nic_packets",
+        "VXLAN packets from the peer at the underlay device",
+    ),
+    (
+        "vxtrace_rx_nic_bytes",
+        "VXLAN bytes from the peer at the underlay device",
+    ),
+    (
+        "vxtrace_rx_decap_packets",
+        "Frames from the peer delivered by the VXLAN device",
+    ),
+    (
+        "vxtrace_rx_decap_bytes",
+        "Bytes of frames from the peer delivered by the VXLAN device",
+    ),
+    (
+        "vxtrace_tx_dev_packets",
+        "Frames handed to the VXLAN device for the peer",
+    ),
+    (
+        "vxtrace_malformed_packets",
+        "Packets to the VXLAN port that are not valid VXLAN",
+    ),
+    (
+        "vxtrace_unknown_vni_packets",
+        "VXLAN packets with a VNI no watched device uses",
+    ),
+    (
+        "vxtrace_inner_dst_mac_mismatch",
+        "Frames from the peer not addressed to this VTEP's MAC",
+    ),
+    (
+        "vxtrace_inner_src_vtep",
+        "Frames from the peer whose inner source is the peer's VTEP",
+    ),
     ("vxtrace_tcp_syn_sent", "TCP SYNs sent to the peer's pods"),
-    ("vxtrace_tcp_syn_received", "TCP SYNs received from the peer's pods"),
-    ("vxtrace_tcp_synack_sent", "TCP SYN-ACKs sent to the peer's pods"),
-    ("vxtrace_tcp_synack_received", "TCP SYN-ACKs received from the peer's pods"),
-    ("vxtrace_tcp_rst", "TCP RSTs sent to and received from the peer's pods"),
+    (
+        "vxtrace_tcp_syn_received",
+        "TCP SYNs received from the peer's pods",
+    ),
+    (
+        "vxtrace_tcp_synack_sent",
+        "TCP SYN-ACKs sent to the peer's pods",
+    ),
+    (
+        "vxtrace_tcp_synack_received",
+        "TCP SYN-ACKs received from the peer's pods",
+    ),
+    (
+        "vxtrace_tcp_rst",
+        "TCP RSTs sent to and received from the peer's pods",
+    ),
     ("vxtrace_tcp_syn_retrans", "Retransmitted TCP SYNs"),
-    ("vxtrace_tcp_unanswered_syn", "TCP SYNs that got no SYN-ACK within the timeout"),
+    (
+        "vxtrace_tcp_unanswered_syn",
+        "TCP SYNs that got no SYN-ACK within the timeout",
+    ),
 ];
 
 fn value_of(name: &str, d: &PeerStats) -> u64 {
@@ -99,15 +144,31 @@ impl Metrics {
             counters.insert(name, f);
         }
         let drops = Family::<Labels, Counter>::default();
-        registry.register("vxtrace_drops", "Kernel drops by peer (\"other\": no peer) and reason", drops.clone());
+        registry.register(
+            "vxtrace_drops",
+            "Kernel drops by peer (\"other\": no peer) and reason",
+            drops.clone(),
+        );
         let outages = Family::<Labels, Counter>::default();
-        registry.register("vxtrace_outages", "Outages (peer silent while sent to)", outages.clone());
+        registry.register(
+            "vxtrace_outages",
+            "Outages (peer silent while sent to)",
+            outages.clone(),
+        );
         let one_way = Family::<Labels, Gauge>::default();
-        registry.register("vxtrace_peer_one_way", "1 while the peer is one-way", one_way.clone());
+        registry.register(
+            "vxtrace_peer_one_way",
+            "1 while the peer is one-way",
+            one_way.clone(),
+        );
         let handshake = Family::<Labels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 3.0])
         });
-        registry.register("vxtrace_tcp_handshake_seconds", "SYN to SYN-ACK time of this node's clients", handshake.clone());
+        registry.register(
+            "vxtrace_tcp_handshake_seconds",
+            "SYN to SYN-ACK time of this node's clients",
+            handshake.clone(),
+        );
         let server = tiny_http::Server::http(addr)
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("serving metrics on {addr}"))?;
@@ -157,7 +218,10 @@ impl Metrics {
         let labels = peer_label(peer);
         for (name, _) in PEER_COUNTERS {
             let v = if name == "vxtrace_tcp_unanswered_syn" {
-                let prev = self.seen.insert((peer.to_string(), name), unanswered_total).unwrap_or(0);
+                let prev = self
+                    .seen
+                    .insert((peer.to_string(), name), unanswered_total)
+                    .unwrap_or(0);
                 unanswered_total.saturating_sub(prev)
             } else {
                 value_of(name, d)
@@ -176,7 +240,10 @@ impl Metrics {
             crate::discovery::peer_addr(peer).to_string()
         };
         for (reason, n) in by_reason {
-            let labels = vec![("peer".into(), peer.clone()), ("reason".into(), reason.clone())];
+            let labels = vec![
+                ("peer".into(), peer.clone()),
+                ("reason".into(), reason.clone()),
+            ];
             self.drops.get_or_create(&labels).inc_by(*n);
         }
     }
@@ -192,6 +259,8 @@ impl Metrics {
     }
 
     pub fn set_one_way(&self, peer: &str, on: bool) {
-        self.one_way.get_or_create(&peer_label(peer)).set(i64::from(on));
+        self.one_way
+            .get_or_create(&peer_label(peer))
+            .set(i64::from(on));
     }
 }

@@ -17,6 +17,19 @@ pub struct ReportArgs {
     /// One JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also draw a timeline (tx and rx packet rate per peer, outages
+    /// shaded, drops marked) into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+}
+
+/// One interval of one peer, for the timeline.
+#[derive(Clone, Copy, Debug)]
+pub struct Point {
+    pub ts: f64,
+    pub tx_pps: f64,
+    pub rx_pps: f64,
+    pub drops: u64,
 }
 
 /// Everything read from the recording files.
@@ -29,6 +42,7 @@ pub struct Recording {
     pub events: Vec<Value>,
     pub intervals: u64,
     pub bad_lines: u64,
+    pub series: BTreeMap<String, Vec<Point>>,
 }
 
 /// Adds numbers of `add` into `acc`, recursively (objects by key).
@@ -81,8 +95,19 @@ pub fn read(paths: &[PathBuf]) -> Result<Recording> {
                     Some("summary") => rec.summary = Some(v),
                     Some("interval") => {
                         rec.intervals += 1;
+                        let ts = v["ts"].as_f64().unwrap_or(0.0);
                         if let Some(peers) = v["peers"].as_object() {
                             for (addr, d) in peers {
+                                let drops = d["drops"]
+                                    .as_object()
+                                    .map(|m| m.values().filter_map(|x| x.as_u64()).sum())
+                                    .unwrap_or(0);
+                                rec.series.entry(addr.clone()).or_default().push(Point {
+                                    ts,
+                                    tx_pps: d["pps"]["tx_encap"].as_f64().unwrap_or(0.0),
+                                    rx_pps: d["pps"]["rx_nic"].as_f64().unwrap_or(0.0),
+                                    drops,
+                                });
                                 let mut d = d.clone();
                                 if let Some(o) = d.as_object_mut() {
                                     o.remove("pps");
@@ -260,6 +285,9 @@ pub fn run(args: ReportArgs) -> Result<()> {
         "peers": report,
         "outage_groups": rec.events.iter().filter(|e| e["type"] == "outage_group").cloned().collect::<Vec<_>>(),
     });
+    if let Some(svg) = &args.svg {
+        plot(svg, &rec).with_context(|| format!("drawing {}", svg.display()))?;
+    }
     if args.json {
         println!("{out}");
         return Ok(());
@@ -311,6 +339,99 @@ pub fn run(args: ReportArgs) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The timeline: one panel per peer, tx and rx rates over time, outages
+/// shaded, intervals with drops marked.
+pub fn plot(path: &std::path::Path, rec: &Recording) -> Result<()> {
+    use plotters::prelude::*;
+    let peers: Vec<(&String, &Vec<Point>)> =
+        rec.series.iter().filter(|(_, s)| !s.is_empty()).collect();
+    if peers.is_empty() {
+        bail!("the recording has no interval lines to plot");
+    }
+    let t0 = peers
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|p| p.ts))
+        .fold(f64::MAX, f64::min);
+    let t1 = peers
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|p| p.ts))
+        .fold(f64::MIN, f64::max)
+        .max(t0 + 1.0);
+    let height = 220 * peers.len() as u32 + 40;
+    let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let panels = root.split_evenly((peers.len(), 1));
+    for ((addr, series), area) in peers.iter().zip(panels.iter()) {
+        let ymax = series
+            .iter()
+            .map(|p| p.tx_pps.max(p.rx_pps))
+            .fold(1.0, f64::max)
+            * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("peer {addr}"), ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..(t1 - t0), 0.0..ymax)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc("packets/s")
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Outages of this peer, shaded.
+        for e in rec
+            .events
+            .iter()
+            .filter(|e| e["type"] == "outage_end" && e["peer"] == addr.as_str())
+        {
+            if let (Some(s), Some(en)) = (e["start"].as_f64(), e["end"].as_f64()) {
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(s - t0, 0.0), (en - t0, ymax)],
+                        RED.mix(0.15).filled(),
+                    )))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+        chart
+            .draw_series(LineSeries::new(
+                series.iter().map(|p| (p.ts - t0, p.tx_pps)),
+                &BLUE,
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label("tx_encap")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE));
+        chart
+            .draw_series(LineSeries::new(
+                series.iter().map(|p| (p.ts - t0, p.rx_pps)),
+                &GREEN,
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label("rx_nic")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], GREEN));
+        chart
+            .draw_series(
+                series
+                    .iter()
+                    .filter(|p| p.drops > 0)
+                    .map(|p| Cross::new((p.ts - t0, ymax * 0.95), 5, RED.stroke_width(2))),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label("drops")
+            .legend(|(x, y)| Cross::new((x + 8, y), 4, RED));
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
 

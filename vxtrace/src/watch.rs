@@ -20,8 +20,8 @@ use crate::{
     discovery::{self, Snapshot, VxlanDevice, is_group_mac},
     drops::{self, DropTable, PeerDrops},
     kernel::{self, DropReasons},
-    netstat,
     metrics::Metrics,
+    netstat,
     outages::{self, OutageTracker},
     output,
     peers::PeerTable,
@@ -656,7 +656,8 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         Some(addr) => {
             let (m, bound) = Metrics::serve(addr)?;
             eprintln!("vxtrace: Prometheus metrics on http://{bound}/metrics");
-            plan.notes.push(format!("Prometheus metrics on http://{bound}/metrics"));
+            plan.notes
+                .push(format!("Prometheus metrics on http://{bound}/metrics"));
             Some(m)
         }
         None => None,
