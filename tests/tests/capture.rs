@@ -130,6 +130,10 @@ fn outages_one_peer_then_two_together() {
     );
     assert_eq!(s["peers"][&c]["outages"].as_array().unwrap().len(), 1);
     assert_eq!(s["peers"][&b]["one_way"], false);
+    // Both silences of B are in its gap histogram; the longest is ~3 s.
+    assert_eq!(s["peers"][&b]["rx_silences_ms"]["count"], 2, "{s}");
+    let longest = s["peers"][&b]["rx_silences_ms"]["max"].as_u64().unwrap();
+    assert!((2000..=4200).contains(&longest), "{longest}");
 }
 
 fn report(files: &[&std::path::Path]) -> Value {

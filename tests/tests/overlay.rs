@@ -43,6 +43,15 @@ fn three_nodes(name: &str, ipv6: bool, port: u16) {
         bytes(&sa, &c, "tx_encap"),
         50 * outer_frame_len(udp_ip_len, ipv6)
     );
+    // Outer IP sizes: 84 + 50 (IPv4) or + 70 (IPv6) bytes for the echoes.
+    let echo_ip = ICMP_IP_LEN + if ipv6 { 70 } else { 50 };
+    assert!(echo_ip <= 256);
+    assert_eq!(
+        sa["peers"][&b]["outer_size"]["tx"]["buckets"]["<=256"], 200,
+        "{sa}"
+    );
+    assert_eq!(sa["peers"][&b]["outer_size"]["tx"]["p99"], "<=256");
+    assert_eq!(sa["peers"][&b]["outer_size"]["rx"]["packets"], 200);
     let mut peers = peer_names(&sa);
     peers.sort();
     let mut expect = vec![b.clone(), c.clone()];

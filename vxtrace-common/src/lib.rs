@@ -110,6 +110,29 @@ pub struct PeerStats {
     pub rst_received: u64,
     /// A SYN for a handshake that was already open (a retransmission).
     pub syn_retrans: u64,
+    /// Outer IP packet sizes per direction, by [`SIZE_BUCKET_BOUNDS`].
+    pub tx_size: [u64; SIZE_BUCKETS],
+    pub rx_size: [u64; SIZE_BUCKETS],
+}
+
+/// Upper bounds (inclusive, bytes of outer IP packet) of the size buckets;
+/// the last bucket holds everything larger.
+pub const SIZE_BUCKET_BOUNDS: [u32; SIZE_BUCKETS - 1] = [
+    128, 256, 512, 1024, 1280, 1400, 1450, 1500, 2000, 4000, 9000,
+];
+pub const SIZE_BUCKETS: usize = 12;
+
+/// The size bucket of an outer IP packet of `len` bytes.
+#[inline(always)]
+pub fn size_bucket(len: u32) -> usize {
+    let mut i = 0;
+    while i < SIZE_BUCKETS - 1 {
+        if len <= SIZE_BUCKET_BOUNDS[i] {
+            return i;
+        }
+        i += 1;
+    }
+    SIZE_BUCKETS - 1
 }
 
 /// Host-wide counters that belong to no peer, one copy per CPU.
@@ -411,7 +434,10 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<PeerKey>(), 16);
         assert_eq!(size_of::<Counter>(), 16);
-        assert_eq!(size_of::<PeerStats>(), 4 * 16 + 18 * 8);
+        assert_eq!(
+            size_of::<PeerStats>(),
+            4 * 16 + 18 * 8 + 2 * SIZE_BUCKETS * 8
+        );
         assert_eq!(size_of::<GlobalStats>(), 6 * 8 + 2 * 16);
         assert_eq!(size_of::<MacKey>(), 12);
         assert_eq!(size_of::<MacPeer>(), 24);
@@ -423,6 +449,17 @@ mod tests {
             size_of::<Config>(),
             2 * MAX_PORTS + 16 * MAX_LOCAL_ADDRS + 4 * 4 + 17 * 4 + 8
         );
+    }
+
+    #[test]
+    fn size_buckets() {
+        assert_eq!(size_bucket(60), 0);
+        assert_eq!(size_bucket(128), 0);
+        assert_eq!(size_bucket(129), 1);
+        assert_eq!(size_bucket(1450), 6);
+        assert_eq!(size_bucket(1451), 7);
+        assert_eq!(size_bucket(1500), 7);
+        assert_eq!(size_bucket(65535), SIZE_BUCKETS - 1);
     }
 
     #[test]
@@ -482,6 +519,10 @@ impl PeerStats {
             (&mut self.syn_retrans, o.syn_retrans),
         ] {
             *a = f(*a, b);
+        }
+        for i in 0..SIZE_BUCKETS {
+            self.tx_size[i] = f(self.tx_size[i], o.tx_size[i]);
+            self.rx_size[i] = f(self.rx_size[i], o.rx_size[i]);
         }
     }
 }

@@ -25,6 +25,9 @@ pub fn config() -> *const Config {
     &raw const CONFIG
 }
 
+/// A new peer's counters.
+static ZERO_PEER_STATS: PeerStats = unsafe { core::mem::zeroed() };
+
 /// Per-peer counters. LRU because peers are open-ended: anybody can send to
 /// the VXLAN port.
 #[map]
@@ -54,9 +57,13 @@ pub fn peer_stats<C: EbpfContext>(ctx: &C, peer: &PeerKey) -> Option<*mut PeerSt
         return Some(stats);
     }
     // BPF_NOEXIST: when two CPUs race to create the same peer, only one
-    // insertion counts, so `peers_inserted` stays exact.
-    let zero = PeerStats::default();
-    match PEERS.insert(peer, &zero, aya_ebpf::bindings::BPF_NOEXIST.into()) {
+    // insertion counts, so `peers_inserted` stays exact. The zero value
+    // lives in read-only data: PeerStats is too big for the BPF stack.
+    match PEERS.insert(
+        peer,
+        &ZERO_PEER_STATS,
+        aya_ebpf::bindings::BPF_NOEXIST.into(),
+    ) {
         Ok(()) => {
             if let Some(g) = global() {
                 unsafe { (*g).peers_inserted += 1 };

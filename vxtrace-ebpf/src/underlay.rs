@@ -138,6 +138,14 @@ fn count_traffic(ctx: &TcContext, stats: &mut PeerStats, outer: &Outer, dir: Dir
         ),
     };
     counter.add(segs, bytes);
+    let bucket = vxtrace_common::size_bucket(ip_len);
+    let sizes = match dir {
+        Direction::Egress => &mut stats.tx_size,
+        Direction::Ingress => &mut stats.rx_size,
+    };
+    if let Some(b) = sizes.get_mut(bucket) {
+        *b += segs;
+    }
     if ip_len > 1450 {
         *over_1450 += segs;
     }

@@ -48,6 +48,9 @@ struct State {
     one_way: bool,
     ever_one_way: bool,
     longest_silence_s: f64,
+    /// Gaps between arrivals longer than an interval (silences), in ms;
+    /// allocated at the first one, so steady peers cost nothing.
+    silences_ms: Option<hdrhistogram::Histogram<u32>>,
 }
 
 pub enum Event {
@@ -140,7 +143,15 @@ impl OutageTracker {
             }
             if rx > 0 {
                 if let Some(last) = s.last_rx {
-                    s.longest_silence_s = s.longest_silence_s.max(mid - last);
+                    let gap = mid - last;
+                    s.longest_silence_s = s.longest_silence_s.max(gap);
+                    if gap > interval * 1.5 {
+                        let h = s.silences_ms.get_or_insert_with(|| {
+                            hdrhistogram::Histogram::new_with_bounds(1, 86_400_000, 2)
+                                .expect("valid bounds")
+                        });
+                        let _ = h.record(((gap * 1000.0) as u64).clamp(1, 86_400_000));
+                    }
                 }
                 if let Some(mut o) = s.open.take() {
                     let end = self.epoch + mid;
@@ -283,7 +294,8 @@ impl OutageTracker {
     /// The summary fields of a peer.
     pub fn peer_json(&self, key: &PeerKey) -> Value {
         let Some(s) = self.peers.get(key) else {
-            return json!({"outages": [], "one_way": false, "longest_silence_s": 0.0});
+            return json!({"outages": [], "outages_total": 0, "one_way": false, "one_way_now": false,
+                "longest_silence_s": 0.0, "rx_silences_ms": {"count": 0, "p50": 0, "p99": 0, "max": 0}});
         };
         let mut list: Vec<Value> = s
             .closed
@@ -299,6 +311,10 @@ impl OutageTracker {
             "one_way": s.ever_one_way,
             "one_way_now": s.one_way,
             "longest_silence_s": round3(s.longest_silence_s),
+            "rx_silences_ms": match &s.silences_ms {
+                Some(h) => json!({"count": h.len(), "p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "max": h.max()}),
+                None => json!({"count": 0, "p50": 0, "p99": 0, "max": 0}),
+            },
         })
     }
 

@@ -5,7 +5,7 @@
 use std::{fmt::Write as _, net::IpAddr};
 
 use serde_json::{Value, json};
-use vxtrace_common::{Counter, GlobalStats, PeerStats};
+use vxtrace_common::{Counter, GlobalStats, PeerStats, SIZE_BUCKET_BOUNDS, SIZE_BUCKETS};
 
 use crate::{
     drops::PeerDrops,
@@ -32,6 +32,8 @@ pub fn stats_json(s: &PeerStats) -> Value {
             "tx_over_1500": s.tx_over_1500,
             "rx_over_1450": s.rx_over_1450,
             "rx_over_1500": s.rx_over_1500,
+            "tx": size_json(&s.tx_size),
+            "rx": size_json(&s.rx_size),
         },
         "fragmented": {"tx": s.tx_fragmented, "rx": s.rx_fragmented},
         "inner_dst_mac_mismatch": s.inner_dst_mac_mismatch,
@@ -47,6 +49,40 @@ pub fn stats_json(s: &PeerStats) -> Value {
             "syn_retrans": s.syn_retrans,
         },
     })
+}
+
+/// An outer-size distribution: counts per bucket ("<=1450", ">9000"), and
+/// the bucket bounds that hold the median and the 99th percentile.
+fn size_json(b: &[u64; SIZE_BUCKETS]) -> Value {
+    let label = |i: usize| {
+        if i < SIZE_BUCKETS - 1 {
+            format!("<={}", SIZE_BUCKET_BOUNDS[i])
+        } else {
+            format!(">{}", SIZE_BUCKET_BOUNDS[SIZE_BUCKETS - 2])
+        }
+    };
+    let total: u64 = b.iter().sum();
+    let quantile = |q: f64| -> Value {
+        if total == 0 {
+            return Value::Null;
+        }
+        let target = (q * total as f64).ceil() as u64;
+        let mut acc = 0;
+        for (i, n) in b.iter().enumerate() {
+            acc += n;
+            if acc >= target.max(1) {
+                return json!(label(i));
+            }
+        }
+        Value::Null
+    };
+    let buckets: serde_json::Map<String, Value> = b
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| (label(i), json!(n)))
+        .collect();
+    json!({"packets": total, "buckets": buckets, "p50": quantile(0.5), "p99": quantile(0.99)})
 }
 
 /// Adds what only the whole run knows to a peer's `tcp` object.

@@ -894,6 +894,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                     "one_way",
                     "one_way_now",
                     "longest_silence_s",
+                    "rx_silences_ms",
                 ] {
                     v[k] = o[k].clone();
                 }
