@@ -88,6 +88,7 @@ pub struct Neighbour {
     pub ifindex: u32,
     pub addr: IpAddr,
     pub mac: [u8; 6],
+    pub permanent: bool,
 }
 
 /// A route whose output device is a VXLAN device.
@@ -108,6 +109,8 @@ pub struct Snapshot {
     pub fdb: Vec<FdbEntry>,
     pub neighbours: Vec<Neighbour>,
     pub routes: Vec<OverlayRoute>,
+    /// Unicast routes of the main table (any device), for reachability.
+    pub all_routes: Vec<OverlayRoute>,
 }
 
 impl Snapshot {
@@ -291,6 +294,8 @@ pub async fn snapshot() -> Result<Snapshot> {
                 if !snap.is_vxlan(ifindex) {
                     continue;
                 }
+                let permanent =
+                    msg.header.state == netlink_packet_route::neighbour::NeighbourState::Permanent;
                 let mut mac = None;
                 let mut addr = None;
                 for attr in msg.attributes {
@@ -310,7 +315,12 @@ pub async fn snapshot() -> Result<Snapshot> {
                     }
                 }
                 if let (Some(mac), Some(addr)) = (mac, addr) {
-                    snap.neighbours.push(Neighbour { ifindex, addr, mac });
+                    snap.neighbours.push(Neighbour {
+                        ifindex,
+                        addr,
+                        mac,
+                        permanent,
+                    });
                 }
             }
             let mut req = RouteMessage::default();
@@ -327,6 +337,22 @@ pub async fn snapshot() -> Result<Snapshot> {
                         RouteAttribute::Gateway(a) => gateway = route_ip(a),
                         _ => {}
                     }
+                }
+                // Every route, for "which device reaches this address".
+                if let Some(ifindex) = oif
+                    && msg.header.kind == netlink_packet_route::route::RouteType::Unicast
+                    && main_table(&msg)
+                {
+                    let unspecified = match family {
+                        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    };
+                    snap.all_routes.push(OverlayRoute {
+                        ifindex,
+                        dst: dst.unwrap_or(unspecified),
+                        prefix_len: msg.header.destination_prefix_length,
+                        gateway,
+                    });
                 }
                 if let (Some(ifindex), Some(dst)) = (oif, dst)
                     && snap.is_vxlan(ifindex)
@@ -391,6 +417,18 @@ pub fn prefix_contains(net: &IpAddr, len: u8, addr: &IpAddr) -> bool {
     }
 }
 
+fn main_table(msg: &RouteMessage) -> bool {
+    let table = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(msg.header.table as u32);
+    table == 254
+}
+
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
@@ -414,6 +452,16 @@ impl Snapshot {
             .iter()
             .filter_map(|n| Some((n.addr, self.fdb_dst(n.ifindex, &n.mac)?)))
             .collect()
+    }
+
+    /// The device the main table routes `addr` through (longest prefix;
+    /// local addresses are not in the main table and give None).
+    pub fn route_dev(&self, addr: &IpAddr) -> Option<u32> {
+        self.all_routes
+            .iter()
+            .filter(|r| prefix_contains(&r.dst, r.prefix_len, addr))
+            .max_by_key(|r| r.prefix_len)
+            .map(|r| r.ifindex)
     }
 
     /// The peer that owns an inner (VTEP or pod) address, from the VXLAN

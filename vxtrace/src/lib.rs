@@ -5,6 +5,7 @@
 
 pub mod conntrack;
 pub mod discovery;
+pub mod doctor;
 pub mod drops;
 pub mod kernel;
 pub mod lab;

@@ -24,6 +24,9 @@ struct Cli {
 enum Command {
     /// Count VXLAN traffic per underlay peer and show it live.
     Watch(Box<watch::WatchArgs>),
+    /// Check the overlay's kernel state (FDB, neighbours, routes, MTU,
+    /// firewall, NAT, sysctls). Exit 0 clean, 1 findings, 2 could not run.
+    Doctor(vxtrace::doctor::DoctorArgs),
     /// Read recordings (`watch --record`) and name the likely causes.
     Report(report::ReportArgs),
     /// A built-in VXLAN lab in network namespaces (flannel's layout).
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Watch(args) => watch::run(*args),
+        Command::Doctor(args) => return ExitCode::from(vxtrace::doctor::run(args) as u8),
         Command::Report(args) => report::run(args),
         Command::Lab { command } => lab::run(command),
         Command::ReapClsact => reaper::run(),

@@ -18,6 +18,7 @@ use vxtrace_common::{
 use crate::{
     conntrack,
     discovery::{self, Snapshot, VxlanDevice, is_group_mac},
+    doctor,
     drops::{self, DropTable, PeerDrops},
     kernel::{self, DropReasons},
     metrics::Metrics,
@@ -552,6 +553,18 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         ),
         None => None,
     };
+    // The static checks of `vxtrace doctor`, once at start.
+    let doctor_findings = if plan.vxlan.is_empty() {
+        Vec::new()
+    } else {
+        doctor::check_snapshot(&snap, &plan.vxlan).0
+    };
+    for f in &doctor_findings {
+        eprintln!(
+            "vxtrace: warning: [{}] {} ({}): {}",
+            f.severity, f.check, f.device, f.message
+        );
+    }
     let syms = match kernel::Kallsyms::load() {
         Ok(s) => Some(s),
         Err(e) => {
@@ -648,7 +661,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
             path,
             args.record_max_size,
             args.record_keep,
-            record_header(&plan),
+            record_header(&plan, &doctor_findings),
         )?),
         None => None,
     };
@@ -678,6 +691,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
             "attached": tracer.attachments,
             "probes": {"drops": &drop_probe, "paws_kprobes": &paws_probes, "reason_names": kinfo.reasons.source},
             "netns": netns_scope_json(&netns_scope),
+            "doctor": &doctor_findings,
             "notes": plan.notes,
         });
         if let Mode::Json = mode {
@@ -884,6 +898,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         drop_probe: &drop_probe,
     };
     let mut summary = summary_json(&ctx);
+    summary["doctor"] = json!(doctor_findings);
     if let Some(peers) = summary["peers"].as_object_mut() {
         for (addr, v) in peers.iter_mut() {
             if let Ok(a) = addr.parse::<IpAddr>() {
@@ -991,7 +1006,7 @@ fn reattach(
 }
 
 /// The first line of every recording file: what produced it, where.
-fn record_header(plan: &Plan) -> Value {
+fn record_header(plan: &Plan, doctor: &[doctor::Finding]) -> Value {
     let uname = |f: &str| {
         std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
             .map(|s| s.trim().to_string())
@@ -1007,6 +1022,7 @@ fn record_header(plan: &Plan) -> Value {
         "devices": plan.vxlan,
         "underlays": plan.underlays,
         "ports": plan.ports,
+        "doctor": doctor,
     })
 }
 

@@ -1,0 +1,122 @@
+//! `vxtrace doctor` on lab nodes: clean means exit 0; each injected
+//! misconfiguration is found, with its evidence, and exit 1.
+
+use std::process::Command;
+
+use serde_json::Value;
+use vxtrace_tests::{LabGuard, Watcher, bin, run, sh};
+
+fn doctor(ns: &str) -> (i32, Value) {
+    let (code, out, err) = run(Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(bin())
+        .args(["doctor", "--json"]));
+    assert!(!err.contains("panicked"), "{err}");
+    let v = serde_json::from_str(&out).unwrap_or(Value::Null);
+    (code, v)
+}
+
+fn findings<'a>(v: &'a Value, check: &str) -> Vec<&'a Value> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == check)
+        .collect()
+}
+
+#[test]
+fn clean_lab_node_has_no_findings() {
+    let lab = LabGuard::new("vt-doc", 3, false, 8472);
+    let (code, v) = doctor(&lab.node_ns(1));
+    assert_eq!(v["findings"], serde_json::json!([]), "{v}");
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn each_misconfiguration_is_found() {
+    let lab = LabGuard::new("vt-doc2", 3, false, 8472);
+    let a = lab.node_ns(1);
+    let cases: Vec<(&str, Vec<Vec<String>>, &str, &str)> = vec![
+        (
+            "two FDB entries, one underlay address",
+            vec![vec!["bridge".into(), "-n".into(), a.clone(), "fdb".into(), "append".into(), "0e:76:78:00:00:99".into(), "dev".into(), "flannel.1".into(), "dst".into(), lab.underlay_ip(2).to_string()]],
+            "fdb_duplicate_underlay",
+            "0e:76:78:00:00:99",
+        ),
+        (
+            "FDB entry to an own address",
+            vec![vec!["bridge".into(), "-n".into(), a.clone(), "fdb".into(), "append".into(), "0e:76:78:00:00:98".into(), "dev".into(), "flannel.1".into(), "dst".into(), lab.underlay_ip(1).to_string()]],
+            "fdb_dst_is_local",
+            "192.0.2.11",
+        ),
+        (
+            "neighbour MAC without FDB entry",
+            vec![vec!["ip".into(), "-n".into(), a.clone(), "neigh".into(), "replace".into(), "10.244.1.0".into(), "lladdr".into(), "0e:76:78:00:00:97".into(), "dev".into(), "flannel.1".into(), "nud".into(), "permanent".into()]],
+            "neighbour_without_fdb",
+            "0e:76:78:00:00:97",
+        ),
+        (
+            "VXLAN MTU 1500 on a 1500-byte underlay",
+            vec![
+                vec!["ip".into(), "-n".into(), a.clone(), "link".into(), "add".into(), "vx9".into(), "type".into(), "vxlan".into(), "id".into(), "9".into(), "local".into(), lab.underlay_ip(1).to_string(), "dstport".into(), "4789".into()],
+                vec!["ip".into(), "-n".into(), a.clone(), "link".into(), "set".into(), "vx9".into(), "mtu".into(), "1500".into()],
+            ],
+            "mtu_too_large",
+            "\"vxlan_mtu\":1500",
+        ),
+        (
+            "nft input rule dropping the VXLAN port",
+            vec![vec!["ip".into(), "netns".into(), "exec".into(), a.clone(), "nft".into(), "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop".into()]],
+            "firewall_drops_vxlan",
+            "udp dport 8472 drop",
+        ),
+        (
+            "MASQUERADE of pod traffic to the overlay",
+            vec![vec!["ip".into(), "netns".into(), "exec".into(), a.clone(), "nft".into(), "add table ip vtnat; add chain ip vtnat post { type nat hook postrouting priority 100 ; }; add rule ip vtnat post ip saddr 10.244.0.0/24 oifname \"flannel.1\" masquerade".into()]],
+            "masquerade_pod_traffic",
+            "masquerade",
+        ),
+        (
+            "rp_filter=1 on the underlay",
+            vec![vec!["ip".into(), "netns".into(), "exec".into(), a.clone(), "sh".into(), "-c".into(), "echo 1 > /proc/sys/net/ipv4/conf/eth0/rp_filter".into()]],
+            "rp_filter_strict",
+            "\"device\":\"eth0\"",
+        ),
+    ];
+    for (what, cmds, check, evidence) in cases {
+        for c in &cmds {
+            let args: Vec<&str> = c.iter().map(String::as_str).collect();
+            sh(&args);
+        }
+        let (code, v) = doctor(&a);
+        assert_eq!(code, 1, "{what}: {v}");
+        let f = findings(&v, check);
+        assert!(!f.is_empty(), "{what}: no {check} in {v}");
+        assert!(
+            f.iter().any(|f| f.to_string().contains(evidence)),
+            "{what}: {evidence} not in {f:?}"
+        );
+        assert!(f.iter().all(|f| !f["fix"].as_str().unwrap().is_empty()));
+    }
+    // `watch` runs the same checks at start and reports them.
+    let w = Watcher::start(&a, &["--vxlan-dev", "flannel.1"]);
+    let at_start = w.attached["doctor"].to_string();
+    assert!(at_start.contains("firewall_drops_vxlan"), "{at_start}");
+    let s = w.stop();
+    assert!(s["doctor"].to_string().contains("masquerade_pod_traffic"));
+}
+
+#[test]
+fn doctor_without_vxlan_cannot_run() {
+    let ns = "vt-doc-empty";
+    let _ = run(Command::new("ip").args(["netns", "delete", ns]));
+    sh(&["ip", "netns", "add", ns]);
+    let (code, _, err) = run(Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(bin())
+        .arg("doctor"));
+    let _ = run(Command::new("ip").args(["netns", "delete", ns]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no VXLAN device to check"), "{err}");
+}

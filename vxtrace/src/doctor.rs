@@ -1,0 +1,778 @@
+//! `vxtrace doctor`: static checks of the overlay's kernel state: FDB,
+//! neighbours, routes, MTU, firewall and NAT rules, sysctls. Each finding
+//! names its check, the device, the evidence and a concrete fix.
+//!
+//! Exit codes: 0 clean, 1 findings, 2 the checks could not run.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    process::Command,
+};
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::discovery::{self, Snapshot, VxlanDevice, format_mac, is_group_mac, prefix_contains};
+
+#[derive(clap::Args, Debug)]
+pub struct DoctorArgs {
+    /// One JSON object (`{"findings":[…],"notes":[…]}`) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Check only this VXLAN device (repeatable; default: all).
+    #[arg(long = "vxlan-dev", value_name = "DEV")]
+    pub vxlan_devs: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Finding {
+    pub check: &'static str,
+    /// "error" (breaks traffic) or "warning" (may).
+    pub severity: &'static str,
+    pub device: String,
+    pub message: String,
+    pub evidence: Value,
+    pub fix: String,
+}
+
+/// The address typical of VM NAT networking defaults (VirtualBox/Vagrant).
+const VM_NAT_DEFAULT: &str = "10.0.2.15";
+
+fn finding(
+    check: &'static str,
+    severity: &'static str,
+    dev: &str,
+    message: String,
+    evidence: Value,
+    fix: String,
+) -> Finding {
+    Finding {
+        check,
+        severity,
+        device: dev.to_string(),
+        message,
+        evidence,
+        fix,
+    }
+}
+
+/// FDB, neighbour and route checks of one VXLAN device.
+fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: &mut Vec<Finding>) {
+    let fdb: Vec<_> = snap
+        .fdb
+        .iter()
+        .filter(|e| e.ifindex == dev.ifindex && !is_group_mac(&e.mac))
+        .collect();
+    // Multicast neighbour entries (IPv6 ND on the device) belong to no peer.
+    let neigh: Vec<_> = snap
+        .neighbours
+        .iter()
+        .filter(|n| n.ifindex == dev.ifindex && !is_group_mac(&n.mac) && !n.addr.is_multicast())
+        .collect();
+    let own: BTreeSet<IpAddr> = snap.addrs.values().flatten().copied().collect();
+
+    // Several VTEP MACs behind one underlay address.
+    let mut by_dst: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+    for e in &fdb {
+        by_dst.entry(e.dst).or_default().push(format_mac(&e.mac));
+    }
+    for (dst, macs) in &by_dst {
+        if macs.len() > 1 {
+            let vm = dst.to_string() == VM_NAT_DEFAULT;
+            out.push(finding(
+                "fdb_duplicate_underlay",
+                "error",
+                &dev.name,
+                format!(
+                    "{} VTEP MACs point at one underlay address {dst}{}",
+                    macs.len(),
+                    if vm { " (10.0.2.15: the VM NAT default address)" } else { "" }
+                ),
+                json!({"dst": dst, "macs": macs}),
+                if vm {
+                    "every node registered its NAT interface (10.0.2.15) as its public address: set the node's real address (flannel --iface / --public-ip, kubelet --node-ip)".into()
+                } else {
+                    "each node needs its own underlay address: check the nodes' public-ip annotations (flannel.alpha.coreos.com/public-ip) and remove stale FDB entries (bridge fdb del)".into()
+                },
+            ));
+        }
+    }
+    for e in &fdb {
+        let mac = format_mac(&e.mac);
+        if own.contains(&e.dst) {
+            out.push(finding(
+                "fdb_dst_is_local",
+                "error",
+                &dev.name,
+                format!("FDB entry {mac} sends to {}, one of this host's own addresses", e.dst),
+                json!({"mac": mac, "dst": e.dst}),
+                "a peer registered this node's address as its own: fix that node's public address, then `bridge fdb del` the entry".into(),
+            ));
+        } else if e.dst.to_string() == VM_NAT_DEFAULT {
+            out.push(finding(
+                "fdb_dst_vm_nat",
+                "error",
+                &dev.name,
+                format!("FDB entry {mac} sends to 10.0.2.15, the VM NAT default address"),
+                json!({"mac": mac, "dst": e.dst}),
+                "the peer registered its NAT interface address: set its real node address (flannel --iface)".into(),
+            ));
+        } else if let Some(ul) = underlay {
+            match snap.route_dev(&e.dst) {
+                None => out.push(finding(
+                    "fdb_dst_unreachable",
+                    "error",
+                    &dev.name,
+                    format!("FDB entry {mac} sends to {}, which no route reaches", e.dst),
+                    json!({"mac": mac, "dst": e.dst}),
+                    "add a route to the peer's underlay address, or fix the peer's registered address".into(),
+                )),
+                Some(i) if i != ul => out.push(finding(
+                    "fdb_dst_wrong_interface",
+                    "warning",
+                    &dev.name,
+                    format!(
+                        "FDB entry {mac} sends to {} through {}, not through the VXLAN device's underlay {}",
+                        e.dst,
+                        link_name(snap, i),
+                        link_name(snap, ul)
+                    ),
+                    json!({"mac": mac, "dst": e.dst, "route_dev": link_name(snap, i), "underlay": link_name(snap, ul)}),
+                    "the peer's address is reached through another interface: check the routes or the VXLAN device's `dev`".into(),
+                )),
+                _ => {}
+            }
+        }
+        if !neigh.iter().any(|n| n.mac == e.mac) {
+            out.push(finding(
+                "fdb_without_neighbour",
+                "warning",
+                &dev.name,
+                format!("FDB entry {mac} -> {} has no neighbour entry using that MAC", e.dst),
+                json!({"mac": mac, "dst": e.dst}),
+                "a leftover of a removed peer, or a missing neighbour entry: `bridge fdb del` it or let the overlay agent re-sync".into(),
+            ));
+        }
+    }
+    let mut macs_seen: BTreeMap<[u8; 6], Vec<IpAddr>> = BTreeMap::new();
+    for n in &neigh {
+        macs_seen.entry(n.mac).or_default().push(n.addr);
+        if !fdb.iter().any(|e| e.mac == n.mac) {
+            out.push(finding(
+                "neighbour_without_fdb",
+                if n.permanent { "error" } else { "warning" },
+                &dev.name,
+                format!(
+                    "{}neighbour {} has MAC {} but no FDB entry sends that MAC anywhere: frames to it are dropped",
+                    if n.permanent { "PERMANENT " } else { "" },
+                    n.addr,
+                    format_mac(&n.mac)
+                ),
+                json!({"addr": n.addr, "mac": format_mac(&n.mac), "permanent": n.permanent}),
+                "the peer's VTEP was recreated with a new MAC: replace the neighbour entry with the new MAC (ip neigh replace … lladdr NEW) or restart the overlay agent".into(),
+            ));
+        }
+    }
+    for (mac, addrs) in macs_seen {
+        if addrs.len() > 1 {
+            out.push(finding(
+                "duplicate_mac",
+                "warning",
+                &dev.name,
+                format!("MAC {} is the neighbour entry of {} addresses", format_mac(&mac), addrs.len()),
+                json!({"mac": format_mac(&mac), "addrs": addrs}),
+                "two peers share a VTEP MAC (a cloned VM?): give each node's VXLAN device its own MAC".into(),
+            ));
+        }
+    }
+    for r in snap.routes.iter().filter(|r| r.ifindex == dev.ifindex) {
+        if let Some(gw) = r.gateway
+            && !neigh.iter().any(|n| n.addr == gw)
+        {
+            out.push(finding(
+                "route_without_neighbour",
+                "error",
+                &dev.name,
+                format!("route {}/{} via {gw} has no neighbour entry for {gw}", r.dst, r.prefix_len),
+                json!({"route": format!("{}/{}", r.dst, r.prefix_len), "via": gw}),
+                "the overlay agent did not program the peer's VTEP: add the neighbour (ip neigh add GW lladdr MAC dev DEV nud permanent) or restart the agent".into(),
+            ));
+        }
+    }
+}
+
+fn link_name(snap: &Snapshot, ifindex: u32) -> String {
+    snap.links
+        .get(&ifindex)
+        .map(|l| l.name.clone())
+        .unwrap_or_else(|| format!("ifindex {ifindex}"))
+}
+
+fn check_mtu(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: &mut Vec<Finding>) {
+    let Some(mtu) = dev.mtu else { return };
+    let v6 = dev.local.map(|a| a.is_ipv6()).unwrap_or_else(|| {
+        snap.fdb
+            .iter()
+            .any(|e| e.ifindex == dev.ifindex && e.dst.is_ipv6())
+    });
+    let overhead = if v6 { 70 } else { 50 };
+    if let Some(ul) = underlay.and_then(|i| snap.links.get(&i))
+        && let Some(ul_mtu) = ul.mtu
+        && mtu + overhead > ul_mtu
+    {
+        out.push(finding(
+            "mtu_too_large",
+            "error",
+            &dev.name,
+            format!(
+                "{} MTU {mtu} + {overhead} bytes of VXLAN over {} = {} > {} MTU {ul_mtu}: full-size packets are dropped or fragmented",
+                dev.name,
+                if v6 { "IPv6" } else { "IPv4" },
+                mtu + overhead,
+                ul.name
+            ),
+            json!({"vxlan_mtu": mtu, "overhead": overhead, "underlay": ul.name, "underlay_mtu": ul_mtu}),
+            format!("set {} MTU to {} (ip link set {} mtu {}) or raise the underlay MTU", dev.name, ul_mtu - overhead, dev.name, ul_mtu - overhead),
+        ));
+    }
+    for l in snap.links.values() {
+        let pod_side = matches!(l.kind.as_deref(), Some("bridge") | Some("veth"))
+            && Some(l.ifindex) != underlay
+            && l.master.is_none_or(|m| {
+                snap.links
+                    .get(&m)
+                    .is_some_and(|b| b.kind.as_deref() == Some("bridge"))
+            });
+        if pod_side
+            && let Some(m) = l.mtu
+            && m > mtu
+            && !is_underlay_like(snap, l.ifindex)
+        {
+            out.push(finding(
+                "pod_mtu_above_vxlan",
+                "warning",
+                &dev.name,
+                format!("{} has MTU {m}, above {} MTU {mtu}: large pod packets cannot cross the overlay", l.name, dev.name),
+                json!({"interface": l.name, "mtu": m, "vxlan_mtu": mtu}),
+                format!("set pod interfaces' MTU to {mtu} or less (the CNI's mtu setting)"),
+            ));
+        }
+    }
+}
+
+/// A device with an address outside every overlay route is an underlay-ish
+/// device (e.g. a veth carrying the node's own address), not a pod one.
+fn is_underlay_like(snap: &Snapshot, ifindex: u32) -> bool {
+    let overlay_nets: Vec<_> = snap.routes.iter().map(|r| (r.dst, r.prefix_len)).collect();
+    snap.addrs.get(&ifindex).is_some_and(|addrs| {
+        addrs.iter().any(|a| {
+            !a.is_loopback()
+                && !matches!(a, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+                && !overlay_nets
+                    .iter()
+                    .any(|(n, l)| prefix_contains(n, (*l).min(16), a))
+        })
+    })
+}
+
+/// Firewall and NAT checks over `nft -j list ruleset`.
+fn check_nft(
+    ruleset: &Value,
+    devs: &[VxlanDevice],
+    pod_nets: &[(IpAddr, u8)],
+    out: &mut Vec<Finding>,
+) {
+    let items = ruleset["nftables"].as_array().cloned().unwrap_or_default();
+    let mut hooks: BTreeMap<(String, String, String), String> = BTreeMap::new();
+    for it in &items {
+        if let Some(c) = it.get("chain") {
+            hooks.insert(
+                (s(&c["family"]), s(&c["table"]), s(&c["name"])),
+                s(&c["hook"]),
+            );
+        }
+    }
+    let ports: BTreeSet<u64> = devs.iter().map(|d| d.port as u64).collect();
+    let names: BTreeSet<String> = devs.iter().map(|d| d.name.clone()).collect();
+    for it in &items {
+        let Some(r) = it.get("rule") else { continue };
+        let key = (s(&r["family"]), s(&r["table"]), s(&r["chain"]));
+        let hook = hooks.get(&key).cloned().unwrap_or_default();
+        let exprs = r["expr"].as_array().cloned().unwrap_or_default();
+        let verdict = exprs.iter().find_map(|e| {
+            ["drop", "reject", "masquerade", "snat"]
+                .into_iter()
+                .find(|v| e.get(*v).is_some())
+        });
+        let Some(verdict) = verdict else { continue };
+        let text = rule_text(&exprs);
+        let where_ = format!("{} {} chain {} ({} hook)", key.0, key.1, key.2, hook);
+        let matches_port = exprs.iter().any(|e| {
+            let m = &e["match"];
+            m["left"]["payload"]["field"] == "dport"
+                && m["op"] != "!="
+                && value_matches_port(&m["right"], &ports)
+        });
+        let mentions_dev = exprs.iter().any(|e| {
+            let m = &e["match"];
+            m["left"]["meta"]["key"]
+                .as_str()
+                .is_some_and(|k| k == "oifname" || k == "iifname")
+                && m["op"] != "!="
+                && m["right"].as_str().is_some_and(|n| names.contains(n))
+        });
+        let addr_match = |field: &str| {
+            exprs.iter().any(|e| {
+                let m = &e["match"];
+                m["left"]["payload"]["field"] == field
+                    && m["op"] != "!="
+                    && prefix_in(&m["right"], pod_nets)
+            })
+        };
+        match verdict {
+            "drop" | "reject"
+                if matches_port && matches!(hook.as_str(), "input" | "prerouting") =>
+            {
+                out.push(finding(
+                    "firewall_drops_vxlan",
+                    "error",
+                    &devs[0].name,
+                    format!("an nftables rule drops the VXLAN port on input: {where_}: {text}"),
+                    json!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
+                    "allow UDP to the VXLAN port from the other nodes before this rule (flannel: 8472; IANA: 4789)".into(),
+                ));
+            }
+            "drop" | "reject"
+                if hook == "forward"
+                    && (mentions_dev || addr_match("saddr") || addr_match("daddr")) =>
+            {
+                out.push(finding(
+                    "firewall_drops_pod_traffic",
+                    "error",
+                    &devs[0].name,
+                    format!("an nftables rule drops forwarded pod traffic: {where_}: {text}"),
+                    json!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
+                    "allow forwarding between pod subnets and the VXLAN device (iptables -P FORWARD ACCEPT, or explicit accepts)".into(),
+                ));
+            }
+            "masquerade" | "snat"
+                if hook == "postrouting"
+                    && (mentions_dev || (addr_match("saddr") && addr_match("daddr"))) =>
+            {
+                out.push(finding(
+                    "masquerade_pod_traffic",
+                    "error",
+                    &devs[0].name,
+                    format!("a {verdict} rule rewrites pod-to-pod overlay traffic: {where_}: {text}"),
+                    json!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
+                    "exclude pod destinations from masquerading (flannel: `-d POD_CIDR -j RETURN` before MASQUERADE; docker --ip-masq=false)".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or("").to_string()
+}
+
+fn value_matches_port(v: &Value, ports: &BTreeSet<u64>) -> bool {
+    if let Some(p) = v.as_u64() {
+        return ports.contains(&p);
+    }
+    if let Some(set) = v["set"].as_array() {
+        return set.iter().any(|x| value_matches_port(x, ports));
+    }
+    if let Some(range) = v["range"].as_array()
+        && let (Some(lo), Some(hi)) = (
+            range.first().and_then(|x| x.as_u64()),
+            range.get(1).and_then(|x| x.as_u64()),
+        )
+    {
+        return ports.iter().any(|p| (lo..=hi).contains(p));
+    }
+    false
+}
+
+/// Does an nft address value (address or prefix) overlap the pod networks?
+fn prefix_in(v: &Value, pod_nets: &[(IpAddr, u8)]) -> bool {
+    let (addr, len) = if let Some(a) = v.as_str() {
+        (
+            a.parse::<IpAddr>().ok(),
+            if a.contains(':') { 128 } else { 32 },
+        )
+    } else if v["prefix"].is_object() {
+        (
+            s(&v["prefix"]["addr"]).parse().ok(),
+            v["prefix"]["len"].as_u64().unwrap_or(0) as u8,
+        )
+    } else {
+        (None, 0)
+    };
+    let Some(addr) = addr else { return false };
+    pod_nets.iter().any(|(n, l)| {
+        prefix_contains(n, *l.min(&len), &addr) || prefix_contains(&addr, len.min(*l), n)
+    })
+}
+
+/// A compact human form of a rule's expressions.
+fn rule_text(exprs: &[Value]) -> String {
+    exprs
+        .iter()
+        .map(|e| {
+            if let Some(m) = e.get("match") {
+                let left = if let Some(p) = m["left"].get("payload") {
+                    format!("{} {}", s(&p["protocol"]), s(&p["field"]))
+                } else if let Some(meta) = m["left"].get("meta") {
+                    s(&meta["key"])
+                } else {
+                    m["left"].to_string()
+                };
+                let right = match &m["right"] {
+                    Value::String(x) => x.clone(),
+                    other if other["prefix"].is_object() => {
+                        format!("{}/{}", s(&other["prefix"]["addr"]), other["prefix"]["len"])
+                    }
+                    other => other.to_string(),
+                };
+                let op = s(&m["op"]);
+                if op == "==" {
+                    format!("{left} {right}")
+                } else {
+                    format!("{left} {op} {right}")
+                }
+            } else if let Some(k) = e.as_object().and_then(|o| o.keys().next()) {
+                k.clone()
+            } else {
+                e.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Firewall and NAT checks over `iptables-save` (legacy backend rules are
+/// invisible to nft).
+fn check_iptables(
+    text: &str,
+    devs: &[VxlanDevice],
+    pod_nets: &[(IpAddr, u8)],
+    out: &mut Vec<Finding>,
+) {
+    let ports: Vec<String> = devs.iter().map(|d| d.port.to_string()).collect();
+    let mut table = "";
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = if t == "nat" {
+                "nat"
+            } else if t == "filter" {
+                "filter"
+            } else {
+                ""
+            };
+            continue;
+        }
+        let Some(rule) = line.strip_prefix("-A ") else {
+            continue;
+        };
+        let words: Vec<&str> = rule.split_whitespace().collect();
+        let chain = words.first().copied().unwrap_or("");
+        let arg = |flag: &str| words.windows(2).find(|w| w[0] == flag).map(|w| w[1]);
+        let target = arg("-j").unwrap_or("");
+        let in_pod = |flag: &str| {
+            arg(flag)
+                .and_then(|a| {
+                    let (ip, len) = a.split_once('/').unwrap_or((a, "32"));
+                    Some((ip.parse::<IpAddr>().ok()?, len.parse::<u8>().ok()?))
+                })
+                .is_some_and(|(ip, len)| {
+                    pod_nets
+                        .iter()
+                        .any(|(n, l)| prefix_contains(n, (*l).min(len), &ip))
+                })
+                && !words.windows(2).any(|w| w[0] == "!" && w[1] == flag)
+        };
+        let dev_named = ["-o", "-i"]
+            .iter()
+            .any(|f| arg(f).is_some_and(|d| devs.iter().any(|v| v.name == d)));
+        if table == "filter"
+            && chain == "INPUT"
+            && matches!(target, "DROP" | "REJECT")
+            && arg("--dport").is_some_and(|p| ports.iter().any(|x| x == p))
+        {
+            out.push(finding(
+                "firewall_drops_vxlan",
+                "error",
+                &devs[0].name,
+                format!("an iptables rule drops the VXLAN port on input: {line}"),
+                json!({"table": "filter", "chain": chain, "rule": line}),
+                "allow UDP to the VXLAN port from the other nodes before this rule".into(),
+            ));
+        } else if table == "filter"
+            && chain == "FORWARD"
+            && matches!(target, "DROP" | "REJECT")
+            && (dev_named || in_pod("-s") || in_pod("-d"))
+        {
+            out.push(finding(
+                "firewall_drops_pod_traffic",
+                "error",
+                &devs[0].name,
+                format!("an iptables rule drops forwarded pod traffic: {line}"),
+                json!({"table": "filter", "chain": chain, "rule": line}),
+                "allow forwarding between pod subnets and the VXLAN device".into(),
+            ));
+        } else if table == "nat"
+            && chain == "POSTROUTING"
+            && matches!(target, "MASQUERADE" | "SNAT")
+            && (dev_named || (in_pod("-s") && in_pod("-d")))
+        {
+            out.push(finding(
+                "masquerade_pod_traffic",
+                "error",
+                &devs[0].name,
+                format!("a {target} rule rewrites pod-to-pod overlay traffic: {line}"),
+                json!({"table": "nat", "chain": chain, "rule": line}),
+                "exclude pod destinations from masquerading (`-d POD_CIDR -j RETURN` first)".into(),
+            ));
+        }
+    }
+}
+
+fn sysctl(path: &str) -> Option<i64> {
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn check_sysctls(
+    snap: &Snapshot,
+    devs: &[VxlanDevice],
+    underlays: &[u32],
+    nat_present: bool,
+    out: &mut Vec<Finding>,
+) {
+    let dev0 = &devs[0].name;
+    if sysctl("net/ipv4/tcp_tw_recycle") == Some(1) && nat_present {
+        out.push(finding("tcp_tw_recycle_with_nat", "error", dev0,
+            "net.ipv4.tcp_tw_recycle=1 with NAT rules present: clients behind one address get their SYNs dropped (PAWS)".into(),
+            json!({"tcp_tw_recycle": 1}),
+            "sysctl -w net.ipv4.tcp_tw_recycle=0".into()));
+    }
+    if sysctl("net/ipv4/ip_forward") == Some(0) {
+        out.push(finding(
+            "ip_forward_off",
+            "error",
+            dev0,
+            "net.ipv4.ip_forward=0: this node does not forward pod traffic to and from the overlay"
+                .into(),
+            json!({"ip_forward": 0}),
+            "sysctl -w net.ipv4.ip_forward=1".into(),
+        ));
+    }
+    let all = sysctl("net/ipv4/conf/all/rp_filter").unwrap_or(0);
+    let mut names: Vec<(String, &str)> = devs
+        .iter()
+        .map(|d| (d.name.clone(), "VXLAN device"))
+        .collect();
+    names.extend(
+        underlays
+            .iter()
+            .filter_map(|i| snap.links.get(i))
+            .map(|l| (l.name.clone(), "underlay device")),
+    );
+    for (name, role) in names {
+        // /proc/sys keeps the device name as it is ("flannel.1").
+        let dev_v = sysctl(&format!("net/ipv4/conf/{name}/rp_filter")).unwrap_or(0);
+        // The kernel uses the larger of "all" and the device's value.
+        let effective = all.max(dev_v);
+        if effective == 1 {
+            out.push(finding("rp_filter_strict", "warning", &name,
+                format!("strict reverse-path filtering on {role} {name} (rp_filter: all={all}, {name}={dev_v}): packets from peers routed asymmetrically are dropped (IP_RPFILTER)"),
+                json!({"device": name, "all": all, "dev": dev_v}),
+                format!("sysctl -w net.ipv4.conf.{name}.rp_filter=2 (loose) and net.ipv4.conf.all.rp_filter=0 or 2")));
+        }
+    }
+}
+
+/// Runs every check on this namespace. Errors only when nothing can be checked.
+pub async fn check(only: &[String]) -> Result<(Vec<Finding>, Vec<String>)> {
+    let snap = discovery::snapshot().await?;
+    let all = snap.vxlan_devices();
+    let devs: Vec<VxlanDevice> = if only.is_empty() {
+        all
+    } else {
+        all.into_iter().filter(|d| only.contains(&d.name)).collect()
+    };
+    if devs.is_empty() {
+        bail!(
+            "no VXLAN device to check in this network namespace; run it where the overlay is (ip netns exec NS vxtrace doctor) or name one with --vxlan-dev"
+        );
+    }
+    Ok(check_snapshot(&snap, &devs))
+}
+
+pub fn check_snapshot(snap: &Snapshot, devs: &[VxlanDevice]) -> (Vec<Finding>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut notes = Vec::new();
+    let mut underlays = Vec::new();
+    for dev in devs {
+        let underlay = dev.link_ifindex.or_else(|| {
+            dev.local
+                .as_ref()
+                .and_then(|a| snap.owner_of(a))
+                .map(|l| l.ifindex)
+        });
+        if let Some(u) = underlay {
+            underlays.push(u);
+        }
+        check_tables(snap, dev, underlay, &mut out);
+        check_mtu(snap, dev, underlay, &mut out);
+    }
+    // Pod networks: the overlay routes plus this node's own (the subnets of
+    // bridges that carry pods are not known generically; overlay routes
+    // widened to /16 cover flannel's per-node /24s).
+    let mut pod_nets: Vec<(IpAddr, u8)> = snap
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                r.dst,
+                r.prefix_len.min(if r.dst.is_ipv4() { 16 } else { 64 }),
+            )
+        })
+        .collect();
+    pod_nets.sort();
+    pod_nets.dedup();
+    let mut nat_present = false;
+    match Command::new("nft").args(["-j", "list", "ruleset"]).output() {
+        Ok(o) if o.status.success() => match serde_json::from_slice::<Value>(&o.stdout) {
+            Ok(v) => {
+                nat_present |=
+                    v.to_string().contains("\"masquerade\"") || v.to_string().contains("\"snat\"");
+                check_nft(&v, devs, &pod_nets, &mut out);
+            }
+            Err(e) => notes.push(format!(
+                "nft -j output not understood ({e}): nftables checks skipped"
+            )),
+        },
+        Ok(o) => notes.push(format!(
+            "nft failed ({}): nftables checks skipped",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(_) => notes.push("nft not installed: nftables checks skipped".into()),
+    }
+    // Legacy iptables rules are invisible to nft; with the nft backend they
+    // are already covered above.
+    if let Ok(o) = Command::new("iptables-legacy-save").output()
+        && o.status.success()
+    {
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        nat_present |= text.contains("MASQUERADE") || text.contains("-j SNAT");
+        check_iptables(&text, devs, &pod_nets, &mut out);
+    }
+    check_sysctls(snap, devs, &underlays, nat_present, &mut out);
+    out.dedup();
+    (out, notes)
+}
+
+pub fn print_text(findings: &[Finding], notes: &[String]) {
+    for n in notes {
+        println!("note: {n}");
+    }
+    if findings.is_empty() {
+        println!("no problems found");
+        return;
+    }
+    for f in findings {
+        println!(
+            "[{}] {} ({}): {}\n    evidence: {}\n    fix: {}",
+            f.severity, f.check, f.device, f.message, f.evidence, f.fix
+        );
+    }
+}
+
+/// `vxtrace doctor`: returns the exit code.
+pub fn run(args: DoctorArgs) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vxtrace: error: starting the async runtime: {e}");
+            return 2;
+        }
+    };
+    match rt.block_on(check(&args.vxlan_devs)) {
+        Ok((findings, notes)) => {
+            if args.json {
+                println!("{}", json!({"findings": findings, "notes": notes}));
+            } else {
+                print_text(&findings, &notes);
+            }
+            if findings.is_empty() { 0 } else { 1 }
+        }
+        Err(e) => {
+            eprintln!("vxtrace: error: {e:#}");
+            2
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nft_rules_are_recognised() {
+        let dev = VxlanDevice {
+            name: "flannel.1".into(),
+            ifindex: 3,
+            vni: Some(1),
+            port: 8472,
+            local: None,
+            link_ifindex: None,
+            mac: None,
+            mtu: Some(1450),
+            gbp: false,
+            learning: false,
+            bridged: false,
+        };
+        let ruleset = json!({"nftables": [
+            {"chain": {"family": "inet", "table": "t", "name": "in", "hook": "input"}},
+            {"rule": {"family": "inet", "table": "t", "chain": "in", "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 8472}},
+                {"drop": null}]}},
+            {"rule": {"family": "inet", "table": "t", "chain": "in", "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}},
+                {"drop": null}]}},
+            {"chain": {"family": "ip", "table": "nat", "name": "post", "hook": "postrouting"}},
+            {"rule": {"family": "ip", "table": "nat", "chain": "post", "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}},
+                {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "flannel.1"}},
+                {"masquerade": null}]}},
+        ]});
+        let mut out = Vec::new();
+        check_nft(
+            &ruleset,
+            &[dev],
+            &[("10.244.0.0".parse().unwrap(), 16)],
+            &mut out,
+        );
+        let checks: Vec<&str> = out.iter().map(|f| f.check).collect();
+        assert_eq!(
+            checks,
+            vec!["firewall_drops_vxlan", "masquerade_pod_traffic"]
+        );
+        assert!(
+            out[0].message.contains("udp dport 8472 drop"),
+            "{}",
+            out[0].message
+        );
+    }
+}
