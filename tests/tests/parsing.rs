@@ -486,3 +486,38 @@ fn peer_map_is_bounded_and_evictions_are_counted() {
         assert_eq!(total, r.peers.len() as u64);
     });
 }
+
+/// The batched read of the per-CPU peer map sees every peer exactly once
+/// (several batches of 1024).
+#[test]
+fn batched_map_read_sees_every_peer() {
+    in_test_netns(|| {
+        let cfg = TracerConfig {
+            ports: vec![8472],
+            local_addrs: vec![IpAddr::from(LOCAL4)],
+            gbp: false,
+            filter_vni: false,
+            max_peers: 4096,
+            max_macs: 64,
+            offsets: vxtrace_common::KernelOffsets::none(),
+            netns_scope_all: true,
+            raw_tp_has_reason: true,
+            raw_tp_has_rx_sk: false,
+        };
+        let t = Tracer::load(&cfg, None, AttachPolicy::Auto).unwrap();
+        for i in 0..2500u32 {
+            let src = [198, 18, (i >> 8) as u8, i as u8];
+            run(
+                &t,
+                PROG_NIC_INGRESS,
+                &outer4(src, LOCAL4, 8472, &valid_vxlan(1)),
+                None,
+            );
+        }
+        let started = std::time::Instant::now();
+        let r = t.read().unwrap();
+        eprintln!("read 2500 peers in {:?}", started.elapsed());
+        assert_eq!(r.peers.len(), 2500);
+        assert!(r.peers.values().all(|p| p.rx_nic.packets == 1));
+    });
+}

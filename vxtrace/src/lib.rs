@@ -3,6 +3,7 @@
 //! integration tests use them directly (BPF_PROG_TEST_RUN on the real
 //! programs, the lab).
 
+pub mod batch;
 pub mod conntrack;
 pub mod discovery;
 pub mod doctor;

@@ -198,6 +198,8 @@ pub struct DropProbe {
 
 pub struct Tracer {
     ebpf: Ebpf,
+    /// The kernel refused batched map reads once: do not ask again.
+    no_batch: std::cell::Cell<bool>,
     handshake_events: Option<RingBuf<MapData>>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub attachments: Vec<Attachment>,
@@ -236,6 +238,7 @@ impl Tracer {
             .and_then(|m| RingBuf::try_from(m).ok());
         Ok(Self {
             ebpf,
+            no_batch: std::cell::Cell::new(false),
             handshake_events,
             logger,
             attachments: Vec::new(),
@@ -618,6 +621,16 @@ impl Tracer {
     /// Reads and sums (over CPUs) every counter map.
     pub fn read(&self) -> Result<Readout> {
         let mut out = Readout::default();
+        if let Some(batched) = self.read_peers_batched() {
+            for (key, per_cpu) in batched {
+                let mut sum = PeerStats::default();
+                for v in &per_cpu {
+                    sum.merge(v);
+                }
+                out.peers.insert(key, sum);
+            }
+            return self.read_rest(out);
+        }
         let peers: PerCpuHashMap<&MapData, PeerKey, PeerStats> =
             PerCpuHashMap::try_from(self.map("PEERS")?)?;
         for item in peers.iter() {
@@ -630,6 +643,31 @@ impl Tracer {
             }
             out.peers.insert(key, sum);
         }
+        self.read_rest(out)
+    }
+
+    /// The peer map in batches, when the kernel supports it.
+    fn read_peers_batched(&self) -> Option<Vec<(PeerKey, Vec<PeerStats>)>> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        if self.no_batch.get() {
+            return None;
+        }
+        let aya::maps::Map::PerCpuLruHashMap(data) = self.ebpf.map("PEERS")? else {
+            return None;
+        };
+        let cpus = aya::util::nr_cpus().ok()?;
+        match crate::batch::lookup_percpu::<PeerKey, PeerStats>(data.fd().as_fd().as_raw_fd(), cpus)
+        {
+            Ok(v) => Some(v),
+            Err(e) => {
+                log::info!("{e}; reading the peer map key by key");
+                self.no_batch.set(true);
+                None
+            }
+        }
+    }
+
+    fn read_rest(&self, mut out: Readout) -> Result<Readout> {
         let global: PerCpuArray<&MapData, GlobalStats> =
             PerCpuArray::try_from(self.map("GLOBAL")?)?;
         for v in global

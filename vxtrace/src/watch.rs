@@ -742,7 +742,9 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                 last_tick = now;
                 tracer.drain_logs();
                 track_handshakes(&mut tracer, &mut table, args.syn_timeout, metrics.as_ref());
+                let read_started = Instant::now();
                 let readout = tracer.read()?;
+                let read_ms = read_started.elapsed().as_secs_f64() * 1000.0;
                 global = readout.global;
                 table.update(&readout, seconds);
                 drop_table.update(&readout.drops);
@@ -753,7 +755,9 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                     seconds,
                     table.peers.iter().map(|(k, p)| (*k, p.addr, &p.last_delta)),
                 );
-                let interval_line = interval_json(elapsed, seconds, &table, &args.peers, &drop_deltas);
+                let mut interval_line = interval_json(elapsed, seconds, &table, &args.peers, &drop_deltas);
+                // vxtrace's own cost: reading every map once.
+                interval_line["self"] = json!({"read_ms": round3(read_ms), "peers_known": table.peers.len()});
                 if let Some(m) = metrics.as_mut() {
                     for (key, p) in &table.peers {
                         let addr = p.addr.to_string();

@@ -30,6 +30,8 @@ enum Task {
         /// Only run integration tests whose name contains this.
         filter: Option<String>,
     },
+    /// Set up, build, and measure what vxtrace costs (writes BENCHMARKS.md).
+    Bench,
     /// Set up, build, and run the built-in lab demo.
     Demo {
         /// How long `vxtrace watch` runs in the demo.
@@ -54,6 +56,9 @@ const APT_PACKAGES: &[&str] = &[
     "python3-scapy",
     // Flushing the NAT's connection table in the TIME_WAIT test.
     "conntrack",
+    // The benchmark's load and its comparison.
+    "iperf3",
+    "tcpdump",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -68,6 +73,20 @@ fn main() -> Result<()> {
         Task::Test { filter } => {
             setup()?;
             test(filter.as_deref())
+        }
+        Task::Bench => {
+            setup()?;
+            build()?;
+            run(Command::new("cargo")
+                .env("VXTRACE_BIN", root.join("target/release/vxtrace"))
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "vxtrace-tests",
+                    "--bin",
+                    "vxtrace-bench",
+                ]))
         }
         Task::Demo { duration } => {
             setup()?;
