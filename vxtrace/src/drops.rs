@@ -127,7 +127,11 @@ impl DropTable {
         syms: Option<&Kallsyms>,
     ) -> HashMap<PeerKey, PeerDrops> {
         let mut out: HashMap<PeerKey, PeerDrops> = HashMap::new();
-        for (k, n) in self.totals() {
+        let totals = self.totals();
+        if let Some(s) = syms {
+            s.prepare(totals.keys().map(|k| k.location));
+        }
+        for (k, n) in totals {
             let d = out.entry(k.peer).or_default();
             let reason = reasons.name(k.reason);
             *d.by_reason.entry(reason.clone()).or_default() += n;

@@ -311,37 +311,87 @@ pub fn kfree_skb_format() -> Option<String> {
     std::fs::read_to_string(dir.join("events/skb/kfree_skb/format")).ok()
 }
 
-/// Kernel text symbols for naming drop locations.
+/// Names kernel addresses (drop locations) from /proc/kallsyms.
+///
+/// The table is not kept in memory (it is ~150,000 symbols): addresses are
+/// resolved on demand, a batch per pass over the file, and cached. Drop
+/// locations are few, so this costs a pass now and then and almost no memory.
 pub struct Kallsyms {
-    /// Sorted by address.
-    syms: Vec<(u64, String)>,
+    cache: std::cell::RefCell<std::collections::HashMap<u64, Option<String>>>,
 }
 
 impl Kallsyms {
     pub fn load() -> Result<Self> {
         let text = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
-        let mut syms: Vec<(u64, String)> = text
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.split_whitespace();
-                let addr = u64::from_str_radix(it.next()?, 16).ok()?;
-                let kind = it.next()?;
-                let name = it.next()?;
-                (addr != 0 && matches!(kind, "t" | "T")).then(|| (addr, name.to_string()))
-            })
-            .collect();
-        if syms.is_empty() {
+        let visible = text.lines().take(1000).any(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|a| !a.trim_start_matches('0').is_empty())
+        });
+        if !visible {
             bail!("/proc/kallsyms shows no addresses (kptr_restrict); drop locations stay numeric");
         }
-        syms.sort();
-        Ok(Self { syms })
+        Ok(Self {
+            cache: Default::default(),
+        })
     }
 
-    /// `function+0xoff` for an address.
+    /// Resolves every address not yet cached, in one pass over the file.
+    pub fn prepare(&self, addrs: impl IntoIterator<Item = u64>) {
+        let mut want: Vec<u64> = {
+            let cache = self.cache.borrow();
+            addrs
+                .into_iter()
+                .filter(|a| *a != 0 && !cache.contains_key(a))
+                .collect()
+        };
+        want.sort_unstable();
+        want.dedup();
+        if want.is_empty() {
+            return;
+        }
+        // For each wanted address: the closest text symbol at or below it.
+        let mut best: Vec<Option<(u64, String)>> = vec![None; want.len()];
+        if let Ok(text) = std::fs::read_to_string("/proc/kallsyms") {
+            for line in text.lines() {
+                let mut it = line.split_whitespace();
+                let (Some(a), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
+                    continue;
+                };
+                if !matches!(kind, "t" | "T") {
+                    continue;
+                }
+                let Ok(addr) = u64::from_str_radix(a, 16) else {
+                    continue;
+                };
+                if addr == 0 {
+                    continue;
+                }
+                // Wanted addresses >= addr: those this symbol may own.
+                let from = want.partition_point(|w| *w < addr);
+                for (k, w) in want.iter().enumerate().skip(from) {
+                    // A symbol further than 1 MiB below is not the owner.
+                    if *w - addr > (1 << 20) {
+                        break;
+                    }
+                    if best[k].as_ref().is_none_or(|(b, _)| addr > *b) {
+                        best[k] = Some((addr, name.to_string()));
+                    }
+                }
+            }
+        }
+        let mut cache = self.cache.borrow_mut();
+        for (w, b) in want.into_iter().zip(best) {
+            cache.insert(w, b.map(|(base, name)| format!("{name}+0x{:x}", w - base)));
+        }
+    }
+
+    /// `function+0xoff` for an address (after `prepare`, or resolving it now).
     pub fn symbolize(&self, addr: u64) -> Option<String> {
-        let i = self.syms.partition_point(|(a, _)| *a <= addr);
-        let (base, name) = self.syms.get(i.checked_sub(1)?)?;
-        Some(format!("{name}+0x{:x}", addr - base))
+        if !self.cache.borrow().contains_key(&addr) {
+            self.prepare([addr]);
+        }
+        self.cache.borrow().get(&addr).cloned().flatten()
     }
 }
 

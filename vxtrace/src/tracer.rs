@@ -423,7 +423,13 @@ impl Tracer {
             }
             _ => None,
         };
-        let loaded = self.load_paws_kprobes();
+        // Verifying them takes most of a second (the option walk): not
+        // worth it where they will not be attached.
+        let loaded = if skip.is_some() {
+            Ok(())
+        } else {
+            self.load_paws_kprobes()
+        };
         PAWS_KPROBES
             .iter()
             .map(|(prog, target)| {

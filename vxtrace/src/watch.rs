@@ -439,9 +439,12 @@ pub fn kernel_info(btf_arg: Option<&Path>) -> Result<KernelInfo> {
     let mut raw_tp_has_reason = None;
     let mut raw_tp_has_rx_sk = None;
     if let Some(path) = &btf_path {
-        let btf = btf_rs::Btf::from_file(path)
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        // Parse from memory: the file backend reads in many small pieces.
+        let bytes = std::fs::read(path)
             .with_context(|| format!("reading kernel BTF from {}", path.display()))?;
+        let btf = btf_rs::Btf::from_bytes(&bytes)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("parsing kernel BTF from {}", path.display()))?;
         match kernel::skb_offsets(&btf) {
             Ok(o) => offsets = o,
             Err(e) => notes.push(format!(
@@ -534,10 +537,34 @@ pub fn run(args: WatchArgs) -> Result<()> {
 }
 
 async fn run_async(args: WatchArgs) -> Result<()> {
+    // /proc/kallsyms is checked in the background (only needed to name drop
+    // locations; joined after counting has started). The two parses of the
+    // kernel BTF run one after the other: together they would double the
+    // peak memory for a few hundred milliseconds saved.
+    let syms_loader = std::thread::spawn(kernel::Kallsyms::load);
+    let launched = Instant::now();
+    let phase = |what: &str| log::debug!("start-up: {what} at {:?}", launched.elapsed());
     let kinfo = kernel_info(args.btf.as_deref())?;
+    phase("kernel info (BTF offsets, reason names)");
+    let aya_btf = {
+        let path = match args.btf.as_deref() {
+            Some(p) if p.as_os_str() != "none" => Some(p.to_path_buf()),
+            Some(_) => None,
+            None => Path::new(DEFAULT_BTF)
+                .exists()
+                .then(|| PathBuf::from(DEFAULT_BTF)),
+        };
+        std::thread::spawn(move || {
+            path.map(|p| {
+                aya::Btf::parse_file(&p, aya::Endianness::default())
+                    .with_context(|| format!("reading kernel BTF from {}", p.display()))
+            })
+        })
+    };
     let mut netns_scope = resolve_netns(&args.netns)?;
     let mut snap = discovery::snapshot().await?;
     let mut plan = plan(&args, &snap)?;
+    phase("netlink discovery");
     plan.notes.extend(kinfo.notes.iter().cloned());
     if netns_scope.is_some() && kinfo.offsets.valid == 0 {
         // The namespace of a dropped skb is read through BTF offsets.
@@ -546,32 +573,25 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         );
         netns_scope = None;
     }
-    let btf = match &kinfo.btf_path {
-        Some(p) => Some(
-            aya::Btf::parse_file(p, aya::Endianness::default())
-                .with_context(|| format!("reading kernel BTF from {}", p.display()))?,
-        ),
-        None => None,
+    let btf = match aya_btf.join() {
+        Ok(Some(b)) if kinfo.btf_path.is_some() => Some(b?),
+        Ok(_) => None,
+        Err(_) => bail!("parsing the kernel BTF panicked"),
     };
+    phase("aya BTF");
     // The static checks of `vxtrace doctor`, once at start.
     let doctor_findings = if plan.vxlan.is_empty() {
         Vec::new()
     } else {
         doctor::check_snapshot(&snap, &plan.vxlan).0
     };
+    phase("doctor checks");
     for f in &doctor_findings {
         eprintln!(
             "vxtrace: warning: [{}] {} ({}): {}",
             f.severity, f.check, f.device, f.message
         );
     }
-    let syms = match kernel::Kallsyms::load() {
-        Ok(s) => Some(s),
-        Err(e) => {
-            plan.notes.push(format!("{e:#}"));
-            None
-        }
-    };
     let cfg = TracerConfig {
         ports: plan.ports.clone(),
         local_addrs: plan.local_addrs.clone(),
@@ -585,6 +605,9 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         raw_tp_has_rx_sk: kinfo.raw_tp_has_rx_sk,
     };
     let mut tracer = Tracer::load(&cfg, btf.as_ref(), args.attach)?;
+    // The parsed BTF is tens of MiB and only needed to load.
+    drop(btf);
+    phase("programs loaded");
     if let Some(inums) = &netns_scope {
         tracer.set_netns_scope(inums)?;
     }
@@ -604,9 +627,12 @@ async fn run_async(args: WatchArgs) -> Result<()> {
             .attach_underlay(iface)
             .with_context(|| format!("attaching to underlay device {iface}"))?;
     }
+    phase("TC programs attached");
     let drop_probe = tracer.attach_drops();
+    phase("drop program attached");
     let paws_probes =
         tracer.attach_paws_kprobes(args.paws_kprobes, kinfo.reasons.has("TCP_RFC7323_PAWS"));
+    phase("drop and PAWS probes");
     for p in &paws_probes {
         if p.status != "attached" && args.paws_kprobes == PawsKprobes::Always {
             plan.notes
@@ -703,6 +729,14 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         }
     }
 
+    let syms = match syms_loader.join() {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            eprintln!("vxtrace: note: {e:#}");
+            None
+        }
+        Err(_) => None,
+    };
     let netstat_ns = netstat_scope(&args.netns);
     let netstat_start = read_netstat(&netstat_ns);
     let start = Instant::now();
