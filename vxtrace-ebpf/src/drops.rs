@@ -19,8 +19,9 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_UDP: u8 = 17;
 
+/// Reads a `T` from kernel memory (None for a null address or a fault).
 #[inline(always)]
-fn kread<T>(addr: u64) -> Option<T> {
+pub fn kread<T>(addr: u64) -> Option<T> {
     if addr == 0 {
         return None;
     }

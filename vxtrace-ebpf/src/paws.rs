@@ -4,22 +4,16 @@
 //! segment's peer. Kernels with the drop reasons do not need these; the
 //! loader attaches them only where kprobes exist and the reasons do not.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
 use vxtrace_common::{NO_FIELD, REASON_KPROBE_PAWS, REASON_KPROBE_TW_PAWS};
 
-use crate::{drops, maps::config};
+use crate::{
+    drops::{self, kread},
+    maps::config,
+};
 
 const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;
 const TCPOPT_TIMESTAMP: u8 = 8;
-
-#[inline(always)]
-fn kread<T>(addr: u64) -> Option<T> {
-    if addr == 0 {
-        return None;
-    }
-    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
-}
 
 /// The TSval of a TCP header at `th` (kernel memory), and its flags.
 #[inline(always)]

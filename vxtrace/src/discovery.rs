@@ -250,30 +250,7 @@ pub async fn snapshot() -> Result<Snapshot> {
             if !snap.is_vxlan(ifindex) {
                 continue;
             }
-            let mut mac = None;
-            let mut dst = None;
-            let mut vni = None;
-            for attr in msg.attributes {
-                match attr {
-                    NeighbourAttribute::LinkLayerAddress(a) if a.len() == 6 => {
-                        let mut m = [0u8; 6];
-                        m.copy_from_slice(&a);
-                        mac = Some(m);
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
-                        dst = Some(IpAddr::V4(a))
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
-                        dst = Some(IpAddr::V6(a))
-                    }
-                    // Bridge-family entries carry the remote as raw bytes.
-                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                        dst = ip_from_bytes(&b)
-                    }
-                    NeighbourAttribute::Vni(v) => vni = Some(v),
-                    _ => {}
-                }
-            }
+            let (mac, dst, vni) = neighbour_fields(msg.attributes);
             if let (Some(mac), Some(dst)) = (mac, dst) {
                 snap.fdb.push(FdbEntry {
                     ifindex,
@@ -296,24 +273,7 @@ pub async fn snapshot() -> Result<Snapshot> {
                 }
                 let permanent =
                     msg.header.state == netlink_packet_route::neighbour::NeighbourState::Permanent;
-                let mut mac = None;
-                let mut addr = None;
-                for attr in msg.attributes {
-                    match attr {
-                        NeighbourAttribute::LinkLayerAddress(a) if a.len() == 6 => {
-                            let mut m = [0u8; 6];
-                            m.copy_from_slice(&a);
-                            mac = Some(m);
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
-                            addr = Some(IpAddr::V4(a))
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
-                            addr = Some(IpAddr::V6(a))
-                        }
-                        _ => {}
-                    }
-                }
+                let (mac, addr, _) = neighbour_fields(msg.attributes);
                 if let (Some(mac), Some(addr)) = (mac, addr) {
                     snap.neighbours.push(Neighbour {
                         ifindex,
@@ -415,6 +375,33 @@ pub fn prefix_contains(net: &IpAddr, len: u8, addr: &IpAddr) -> bool {
         }
         _ => false,
     }
+}
+
+/// MAC, IP address and VNI of a neighbour / FDB message.
+fn neighbour_fields(
+    attrs: Vec<NeighbourAttribute>,
+) -> (Option<[u8; 6]>, Option<IpAddr>, Option<u32>) {
+    let (mut mac, mut addr, mut vni) = (None, None, None);
+    for attr in attrs {
+        match attr {
+            NeighbourAttribute::LinkLayerAddress(a) if a.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(&a);
+                mac = Some(m);
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                addr = Some(IpAddr::V4(a))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                addr = Some(IpAddr::V6(a))
+            }
+            // Bridge-family (FDB) entries carry the remote as raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => addr = ip_from_bytes(&b),
+            NeighbourAttribute::Vni(v) => vni = Some(v),
+            _ => {}
+        }
+    }
+    (mac, addr, vni)
 }
 
 fn main_table(msg: &RouteMessage) -> bool {
