@@ -216,6 +216,23 @@ pub fn peer_names(summary: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A TCP listener on `port` inside network namespace `ns`.
+pub fn listen_in(ns: &str, port: u16) -> std::net::TcpListener {
+    vxtrace::netns::run_in(ns, || Ok(std::net::TcpListener::bind(("0.0.0.0", port))?)).unwrap()
+}
+
+/// A TCP connection from inside `ns` (the connect result as it came).
+pub fn connect_from(
+    ns: &str,
+    to: std::net::SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    vxtrace::netns::run_in(ns, || {
+        Ok(std::net::TcpStream::connect_timeout(&to, timeout))
+    })
+    .unwrap()
+}
+
 /// Runs a command, returning (exit code, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (i32, String, String) {
     let out = cmd.output().expect("running command");

@@ -6,7 +6,7 @@ use std::{
 };
 
 use serde_json::Value;
-use vxtrace_tests::{LabGuard, Watcher, bin, run, sh};
+use vxtrace_tests::{LabGuard, Watcher, bin, connect_from, listen_in, run, sh};
 
 /// Steady traffic from pod 1 to `to`, until `until`.
 fn steady(lab: &LabGuard, to: u8, until: Instant) -> std::thread::JoinHandle<()> {
@@ -331,18 +331,9 @@ fn metrics_endpoint_matches_the_summary() {
     // Node C drops them at its input: nothing arrives.
     assert_eq!(lab.udp(1, 3, 12, 200).unwrap(), 0);
     // One TCP handshake with B, for the latency histogram.
-    let listener = vxtrace::netns::run_in(&lab.pod_ns(2), || {
-        Ok(std::net::TcpListener::bind(("0.0.0.0", 7000))?)
-    })
-    .unwrap();
+    let listener = listen_in(&lab.pod_ns(2), 7000);
     let server = std::net::SocketAddr::from((lab.pod_ip(2), 7000));
-    let conn = vxtrace::netns::run_in(&lab.pod_ns(1), || {
-        Ok(std::net::TcpStream::connect_timeout(
-            &server,
-            Duration::from_secs(2),
-        )?)
-    })
-    .unwrap();
+    let conn = connect_from(&lab.pod_ns(1), server, Duration::from_secs(2)).unwrap();
     drop((conn, listener));
     std::thread::sleep(Duration::from_millis(1500));
     let text = scrape(&lab.node_ns(1), 9478);

@@ -2,25 +2,17 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
     process::Command,
     time::Duration,
 };
 
 use serde_json::Value;
-use vxtrace_tests::{LabGuard, Watcher, run, sh};
+use vxtrace_tests::{LabGuard, Watcher, connect_from, listen_in, run, sh};
 
 fn tcp(s: &Value, peer: &str, field: &str) -> u64 {
     s["peers"][peer]["tcp"][field].as_u64().unwrap_or(0)
-}
-
-fn listen_in(ns: &str, port: u16) -> TcpListener {
-    vxtrace::netns::run_in(ns, || Ok(TcpListener::bind(("0.0.0.0", port))?)).unwrap()
-}
-
-fn connect_from(ns: &str, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    vxtrace::netns::run_in(ns, || Ok(TcpStream::connect_timeout(&to, timeout))).unwrap()
 }
 
 /// The server's SYN-ACKs are dropped by a rule on its node: the client's

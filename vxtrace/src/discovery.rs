@@ -434,10 +434,11 @@ impl Snapshot {
     }
 
     /// Overlay (VTEP) addresses of peers: neighbour IP -> MAC -> FDB -> peer.
-    pub fn vtep_addrs(&self) -> Vec<(IpAddr, IpAddr)> {
+    /// Returns (VXLAN ifindex, VTEP address, peer).
+    pub fn vtep_addrs(&self) -> Vec<(u32, IpAddr, IpAddr)> {
         self.neighbours
             .iter()
-            .filter_map(|n| Some((n.addr, self.fdb_dst(n.ifindex, &n.mac)?)))
+            .filter_map(|n| Some((n.ifindex, n.addr, self.fdb_dst(n.ifindex, &n.mac)?)))
             .collect()
     }
 
@@ -451,22 +452,26 @@ impl Snapshot {
             .map(|r| r.ifindex)
     }
 
-    /// The peer that owns an inner (VTEP or pod) address, from the VXLAN
-    /// devices' neighbour, FDB and route entries.
-    pub fn owner_of_inner(&self, addr: &IpAddr) -> Option<IpAddr> {
-        if let Some((_, peer)) = self.vtep_addrs().into_iter().find(|(a, _)| a == addr) {
-            return Some(peer);
+    /// Who owns which inner (VTEP or pod) address, from the VXLAN devices'
+    /// neighbour, FDB and route entries: built once, asked many times.
+    pub fn inner_owners(&self) -> InnerOwners {
+        InnerOwners {
+            vteps: self
+                .vtep_addrs()
+                .into_iter()
+                .map(|(_, a, p)| (a, p))
+                .collect(),
+            subnets: self
+                .pod_subnets()
+                .into_iter()
+                .map(|(_, n, l, p)| (n, l, p))
+                .collect(),
         }
-        self.pod_subnets()
-            .into_iter()
-            .filter(|(net, len, _)| prefix_contains(net, *len, addr))
-            .max_by_key(|(_, len, _)| *len)
-            .map(|(_, _, peer)| peer)
     }
 
     /// Pod subnets behind peers: route via a VTEP address -> its neighbour
-    /// MAC -> FDB -> peer. Returns (subnet, prefix length, peer).
-    pub fn pod_subnets(&self) -> Vec<(IpAddr, u8, IpAddr)> {
+    /// MAC -> FDB -> peer. Returns (VXLAN ifindex, subnet, prefix length, peer).
+    pub fn pod_subnets(&self) -> Vec<(u32, IpAddr, u8, IpAddr)> {
         self.routes
             .iter()
             .filter_map(|r| {
@@ -475,9 +480,36 @@ impl Snapshot {
                     .neighbours
                     .iter()
                     .find(|n| n.ifindex == r.ifindex && n.addr == gw)?;
-                Some((r.dst, r.prefix_len, self.fdb_dst(r.ifindex, &n.mac)?))
+                Some((
+                    r.ifindex,
+                    r.dst,
+                    r.prefix_len,
+                    self.fdb_dst(r.ifindex, &n.mac)?,
+                ))
             })
             .collect()
+    }
+}
+
+/// The peer behind each VTEP address and pod subnet (see
+/// [`Snapshot::inner_owners`]).
+pub struct InnerOwners {
+    vteps: BTreeMap<IpAddr, IpAddr>,
+    subnets: Vec<(IpAddr, u8, IpAddr)>,
+}
+
+impl InnerOwners {
+    /// The peer that owns `addr`: a VTEP address exactly, else the longest
+    /// pod subnet containing it.
+    pub fn owner(&self, addr: &IpAddr) -> Option<IpAddr> {
+        if let Some(peer) = self.vteps.get(addr) {
+            return Some(*peer);
+        }
+        self.subnets
+            .iter()
+            .filter(|(net, len, _)| prefix_contains(net, *len, addr))
+            .max_by_key(|(_, len, _)| *len)
+            .map(|(_, _, peer)| *peer)
     }
 }
 

@@ -322,12 +322,19 @@ pub struct Kallsyms {
 
 impl Kallsyms {
     pub fn load() -> Result<Self> {
-        let text = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
-        let visible = text.lines().take(1000).any(|l| {
-            l.split_whitespace()
-                .next()
-                .is_some_and(|a| !a.trim_start_matches('0').is_empty())
-        });
+        // Whether addresses are shown is visible in the first lines; the
+        // whole file (several MiB) is only read when naming locations.
+        use std::io::BufRead as _;
+        let file = std::fs::File::open("/proc/kallsyms").context("reading /proc/kallsyms")?;
+        let visible = std::io::BufReader::new(file)
+            .lines()
+            .map_while(|l| l.ok())
+            .take(1000)
+            .any(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|a| !a.trim_start_matches('0').is_empty())
+            });
         if !visible {
             bail!("/proc/kallsyms shows no addresses (kptr_restrict); drop locations stay numeric");
         }

@@ -629,11 +629,7 @@ impl Tracer {
         let mut out = Readout::default();
         if let Some(batched) = self.read_peers_batched() {
             for (key, per_cpu) in batched {
-                let mut sum = PeerStats::default();
-                for v in &per_cpu {
-                    sum.merge(v);
-                }
-                out.peers.insert(key, sum);
+                out.peers.insert(key, sum_cpus(per_cpu.iter()));
             }
             return self.read_rest(out);
         }
@@ -643,11 +639,7 @@ impl Tracer {
             // A key evicted between "next key" and "lookup" is skipped; its
             // counts are already in the loader's totals.
             let Ok((key, per_cpu)) = item else { continue };
-            let mut sum = PeerStats::default();
-            for v in per_cpu.iter() {
-                sum.merge(v);
-            }
-            out.peers.insert(key, sum);
+            out.peers.insert(key, sum_cpus(per_cpu.iter()));
         }
         self.read_rest(out)
     }
@@ -714,6 +706,15 @@ fn explain_bpf_error(e: anyhow::Error) -> anyhow::Error {
     } else {
         e
     }
+}
+
+/// One peer's counters summed over the CPUs.
+fn sum_cpus<'a>(per_cpu: impl Iterator<Item = &'a PeerStats>) -> PeerStats {
+    let mut sum = PeerStats::default();
+    for v in per_cpu {
+        sum.merge(v);
+    }
+    sum
 }
 
 /// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().

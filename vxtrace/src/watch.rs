@@ -371,22 +371,14 @@ fn seed_fdb(tracer: &mut Tracer, plan: &Plan, snap: &Snapshot) -> Result<usize> 
         n += 1;
     }
     let watched = |i: u32| plan.vxlan.iter().any(|d| d.ifindex == i);
-    for n in snap.neighbours.iter().filter(|n| watched(n.ifindex)) {
-        if let Some(peer) = snap.fdb_dst(n.ifindex, &n.mac) {
-            tracer.seed_vtep_addr(&n.addr, &peer)?;
+    for (ifindex, addr, peer) in snap.vtep_addrs() {
+        if watched(ifindex) {
+            tracer.seed_vtep_addr(&addr, &peer)?;
         }
     }
-    for r in snap.routes.iter().filter(|r| watched(r.ifindex)) {
-        let Some(gw) = r.gateway else { continue };
-        let Some(nb) = snap
-            .neighbours
-            .iter()
-            .find(|n| n.ifindex == r.ifindex && n.addr == gw)
-        else {
-            continue;
-        };
-        if let Some(peer) = snap.fdb_dst(r.ifindex, &nb.mac) {
-            tracer.seed_pod_subnet(&r.dst, r.prefix_len, &peer)?;
+    for (ifindex, net, len, peer) in snap.pod_subnets() {
+        if watched(ifindex) {
+            tracer.seed_pod_subnet(&net, len, &peer)?;
         }
     }
     Ok(n)
@@ -1074,14 +1066,15 @@ fn add_conntrack(summary: &mut Value, snap: &Snapshot) {
             return;
         }
     };
+    let owners = snap.inner_owners();
     let mut per_peer: BTreeMap<IpAddr, (u64, u64)> = BTreeMap::new();
     for f in &flows {
         if f.syn_sent()
-            && let Some(p) = snap.owner_of_inner(&f.dst)
+            && let Some(p) = owners.owner(&f.dst)
         {
             per_peer.entry(p).or_default().0 += 1;
         } else if f.syn_recv()
-            && let Some(p) = snap.owner_of_inner(&f.src)
+            && let Some(p) = owners.owner(&f.src)
         {
             per_peer.entry(p).or_default().1 += 1;
         }
