@@ -257,3 +257,135 @@ pub fn outer_frame_len(inner_ip_len: u64, ipv6_underlay: bool) -> u64 {
 
 /// Size of one ICMP echo the lab sends, as an inner IP packet (20 + 8 + 56).
 pub const ICMP_IP_LEN: u64 = 84;
+
+/// A TCP segment built by hand, for what a socket never sends: an old
+/// timestamp on a live connection, or a SYN from a client whose clock is
+/// behind.
+pub struct RawTcp {
+    pub src: std::net::Ipv4Addr,
+    pub dst: std::net::Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flag bits (0x02 SYN, 0x10 ACK, 0x08 PSH, ...).
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    /// An MSS option, as SYNs carry.
+    pub mss: Option<u16>,
+    /// The timestamp option's TSval (TSecr is 0).
+    pub tsval: u32,
+    pub payload: Vec<u8>,
+}
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_PSH_ACK: u8 = 0x18;
+
+fn fold_checksum(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn sum_words(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+impl RawTcp {
+    /// The whole IPv4 packet, checksums included.
+    pub fn packet(&self) -> Vec<u8> {
+        let mut opts = Vec::new();
+        if let Some(mss) = self.mss {
+            opts.extend_from_slice(&[2, 4]);
+            opts.extend_from_slice(&mss.to_be_bytes());
+        }
+        opts.extend_from_slice(&[1, 1, 8, 10]);
+        opts.extend_from_slice(&self.tsval.to_be_bytes());
+        opts.extend_from_slice(&0u32.to_be_bytes());
+        let tcp_len = 20 + opts.len() + self.payload.len();
+        let mut tcp = Vec::with_capacity(tcp_len);
+        tcp.extend_from_slice(&self.sport.to_be_bytes());
+        tcp.extend_from_slice(&self.dport.to_be_bytes());
+        tcp.extend_from_slice(&self.seq.to_be_bytes());
+        tcp.extend_from_slice(&self.ack.to_be_bytes());
+        tcp.push((((20 + opts.len()) / 4) as u8) << 4);
+        tcp.push(self.flags);
+        tcp.extend_from_slice(&8192u16.to_be_bytes()); // window
+        tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+        tcp.extend_from_slice(&opts);
+        tcp.extend_from_slice(&self.payload);
+        let mut pseudo = Vec::with_capacity(12);
+        pseudo.extend_from_slice(&self.src.octets());
+        pseudo.extend_from_slice(&self.dst.octets());
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+        let csum = fold_checksum(sum_words(&pseudo) + sum_words(&tcp));
+        tcp[16..18].copy_from_slice(&csum.to_be_bytes());
+
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+        ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+        ip.extend_from_slice(&self.src.octets());
+        ip.extend_from_slice(&self.dst.octets());
+        let csum = fold_checksum(sum_words(&ip));
+        ip[10..12].copy_from_slice(&csum.to_be_bytes());
+        ip.extend_from_slice(&tcp);
+        ip
+    }
+
+    /// Sends the segment `count` times from inside `ns` (a raw socket).
+    pub fn send_from(&self, ns: &str, count: u32) {
+        let packet = self.packet();
+        let dst = self.dst;
+        vxtrace::netns::run_in(ns, || {
+            // SAFETY: plain socket calls on a descriptor we own and close.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+                assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+                let mut to: libc::sockaddr_in = std::mem::zeroed();
+                to.sin_family = libc::AF_INET as u16;
+                to.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+                for _ in 0..count {
+                    let n = libc::sendto(
+                        fd,
+                        packet.as_ptr() as *const _,
+                        packet.len(),
+                        0,
+                        &to as *const _ as *const _,
+                        std::mem::size_of::<libc::sockaddr_in>() as u32,
+                    );
+                    assert_eq!(
+                        n as usize,
+                        packet.len(),
+                        "sendto: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                libc::close(fd);
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+}
+
+/// The TSval a connected socket sends now (TCP_TIMESTAMP).
+pub fn tcp_timestamp(s: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd as _;
+    let mut tsval: u32 = 0;
+    let mut len = 4u32;
+    // SAFETY: getsockopt writes at most `len` bytes into `tsval`.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_TIMESTAMP,
+            &mut tsval as *mut u32 as *mut _,
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_TIMESTAMP: {}", std::io::Error::last_os_error());
+    tsval
+}

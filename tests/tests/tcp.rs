@@ -3,16 +3,49 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
-    process::Command,
     time::Duration,
 };
 
 use serde_json::Value;
-use vxtrace_tests::{LabGuard, Watcher, connect_from, listen_in, run, sh};
+use vxtrace_tests::{
+    LabGuard, RawTcp, TCP_PSH_ACK, TCP_SYN, Watcher, connect_from, listen_in, sh, tcp_timestamp,
+};
 
 fn tcp(s: &Value, peer: &str, field: &str) -> u64 {
     s["peers"][peer]["tcp"][field].as_u64().unwrap_or(0)
+}
+
+/// Whether this kernel can attach kprobes at all.
+fn kernel_has_kprobes() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+}
+
+/// Whether `function` is a symbol kprobes can find (not inlined away).
+fn kernel_has_function(function: &str) -> bool {
+    std::fs::read_to_string("/proc/kallsyms")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some(function))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether the kernel's drops carry this reason (its kfree_skb format).
+fn kernel_has_reason(reason: &str) -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(format!("{t}/events/skb/kfree_skb/format")).ok())
+        .any(|f| f.contains(&format!("\"{reason}\"")))
+}
+
+/// The status vxtrace gave one PAWS kprobe program.
+fn probe_status(v: &Value, program: &str) -> String {
+    v["probes"]["paws_kprobes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["program"] == program))
+        .and_then(|p| p["status"].as_str())
+        .unwrap_or_else(|| panic!("no status for {program}: {}", v["probes"]))
+        .to_string()
 }
 
 /// The server's SYN-ACKs are dropped by a rule on its node: the client's
@@ -127,9 +160,21 @@ fn paws_rejects_on_an_established_connection() {
     let listener = listen_in(&lab.pod_ns(2), 7779);
     let server_ns = lab.pod_ns(2);
     let scope = format!("self,{server_ns}");
-    let on_b = Watcher::start(&lab.node_ns(2), &["--netns", &scope]);
-    let paws_before = on_b.attached.clone();
-    let _ = paws_before;
+    // Where the kernel has kprobes, the kprobe counts (and the kernel's
+    // own reason, if any, is not counted a second time).
+    let on_b = Watcher::start(
+        &lab.node_ns(2),
+        &["--netns", &scope, "--paws-kprobes", "always"],
+    );
+    let status = probe_status(&on_b.attached, "vxtrace_paws_established");
+    if kernel_has_kprobes() && kernel_has_function("tcp_validate_incoming") {
+        assert_eq!(status, "attached", "{}", on_b.attached["probes"]);
+    } else {
+        assert!(
+            status.starts_with("not available on this kernel"),
+            "{status}"
+        );
+    }
 
     let mut client = connect_from(
         &lab.pod_ns(1),
@@ -141,37 +186,21 @@ fn paws_rejects_on_an_established_connection() {
     client.write_all(b"hello").unwrap();
     served.write_all(b"hi").unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    // The timestamp the client's socket sends now (TCP_TIMESTAMP).
-    let mut tsval: u32 = 0;
-    let mut len = 4u32;
-    let rc = unsafe {
-        libc::getsockopt(
-            client.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            24,
-            &mut tsval as *mut u32 as *mut _,
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0);
-    let old = tsval.wrapping_sub(1_000_000);
-    let cport = client.local_addr().unwrap().port();
-    let script = format!(
-        "from scapy.all import IP, TCP, Raw, send\n\
-         p = IP(src='{src}', dst='{dst}')/TCP(sport={cport}, dport=7779, flags='PA', seq=12345, ack=1, options=[('NOP', None), ('NOP', None), ('Timestamp', ({old}, 0))])/Raw(b'x')\n\
-         send(p, count=5, verbose=0)\n",
-        src = lab.pod_ip(1),
-        dst = lab.pod_ip(2),
-    );
-    let (code, _, err) = run(Command::new("ip").args([
-        "netns",
-        "exec",
-        &lab.pod_ns(1),
-        "/usr/bin/python3",
-        "-c",
-        &script,
-    ]));
-    assert_eq!(code, 0, "scapy: {err}");
+    // The client's timestamp now, and a segment whose clock is far behind.
+    let old = tcp_timestamp(&client).wrapping_sub(1_000_000);
+    RawTcp {
+        src: lab.pod_ip(1),
+        dst: lab.pod_ip(2),
+        sport: client.local_addr().unwrap().port(),
+        dport: 7779,
+        flags: TCP_PSH_ACK,
+        seq: 12345,
+        ack: 1,
+        mss: None,
+        tsval: old,
+        payload: b"x".to_vec(),
+    }
+    .send_from(&lab.pod_ns(1), 5);
     std::thread::sleep(Duration::from_millis(300));
     let sb = on_b.stop();
 
@@ -307,17 +336,7 @@ fn nat_and_time_wait_reuse_reject_syns() {
     s1.read_exact(&mut buf[..7]).unwrap();
     s1.write_all(b"response").unwrap();
     c1.read_exact(&mut buf[..8]).unwrap();
-    let mut tsval: u32 = 0;
-    let mut len = 4u32;
-    unsafe {
-        libc::getsockopt(
-            c1.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            24,
-            &mut tsval as *mut u32 as *mut _,
-            &mut len,
-        )
-    };
+    let tsval = tcp_timestamp(&c1);
     drop(s1); // server: active close
     std::thread::sleep(Duration::from_millis(100));
     drop(c1);
@@ -326,26 +345,34 @@ fn nat_and_time_wait_reuse_reject_syns() {
     sh(&["ip", "netns", "exec", &node_a, "conntrack", "-F"]);
 
     // Client 2: same port after SNAT, its clock far behind client 1's.
-    let old = tsval.wrapping_sub(5_000_000);
-    let script = format!(
-        "from scapy.all import IP, TCP, send\n\
-         p = IP(src='10.244.0.3', dst='{dst}')/TCP(sport=40000, dport=8080, flags='S', seq=777, options=[('MSS', 1400), ('NOP', None), ('NOP', None), ('Timestamp', ({old}, 0))])\n\
-         send(p, verbose=0)\n",
-        dst = lab.pod_ip(2),
-    );
-    let (code, _, err) = run(Command::new("ip").args([
-        "netns",
-        "exec",
-        &client2,
-        "/usr/bin/python3",
-        "-c",
-        &script,
-    ]));
-    assert_eq!(code, 0, "scapy: {err}");
+    RawTcp {
+        src: "10.244.0.3".parse().unwrap(),
+        dst: lab.pod_ip(2),
+        sport: 40000,
+        dport: 8080,
+        flags: TCP_SYN,
+        seq: 777,
+        ack: 0,
+        mss: Some(1400),
+        tsval: tsval.wrapping_sub(5_000_000),
+        payload: Vec::new(),
+    }
+    .send_from(&client2, 1);
     std::thread::sleep(Duration::from_millis(1500));
     let sa = on_a.stop();
     let sb = on_b.stop();
 
+    // Kernels without the TIME_WAIT reason count it with the kprobe.
+    let status = probe_status(&sb, "vxtrace_paws_time_wait");
+    if kernel_has_reason("TCP_RFC7323_TW_PAWS") {
+        assert!(status.starts_with("skipped"), "{status}");
+    } else {
+        assert!(
+            kernel_has_kprobes(),
+            "this kernel cannot see TIME_WAIT PAWS rejects"
+        );
+        assert_eq!(status, "attached", "{}", sb["probes"]);
+    }
     assert_eq!(sb["peers"][&a]["drops"]["TCP_RFC7323_TW_PAWS"], 1, "{sb}");
     assert_eq!(tcp(&sb, &a, "paws_rejects"), 1, "{sb}");
     let tw = sb["netstat_paws"]["namespaces"][&server_ns]["PAWSTimewait"]
@@ -363,47 +390,38 @@ fn nat_and_time_wait_reuse_reject_syns() {
     );
 }
 
-/// `--paws-kprobes always`: attached where the kernel has kprobes, else
-/// reported as not available; the run goes on either way.
+/// `--paws-kprobes always`: attached where the kernel has kprobes and the
+/// function, else reported as not available; the run goes on either way.
+/// By default a probe is used only where the kernel lacks its drop reason.
 #[test]
 fn paws_kprobes_report_what_the_kernel_offers() {
     let lab = LabGuard::new("vt-kp", 2, false, 8472);
-    let w = Watcher::start(&lab.node_ns(1), &["--paws-kprobes", "always"]);
-    let probes = w.attached["probes"]["paws_kprobes"]
-        .as_array()
-        .unwrap()
-        .clone();
-    assert_eq!(probes.len(), 2, "{probes:?}");
-    let kprobes_here = std::fs::read("/proc/config.gz").ok().map(|gz| {
-        let (_, out, _) =
-            run(Command::new("sh")
-                .args(["-c", "zcat /proc/config.gz | grep -c '^CONFIG_KPROBES=y'"]));
-        let _ = gz;
-        out.trim() != "0"
-    });
-    for p in &probes {
-        let status = p["status"].as_str().unwrap();
-        match kprobes_here {
-            Some(false) => assert!(status.starts_with("not available on this kernel"), "{p}"),
-            _ => assert!(
-                status == "attached" || status.starts_with("not available on this kernel"),
-                "{p}"
-            ),
+    let expected = |mode: &str, target: &str, reason: &str| -> &'static str {
+        if mode == "auto" && kernel_has_reason(reason) {
+            "skipped"
+        } else if kernel_has_kprobes() && kernel_has_function(target) {
+            "attached"
+        } else {
+            "not available on this kernel"
         }
+    };
+    for mode in ["always", "auto"] {
+        let w = Watcher::start(&lab.node_ns(1), &["--paws-kprobes", mode]);
+        let probes = w.attached["probes"]["paws_kprobes"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(probes.len(), 2, "{probes:?}");
+        for (program, target, reason) in vxtrace::tracer::PAWS_KPROBES {
+            let status = probe_status(&w.attached, program);
+            let want = expected(mode, target, reason);
+            assert!(
+                status.starts_with(want),
+                "--paws-kprobes {mode}: {program} on {target}: {status}, expected {want}"
+            );
+        }
+        assert_eq!(lab.ping(1, 2, 3, Duration::ZERO).unwrap(), 3);
+        let s = w.stop();
+        assert_eq!(s["probes"]["paws_kprobes"].as_array().unwrap().len(), 2);
     }
-    assert_eq!(lab.ping(1, 2, 3, Duration::ZERO).unwrap(), 3);
-    let s = w.stop();
-    assert_eq!(s["probes"]["paws_kprobes"].as_array().unwrap().len(), 2);
-    // Default: not needed where the kernel has the PAWS drop reasons.
-    let w = Watcher::start(&lab.node_ns(1), &[]);
-    for p in w.attached["probes"]["paws_kprobes"].as_array().unwrap() {
-        let status = p["status"].as_str().unwrap();
-        assert!(
-            status.starts_with("skipped")
-                || status == "attached"
-                || status.starts_with("not available"),
-            "{p}"
-        );
-    }
-    w.stop();
 }

@@ -31,6 +31,9 @@ pub struct DropTable {
     /// Totals at the previous interval, per (peer, reason), for deltas.
     previous: HashMap<(PeerKey, u32), u64>,
     limit: usize,
+    /// The kernel's ids of reasons a kprobe counts instead (the same
+    /// segments would otherwise be counted twice).
+    superseded: Vec<u32>,
 }
 
 /// One peer's (or "other"'s) drops.
@@ -95,13 +98,22 @@ impl DropTable {
         }
     }
 
+    /// Leaves out the kernel's own drops with this reason id from now on.
+    pub fn supersede(&mut self, reason: u32) {
+        self.superseded.push(reason);
+    }
+
     pub fn update(&mut self, now: &HashMap<DropKey, u64>) {
         for (k, v) in &self.current {
             if !now.contains_key(k) {
                 *self.base.entry(*k).or_default() += v;
             }
         }
-        self.current = now.clone();
+        self.current = now
+            .iter()
+            .filter(|(k, _)| !self.superseded.contains(&k.reason))
+            .map(|(k, v)| (*k, *v))
+            .collect();
         if self.base.len() > self.limit {
             // Bound memory: forget the locations of evicted keys, keep counts.
             let old = std::mem::take(&mut self.base);
@@ -217,5 +229,29 @@ mod tests {
         let p = &d[&crate::discovery::peer_key(&"192.0.2.1".parse().unwrap())];
         assert_eq!(p.get("NETFILTER_DROP"), 7);
         assert_eq!(p.locations[0].2, "0x10");
+    }
+
+    /// A PAWS reject seen by both the kernel's reason and the kprobe is
+    /// counted once, as the kprobe's.
+    #[test]
+    fn superseded_reasons_are_not_counted_twice() {
+        let mut reasons = DropReasons::default();
+        reasons.names.insert(70, "TCP_RFC7323_PAWS".into());
+        reasons.names.insert(12, "NETFILTER_DROP".into());
+        let mut t = DropTable::new(100);
+        t.supersede(70);
+        let mut now = HashMap::new();
+        now.insert(key("192.0.2.1", 70, 0x10), 5);
+        now.insert(
+            key("192.0.2.1", vxtrace_common::REASON_KPROBE_PAWS, 0x20),
+            5,
+        );
+        now.insert(key("192.0.2.1", 12, 0x30), 1);
+        t.update(&now);
+        let d = t.by_peer(&reasons, None);
+        let p = &d[&crate::discovery::peer_key(&"192.0.2.1".parse().unwrap())];
+        assert_eq!(p.get("TCP_RFC7323_PAWS"), 5);
+        assert_eq!(p.paws_rejects(), 5);
+        assert_eq!(p.get("NETFILTER_DROP"), 1);
     }
 }

@@ -212,7 +212,15 @@ impl DropReasons {
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.names.values().any(|n| n == name)
+        self.id(name).is_some()
+    }
+
+    /// The kernel's number for a reason name.
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.names
+            .iter()
+            .find(|(_, n)| n.as_str() == name)
+            .map(|(id, _)| *id)
     }
 
     /// Reasons vxtrace's hints rely on that this kernel does not define.

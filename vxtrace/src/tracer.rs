@@ -42,10 +42,21 @@ pub const PROG_DROPS_TP: &str = "vxtrace_kfree_skb_tp";
 pub const PROG_PAWS_ESTABLISHED: &str = "vxtrace_paws_established";
 pub const PROG_PAWS_TIME_WAIT: &str = "vxtrace_paws_time_wait";
 
-/// The PAWS kprobes and the kernel functions they go on.
-pub const PAWS_KPROBES: [(&str, &str); 2] = [
-    (PROG_PAWS_ESTABLISHED, "tcp_validate_incoming"),
-    (PROG_PAWS_TIME_WAIT, "tcp_timewait_state_process"),
+/// The PAWS kprobes, the kernel functions they go on, and the drop reason
+/// that makes each unnecessary: kernels gained `TCP_RFC7323_PAWS` (5.18)
+/// long before `TCP_RFC7323_TW_PAWS`, so on most nodes only the TIME_WAIT
+/// probe is needed.
+pub const PAWS_KPROBES: [(&str, &str, &str); 2] = [
+    (
+        PROG_PAWS_ESTABLISHED,
+        "tcp_validate_incoming",
+        "TCP_RFC7323_PAWS",
+    ),
+    (
+        PROG_PAWS_TIME_WAIT,
+        "tcp_timewait_state_process",
+        "TCP_RFC7323_TW_PAWS",
+    ),
 ];
 
 /// When to use the PAWS kprobes.
@@ -394,54 +405,45 @@ impl Tracer {
         }
     }
 
-    /// Loads the PAWS kprobes (the verifier checks them here whatever the
+    /// Loads one PAWS kprobe (the verifier checks it here whatever the
     /// kernel) without attaching.
-    pub fn load_paws_kprobes(&mut self) -> Result<()> {
-        for (prog, _) in PAWS_KPROBES {
-            let p: &mut KProbe = self
-                .ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("no program {prog}"))?
-                .try_into()?;
-            p.load()
-                .map_err(|e| explain_bpf_error(anyhow!(e)))
-                .with_context(|| format!("loading {prog}"))?;
-        }
-        Ok(())
+    pub fn load_paws_kprobe(&mut self, prog: &str) -> Result<()> {
+        let p: &mut KProbe = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("no program {prog}"))?
+            .try_into()?;
+        p.load()
+            .map_err(|e| explain_bpf_error(anyhow!(e)))
+            .with_context(|| format!("loading {prog}"))
     }
 
-    /// Loads and, where wanted and possible, attaches the PAWS kprobes.
+    /// Loads and, where wanted and possible, attaches the PAWS kprobes;
+    /// `has_reason` says whether the kernel names a drop reason.
     pub fn attach_paws_kprobes(
         &mut self,
         mode: PawsKprobes,
-        kernel_has_paws_reasons: bool,
+        has_reason: impl Fn(&str) -> bool,
     ) -> Vec<ProbeStatus> {
-        let skip = match mode {
-            PawsKprobes::Never => Some("skipped: --paws-kprobes never".to_string()),
-            PawsKprobes::Auto if kernel_has_paws_reasons => {
-                Some("skipped: this kernel reports PAWS rejects as drop reasons".to_string())
-            }
-            _ => None,
-        };
-        // Verifying them takes most of a second (the option walk): not
-        // worth it where they will not be attached.
-        let loaded = if skip.is_some() {
-            Ok(())
-        } else {
-            self.load_paws_kprobes()
-        };
         PAWS_KPROBES
             .iter()
-            .map(|(prog, target)| {
-                let status = if let Err(e) = &loaded {
-                    format!("not loaded: {e:#}")
-                } else if let Some(s) = &skip {
-                    s.clone()
-                } else {
-                    match self.attach_kprobe(prog, target) {
-                        Ok(()) => "attached".to_string(),
-                        Err(e) => format!("not available on this kernel: {e:#}"),
+            .map(|&(prog, target, reason)| {
+                let status = match mode {
+                    PawsKprobes::Never => "skipped: --paws-kprobes never".to_string(),
+                    PawsKprobes::Auto if has_reason(reason) => {
+                        format!(
+                            "skipped: this kernel reports these rejects as drop reason {reason}"
+                        )
                     }
+                    // Verifying takes most of a second (the option walk):
+                    // only done for a probe that will be attached.
+                    _ => match self.load_paws_kprobe(prog) {
+                        Err(e) => format!("not loaded: {e:#}"),
+                        Ok(()) => match self.attach_kprobe(prog, target) {
+                            Ok(()) => "attached".to_string(),
+                            Err(e) => format!("not available on this kernel: {e:#}"),
+                        },
+                    },
                 };
                 ProbeStatus {
                     program: prog,

@@ -29,7 +29,7 @@ use crate::{
     preflight,
     reaper::Reaper,
     record::Recorder,
-    tracer::{AttachMode, AttachPolicy, DropProbe, PawsKprobes, Tracer, TracerConfig},
+    tracer::{self, AttachMode, AttachPolicy, DropProbe, PawsKprobes, Tracer, TracerConfig},
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -622,8 +622,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     phase("TC programs attached");
     let drop_probe = tracer.attach_drops();
     phase("drop program attached");
-    let paws_probes =
-        tracer.attach_paws_kprobes(args.paws_kprobes, kinfo.reasons.has("TCP_RFC7323_PAWS"));
+    let paws_probes = tracer.attach_paws_kprobes(args.paws_kprobes, |r| kinfo.reasons.has(r));
     phase("drop and PAWS probes");
     for p in &paws_probes {
         if p.status != "attached" && args.paws_kprobes == PawsKprobes::Always {
@@ -740,6 +739,17 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut table = PeerTable::new((args.max_peers as usize) * 2);
     let mut drop_table = DropTable::new(65_536);
+    // A PAWS kprobe attached where the kernel also names the reason
+    // (`--paws-kprobes always`) counts the same segments: keep one.
+    for p in paws_probes.iter().filter(|p| p.status == "attached") {
+        if let Some(id) = tracer::PAWS_KPROBES
+            .iter()
+            .find(|(prog, _, _)| *prog == p.program)
+            .and_then(|(_, _, reason)| kinfo.reasons.id(reason))
+        {
+            drop_table.supersede(id);
+        }
+    }
     let mut global;
     let mut last_tick = Instant::now();
     let mut last_fdb_refresh = Instant::now();
