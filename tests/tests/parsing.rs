@@ -39,7 +39,8 @@ fn tracer() -> Tracer {
         raw_tp_has_reason: true,
         raw_tp_has_rx_sk: false,
     };
-    let mut t = Tracer::load(&cfg, None, AttachPolicy::Auto).expect("loading the programs");
+    let mut t = Tracer::load(&cfg, &vxtrace::tracer::LoaderBtf::None, AttachPolicy::Auto)
+        .expect("loading the programs");
     t.register_device(DEV_IFINDEX, Some(1), Some(LOCAL_MAC))
         .unwrap();
     t
@@ -156,7 +157,7 @@ fn peer(r: &Readout, addr: &[u8]) -> PeerStats {
     } else {
         PeerKey::from_v6(addr.try_into().unwrap())
     };
-    r.peers.get(&key).copied().unwrap_or_default()
+    r.peer(&key).unwrap_or_default()
 }
 
 /// Every case in a namespace of its own, with a veth standing in for the VXLAN device.
@@ -485,7 +486,7 @@ fn peer_map_is_bounded_and_evictions_are_counted() {
         let r = t.read().unwrap();
         assert!(r.peers.len() <= 64, "{}", r.peers.len());
         assert_eq!(r.global.peers_inserted, 200);
-        let total: u64 = r.peers.values().map(|p| p.rx_nic.packets).sum();
+        let total: u64 = r.peers.iter().map(|(_, p)| p.rx_nic.packets).sum();
         assert_eq!(total, r.peers.len() as u64);
     });
 }
@@ -507,7 +508,7 @@ fn batched_map_read_sees_every_peer() {
             raw_tp_has_reason: true,
             raw_tp_has_rx_sk: false,
         };
-        let t = Tracer::load(&cfg, None, AttachPolicy::Auto).unwrap();
+        let t = Tracer::load(&cfg, &vxtrace::tracer::LoaderBtf::None, AttachPolicy::Auto).unwrap();
         for i in 0..2500u32 {
             let src = [198, 18, (i >> 8) as u8, i as u8];
             run(
@@ -521,6 +522,6 @@ fn batched_map_read_sees_every_peer() {
         let r = t.read().unwrap();
         eprintln!("read 2500 peers in {:?}", started.elapsed());
         assert_eq!(r.peers.len(), 2500);
-        assert!(r.peers.values().all(|p| p.rx_nic.packets == 1));
+        assert!(r.peers.iter().all(|(_, p)| p.rx_nic.packets == 1));
     });
 }

@@ -113,7 +113,44 @@ pub struct PeerStats {
     /// Outer IP packet sizes per direction, by [`SIZE_BUCKET_BOUNDS`].
     pub tx_size: [u64; SIZE_BUCKETS],
     pub rx_size: [u64; SIZE_BUCKETS],
+    /// The kernel programs' per-CPU memo of this peer's last lookups (not
+    /// a counter: userspace ignores it).
+    pub memo: LookupMemo,
 }
+
+/// What the last map lookups for a peer's packets found, kept in the
+/// peer's own per-CPU value: a peer's packets mostly repeat the same VNI,
+/// inner source MAC (flannel: the peer's VTEP MAC) and inner source address,
+/// so most packets need no lookup beyond the peer's own. The memo is
+/// dropped every [`MEMO_RECHECK`] packets, so map changes (a device
+/// re-registered, a MAC learned by another peer, an LRU eviction) are seen
+/// within that many packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LookupMemo {
+    /// Packets that used the memo since it was last checked.
+    pub uses: u32,
+    /// `MEMO_*` bits: which parts below are valid.
+    pub state: u32,
+    pub vni: u32,
+    /// The VNI's entry in the VNI map (when `MEMO_VNI_KNOWN`).
+    pub vni_check_dst_mac: u32,
+    pub vni_mac: [u8; 6],
+    /// Inner source MAC known to map to this peer on `vni` (`MEMO_MAC`).
+    pub mac: [u8; 6],
+    /// Inner source address last checked (`MEMO_INNER`), and whether it is
+    /// the peer's own VTEP address (`MEMO_INNER_VTEP`).
+    pub inner_src: PeerKey,
+    pub _pad: [u32; 2],
+}
+
+pub const MEMO_VNI: u32 = 1;
+pub const MEMO_VNI_KNOWN: u32 = 2;
+pub const MEMO_MAC: u32 = 4;
+pub const MEMO_INNER: u32 = 8;
+pub const MEMO_INNER_VTEP: u32 = 16;
+/// Packets between checks of the memo against the maps (a power of two).
+pub const MEMO_RECHECK: u32 = 64;
 
 /// Upper bounds (inclusive, bytes of outer IP packet) of the size buckets;
 /// the last bucket holds everything larger.
@@ -436,8 +473,9 @@ mod tests {
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(
             size_of::<PeerStats>(),
-            4 * 16 + 18 * 8 + 2 * SIZE_BUCKETS * 8
+            4 * 16 + 18 * 8 + 2 * SIZE_BUCKETS * 8 + size_of::<LookupMemo>()
         );
+        assert_eq!(size_of::<LookupMemo>(), 56);
         assert_eq!(size_of::<GlobalStats>(), 6 * 8 + 2 * 16);
         assert_eq!(size_of::<MacKey>(), 12);
         assert_eq!(size_of::<MacPeer>(), 24);

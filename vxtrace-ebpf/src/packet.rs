@@ -44,7 +44,6 @@ pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
 pub struct Outer {
     pub src: PeerKey,
     pub dst: PeerKey,
-    pub dst_port: u16,
     /// Outer IP packet length (header included), from the IP header.
     pub ip_len: u32,
     /// Offset of the UDP payload (the VXLAN header when this is VXLAN).
@@ -53,8 +52,12 @@ pub struct Outer {
     pub first_fragment: bool,
 }
 
-/// Parses Ethernet / IP / UDP. `None` for anything that is not UDP, and for
-/// non-first fragments, which carry no UDP header.
+/// Parses Ethernet / IP / UDP to a VXLAN port. `None` for anything else,
+/// and for non-first fragments, which carry no UDP header.
+///
+/// Most packets on an underlay NIC are not VXLAN, so the order is cheapest
+/// rejection first: the IP protocol byte, then the UDP port, and only then
+/// the rest of the headers.
 #[inline(always)]
 pub fn parse_outer(ctx: &TcContext) -> Option<Outer> {
     let mut off = ETH_HLEN;
@@ -69,37 +72,47 @@ pub fn parse_outer(ctx: &TcContext) -> Option<Outer> {
         }
     }
     if proto == ETH_P_IP {
+        if read::<u8>(ctx, off + 9)? != IPPROTO_UDP {
+            return None;
+        }
+        let ver_ihl = read::<u8>(ctx, off)?;
+        let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+        if ver_ihl >> 4 != 4 || ihl < 20 {
+            return None;
+        }
+        let dst_port = u16::from_be(read::<u16>(ctx, off + ihl + 2)?);
+        if !is_vxlan_port(dst_port) {
+            return None;
+        }
         let hdr: [u8; 20] = read(ctx, off)?;
-        if hdr[9] != IPPROTO_UDP || hdr[0] >> 4 != 4 {
-            return None;
-        }
-        let ihl = ((hdr[0] & 0x0f) as usize) * 4;
-        if ihl < 20 {
-            return None;
-        }
         let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
-        // Fragment offset non-zero: no UDP header in this one.
+        // Fragment offset non-zero: no UDP header in this one (what was
+        // read as a port is payload).
         if frag & 0x1fff != 0 {
             return None;
         }
         let more_fragments = frag & 0x2000 != 0;
-        let ports: [u16; 2] = read(ctx, off + ihl)?;
         Some(Outer {
             src: PeerKey::from_v4([hdr[12], hdr[13], hdr[14], hdr[15]]),
             dst: PeerKey::from_v4([hdr[16], hdr[17], hdr[18], hdr[19]]),
-            dst_port: u16::from_be(ports[1]),
             ip_len: u16::from_be_bytes([hdr[2], hdr[3]]) as u32,
             payload_off: off + ihl + UDP_HLEN,
             first_fragment: more_fragments,
         })
     } else if proto == ETH_P_IPV6 {
-        let hdr: [u8; 40] = read(ctx, off)?;
         // VXLAN over IPv6 carries no extension headers in practice; a packet
         // that has them is not counted rather than mis-parsed.
-        if hdr[6] != IPPROTO_UDP || hdr[0] >> 4 != 6 {
+        if read::<u8>(ctx, off + 6)? != IPPROTO_UDP {
             return None;
         }
-        let ports: [u16; 2] = read(ctx, off + 40)?;
+        let dst_port = u16::from_be(read::<u16>(ctx, off + 40 + 2)?);
+        if !is_vxlan_port(dst_port) {
+            return None;
+        }
+        let hdr: [u8; 40] = read(ctx, off)?;
+        if hdr[0] >> 4 != 6 {
+            return None;
+        }
         let mut src = [0u8; 16];
         let mut dst = [0u8; 16];
         src.copy_from_slice(&hdr[8..24]);
@@ -107,7 +120,6 @@ pub fn parse_outer(ctx: &TcContext) -> Option<Outer> {
         Some(Outer {
             src: PeerKey::from_v6(src),
             dst: PeerKey::from_v6(dst),
-            dst_port: u16::from_be(ports[1]),
             ip_len: u16::from_be_bytes([hdr[4], hdr[5]]) as u32 + 40,
             payload_off: off + 40 + UDP_HLEN,
             first_fragment: false,
@@ -140,6 +152,13 @@ pub fn same_addr(a: &PeerKey, b: &PeerKey) -> bool {
     let a: [u64; 2] = unsafe { core::mem::transmute(a.addr) };
     let b: [u64; 2] = unsafe { core::mem::transmute(b.addr) };
     a[0] == b[0] && a[1] == b[1]
+}
+
+#[inline(always)]
+pub fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    // As a u32 and a u16: a byte-array `==` could become a memcmp call.
+    u32::from_ne_bytes([a[0], a[1], a[2], a[3]]) == u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+        && u16::from_ne_bytes([a[4], a[5]]) == u16::from_ne_bytes([b[4], b[5]])
 }
 
 /// Is `addr` a local VTEP address (or are no local addresses configured)?

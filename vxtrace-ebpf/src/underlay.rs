@@ -9,14 +9,15 @@
 
 use aya_ebpf::programs::TcContext;
 use vxtrace_common::{
-    INNER_LEARNED, INNER_VTEP, InnerAddr, MAC_SOURCE_LEARNED, MacKey, MacPeer, PeerKey, PeerStats,
+    INNER_LEARNED, INNER_VTEP, InnerAddr, MAC_SOURCE_LEARNED, MEMO_INNER, MEMO_INNER_VTEP,
+    MEMO_MAC, MEMO_RECHECK, MEMO_VNI, MEMO_VNI_KNOWN, MacKey, MacPeer, PeerKey, PeerStats,
 };
 
 use crate::{
     maps::{INNER_ADDRS, MAC_PEERS, VXLAN_DEVICES_BY_VNI, config, peer_stats},
     packet::{
-        ETH_HLEN, Outer, VXLAN_HLEN, Vxlan, inner_src_addr, is_local_vtep, is_vxlan_port,
-        parse_outer, parse_vxlan, read, same_addr, segments,
+        ETH_HLEN, Outer, VXLAN_HLEN, Vxlan, inner_src_addr, is_local_vtep, parse_outer,
+        parse_vxlan, read, same_addr, same_mac, segments,
     },
 };
 
@@ -28,14 +29,11 @@ pub enum Direction {
 
 #[inline(always)]
 pub fn handle(ctx: &TcContext, dir: Direction) {
-    // Fast path for everything that is not UDP to a VXLAN port: one header
-    // walk and a few compares, no map access.
+    // Fast path for everything that is not UDP to a VXLAN port: a few
+    // loads and compares, no map access.
     let Some(outer) = parse_outer(ctx) else {
         return;
     };
-    if !is_vxlan_port(outer.dst_port) {
-        return;
-    }
     let (local, peer) = match dir {
         Direction::Ingress => (&outer.dst, &outer.src),
         Direction::Egress => (&outer.src, &outer.dst),
@@ -57,21 +55,22 @@ pub fn handle(ctx: &TcContext, dir: Direction) {
             Direction::Egress => stats.malformed_tx += 1,
         },
         Vxlan::Valid { vni, inner_src } => {
+            memo_begin(stats);
+            let known = vni_known(stats, vni);
             let filter = unsafe { core::ptr::read_volatile(&raw const (*config()).filter_vni) };
-            let info = unsafe { VXLAN_DEVICES_BY_VNI.get(vni) };
-            if filter != 0 && info.is_none() {
+            if filter != 0 && !known {
                 stats.unknown_vni += 1;
                 return;
             }
             count_traffic(ctx, stats, &outer, dir);
             if dir == Direction::Ingress {
-                learn_mac(vni, inner_src, peer);
+                learn_mac(stats, vni, inner_src, peer);
                 let inner_off = outer.payload_off + VXLAN_HLEN;
-                if let Some(info) = info
-                    && info.check_dst_mac != 0
+                if known
+                    && stats.memo.vni_check_dst_mac != 0
                     && let Some(dst) = read::<[u8; 6]>(ctx, inner_off)
                     && dst[0] & 1 == 0
-                    && dst != info.mac
+                    && !same_mac(&dst, &stats.memo.vni_mac)
                 {
                     stats.inner_dst_mac_mismatch += 1;
                 }
@@ -83,15 +82,58 @@ pub fn handle(ctx: &TcContext, dir: Direction) {
     }
 }
 
+/// Counts a packet's use of the peer's lookup memo; every
+/// `MEMO_RECHECK`-th packet finds it emptied, so the maps are read again.
+#[inline(always)]
+fn memo_begin(stats: &mut PeerStats) {
+    let m = &mut stats.memo;
+    m.uses = m.uses.wrapping_add(1);
+    if m.uses & (MEMO_RECHECK - 1) == 0 {
+        m.state = 0;
+    }
+}
+
+/// Whether `vni` belongs to a watched device (its entry is then in the
+/// memo). A different VNI than the memo's also forgets the learned MAC,
+/// which is per VNI.
+#[inline(always)]
+fn vni_known(stats: &mut PeerStats, vni: u32) -> bool {
+    let m = &mut stats.memo;
+    if m.state & MEMO_VNI != 0 && m.vni == vni {
+        return m.state & MEMO_VNI_KNOWN != 0;
+    }
+    m.state = (m.state & !(MEMO_VNI_KNOWN | MEMO_MAC)) | MEMO_VNI;
+    m.vni = vni;
+    match unsafe { VXLAN_DEVICES_BY_VNI.get(vni) } {
+        Some(info) => {
+            m.state |= MEMO_VNI_KNOWN;
+            m.vni_check_dst_mac = info.check_dst_mac;
+            m.vni_mac = info.mac;
+            true
+        }
+        None => false,
+    }
+}
+
 /// The inner source address of a packet from `peer`: the peer's own VTEP
 /// address means it masquerades pod traffic; anything else is learned as
 /// living behind the peer (for attributing dropped inner packets).
 #[inline(always)]
 fn inspect_inner_src(stats: &mut PeerStats, src: &PeerKey, peer: &PeerKey) {
+    let m = &mut stats.memo;
+    if m.state & MEMO_INNER != 0 && same_addr(&m.inner_src, src) {
+        if m.state & MEMO_INNER_VTEP != 0 {
+            stats.inner_src_vtep += 1;
+        }
+        return;
+    }
+    m.inner_src = *src;
+    m.state = (m.state & !MEMO_INNER_VTEP) | MEMO_INNER;
     if let Some(known) = INNER_ADDRS.get_ptr(src) {
         let known = unsafe { &*known };
         if same_addr(&known.peer, peer) {
             if known.kind == INNER_VTEP {
+                m.state |= MEMO_INNER_VTEP;
                 stats.inner_src_vtep += 1;
             }
             return;
@@ -158,9 +200,16 @@ fn count_traffic(ctx: &TcContext, stats: &mut PeerStats, outer: &Outer, dir: Dir
 }
 
 /// Remembers that `peer` sends frames with inner source `mac` on `vni`.
-/// A lookup first: the common case (already known) costs no write.
+/// The memo first, then a lookup: the common case (already known) costs no
+/// write.
 #[inline(always)]
-fn learn_mac(vni: u32, mac: [u8; 6], peer: &PeerKey) {
+fn learn_mac(stats: &mut PeerStats, vni: u32, mac: [u8; 6], peer: &PeerKey) {
+    let m = &mut stats.memo;
+    if m.state & MEMO_MAC != 0 && same_mac(&m.mac, &mac) {
+        return;
+    }
+    m.mac = mac;
+    m.state |= MEMO_MAC;
     let key = MacKey::new(vni, mac);
     if let Some(known) = MAC_PEERS.get_ptr(&key)
         && same_addr(unsafe { &(*known).peer }, peer)

@@ -23,12 +23,14 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every (key, per-CPU values) of a per-CPU hash map. `V` must be a
-/// multiple of 8 bytes (the kernel's per-CPU value stride).
-pub fn lookup_percpu<K: Copy + Default, V: Copy + Default>(
+/// Every key of a per-CPU hash map with its values summed over the CPUs by
+/// `sum` (called with each CPU's value in turn, starting from the default).
+/// `V` must be a multiple of 8 bytes (the kernel's per-CPU value stride).
+pub fn lookup_percpu_summed<K: Copy + Default, V: Copy + Default>(
     fd: RawFd,
     nr_cpus: usize,
-) -> io::Result<Vec<(K, Vec<V>)>> {
+    mut sum: impl FnMut(&mut V, &V),
+) -> io::Result<Vec<(K, V)>> {
     assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are 8-byte strided");
     let mut out = Vec::new();
     let mut keys = vec![K::default(); CHUNK as usize];
@@ -70,8 +72,13 @@ pub fn lookup_percpu<K: Copy + Default, V: Copy + Default>(
                 format!("BPF_MAP_LOOKUP_BATCH: {e}"),
             ));
         }
+        out.reserve(attr.count as usize);
         for i in 0..attr.count as usize {
-            out.push((keys[i], values[i * nr_cpus..(i + 1) * nr_cpus].to_vec()));
+            let mut total = V::default();
+            for v in &values[i * nr_cpus..(i + 1) * nr_cpus] {
+                sum(&mut total, v);
+            }
+            out.push((keys[i], total));
         }
         // ENOENT: that was the last batch.
         if err.is_some() {

@@ -6,6 +6,7 @@ use std::{
     net::IpAddr,
 };
 
+use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 use vxtrace_common::{DropKey, PeerKey};
 
@@ -26,10 +27,10 @@ pub const PAWS_REASONS: [&str; 4] = [
 /// Cumulative drop counts that never go backwards across LRU evictions.
 #[derive(Default)]
 pub struct DropTable {
-    base: HashMap<DropKey, u64>,
-    current: HashMap<DropKey, u64>,
+    base: FxHashMap<DropKey, u64>,
+    current: FxHashMap<DropKey, u64>,
     /// Totals at the previous interval, per (peer, reason), for deltas.
-    previous: HashMap<(PeerKey, u32), u64>,
+    previous: FxHashMap<(PeerKey, u32), u64>,
     limit: usize,
     /// The kernel's ids of reasons a kprobe counts instead (the same
     /// segments would otherwise be counted twice).
@@ -103,7 +104,7 @@ impl DropTable {
         self.superseded.push(reason);
     }
 
-    pub fn update(&mut self, now: &HashMap<DropKey, u64>) {
+    pub fn update(&mut self, now: &FxHashMap<DropKey, u64>) {
         for (k, v) in &self.current {
             if !now.contains_key(k) {
                 *self.base.entry(*k).or_default() += v;
@@ -124,7 +125,7 @@ impl DropTable {
         }
     }
 
-    fn totals(&self) -> HashMap<DropKey, u64> {
+    fn totals(&self) -> FxHashMap<DropKey, u64> {
         let mut t = self.base.clone();
         for (k, v) in &self.current {
             *t.entry(*k).or_default() += v;
@@ -169,7 +170,7 @@ impl DropTable {
         &mut self,
         reasons: &DropReasons,
     ) -> HashMap<PeerKey, BTreeMap<String, u64>> {
-        let mut now: HashMap<(PeerKey, u32), u64> = HashMap::new();
+        let mut now: FxHashMap<(PeerKey, u32), u64> = FxHashMap::default();
         for (k, n) in self.totals() {
             *now.entry((k.peer, k.reason)).or_default() += n;
         }
@@ -214,14 +215,14 @@ mod tests {
         let mut reasons = DropReasons::default();
         reasons.names.insert(12, "NETFILTER_DROP".into());
         let mut t = DropTable::new(100);
-        let mut now = HashMap::new();
+        let mut now = FxHashMap::default();
         now.insert(key("192.0.2.1", 12, 0x10), 5);
         t.update(&now);
         assert_eq!(
             t.interval_deltas(&reasons).values().next().unwrap()["NETFILTER_DROP"],
             5
         );
-        t.update(&HashMap::new()); // evicted
+        t.update(&FxHashMap::default()); // evicted
         assert!(t.interval_deltas(&reasons).is_empty());
         now.insert(key("192.0.2.1", 12, 0x10), 2); // back from zero
         t.update(&now);
@@ -240,7 +241,7 @@ mod tests {
         reasons.names.insert(12, "NETFILTER_DROP".into());
         let mut t = DropTable::new(100);
         t.supersede(70);
-        let mut now = HashMap::new();
+        let mut now = FxHashMap::default();
         now.insert(key("192.0.2.1", 70, 0x10), 5);
         now.insert(
             key("192.0.2.1", vxtrace_common::REASON_KPROBE_PAWS, 0x20),

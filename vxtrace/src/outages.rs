@@ -9,14 +9,11 @@
 //!
 //! A one-way peer: tx > 0 and rx == 0 over a whole window.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::IpAddr,
-};
+use std::{collections::VecDeque, net::IpAddr};
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use vxtrace_common::{PeerKey, PeerStats};
+use vxtrace_common::PeerKey;
 
 /// Closed outages kept per peer (older ones are only counted).
 const OUTAGES_KEPT: usize = 100;
@@ -99,7 +96,8 @@ pub struct OutageTracker {
     window_s: f64,
     /// Unix time at elapsed 0.
     epoch: f64,
-    peers: HashMap<PeerKey, State>,
+    /// Boxed: the map's empty slots stay small.
+    peers: rustc_hash::FxHashMap<PeerKey, Box<State>>,
     limit: usize,
 }
 
@@ -109,23 +107,24 @@ impl OutageTracker {
             threshold_s,
             window_s,
             epoch,
-            peers: HashMap::new(),
+            peers: Default::default(),
             limit,
         }
     }
 
-    /// One interval ending at `now` (elapsed seconds) of length `interval`.
-    pub fn update<'a>(
+    /// One interval ending at `now` (elapsed seconds) of length `interval`;
+    /// `packets` gives each peer's (key, address, tx_encap packets, rx_nic
+    /// packets) in it.
+    pub fn update(
         &mut self,
         now: f64,
         interval: f64,
-        deltas: impl Iterator<Item = (PeerKey, IpAddr, &'a PeerStats)>,
+        packets: impl Iterator<Item = (PeerKey, IpAddr, u64, u64)>,
     ) -> Vec<Event> {
         let mut events = Vec::new();
         let mid = now - interval / 2.0;
         let mut started = Vec::new();
-        for (key, addr, d) in deltas {
-            let (tx, rx) = (d.tx_encap.packets, d.rx_nic.packets);
+        for (key, addr, tx, rx) in packets {
             if tx == 0 && rx == 0 && !self.peers.contains_key(&key) {
                 continue;
             }
@@ -336,13 +335,6 @@ fn round3(x: f64) -> f64 {
 mod tests {
     use super::*;
 
-    fn d(tx: u64, rx: u64) -> PeerStats {
-        let mut s = PeerStats::default();
-        s.tx_encap.add(tx, tx * 100);
-        s.rx_nic.add(rx, rx * 100);
-        s
-    }
-
     fn key(a: &str) -> (PeerKey, IpAddr) {
         let ip: IpAddr = a.parse().unwrap();
         (crate::discovery::peer_key(&ip), ip)
@@ -355,8 +347,7 @@ mod tests {
         let mut all = Vec::new();
         for (i, (rb, rc)) in steps.iter().enumerate() {
             let now = 0.5 * (i + 1) as f64;
-            let (db, dc) = (d(10, *rb), d(10, *rc));
-            all.extend(t.update(now, 0.5, [(kb, b, &db), (kc, c, &dc)].into_iter()));
+            all.extend(t.update(now, 0.5, [(kb, b, 10, *rb), (kc, c, 10, *rc)].into_iter()));
         }
         all
     }

@@ -325,7 +325,7 @@ pub fn render_screen(
     );
     for (addr, peer) in shown {
         let (total, delta) = match peer {
-            Some(p) => (p.total(), p.last_delta),
+            Some(p) => (p.total(), p.last_delta()),
             None => (PeerStats::default(), PeerStats::default()),
         };
         let rows = [
@@ -478,7 +478,7 @@ pub fn plain_lines(
     let mut s = String::new();
     for (addr, peer) in shown(table, selected) {
         let (total, delta) = match peer {
-            Some(p) => (p.total(), p.last_delta),
+            Some(p) => (p.total(), p.last_delta()),
             None => (PeerStats::default(), PeerStats::default()),
         };
         let _ = writeln!(

@@ -6,10 +6,16 @@
 //! its last values move into a base that later incarnations add to.
 //! Userspace memory is bounded the same way: past a limit, peers that are
 //! gone from the kernel map are folded into one "retired" total.
+//!
+//! Per peer this keeps two copies of the counter set (the total now and at
+//! the previous interval) and, for a bounded number of peers, rate
+//! histograms: with 10,000 peers the table must stay within a few tens of
+//! MiB and be updated in a few milliseconds.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
 
 use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
 use vxtrace_common::{PeerKey, PeerStats};
 
 use crate::{discovery::peer_addr, tracer::Readout};
@@ -34,27 +40,42 @@ impl RateHistograms {
         }
     }
 
-    fn record(&mut self, delta: &PeerStats, seconds: f64) {
+    fn record(&mut self, packets: LastPackets, seconds: f64) {
         let rate = |p: u64| ((p as f64 / seconds).round() as u64).min(100_000_000);
-        let _ = self.tx_encap.record(rate(delta.tx_encap.packets));
-        let _ = self.rx_nic.record(rate(delta.rx_nic.packets));
-        let _ = self.rx_decap.record(rate(delta.rx_decap.packets));
+        let _ = self.tx_encap.record(rate(packets.tx_encap));
+        let _ = self.rx_nic.record(rate(packets.rx_nic));
+        let _ = self.rx_decap.record(rate(packets.rx_decap));
     }
 }
 
+/// A peer's packets in the last interval, of the counters every interval
+/// needs (the whole counter set is [`Peer::last_delta`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LastPackets {
+    pub tx_encap: u64,
+    pub rx_nic: u64,
+    pub rx_decap: u64,
+}
+
+/// Peers that get rate histograms (about 4.5 KiB each), besides the ones
+/// asked for with `--peer`: beyond this, peers have totals only.
+pub const RATE_HISTOGRAM_PEERS: usize = 1024;
+
 pub struct Peer {
     pub addr: IpAddr,
-    /// Counts of earlier incarnations (before an LRU eviction).
-    base: PeerStats,
-    /// The kernel's current value.
-    current: PeerStats,
-    /// Total at the end of the previous interval.
+    /// Counts of earlier incarnations (before an LRU eviction); rare, so
+    /// boxed.
+    base: Option<Box<PeerStats>>,
+    /// Everything counted so far: `base` plus the kernel's current value.
+    total: PeerStats,
+    /// `total` at the end of the previous interval.
     previous_total: PeerStats,
-    /// Change over the last interval.
-    pub last_delta: PeerStats,
+    /// Seen in the kernel map at the last read.
     present: bool,
+    /// Seen in the read being folded in.
+    seen: bool,
     /// Allocated once the peer has had traffic (idle peers cost no histogram).
-    pub rates: Option<RateHistograms>,
+    pub rates: Option<Box<RateHistograms>>,
     /// Interval number of the last change.
     pub last_active: u64,
     /// Seconds since something last arrived from the peer while we kept
@@ -67,7 +88,7 @@ pub struct Peer {
     pub unanswered_syn_out: u64,
     pub unanswered_syn_in: u64,
     /// SYN -> SYN-ACK latency of our clients' handshakes, in microseconds.
-    pub handshake_us: Option<Histogram<u64>>,
+    pub handshake_us: Option<Box<Histogram<u64>>>,
 }
 
 /// Silence from a peer we are sending to, long enough to call out live.
@@ -77,11 +98,11 @@ impl Peer {
     fn new(key: &PeerKey) -> Self {
         Peer {
             addr: peer_addr(key),
-            base: PeerStats::default(),
-            current: PeerStats::default(),
+            base: None,
+            total: PeerStats::default(),
             previous_total: PeerStats::default(),
-            last_delta: PeerStats::default(),
             present: false,
+            seen: false,
             rates: None,
             last_active: 0,
             rx_silent_s: 0.0,
@@ -97,15 +118,29 @@ impl Peer {
     }
 
     pub fn total(&self) -> PeerStats {
-        let mut t = self.base;
-        t.merge(&self.current);
-        t
+        self.total
+    }
+
+    /// Change over the last interval.
+    pub fn last_delta(&self) -> PeerStats {
+        self.total.delta(&self.previous_total)
+    }
+
+    pub fn last_packets(&self) -> LastPackets {
+        let (t, p) = (&self.total, &self.previous_total);
+        LastPackets {
+            tx_encap: t.tx_encap.packets.saturating_sub(p.tx_encap.packets),
+            rx_nic: t.rx_nic.packets.saturating_sub(p.rx_nic.packets),
+            rx_decap: t.rx_decap.packets.saturating_sub(p.rx_decap.packets),
+        }
     }
 }
 
 /// Everything known about peers so far.
 pub struct PeerTable {
-    pub peers: HashMap<PeerKey, Peer>,
+    /// Boxed: a map sized for 10,000 peers holds 16,384 slots, and a
+    /// slot should not be a whole counter set.
+    pub peers: FxHashMap<PeerKey, Box<Peer>>,
     /// Totals of peers dropped from this table to bound its memory.
     pub retired: PeerStats,
     pub retired_count: u64,
@@ -113,61 +148,88 @@ pub struct PeerTable {
     pub intervals: u64,
     /// Entries in the kernel map at the last read.
     pub kernel_entries: usize,
+    /// Rate histograms still to hand out to peers not asked for.
+    rate_histograms_left: usize,
+    /// Peers asked for (`--peer`): always given rate histograms.
+    selected: Vec<PeerKey>,
 }
 
 impl PeerTable {
     pub fn new(limit: usize) -> Self {
         Self {
-            peers: HashMap::new(),
+            peers: FxHashMap::default(),
             retired: PeerStats::default(),
             retired_count: 0,
             limit,
             intervals: 0,
             kernel_entries: 0,
+            rate_histograms_left: RATE_HISTOGRAM_PEERS,
+            selected: Vec::new(),
         }
+    }
+
+    /// Peers that always get rate histograms.
+    pub fn select(&mut self, peers: impl IntoIterator<Item = PeerKey>) {
+        self.selected.extend(peers);
     }
 
     /// Folds one read of the kernel map in; `seconds` is the interval length.
     pub fn update(&mut self, readout: &Readout, seconds: f64) {
         self.intervals += 1;
         self.kernel_entries = readout.peers.len();
-        for (key, peer) in self.peers.iter_mut() {
-            if peer.present && !readout.peers.contains_key(key) {
-                // Evicted from the kernel map: keep what it had counted.
-                let current = peer.current;
-                peer.base.merge(&current);
-                peer.current = PeerStats::default();
-                peer.present = false;
-            }
+        for peer in self.peers.values_mut() {
+            peer.previous_total = peer.total;
+            peer.seen = false;
         }
         for (key, stats) in &readout.peers {
-            let peer = self.peers.entry(*key).or_insert_with(|| Peer::new(key));
-            peer.current = *stats;
-            peer.present = true;
+            let peer = self
+                .peers
+                .entry(*key)
+                .or_insert_with(|| Box::new(Peer::new(key)));
+            peer.total = match &peer.base {
+                None => *stats,
+                Some(base) => {
+                    let mut t = **base;
+                    t.merge(stats);
+                    t
+                }
+            };
+            peer.seen = true;
+        }
+        for peer in self.peers.values_mut() {
+            if peer.present && !peer.seen {
+                // Evicted from the kernel map: what it counted becomes the
+                // base its next incarnation adds to.
+                peer.base = Some(Box::new(peer.total));
+            }
+            peer.present = peer.seen;
         }
         let intervals = self.intervals;
-        for peer in self.peers.values_mut() {
-            let total = peer.total();
-            let delta = total.delta(&peer.previous_total);
-            peer.previous_total = total;
-            peer.last_delta = delta;
-            if !delta.is_zero() {
+        for (key, peer) in self.peers.iter_mut() {
+            let active = peer.total != peer.previous_total;
+            if active {
                 peer.last_active = intervals;
             }
-            if delta.rx_nic.packets > 0 {
+            let packets = peer.last_packets();
+            if packets.rx_nic > 0 {
                 peer.rx_silent_s = 0.0;
                 peer.sent_into_silence = 0;
-            } else if delta.tx_encap.packets > 0 || peer.sent_into_silence > 0 {
+            } else if packets.tx_encap > 0 || peer.sent_into_silence > 0 {
                 peer.rx_silent_s += seconds;
-                peer.sent_into_silence += delta.tx_encap.packets;
+                peer.sent_into_silence += packets.tx_encap;
             }
-            if peer.rates.is_none() && !total.is_zero() {
-                peer.rates = Some(RateHistograms::new());
+            if peer.rates.is_none() && active {
+                if self.selected.contains(key) {
+                    peer.rates = Some(Box::new(RateHistograms::new()));
+                } else if self.rate_histograms_left > 0 {
+                    self.rate_histograms_left -= 1;
+                    peer.rates = Some(Box::new(RateHistograms::new()));
+                }
             }
             if let Some(rates) = peer.rates.as_mut()
                 && seconds > 0.0
             {
-                rates.record(&delta, seconds);
+                rates.record(packets, seconds);
             }
         }
         self.enforce_limit();
@@ -196,16 +258,22 @@ impl PeerTable {
 
     /// A completed handshake of one of our clients with the peer.
     pub fn record_handshake(&mut self, peer: &PeerKey, latency_ns: u64) {
-        let p = self.peers.entry(*peer).or_insert_with(|| Peer::new(peer));
+        let p = self
+            .peers
+            .entry(*peer)
+            .or_insert_with(|| Box::new(Peer::new(peer)));
         let h = p.handshake_us.get_or_insert_with(|| {
-            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+            Box::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"))
         });
         let _ = h.record((latency_ns / 1000).clamp(1, 3_600_000_000));
     }
 
     /// A SYN that got no SYN-ACK in time.
     pub fn record_unanswered(&mut self, peer: &PeerKey, outgoing: bool) {
-        let p = self.peers.entry(*peer).or_insert_with(|| Peer::new(peer));
+        let p = self
+            .peers
+            .entry(*peer)
+            .or_insert_with(|| Box::new(Peer::new(peer)));
         if outgoing {
             p.unanswered_syn_out += 1;
         } else {
@@ -214,12 +282,14 @@ impl PeerTable {
     }
 
     pub fn get(&self, addr: &IpAddr) -> Option<&Peer> {
-        self.peers.get(&crate::discovery::peer_key(addr))
+        self.peers
+            .get(&crate::discovery::peer_key(addr))
+            .map(|p| &**p)
     }
 
     /// Peers sorted by address (a stable order for output).
     pub fn sorted(&self) -> Vec<&Peer> {
-        let mut v: Vec<&Peer> = self.peers.values().collect();
+        let mut v: Vec<&Peer> = self.peers.values().map(|p| &**p).collect();
         v.sort_by_key(|p| p.addr);
         v
     }
@@ -235,7 +305,7 @@ mod tests {
             let mut s = PeerStats::default();
             s.tx_encap.add(*tx, *tx * 100);
             r.peers
-                .insert(crate::discovery::peer_key(&addr.parse().unwrap()), s);
+                .push((crate::discovery::peer_key(&addr.parse().unwrap()), s));
         }
         r
     }
@@ -248,7 +318,7 @@ mod tests {
         t.update(&readout(&[("192.0.2.1", 5)]), 1.0); // back, counting from 0
         let p = t.get(&"192.0.2.1".parse().unwrap()).unwrap();
         assert_eq!(p.total().tx_encap.packets, 15);
-        assert_eq!(p.last_delta.tx_encap.packets, 5);
+        assert_eq!(p.last_delta().tx_encap.packets, 5);
         let rates = p.rates.as_ref().unwrap();
         assert_eq!(rates.tx_encap.len(), 3);
         assert_eq!(rates.tx_encap.max(), 10);
@@ -263,7 +333,7 @@ mod tests {
             s.tx_encap.add(tx, tx);
             s.rx_nic.add(rx, rx);
             r.peers
-                .insert(crate::discovery::peer_key(&"192.0.2.1".parse().unwrap()), s);
+                .push((crate::discovery::peer_key(&"192.0.2.1".parse().unwrap()), s));
             r
         };
         t.update(&both(10, 10), 1.0);

@@ -7,7 +7,7 @@
 //! qdisc through netlink, and a small watchdog process (see `reaper`)
 //! removes those filters when this process dies.
 
-use std::{collections::HashMap as StdHashMap, fmt, net::IpAddr};
+use std::{fmt, net::IpAddr};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -193,9 +193,17 @@ impl fmt::Display for Attachment {
 /// One read of the kernel maps.
 #[derive(Debug, Default)]
 pub struct Readout {
-    pub peers: StdHashMap<PeerKey, PeerStats>,
+    /// Every peer in the kernel map, summed over the CPUs (each key once).
+    pub peers: Vec<(PeerKey, PeerStats)>,
     pub global: GlobalStats,
-    pub drops: StdHashMap<DropKey, u64>,
+    pub drops: rustc_hash::FxHashMap<DropKey, u64>,
+}
+
+impl Readout {
+    /// One peer's counters, if the map holds it.
+    pub fn peer(&self, key: &PeerKey) -> Option<PeerStats> {
+        self.peers.iter().find(|(k, _)| k == key).map(|(_, s)| *s)
+    }
 }
 
 /// How the drop program got attached, or why it did not.
@@ -218,13 +226,31 @@ pub struct Tracer {
     pub max_peers: u32,
 }
 
+/// The kernel BTF the loader relocates against.
+pub enum LoaderBtf {
+    /// The running kernel's (/sys/kernel/btf/vmlinux), parsed by the loader.
+    Running,
+    /// A BTF file given by the user.
+    File(Btf),
+    /// None: the programs need no relocations; their BTF is not loaded.
+    None,
+}
+
 impl Tracer {
     /// Loads the programs (not yet attached) with `cfg` written in.
-    pub fn load(cfg: &TracerConfig, btf: Option<&Btf>, policy: AttachPolicy) -> Result<Self> {
+    pub fn load(cfg: &TracerConfig, btf: &LoaderBtf, policy: AttachPolicy) -> Result<Self> {
         let kernel_cfg = cfg.to_kernel()?;
         let mut loader = EbpfLoader::new();
+        match btf {
+            LoaderBtf::Running => {}
+            LoaderBtf::File(b) => {
+                loader.btf(Some(b));
+            }
+            LoaderBtf::None => {
+                loader.btf(None);
+            }
+        }
         loader
-            .btf(btf)
             .override_global("CONFIG", &kernel_cfg, true)
             .map_max_entries("PEERS", cfg.max_peers)
             .map_max_entries("MAC_PEERS", cfg.max_macs);
@@ -630,9 +656,7 @@ impl Tracer {
     pub fn read(&self) -> Result<Readout> {
         let mut out = Readout::default();
         if let Some(batched) = self.read_peers_batched() {
-            for (key, per_cpu) in batched {
-                out.peers.insert(key, sum_cpus(per_cpu.iter()));
-            }
+            out.peers = batched;
             return self.read_rest(out);
         }
         let peers: PerCpuHashMap<&MapData, PeerKey, PeerStats> =
@@ -641,13 +665,13 @@ impl Tracer {
             // A key evicted between "next key" and "lookup" is skipped; its
             // counts are already in the loader's totals.
             let Ok((key, per_cpu)) = item else { continue };
-            out.peers.insert(key, sum_cpus(per_cpu.iter()));
+            out.peers.push((key, sum_cpus(per_cpu.iter())));
         }
         self.read_rest(out)
     }
 
     /// The peer map in batches, when the kernel supports it.
-    fn read_peers_batched(&self) -> Option<Vec<(PeerKey, Vec<PeerStats>)>> {
+    fn read_peers_batched(&self) -> Option<Vec<(PeerKey, PeerStats)>> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         if self.no_batch.get() {
             return None;
@@ -656,11 +680,38 @@ impl Tracer {
             return None;
         };
         let cpus = aya::util::nr_cpus().ok()?;
-        match crate::batch::lookup_percpu::<PeerKey, PeerStats>(data.fd().as_fd().as_raw_fd(), cpus)
-        {
+        match crate::batch::lookup_percpu_summed::<PeerKey, PeerStats>(
+            data.fd().as_fd().as_raw_fd(),
+            cpus,
+            PeerStats::merge,
+        ) {
             Ok(v) => Some(v),
             Err(e) => {
                 log::info!("{e}; reading the peer map key by key");
+                self.no_batch.set(true);
+                None
+            }
+        }
+    }
+
+    /// The drop map in batches, when the kernel supports it.
+    fn read_drops_batched(&self) -> Option<Vec<(DropKey, u64)>> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        if self.no_batch.get() {
+            return None;
+        }
+        let aya::maps::Map::PerCpuLruHashMap(data) = self.ebpf.map("DROPS")? else {
+            return None;
+        };
+        let cpus = aya::util::nr_cpus().ok()?;
+        match crate::batch::lookup_percpu_summed::<DropKey, u64>(
+            data.fd().as_fd().as_raw_fd(),
+            cpus,
+            |sum, v| *sum = sum.wrapping_add(*v),
+        ) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                log::info!("{e}; reading the drop map key by key");
                 self.no_batch.set(true);
                 None
             }
@@ -676,6 +727,10 @@ impl Tracer {
             .iter()
         {
             out.global.merge(v);
+        }
+        if let Some(batched) = self.read_drops_batched() {
+            out.drops.extend(batched);
+            return Ok(out);
         }
         let drops: PerCpuHashMap<&MapData, DropKey, u64> =
             PerCpuHashMap::try_from(self.map("DROPS")?)?;

@@ -29,7 +29,9 @@ use crate::{
     preflight,
     reaper::Reaper,
     record::Recorder,
-    tracer::{self, AttachMode, AttachPolicy, DropProbe, PawsKprobes, Tracer, TracerConfig},
+    tracer::{
+        self, AttachMode, AttachPolicy, DropProbe, LoaderBtf, PawsKprobes, Tracer, TracerConfig,
+    },
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -538,13 +540,14 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     let phase = |what: &str| log::debug!("start-up: {what} at {:?}", launched.elapsed());
     let kinfo = kernel_info(args.btf.as_deref())?;
     phase("kernel info (BTF offsets, reason names)");
+    // The running kernel's BTF is parsed by the loader itself; only a
+    // BTF file given with --btf needs a parse of its own.
     let aya_btf = {
         let path = match args.btf.as_deref() {
-            Some(p) if p.as_os_str() != "none" => Some(p.to_path_buf()),
-            Some(_) => None,
-            None => Path::new(DEFAULT_BTF)
-                .exists()
-                .then(|| PathBuf::from(DEFAULT_BTF)),
+            Some(p) if p.as_os_str() != "none" && p != Path::new(DEFAULT_BTF) => {
+                Some(p.to_path_buf())
+            }
+            _ => None,
         };
         std::thread::spawn(move || {
             path.map(|p| {
@@ -566,8 +569,9 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         netns_scope = None;
     }
     let btf = match aya_btf.join() {
-        Ok(Some(b)) if kinfo.btf_path.is_some() => Some(b?),
-        Ok(_) => None,
+        Ok(Some(b)) if kinfo.btf_path.is_some() => LoaderBtf::File(b?),
+        Ok(_) if kinfo.btf_path.is_some() => LoaderBtf::Running,
+        Ok(_) => LoaderBtf::None,
         Err(_) => bail!("parsing the kernel BTF panicked"),
     };
     phase("aya BTF");
@@ -596,9 +600,10 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         raw_tp_has_reason: kinfo.raw_tp_has_reason,
         raw_tp_has_rx_sk: kinfo.raw_tp_has_rx_sk,
     };
-    let mut tracer = Tracer::load(&cfg, btf.as_ref(), args.attach)?;
+    let mut tracer = Tracer::load(&cfg, &btf, args.attach)?;
     // The parsed BTF is tens of MiB and only needed to load.
     drop(btf);
+    release_free_memory();
     phase("programs loaded");
     if let Some(inums) = &netns_scope {
         tracer.set_netns_scope(inums)?;
@@ -738,6 +743,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut table = PeerTable::new((args.max_peers as usize) * 2);
+    table.select(args.peers.iter().map(discovery::peer_key));
     let mut drop_table = DropTable::new(65_536);
     // A PAWS kprobe attached where the kernel also names the reason
     // (`--paws-kprobes always`) counts the same segments: keep one.
@@ -789,7 +795,10 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                 let events = tracker.update(
                     elapsed,
                     seconds,
-                    table.peers.iter().map(|(k, p)| (*k, p.addr, &p.last_delta)),
+                    table.peers.iter().map(|(k, p)| {
+                        let packets = p.last_packets();
+                        (*k, p.addr, packets.tx_encap, packets.rx_nic)
+                    }),
                 );
                 let mut interval_line = interval_json(elapsed, seconds, &table, &args.peers, &drop_deltas);
                 // vxtrace's own cost: reading every map once.
@@ -797,7 +806,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                 if let Some(m) = metrics.as_mut() {
                     for (key, p) in &table.peers {
                         let addr = p.addr.to_string();
-                        m.add_peer(&addr, &p.last_delta, p.unanswered_syn());
+                        m.add_peer(&addr, &p.last_delta(), p.unanswered_syn());
                         m.set_one_way(&addr, tracker.one_way_now(key));
                     }
                     for (peer, by_reason) in &drop_deltas {
@@ -1185,10 +1194,10 @@ fn interval_json(
     for (addr, peer) in output::shown(table, selected) {
         let Some(peer) = peer else { continue };
         let drops = drop_deltas.get(&discovery::peer_key(&addr));
-        if peer.last_delta.is_zero() && selected.is_empty() && drops.is_none() {
+        let d = &peer.last_delta();
+        if d.is_zero() && selected.is_empty() && drops.is_none() {
             continue;
         }
-        let d = &peer.last_delta;
         let mut v = output::stats_json(d);
         v["pps"] = json!({
             "tx_encap": d.tx_encap.packets as f64 / seconds,
@@ -1310,4 +1319,13 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| round3(d.as_secs_f64()))
         .unwrap_or(0.0)
+}
+
+/// Gives the memory freed after start-up (BTF parsed while loading) back to
+/// the system, so a long run's resident size is what it uses.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free heap pages; always safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
