@@ -99,6 +99,49 @@ fn sigkill_clsact_leaves_nothing_attached() {
     sigkill_leaves_nothing("clsact");
 }
 
+/// Two vxtrace runs on one node with clsact (kernels before 6.6): each
+/// counts every packet, and one that is killed takes only its own filters
+/// away, not the other's.
+#[test]
+fn two_clsact_runs_keep_their_own_filters() {
+    let lab = LabGuard::new("vt-two", 2, false, 8472);
+    let ns = lab.node_ns(1);
+    let b = lab.underlay_ip(2).to_string();
+    let first = Watcher::start(&ns, &["--attach", "clsact"]);
+    let second = Watcher::start(&ns, &["--attach", "clsact"]);
+    assert_eq!(
+        tc_filters(&ns, "eth0")
+            .matches("vxtrace_nic_egress")
+            .count(),
+        2,
+        "{}",
+        tc_filters(&ns, "eth0")
+    );
+    assert_eq!(lab.ping(1, 2, 5, Duration::ZERO).unwrap(), 5);
+    first.kill();
+    wait_until("the killed run's filters to go", || {
+        tc_filters(&ns, "eth0")
+            .matches("vxtrace_nic_egress")
+            .count()
+            == 1
+    });
+    assert_eq!(
+        tc_filters(&ns, "flannel.1")
+            .matches("vxtrace_vxlan_egress")
+            .count(),
+        1
+    );
+    assert_eq!(lab.ping(1, 2, 3, Duration::ZERO).unwrap(), 3);
+    let s = second.stop();
+    assert_eq!(packets(&s, &b, "tx_encap"), 8, "{s}");
+    assert_eq!(packets(&s, &b, "tx_dev"), 8, "{s}");
+    assert_eq!(packets(&s, &b, "rx_nic"), 8, "{s}");
+    for dev in ["eth0", "flannel.1"] {
+        let filters = tc_filters(&ns, dev);
+        assert!(!filters.contains("vxtrace"), "{dev}: {filters}");
+    }
+}
+
 #[test]
 fn sigint_and_sigterm_exit_cleanly_with_summary() {
     let lab = LabGuard::new("vt-sig", 2, false, 8472);

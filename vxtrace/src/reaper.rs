@@ -13,14 +13,18 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+use crate::tracer::ClsactFilter;
+
 pub struct Reaper {
     child: Child,
     stdin: Option<ChildStdin>,
+    /// Filters the watchdog knows of.
+    told: Vec<ClsactFilter>,
 }
 
 impl Reaper {
-    /// Starts the watchdog and hands it `filters` (device, hook, program).
-    pub fn start(filters: &[(String, &str, &str)]) -> Result<Self> {
+    /// Starts the watchdog and hands it `filters`.
+    pub fn start(filters: &[ClsactFilter]) -> Result<Self> {
         let exe = std::env::current_exe().context("finding vxtrace's own executable")?;
         let mut child = Command::new(exe)
             .arg("reap-clsact")
@@ -29,15 +33,31 @@ impl Reaper {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting the clsact watchdog")?;
-        let mut stdin = child.stdin.take().context("watchdog stdin")?;
-        for (dev, hook, prog) in filters {
-            writeln!(stdin, "{dev} {hook} {prog}").context("talking to the clsact watchdog")?;
-        }
-        stdin.flush()?;
-        Ok(Self {
+        let stdin = child.stdin.take().context("watchdog stdin")?;
+        let mut reaper = Self {
             child,
             stdin: Some(stdin),
-        })
+            told: Vec::new(),
+        };
+        reaper.tell(filters)?;
+        Ok(reaper)
+    }
+
+    /// Hands the watchdog the filters it does not know yet (devices
+    /// re-attached after they came back).
+    pub fn tell(&mut self, filters: &[ClsactFilter]) -> Result<()> {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return Ok(());
+        };
+        for f in filters {
+            if self.told.contains(f) {
+                continue;
+            }
+            writeln!(stdin, "{} {} {} {}", f.device, f.hook, f.priority, f.handle)
+                .context("talking to the clsact watchdog")?;
+            self.told.push(f.clone());
+        }
+        stdin.flush().context("talking to the clsact watchdog")
     }
 
     /// Closes the pipe (the watchdog cleans up and exits) and waits for it.
@@ -60,12 +80,41 @@ pub fn run() -> Result<()> {
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let parts: Vec<&str> = line.split_whitespace().collect();
-        if let [dev, hook, prog] = parts[..] {
-            filters.push((dev.to_string(), hook.to_string(), prog.to_string()));
+        if let [dev, hook, priority, handle] = parts[..]
+            && let (Ok(priority), Ok(handle)) = (priority.parse(), handle.parse())
+        {
+            filters.push((dev.to_string(), hook.to_string(), priority, handle));
         }
     }
-    for (dev, hook, prog) in filters {
-        crate::tracer::detach_clsact(&dev, &hook, &prog);
+    for (dev, hook, priority, handle) in filters {
+        crate::tracer::detach_clsact(&dev, &hook, priority, handle);
     }
     Ok(())
+}
+
+/// Whether another vxtrace process runs in this network namespace (its
+/// clsact filters look like a dead run's leftovers, but are not).
+pub fn other_vxtrace_in_this_netns() -> bool {
+    let Ok(own_ns) = std::fs::read_link("/proc/self/ns/net") else {
+        return false;
+    };
+    let own_pid = std::process::id().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|entry| {
+        let pid = entry.file_name();
+        let Some(pid) = pid.to_str() else {
+            return false;
+        };
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == own_pid {
+            return false;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        comm.trim_end() == "vxtrace"
+            && std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .as_ref()
+                == Some(&own_ns)
+    })
 }

@@ -18,7 +18,9 @@ use aya::{
     },
     programs::{
         KProbe, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
-        tc::{NlOptions, TcAttachOptions, qdisc_add_clsact, qdisc_detach_program},
+        tc::{
+            NlOptions, SchedClassifierLink, TcAttachOptions, qdisc_add_clsact, qdisc_detach_program,
+        },
     },
 };
 use serde::Serialize;
@@ -172,6 +174,20 @@ pub struct Attachment {
     pub device: String,
     pub hook: &'static str,
     pub mode: AttachMode,
+    /// A clsact filter's (priority, handle): what tells it apart from the
+    /// filters of another vxtrace on the same device.
+    #[serde(skip)]
+    pub filter: Option<(u16, u32)>,
+}
+
+/// One clsact filter this tracer attached.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClsactFilter {
+    pub device: String,
+    pub hook: &'static str,
+    pub program: &'static str,
+    pub priority: u16,
+    pub handle: u32,
 }
 
 impl fmt::Display for Attachment {
@@ -222,6 +238,9 @@ pub struct Tracer {
     handshake_events: Option<RingBuf<MapData>>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub attachments: Vec<Attachment>,
+    /// clsact filters, owned here so that each is removed by its own
+    /// priority and handle (dropping a link detaches it).
+    clsact_links: Vec<SchedClassifierLink>,
     policy: AttachPolicy,
     pub max_peers: u32,
 }
@@ -279,6 +298,7 @@ impl Tracer {
             handshake_events,
             logger,
             attachments: Vec::new(),
+            clsact_links: Vec::new(),
             policy,
             max_peers: cfg.max_peers,
         })
@@ -552,6 +572,7 @@ impl Tracer {
                         device: iface.to_string(),
                         hook: hook_name,
                         mode: AttachMode::Tcx,
+                        filter: None,
                     });
                     return Ok(());
                 }
@@ -575,15 +596,28 @@ impl Tracer {
                     .with_context(|| format!("adding the clsact qdisc to {iface}"));
             }
         }
-        // Filters left by an earlier vxtrace that could not clean up.
-        let _ = qdisc_detach_program(iface, hook, program);
-        prog.attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
+        // Filters left by an earlier vxtrace that could not clean up (it
+        // and its watchdog were killed together); only when no other
+        // vxtrace runs here, since those filters could be its.
+        if !crate::reaper::other_vxtrace_in_this_netns() {
+            let _ = qdisc_detach_program(iface, hook, program);
+        }
+        let id = prog
+            .attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
             .with_context(|| format!("attaching {program} to {iface} {hook_name} (clsact)"))?;
+        // The kernel chose the filter's priority and handle; keep them, so
+        // that exactly this filter is removed at exit.
+        let filter = prog.take_link(id).ok().and_then(|link| {
+            let f = (link.priority().ok()?, u32::from(link.handle().ok()?));
+            self.clsact_links.push(link);
+            Some(f)
+        });
         self.attachments.push(Attachment {
             program,
             device: iface.to_string(),
             hook: hook_name,
             mode: AttachMode::Clsact,
+            filter,
         });
         Ok(())
     }
@@ -745,12 +779,21 @@ impl Tracer {
         Ok(out)
     }
 
-    /// The clsact filters this tracer owns: (device, hook, program).
-    pub fn clsact_filters(&self) -> Vec<(String, &'static str, &'static str)> {
+    /// The clsact filters this tracer owns.
+    pub fn clsact_filters(&self) -> Vec<ClsactFilter> {
         self.attachments
             .iter()
             .filter(|a| a.mode == AttachMode::Clsact)
-            .map(|a| (a.device.clone(), a.hook, a.program))
+            .filter_map(|a| {
+                let (priority, handle) = a.filter?;
+                Some(ClsactFilter {
+                    device: a.device.clone(),
+                    hook: a.hook,
+                    program: a.program,
+                    priority,
+                    handle,
+                })
+            })
             .collect()
     }
 }
@@ -785,11 +828,14 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Removes vxtrace's clsact filters from `iface` (used by the watchdog).
-pub fn detach_clsact(iface: &str, hook: &str, program: &str) {
+/// Removes one clsact filter (used by the watchdog).
+pub fn detach_clsact(iface: &str, hook: &str, priority: u16, handle: u32) {
+    use aya::programs::links::Link as _;
     let hook = match hook {
         "ingress" => TcAttachType::Ingress,
         _ => TcAttachType::Egress,
     };
-    let _ = qdisc_detach_program(iface, hook, program);
+    if let Ok(link) = SchedClassifierLink::attached(iface, hook, priority, handle.into(), None) {
+        let _ = link.detach();
+    }
 }

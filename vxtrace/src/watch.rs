@@ -641,7 +641,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
             drop_probe.skipped.join("; ")
         ));
     }
-    let reaper = {
+    let mut reaper = {
         let filters = tracer.clsact_filters();
         if filters.is_empty() {
             None
@@ -894,6 +894,15 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                                 if let Some(r) = recorder.as_mut() {
                                     r.write(&ev)?;
                                     r.flush()?;
+                                }
+                            }
+                            // Filters of re-attached devices must be cleaned
+                            // up after a SIGKILL too.
+                            let filters = tracer.clsact_filters();
+                            if !filters.is_empty() {
+                                match reaper.as_mut() {
+                                    Some(r) => r.tell(&filters)?,
+                                    None => reaper = Some(Reaper::start(&filters)?),
                                 }
                             }
                             let _ = seed_fdb(&mut tracer, &plan, &fresh);
