@@ -35,6 +35,9 @@ pub struct DropTable {
     /// The kernel's ids of reasons a kprobe counts instead (the same
     /// segments would otherwise be counted twice).
     superseded: Vec<u32>,
+    /// The kernel gives no reasons: name drops by their location where it
+    /// says what they are.
+    infer_from_location: bool,
 }
 
 /// One peer's (or "other"'s) drops.
@@ -99,22 +102,33 @@ impl DropTable {
         }
     }
 
+    /// Names reason-less drops by their location (kernels before 5.17).
+    pub fn infer_reasons_from_locations(&mut self) {
+        self.infer_from_location = true;
+    }
+
     /// Leaves out the kernel's own drops with this reason id from now on.
     pub fn supersede(&mut self, reason: u32) {
         self.superseded.push(reason);
     }
 
-    pub fn update(&mut self, now: &FxHashMap<DropKey, u64>) {
+    pub fn update(&mut self, now: &FxHashMap<DropKey, u64>, syms: Option<&Kallsyms>) {
+        let mut now: FxHashMap<DropKey, u64> = now
+            .iter()
+            .filter(|(k, _)| !self.superseded.contains(&k.reason))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        if self.infer_from_location
+            && let Some(syms) = syms
+        {
+            now = self.inferred(now, syms);
+        }
         for (k, v) in &self.current {
             if !now.contains_key(k) {
                 *self.base.entry(*k).or_default() += v;
             }
         }
-        self.current = now
-            .iter()
-            .filter(|(k, _)| !self.superseded.contains(&k.reason))
-            .map(|(k, v)| (*k, *v))
-            .collect();
+        self.current = now;
         if self.base.len() > self.limit {
             // Bound memory: forget the locations of evicted keys, keep counts.
             let old = std::mem::take(&mut self.base);
@@ -123,6 +137,27 @@ impl DropTable {
                 *self.base.entry(k).or_default() += v;
             }
         }
+    }
+
+    /// Reason-less drops renamed by their location.
+    fn inferred(&self, now: FxHashMap<DropKey, u64>, syms: &Kallsyms) -> FxHashMap<DropKey, u64> {
+        syms.prepare(
+            now.keys()
+                .filter(|k| k.reason == vxtrace_common::REASON_UNKNOWN)
+                .map(|k| k.location),
+        );
+        let mut out = FxHashMap::default();
+        for (mut k, v) in now {
+            if k.reason == vxtrace_common::REASON_UNKNOWN
+                && let Some(r) = syms
+                    .symbolize(k.location)
+                    .and_then(|name| crate::kernel::reason_by_location(&name))
+            {
+                k.reason = r;
+            }
+            *out.entry(k).or_default() += v;
+        }
+        out
     }
 
     fn totals(&self) -> FxHashMap<DropKey, u64> {
@@ -217,15 +252,15 @@ mod tests {
         let mut t = DropTable::new(100);
         let mut now = FxHashMap::default();
         now.insert(key("192.0.2.1", 12, 0x10), 5);
-        t.update(&now);
+        t.update(&now, None);
         assert_eq!(
             t.interval_deltas(&reasons).values().next().unwrap()["NETFILTER_DROP"],
             5
         );
-        t.update(&FxHashMap::default()); // evicted
+        t.update(&FxHashMap::default(), None); // evicted
         assert!(t.interval_deltas(&reasons).is_empty());
         now.insert(key("192.0.2.1", 12, 0x10), 2); // back from zero
-        t.update(&now);
+        t.update(&now, None);
         let d = t.by_peer(&reasons, None);
         let p = &d[&crate::discovery::peer_key(&"192.0.2.1".parse().unwrap())];
         assert_eq!(p.get("NETFILTER_DROP"), 7);
@@ -248,7 +283,7 @@ mod tests {
             5,
         );
         now.insert(key("192.0.2.1", 12, 0x30), 1);
-        t.update(&now);
+        t.update(&now, None);
         let d = t.by_peer(&reasons, None);
         let p = &d[&crate::discovery::peer_key(&"192.0.2.1".parse().unwrap())];
         assert_eq!(p.get("TCP_RFC7323_PAWS"), 5);

@@ -134,6 +134,25 @@ fn raw_tp_params(btf: &Btf) -> Option<usize> {
     }
 }
 
+/// A drop without a reason (kernels before 5.17) at `nf_hook_slow`: a
+/// netfilter verdict, named as newer kernels name it.
+pub const REASON_INFERRED_NETFILTER: u32 = 0xfffe_0100;
+
+/// Functions whose drops, on kernels without drop reasons, are named by
+/// where they happen.
+const REASON_BY_LOCATION: [(&str, u32); 2] = [
+    ("nf_hook_slow+", REASON_INFERRED_NETFILTER),
+    ("nf_hook_slow_list+", REASON_INFERRED_NETFILTER),
+];
+
+/// The reason a drop location stands for, if it is one of the known ones.
+pub fn reason_by_location(symbolized: &str) -> Option<u32> {
+    REASON_BY_LOCATION
+        .iter()
+        .find(|(prefix, _)| symbolized.starts_with(prefix))
+        .map(|(_, r)| *r)
+}
+
 /// Drop-reason numbers to names, as this kernel defines them.
 #[derive(Clone, Debug, Default)]
 pub struct DropReasons {
@@ -191,6 +210,7 @@ impl DropReasons {
     pub fn name(&self, reason: u32) -> String {
         match reason {
             REASON_UNKNOWN => return "UNKNOWN".into(),
+            REASON_INFERRED_NETFILTER => return "NETFILTER_DROP".into(),
             vxtrace_common::REASON_KPROBE_PAWS => return "TCP_RFC7323_PAWS".into(),
             vxtrace_common::REASON_KPROBE_TW_PAWS => return "TCP_RFC7323_TW_PAWS".into(),
             _ => {}
@@ -432,6 +452,13 @@ print fmt: "skbaddr=%p reason: %s", REC->skbaddr, __print_symbolic(REC->reason, 
         assert_eq!(r.name(13), "OTHERHOST");
         assert_eq!(r.name(99), "REASON_99");
         assert_eq!(r.name(REASON_UNKNOWN), "UNKNOWN");
+        assert_eq!(r.name(REASON_INFERRED_NETFILTER), "NETFILTER_DROP");
+        assert_eq!(
+            reason_by_location("nf_hook_slow+0x93"),
+            Some(REASON_INFERRED_NETFILTER)
+        );
+        assert_eq!(reason_by_location("nf_hook_slowly+0x1"), None);
+        assert_eq!(reason_by_location("ip6_mc_input+0x230"), None);
         assert_eq!(
             r.missing(&["OTHERHOST", "TCP_RFC7323_PAWS"]),
             vec!["TCP_RFC7323_PAWS"]

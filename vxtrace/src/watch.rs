@@ -745,6 +745,9 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     let mut table = PeerTable::new((args.max_peers as usize) * 2);
     table.select(args.peers.iter().map(discovery::peer_key));
     let mut drop_table = DropTable::new(65_536);
+    if !kinfo.raw_tp_has_reason {
+        drop_table.infer_reasons_from_locations();
+    }
     // A PAWS kprobe attached where the kernel also names the reason
     // (`--paws-kprobes always`) counts the same segments: keep one.
     for p in paws_probes.iter().filter(|p| p.status == "attached") {
@@ -789,7 +792,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                 let read_ms = read_started.elapsed().as_secs_f64() * 1000.0;
                 global = readout.global;
                 table.update(&readout, seconds);
-                drop_table.update(&readout.drops);
+                drop_table.update(&readout.drops, syms.as_ref());
                 let drop_deltas = drop_table.interval_deltas(&kinfo.reasons);
                 let elapsed = start.elapsed().as_secs_f64();
                 let events = tracker.update(
@@ -933,7 +936,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         0.0
     };
     table.update(&readout, record);
-    drop_table.update(&readout.drops);
+    drop_table.update(&readout.drops, syms.as_ref());
     let drops = drop_table.by_peer(&kinfo.reasons, syms.as_ref());
     let duration_s = start.elapsed().as_secs_f64();
     let peer_map = json!({
