@@ -426,7 +426,12 @@ impl Tracer {
     /// Attaches the drop program: the raw tracepoint first (no tracefs
     /// needed), the classic tracepoint where that fails.
     pub fn attach_drops(&mut self) -> DropProbe {
-        let mut skipped = Vec::new();
+        // tp_btf would see the same arguments at the same cost (the skb's
+        // fields are read with probe reads either way) and needs another
+        // parse of the kernel's BTF: the raw tracepoint comes first.
+        let mut skipped = vec![
+            "tp_btf skb:kfree_skb: not tried: the raw tracepoint passes the same arguments at the same cost".to_string(),
+        ];
         match self.attach_raw_drops() {
             Ok(()) => {
                 return DropProbe {
@@ -706,46 +711,35 @@ impl Tracer {
 
     /// The peer map in batches, when the kernel supports it.
     fn read_peers_batched(&self) -> Option<Vec<(PeerKey, PeerStats)>> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        if self.no_batch.get() {
-            return None;
-        }
-        let aya::maps::Map::PerCpuLruHashMap(data) = self.ebpf.map("PEERS")? else {
-            return None;
-        };
-        let cpus = aya::util::nr_cpus().ok()?;
-        match crate::batch::lookup_percpu_summed::<PeerKey, PeerStats>(
-            data.fd().as_fd().as_raw_fd(),
-            cpus,
-            PeerStats::merge,
-        ) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                log::info!("{e}; reading the peer map key by key");
-                self.no_batch.set(true);
-                None
-            }
-        }
+        self.read_batched("PEERS", PeerStats::merge)
     }
 
     /// The drop map in batches, when the kernel supports it.
     fn read_drops_batched(&self) -> Option<Vec<(DropKey, u64)>> {
+        self.read_batched("DROPS", |sum: &mut u64, v: &u64| {
+            *sum = sum.wrapping_add(*v)
+        })
+    }
+
+    /// A per-CPU LRU map in batches, values summed over the CPUs by `sum`;
+    /// `None` where the kernel refuses (then never asked again).
+    fn read_batched<K: Copy + Default, V: Copy + Default>(
+        &self,
+        map: &str,
+        sum: impl FnMut(&mut V, &V),
+    ) -> Option<Vec<(K, V)>> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         if self.no_batch.get() {
             return None;
         }
-        let aya::maps::Map::PerCpuLruHashMap(data) = self.ebpf.map("DROPS")? else {
+        let aya::maps::Map::PerCpuLruHashMap(data) = self.ebpf.map(map)? else {
             return None;
         };
         let cpus = aya::util::nr_cpus().ok()?;
-        match crate::batch::lookup_percpu_summed::<DropKey, u64>(
-            data.fd().as_fd().as_raw_fd(),
-            cpus,
-            |sum, v| *sum = sum.wrapping_add(*v),
-        ) {
+        match crate::batch::lookup_percpu_summed::<K, V>(data.fd().as_fd().as_raw_fd(), cpus, sum) {
             Ok(v) => Some(v),
             Err(e) => {
-                log::info!("{e}; reading the drop map key by key");
+                log::info!("{e}; reading {map} key by key");
                 self.no_batch.set(true);
                 None
             }

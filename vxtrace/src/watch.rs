@@ -677,6 +677,20 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     for a in &tracer.attachments {
         eprintln!("vxtrace: attached {a}");
     }
+    // What the kernel offered for drops and PAWS, and what was left out.
+    eprintln!(
+        "vxtrace: drops: {} skb:kfree_skb (reason names: {})",
+        drop_probe.attached, kinfo.reasons.source
+    );
+    for s in &drop_probe.skipped {
+        eprintln!("vxtrace: drops: {s}");
+    }
+    for p in &paws_probes {
+        eprintln!(
+            "vxtrace: PAWS kprobe {} on {}: {}",
+            p.program, p.target, p.status
+        );
+    }
     let stdout = std::io::stdout();
     let mut recorder = match &args.record {
         Some(path) => Some(Recorder::open(

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo`.
+//! Developer tasks: `cargo xtask setup | build | test | bench | demo | kernels`.
 //!
 //! `setup` installs what a fresh machine lacks (apt packages, the rust-src
 //! component, bpf-linker) and does nothing for what is already there, so
@@ -11,6 +11,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod kernels;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "vxtrace's build, setup and lab helpers")]
@@ -25,10 +27,15 @@ enum Task {
     Setup,
     /// Build the release binary (target/release/vxtrace).
     Build,
-    /// Set up, then run every test: unit tests and the privileged lab tests.
+    /// Set up, then run every test: unit tests, the privileged lab tests on
+    /// this kernel, and the kernel matrix (other kernels under qemu).
     Test {
-        /// Only run integration tests whose name contains this.
+        /// Only run integration tests whose name contains this (on this
+        /// kernel; the matrix is left out).
         filter: Option<String>,
+        /// Leave out the kernel matrix.
+        #[arg(long)]
+        this_kernel_only: bool,
     },
     /// Set up, build, and measure what vxtrace costs (writes BENCHMARKS.md).
     Bench,
@@ -38,6 +45,9 @@ enum Task {
         #[arg(long, default_value = "20s")]
         duration: String,
     },
+    /// Set up, build, and run a set of integration tests on other kernels
+    /// (Debian's cloud kernels, booted under qemu).
+    Kernels(kernels::Options),
 }
 
 /// Debian packages the build and the tests need.
@@ -52,8 +62,6 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // Firewall and NAT rules in the drop tests.
     "nftables",
-    // Crafted TCP segments (old timestamps) in the PAWS test.
-    "python3-scapy",
     // Flushing the NAT's connection table in the TIME_WAIT test.
     "conntrack",
     // The benchmark's load and its comparison.
@@ -70,9 +78,16 @@ fn main() -> Result<()> {
     match cli.command {
         Task::Setup => setup(),
         Task::Build => build(),
-        Task::Test { filter } => {
+        Task::Test {
+            filter,
+            this_kernel_only,
+        } => {
             setup()?;
-            test(filter.as_deref())
+            test(filter.as_deref())?;
+            if filter.is_none() && !this_kernel_only {
+                kernels::run(&root, &kernels::Options::whole_matrix())?;
+            }
+            Ok(())
         }
         Task::Bench => {
             setup()?;
@@ -97,6 +112,10 @@ fn main() -> Result<()> {
                 "--duration",
                 &duration,
             ]))
+        }
+        Task::Kernels(opts) => {
+            setup()?;
+            kernels::run(&root, &opts)
         }
     }
 }
@@ -133,9 +152,9 @@ unsafe extern "C" {
     fn libc_geteuid() -> u32;
 }
 
-fn setup() -> Result<()> {
-    // apt packages.
-    let missing: Vec<&str> = APT_PACKAGES
+/// Installs the Debian packages of `packages` that are not installed yet.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -149,7 +168,7 @@ fn setup() -> Result<()> {
     if !missing.is_empty() {
         if !is_root() {
             bail!(
-                "missing packages {}: run `sudo -E cargo xtask setup` (or install them with apt-get)",
+                "missing packages {}: run the task as root (`sudo -E cargo xtask ...`) or install them with apt-get",
                 missing.join(" ")
             );
         }
@@ -159,6 +178,11 @@ fn setup() -> Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing))?;
     }
+    Ok(())
+}
+
+fn setup() -> Result<()> {
+    apt_install(APT_PACKAGES)?;
 
     // rust-src for the toolchain that builds the kernel programs (nightly
     // when present, else stable with RUSTC_BOOTSTRAP; see vxtrace/build.rs).
