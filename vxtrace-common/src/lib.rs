@@ -141,7 +141,7 @@ pub struct LookupMemo {
     /// Inner source address last checked (`MEMO_INNER`), and whether it is
     /// the peer's own VTEP address (`MEMO_INNER_VTEP`).
     pub inner_src: PeerKey,
-    pub _pad: [u32; 2],
+    pub _pad: [u32; 3],
 }
 
 pub const MEMO_VNI: u32 = 1;
@@ -214,6 +214,27 @@ impl MacKey {
         }
     }
 }
+
+/// One slot of the VXLAN device programs' per-CPU memo of recent
+/// (device, MAC) -> peer answers: a frame on a VXLAN device needs two
+/// lookups (the device, then the MAC's owner) before the peer's counters,
+/// and a device's frames mostly repeat a few MACs (flannel: one per peer).
+/// Slots are dropped every [`MEMO_RECHECK`] uses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MacMemo {
+    pub ifindex: u32,
+    pub uses: u32,
+    pub mac: [u8; 6],
+    /// 1 when the slot holds an answer.
+    pub valid: u8,
+    pub _pad: u8,
+    pub peer: PeerKey,
+}
+
+/// Slots of the MAC memo per CPU (a power of two; indexed by the MAC's
+/// last bytes).
+pub const MAC_MEMO_SLOTS: u32 = 16;
 
 /// Value of the map from inner MAC to peer.
 #[repr(C)]
@@ -476,6 +497,7 @@ mod tests {
             4 * 16 + 18 * 8 + 2 * SIZE_BUCKETS * 8 + size_of::<LookupMemo>()
         );
         assert_eq!(size_of::<LookupMemo>(), 56);
+        assert_eq!(size_of::<MacMemo>(), 32);
         assert_eq!(size_of::<GlobalStats>(), 6 * 8 + 2 * 16);
         assert_eq!(size_of::<MacKey>(), 12);
         assert_eq!(size_of::<MacPeer>(), 24);

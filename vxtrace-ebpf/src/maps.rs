@@ -11,7 +11,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use vxtrace_common::{
     Config, DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, DropKey, FlowKey, GlobalStats, Handshake,
-    InnerAddr, MacKey, MacPeer, PeerKey, PeerStats, VniInfo, VxlanDevice,
+    InnerAddr, MAC_MEMO_SLOTS, MacKey, MacMemo, MacPeer, PeerKey, PeerStats, VniInfo, VxlanDevice,
 };
 
 /// Written by the loader before load (`EbpfLoader::override_global`); never
@@ -45,6 +45,11 @@ pub static GLOBAL: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0
 #[map]
 pub static MAC_PEERS: LruHashMap<MacKey, MacPeer> =
     LruHashMap::with_max_entries(DEFAULT_MAX_MACS, 0);
+
+/// The VXLAN device programs' memo of recent (device, MAC) -> peer answers
+/// (see [`MacMemo`]).
+#[map]
+pub static MAC_MEMO: PerCpuArray<MacMemo> = PerCpuArray::with_max_entries(MAC_MEMO_SLOTS, 0);
 
 /// Watched VXLAN devices by ifindex (filled by the loader).
 #[map]

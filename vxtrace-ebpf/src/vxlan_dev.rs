@@ -6,13 +6,13 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use vxtrace_common::{
-    Counter, FlowKey, HANDSHAKE_IN, HANDSHAKE_OUT, Handshake, HandshakeEvent, MacKey, PeerKey,
-    PeerStats,
+    Counter, FlowKey, HANDSHAKE_IN, HANDSHAKE_OUT, Handshake, HandshakeEvent, MAC_MEMO_SLOTS,
+    MEMO_RECHECK, MacKey, PeerKey, PeerStats,
 };
 
 use crate::{
-    maps::{HANDSHAKE_EVENTS, HANDSHAKES, MAC_PEERS, VXLAN_DEVICES, global, peer_stats},
-    packet::{ETH_HLEN, read},
+    maps::{HANDSHAKE_EVENTS, HANDSHAKES, MAC_MEMO, MAC_PEERS, VXLAN_DEVICES, global, peer_stats},
+    packet::{ETH_HLEN, read, same_mac},
 };
 
 const TCP_FIN_SYN_RST_ACK: u8 = 0x17;
@@ -153,12 +153,45 @@ pub enum Direction {
     Encap,
 }
 
+/// The peer that owns `mac` on the device `ifindex`: from the memo, or
+/// from the device and MAC maps (then remembered). `None` for a device
+/// vxtrace does not watch, or a MAC no peer owns.
+#[inline(always)]
+fn mac_owner(ifindex: u32, mac: [u8; 6]) -> Result<Option<PeerKey>, ()> {
+    let slot = (mac[5] as u32 ^ mac[4] as u32) & (MAC_MEMO_SLOTS - 1);
+    let mut memo = MAC_MEMO.get_ptr_mut(slot).map(|m| unsafe { &mut *m });
+    if let Some(m) = memo.as_mut()
+        && m.valid != 0
+        && m.ifindex == ifindex
+        && same_mac(&m.mac, &mac)
+        && m.uses & (MEMO_RECHECK - 1) != 0
+    {
+        m.uses = m.uses.wrapping_add(1);
+        return Ok(Some(m.peer));
+    }
+    let Some(dev) = (unsafe { VXLAN_DEVICES.get(ifindex) }) else {
+        return Err(());
+    };
+    let owner = MAC_PEERS
+        .get_ptr(&MacKey::new(dev.vni, mac))
+        .map(|o| unsafe { (*o).peer });
+    if let Some(m) = memo {
+        // Only answers are remembered: an unknown MAC may be learned any
+        // moment by the underlay program.
+        m.valid = u8::from(owner.is_some());
+        m.ifindex = ifindex;
+        m.mac = mac;
+        m.uses = 1;
+        if let Some(peer) = owner {
+            m.peer = peer;
+        }
+    }
+    Ok(owner)
+}
+
 #[inline(always)]
 pub fn handle(ctx: &TcContext, dir: Direction) {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(dev) = (unsafe { VXLAN_DEVICES.get(ifindex) }) else {
-        return;
-    };
     if (ctx.len() as usize) < ETH_HLEN {
         return;
     }
@@ -170,11 +203,12 @@ pub fn handle(ctx: &TcContext, dir: Direction) {
     let Some(mac) = read::<[u8; 6]>(ctx, mac_off) else {
         return;
     };
+    let Ok(owner) = mac_owner(ifindex, mac) else {
+        return; // not a watched device
+    };
     let bytes = ctx.len() as u64;
     let segs = crate::packet::segments(ctx) as u64;
-    let key = MacKey::new(dev.vni, mac);
-    if let Some(owner) = MAC_PEERS.get_ptr(&key) {
-        let peer = unsafe { (*owner).peer };
+    if let Some(peer) = owner {
         if let Some(stats) = peer_stats(ctx, &peer) {
             let stats = unsafe { &mut *stats };
             match dir {

@@ -123,6 +123,13 @@ fn test_run(r: &mut Report) {
                         data.swap(src + i, dst + i);
                     }
                 }
+                // Likewise the inner frame handed to the VXLAN device goes to
+                // the peer's MAC (learned from the peer's frames above).
+                if prog == PROG_VXLAN_EGRESS {
+                    for i in 0..6 {
+                        data.swap(i, 6 + i);
+                    }
+                }
                 let p = t.program(prog)?;
                 let mut rounds = Vec::new();
                 for _ in 0..5 {
