@@ -129,11 +129,26 @@ fn stale_neighbour_mac_on_the_peer() {
         &lab.underlay_ip(1).to_string(),
     ]);
     let on_a = Watcher::start(&lab.node_ns(1), &["--netns", "self"]);
+    let kernel_has_reasons = on_a.attached["probes"]["reason_names"] != "none";
     assert_eq!(lab.ping(2, 1, 4, Duration::ZERO).unwrap(), 0);
     assert_eq!(lab.ping(3, 1, 3, Duration::ZERO).unwrap(), 3);
     let sa = on_a.stop();
     assert_eq!(count(&sa, &b, "inner_dst_mac_mismatch"), 4, "{sa}");
-    assert_eq!(drops(&sa, &b, "OTHERHOST"), 4, "{sa}");
+    if kernel_has_reasons {
+        assert_eq!(drops(&sa, &b, "OTHERHOST"), 4, "{sa}");
+    } else {
+        // Before 5.17 the kernel gives no reason: the drop shows where it
+        // happened, the IP receive path's check of the frame's MAC.
+        let loc = &sa["peers"][&b]["drop_locations"][0];
+        assert_eq!(loc["count"], 4, "{sa}");
+        assert!(
+            loc["location"]
+                .as_str()
+                .unwrap()
+                .starts_with("ip_rcv_core+"),
+            "{loc}"
+        );
+    }
     assert_eq!(count(&sa, &c, "inner_dst_mac_mismatch"), 0, "{sa}");
     assert_eq!(drops(&sa, &c, "OTHERHOST"), 0);
     let hints = sa["peers"][&b]["hints"].to_string();

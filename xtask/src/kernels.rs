@@ -60,6 +60,21 @@ const FEATURES: &[Feature] = &[
         name: "host_firewall_on_the_vxlan_port",
     },
     Feature {
+        label: "drops: forward drop of pod traffic (attributed)",
+        target: "drops",
+        name: "forward_drop_of_inner_pod_traffic",
+    },
+    Feature {
+        label: "drops: stale neighbour MAC on the peer",
+        target: "drops",
+        name: "stale_neighbour_mac_on_the_peer",
+    },
+    Feature {
+        label: "drops: masquerade on the peer",
+        target: "drops",
+        name: "masquerade_of_pod_traffic_on_the_peer",
+    },
+    Feature {
         label: "PAWS established",
         target: "tcp",
         name: "paws_rejects_on_an_established_connection",
