@@ -71,15 +71,21 @@ pub fn established(sk: u64, skb: u64, th: u64) {
     if flags & 0x04 != 0 || flags & 0x18 == 0x10 {
         return; // RST, or a pure ACK
     }
-    let Some(stamp) = kread::<i32>(sk + o.tcp_ts_recent_stamp as u64) else {
-        return;
-    };
-    let Some(recent) = kread::<u32>(sk + o.tcp_ts_recent as u64) else {
-        return;
-    };
-    if stamp != 0 && (recent.wrapping_sub(val) as i32) > 1 {
+    let stamp = sk + o.tcp_ts_recent_stamp as u64;
+    if older_than_recent(stamp, sk + o.tcp_ts_recent as u64, val, 1) {
         drops::handle(skb, 0, REASON_KPROBE_PAWS, sk);
     }
+}
+
+/// The kernel's PAWS comparison: a timestamp was recorded (`stamp`, an
+/// i32 in kernel memory, is set) and `val` lies more than `window` behind
+/// the `recent` one (a u32 in kernel memory).
+#[inline(always)]
+fn older_than_recent(stamp: u64, recent: u64, val: u32, window: i32) -> bool {
+    let (Some(stamp), Some(recent)) = (kread::<i32>(stamp), kread::<u32>(recent)) else {
+        return false;
+    };
+    stamp != 0 && (recent.wrapping_sub(val) as i32) > window
 }
 
 /// `tcp_timewait_state_process(tw, skb, th, ...)`: the TIME_WAIT check.
@@ -95,13 +101,8 @@ pub fn time_wait(tw: u64, skb: u64, th: u64) {
     if flags & 0x04 != 0 {
         return;
     }
-    let Some(stamp) = kread::<i32>(tw + o.tw_ts_recent_stamp as u64) else {
-        return;
-    };
-    let Some(recent) = kread::<u32>(tw + o.tw_ts_recent as u64) else {
-        return;
-    };
-    if stamp != 0 && (recent.wrapping_sub(val) as i32) > 0 {
+    let stamp = tw + o.tw_ts_recent_stamp as u64;
+    if older_than_recent(stamp, tw + o.tw_ts_recent as u64, val, 0) {
         drops::handle(skb, 0, REASON_KPROBE_TW_PAWS, tw);
     }
 }

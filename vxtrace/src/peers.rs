@@ -70,10 +70,9 @@ pub struct Peer {
     total: PeerStats,
     /// `total` at the end of the previous interval.
     previous_total: PeerStats,
-    /// Seen in the kernel map at the last read.
-    present: bool,
-    /// Seen in the read being folded in.
-    seen: bool,
+    /// The last read (interval number, from 1) whose kernel map held the
+    /// peer; 0 = never.
+    last_read: u64,
     /// Allocated once the peer has had traffic (idle peers cost no histogram).
     pub rates: Option<Box<RateHistograms>>,
     /// Interval number of the last change.
@@ -101,8 +100,7 @@ impl Peer {
             base: None,
             total: PeerStats::default(),
             previous_total: PeerStats::default(),
-            present: false,
-            seen: false,
+            last_read: 0,
             rates: None,
             last_active: 0,
             rx_silent_s: 0.0,
@@ -179,7 +177,6 @@ impl PeerTable {
         self.kernel_entries = readout.peers.len();
         for peer in self.peers.values_mut() {
             peer.previous_total = peer.total;
-            peer.seen = false;
         }
         for (key, stats) in &readout.peers {
             let peer = self
@@ -194,18 +191,16 @@ impl PeerTable {
                     t
                 }
             };
-            peer.seen = true;
-        }
-        for peer in self.peers.values_mut() {
-            if peer.present && !peer.seen {
-                // Evicted from the kernel map: what it counted becomes the
-                // base its next incarnation adds to.
-                peer.base = Some(Box::new(peer.total));
-            }
-            peer.present = peer.seen;
+            peer.last_read = self.intervals;
         }
         let intervals = self.intervals;
         for (key, peer) in self.peers.iter_mut() {
+            if peer.last_read != 0 && peer.last_read + 1 == intervals {
+                // In the previous read, not in this one: evicted from the
+                // kernel map. What it counted becomes the base its next
+                // incarnation adds to.
+                peer.base = Some(Box::new(peer.total));
+            }
             let active = peer.total != peer.previous_total;
             if active {
                 peer.last_active = intervals;
@@ -243,7 +238,7 @@ impl PeerTable {
         let mut gone: Vec<(u64, PeerKey)> = self
             .peers
             .iter()
-            .filter(|(_, p)| !p.present)
+            .filter(|(_, p)| p.last_read != self.intervals)
             .map(|(k, p)| (p.last_active, *k))
             .collect();
         gone.sort();

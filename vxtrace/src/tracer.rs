@@ -180,12 +180,12 @@ pub struct Attachment {
     pub filter: Option<(u16, u32)>,
 }
 
-/// One clsact filter this tracer attached.
+/// One clsact filter this tracer attached: what the watchdog needs to
+/// remove exactly that filter.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ClsactFilter {
     pub device: String,
     pub hook: &'static str,
-    pub program: &'static str,
     pub priority: u16,
     pub handle: u32,
 }
@@ -783,7 +783,6 @@ impl Tracer {
                 Some(ClsactFilter {
                     device: a.device.clone(),
                     hook: a.hook,
-                    program: a.program,
                     priority,
                     handle,
                 })

@@ -641,14 +641,8 @@ async fn run_async(args: WatchArgs) -> Result<()> {
             drop_probe.skipped.join("; ")
         ));
     }
-    let mut reaper = {
-        let filters = tracer.clsact_filters();
-        if filters.is_empty() {
-            None
-        } else {
-            Some(Reaper::start(&filters)?)
-        }
-    };
+    let mut reaper = None;
+    watch_clsact_filters(&mut reaper, &tracer)?;
 
     let mode = if args.json {
         Mode::Json
@@ -915,13 +909,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
                             }
                             // Filters of re-attached devices must be cleaned
                             // up after a SIGKILL too.
-                            let filters = tracer.clsact_filters();
-                            if !filters.is_empty() {
-                                match reaper.as_mut() {
-                                    Some(r) => r.tell(&filters)?,
-                                    None => reaper = Some(Reaper::start(&filters)?),
-                                }
-                            }
+                            watch_clsact_filters(&mut reaper, &tracer)?;
                             let _ = seed_fdb(&mut tracer, &plan, &fresh);
                             snap = fresh;
                         }
@@ -1345,6 +1333,22 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| round3(d.as_secs_f64()))
         .unwrap_or(0.0)
+}
+
+/// Hands the tracer's clsact filters to the watchdog that removes them
+/// after any exit, starting it at the first one.
+fn watch_clsact_filters(reaper: &mut Option<Reaper>, tracer: &Tracer) -> Result<()> {
+    let filters = tracer.clsact_filters();
+    if filters.is_empty() {
+        return Ok(());
+    }
+    match reaper.as_mut() {
+        Some(r) => r.tell(&filters),
+        None => {
+            *reaper = Some(Reaper::start(&filters)?);
+            Ok(())
+        }
+    }
 }
 
 /// Gives the memory freed after start-up (BTF parsed while loading) back to
