@@ -12,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 pub use vxtrace::lab::Lab;
+use vxtrace::schema::{Attached, Line, Summary};
 
 /// The vxtrace binary under test (`cargo xtask test` sets VXTRACE_BIN).
 pub fn bin() -> PathBuf {
@@ -63,12 +63,13 @@ impl std::ops::Deref for LabGuard {
     }
 }
 
-/// `vxtrace watch --json` running in a network namespace.
+/// `vxtrace watch --json` running in a network namespace, its lines read
+/// as the typed schema (a line that is not one fails the test).
 pub struct Watcher {
     child: Child,
     lines: Receiver<String>,
     stderr: std::thread::JoinHandle<String>,
-    pub attached: Value,
+    pub attached: Attached,
 }
 
 impl Watcher {
@@ -112,14 +113,14 @@ impl Watcher {
             child,
             lines: rx,
             stderr,
-            attached: Value::Null,
+            attached: Attached::default(),
         };
-        match w.next_of_type("attached", Duration::from_secs(30)) {
-            Some(attached) => {
-                w.attached = attached;
+        match w.next_matching(|l| matches!(l, Line::Attached(_)), Duration::from_secs(30)) {
+            Some(Line::Attached(attached)) => {
+                w.attached = *attached;
                 w
             }
-            None => {
+            _ => {
                 let _ = w.child.kill();
                 let _ = w.child.wait();
                 panic!("vxtrace did not attach; stderr: {}", w.stderr_text())
@@ -131,30 +132,30 @@ impl Watcher {
         self.child.id() as i32
     }
 
-    /// The next JSON line of the given type, skipping others.
-    pub fn next_of_type(&mut self, ty: &str, timeout: Duration) -> Option<Value> {
+    /// The next line for which `wanted` holds, skipping others.
+    pub fn next_matching(
+        &mut self,
+        wanted: impl Fn(&Line) -> bool,
+        timeout: Duration,
+    ) -> Option<Line> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let v: Value = serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                    if v["type"] == ty {
-                        return Some(v);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                    return None;
-                }
+            let line = self.next_line(left)?;
+            if wanted(&line) {
+                return Some(line);
             }
         }
     }
 
-    /// The next JSON line of any type.
-    pub fn next_of_any(&mut self, timeout: Duration) -> Option<Value> {
-        let line = self.lines.recv_timeout(timeout).ok()?;
-        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+    /// The next line of any kind.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<Line> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => Some(
+                Line::parse(&line).unwrap_or_else(|e| panic!("not a vxtrace line ({e}): {line}")),
+            ),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
+        }
     }
 
     fn stderr_text(self) -> String {
@@ -162,7 +163,7 @@ impl Watcher {
     }
 
     /// SIGTERM, then the summary line; asserts a clean exit.
-    pub fn stop(self) -> Value {
+    pub fn stop(self) -> Summary {
         // Let the last packets' counts land in the maps.
         std::thread::sleep(Duration::from_millis(200));
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
@@ -170,8 +171,13 @@ impl Watcher {
     }
 
     /// Waits for exit (e.g. after --duration) and returns the summary.
-    pub fn finish(mut self) -> Value {
-        let summary = self.next_of_type("summary", Duration::from_secs(30));
+    pub fn finish(mut self) -> Summary {
+        let summary = self
+            .next_matching(|l| matches!(l, Line::Summary(_)), Duration::from_secs(30))
+            .map(|l| match l {
+                Line::Summary(s) => *s,
+                _ => unreachable!("matched a summary"),
+            });
         let status = self.child.wait().expect("waiting for vxtrace");
         let stderr = self.stderr_text();
         assert!(
@@ -189,31 +195,9 @@ impl Watcher {
     }
 }
 
-/// Packets of `counter` (tx_encap, rx_nic, ...) for `peer` in a summary;
-/// 0 when the peer is absent.
-pub fn packets(summary: &Value, peer: &str, counter: &str) -> u64 {
-    summary["peers"][peer][counter]["packets"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-pub fn bytes(summary: &Value, peer: &str, counter: &str) -> u64 {
-    summary["peers"][peer][counter]["bytes"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-/// A plain counter (malformed, unknown_vni, ...) for `peer`.
-pub fn count(summary: &Value, peer: &str, field: &str) -> u64 {
-    summary["peers"][peer][field].as_u64().unwrap_or(0)
-}
-
 /// The addresses of the peers a summary lists.
-pub fn peer_names(summary: &Value) -> Vec<String> {
-    summary["peers"]
-        .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default()
+pub fn peer_names(summary: &Summary) -> Vec<String> {
+    summary.peers.keys().map(|a| a.to_string()).collect()
 }
 
 /// A TCP listener on `port` inside network namespace `ns`.

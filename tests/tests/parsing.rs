@@ -4,11 +4,8 @@
 use std::net::IpAddr;
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use vxtrace::tracer::{
-    AttachPolicy, PROG_NIC_EGRESS, PROG_NIC_INGRESS, PROG_VXLAN_EGRESS, PROG_VXLAN_INGRESS,
-    Readout, Tracer, TracerConfig,
-};
-use vxtrace_common::{PeerKey, PeerStats};
+use vxtrace::probes::{AttachPolicy, Readout, Tracer, TracerConfig};
+use vxtrace_common::{PeerKey, PeerStats, names::programs};
 
 const LOCAL4: [u8; 4] = [192, 0, 2, 11];
 const PEER4: [u8; 4] = [192, 0, 2, 12];
@@ -39,7 +36,7 @@ fn tracer() -> Tracer {
         raw_tp_has_reason: true,
         raw_tp_has_rx_sk: false,
     };
-    let mut t = Tracer::load(&cfg, &vxtrace::tracer::LoaderBtf::None, AttachPolicy::Auto)
+    let mut t = Tracer::load(&cfg, &vxtrace::probes::LoaderBtf::None, AttachPolicy::Auto)
         .expect("loading the programs");
     t.register_device(DEV_IFINDEX, Some(1), Some(LOCAL_MAC))
         .unwrap();
@@ -183,17 +180,17 @@ fn valid_vxlan_is_counted_per_peer_and_direction() {
     in_test_netns(|| {
         let t = tracer();
         let frame = rx4(&valid_vxlan(1));
-        run(&t, PROG_NIC_INGRESS, &frame, None);
+        run(&t, programs::NIC_INGRESS, &frame, None);
         run(
             &t,
-            PROG_NIC_INGRESS,
+            programs::NIC_INGRESS,
             &outer4(PEER4, LOCAL4, 4789, &valid_vxlan(1)),
             None,
         );
         // Egress: local -> peer.
         run(
             &t,
-            PROG_NIC_EGRESS,
+            programs::NIC_EGRESS,
             &outer4(LOCAL4, PEER4, 8472, &valid_vxlan(1)),
             None,
         );
@@ -219,7 +216,7 @@ fn vlan_tags_and_ipv6_underlay() {
         tagged.extend_from_slice(&ip);
         run(
             &t,
-            PROG_NIC_INGRESS,
+            programs::NIC_INGRESS,
             &eth(LOCAL_MAC, PEER_MAC, 0x8100, &tagged),
             None,
         );
@@ -228,7 +225,7 @@ fn vlan_tags_and_ipv6_underlay() {
         qinq.extend_from_slice(&tagged);
         run(
             &t,
-            PROG_NIC_INGRESS,
+            programs::NIC_INGRESS,
             &eth(LOCAL_MAC, PEER_MAC, 0x88a8, &qinq),
             None,
         );
@@ -238,12 +235,12 @@ fn vlan_tags_and_ipv6_underlay() {
             0x86dd,
             &ipv6(PEER6, LOCAL6, 17, &udp(8472, &valid_vxlan(1))),
         );
-        run(&t, PROG_NIC_INGRESS, &v6, None);
+        run(&t, programs::NIC_INGRESS, &v6, None);
         // An IPv6 extension header before UDP: not parsed, not counted.
         let hop = ipv6(PEER6, LOCAL6, 0, &udp(8472, &valid_vxlan(1)));
         run(
             &t,
-            PROG_NIC_INGRESS,
+            programs::NIC_INGRESS,
             &eth(LOCAL_MAC, PEER_MAC, 0x86dd, &hop),
             None,
         );
@@ -285,11 +282,11 @@ fn malformed_vxlan_is_counted_and_never_traffic() {
             ),
         ];
         for (_, vx) in &cases {
-            run(&t, PROG_NIC_INGRESS, &rx4(vx), None);
+            run(&t, programs::NIC_INGRESS, &rx4(vx), None);
         }
         run(
             &t,
-            PROG_NIC_EGRESS,
+            programs::NIC_EGRESS,
             &outer4(LOCAL4, PEER4, 8472, &[1, 2, 3]),
             None,
         );
@@ -303,7 +300,7 @@ fn malformed_vxlan_is_counted_and_never_traffic() {
         // Nothing was learned from garbage.
         run(
             &t,
-            PROG_VXLAN_INGRESS,
+            programs::VXLAN_INGRESS,
             &inner(PEER_MAC, LOCAL_MAC),
             Some(&skb_ctx(DEV_IFINDEX, 0)),
         );
@@ -321,7 +318,7 @@ fn what_is_not_vxlan_to_us_is_ignored() {
         // a local VTEP, a non-first fragment, ARP.
         run(
             &t,
-            PROG_NIC_INGRESS,
+            programs::NIC_INGRESS,
             &outer4(PEER4, LOCAL4, 9999, &valid_vxlan(1)),
             None,
         );
@@ -331,10 +328,10 @@ fn what_is_not_vxlan_to_us_is_ignored() {
             0x0800,
             &ipv4(PEER4, LOCAL4, 6, 0, &udp(8472, &valid_vxlan(1))),
         );
-        run(&t, PROG_NIC_INGRESS, &tcp, None);
+        run(&t, programs::NIC_INGRESS, &tcp, None);
         run(
             &t,
-            PROG_NIC_INGRESS,
+            programs::NIC_INGRESS,
             &outer4(PEER4, [192, 0, 2, 99], 8472, &valid_vxlan(1)),
             None,
         );
@@ -344,15 +341,15 @@ fn what_is_not_vxlan_to_us_is_ignored() {
             0x0800,
             &ipv4(PEER4, LOCAL4, 17, 185, &udp(8472, &valid_vxlan(1))),
         );
-        run(&t, PROG_NIC_INGRESS, &frag, None);
+        run(&t, programs::NIC_INGRESS, &frag, None);
         run(
             &t,
-            PROG_NIC_INGRESS,
+            programs::NIC_INGRESS,
             &eth([0xff; 6], PEER_MAC, 0x0806, &[0u8; 28]),
             None,
         );
         // Runt frame: shorter than an Ethernet header.
-        run(&t, PROG_NIC_INGRESS, &[0u8; 14], None);
+        run(&t, programs::NIC_INGRESS, &[0u8; 14], None);
         let r = t.read().unwrap();
         assert!(r.peers.is_empty(), "{:?}", r.peers);
     });
@@ -362,7 +359,7 @@ fn what_is_not_vxlan_to_us_is_ignored() {
 fn unknown_vni_fragments_sizes_and_gso() {
     in_test_netns(|| {
         let t = tracer();
-        run(&t, PROG_NIC_INGRESS, &rx4(&valid_vxlan(7)), None);
+        run(&t, programs::NIC_INGRESS, &rx4(&valid_vxlan(7)), None);
         // First fragment (MF set, offset 0): counted, and flagged.
         let first = eth(
             LOCAL_MAC,
@@ -370,16 +367,16 @@ fn unknown_vni_fragments_sizes_and_gso() {
             0x0800,
             &ipv4(PEER4, LOCAL4, 17, 0x2000, &udp(8472, &valid_vxlan(1))),
         );
-        run(&t, PROG_NIC_INGRESS, &first, None);
+        run(&t, programs::NIC_INGRESS, &first, None);
         // Outer IP of 1480 and 1550 bytes.
         for total in [1480usize, 1550] {
             let mut vx = valid_vxlan(1);
             vx.resize(total - 20 - 8, 0);
-            run(&t, PROG_NIC_INGRESS, &rx4(&vx), None);
+            run(&t, programs::NIC_INGRESS, &rx4(&vx), None);
         }
         // A GRO aggregate of 10 segments counts as 10 packets.
         let frame = rx4(&valid_vxlan(1));
-        run(&t, PROG_NIC_INGRESS, &frame, Some(&skb_ctx(0, 10)));
+        run(&t, programs::NIC_INGRESS, &frame, Some(&skb_ctx(0, 10)));
         let r = t.read().unwrap();
         let p = peer(&r, &PEER4);
         assert_eq!(p.unknown_vni, 1);
@@ -398,28 +395,28 @@ fn decapsulated_frames_find_their_peer() {
         // Before anything is known: unattributed.
         run(
             &t,
-            PROG_VXLAN_INGRESS,
+            programs::VXLAN_INGRESS,
             &inner(PEER_MAC, LOCAL_MAC),
             Some(&ctx),
         );
         // The NIC sees the peer's packet and learns its inner source MAC.
-        run(&t, PROG_NIC_INGRESS, &rx4(&valid_vxlan(1)), None);
+        run(&t, programs::NIC_INGRESS, &rx4(&valid_vxlan(1)), None);
         run(
             &t,
-            PROG_VXLAN_INGRESS,
+            programs::VXLAN_INGRESS,
             &inner(PEER_MAC, LOCAL_MAC),
             Some(&ctx),
         );
         run(
             &t,
-            PROG_VXLAN_INGRESS,
+            programs::VXLAN_INGRESS,
             &inner(PEER_MAC, LOCAL_MAC),
             Some(&ctx),
         );
         // Egress to the peer's MAC is attributed by the same entry.
         run(
             &t,
-            PROG_VXLAN_EGRESS,
+            programs::VXLAN_EGRESS,
             &inner(LOCAL_MAC, PEER_MAC),
             Some(&ctx),
         );
@@ -429,21 +426,21 @@ fn decapsulated_frames_find_their_peer() {
         t.seed_mac(1, other_mac, &other).unwrap();
         run(
             &t,
-            PROG_VXLAN_EGRESS,
+            programs::VXLAN_EGRESS,
             &inner(LOCAL_MAC, other_mac),
             Some(&ctx),
         );
         // Broadcast: belongs to no peer.
         run(
             &t,
-            PROG_VXLAN_EGRESS,
+            programs::VXLAN_EGRESS,
             &inner(LOCAL_MAC, [0xff; 6]),
             Some(&ctx),
         );
         // A device that is not registered: ignored.
         run(
             &t,
-            PROG_VXLAN_INGRESS,
+            programs::VXLAN_INGRESS,
             &inner(PEER_MAC, LOCAL_MAC),
             Some(&skb_ctx(1, 0)),
         );
@@ -464,9 +461,9 @@ fn decapsulated_frames_find_their_peer() {
 #[test]
 fn paws_kprobes_pass_the_verifier() {
     let mut t = tracer();
-    for (prog, _, _) in vxtrace::tracer::PAWS_KPROBES {
-        t.load_paws_kprobe(prog)
-            .unwrap_or_else(|e| panic!("{prog} must load: {e:#}"));
+    for k in vxtrace::probes::PAWS_KPROBES {
+        t.load_paws_kprobe(k.program)
+            .unwrap_or_else(|e| panic!("{} must load: {e:#}", k.program));
     }
 }
 
@@ -478,7 +475,7 @@ fn peer_map_is_bounded_and_evictions_are_counted() {
             let src = [198, 51, (i >> 8) as u8, i as u8];
             run(
                 &t,
-                PROG_NIC_INGRESS,
+                programs::NIC_INGRESS,
                 &outer4(src, LOCAL4, 8472, &valid_vxlan(1)),
                 None,
             );
@@ -508,12 +505,12 @@ fn batched_map_read_sees_every_peer() {
             raw_tp_has_reason: true,
             raw_tp_has_rx_sk: false,
         };
-        let t = Tracer::load(&cfg, &vxtrace::tracer::LoaderBtf::None, AttachPolicy::Auto).unwrap();
+        let t = Tracer::load(&cfg, &vxtrace::probes::LoaderBtf::None, AttachPolicy::Auto).unwrap();
         for i in 0..2500u32 {
             let src = [198, 18, (i >> 8) as u8, i as u8];
             run(
                 &t,
-                PROG_NIC_INGRESS,
+                programs::NIC_INGRESS,
                 &outer4(src, LOCAL4, 8472, &valid_vxlan(1)),
                 None,
             );

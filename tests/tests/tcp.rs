@@ -417,7 +417,7 @@ fn paws_kprobes_report_what_the_kernel_offers() {
             .unwrap()
             .clone();
         assert_eq!(probes.len(), 2, "{probes:?}");
-        for (program, target, reason) in vxtrace::tracer::PAWS_KPROBES {
+        for (program, target, reason) in vxtrace::probes::PAWS_KPROBES {
             let status = probe_status(&w.attached, program);
             let want = expected(mode, target, reason);
             assert!(

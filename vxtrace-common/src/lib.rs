@@ -2,8 +2,11 @@
 //!
 //! Everything here is `#[repr(C)]` with explicit padding and no `bool`, so a
 //! value has the same bytes on both sides and can be a BPF map key or value
-//! (`aya::Pod` with the `user` feature).
+//! (`aya::Pod` with the `user` feature). [`names`] spells the programs',
+//! maps' and globals' names the loader looks up.
 #![no_std]
+
+pub mod names;
 
 /// Most UDP ports the kernel programs recognise as VXLAN at once.
 pub const MAX_PORTS: usize = 8;
@@ -530,60 +533,48 @@ mod tests {
     }
 }
 
+/// Every field of [`PeerStats`] before `memo` is a `u64` counter (or an
+/// array or pair of them), so userspace can do arithmetic on the counters
+/// as one array instead of listing the fields again.
+pub const PEER_COUNTER_WORDS: usize = core::mem::offset_of!(PeerStats, memo) / 8;
+const _: () = assert!(core::mem::offset_of!(PeerStats, memo) % 8 == 0);
+
 impl PeerStats {
-    /// Adds every counter of `o` to `self`.
-    pub fn merge(&mut self, o: &PeerStats) {
-        self.zip_with(o, |a, b| a.wrapping_add(b));
+    /// The counters as words (everything but the memo).
+    pub fn counter_words(&self) -> &[u64; PEER_COUNTER_WORDS] {
+        // SAFETY: PeerStats is #[repr(C)], 8-byte aligned, and its fields
+        // up to `memo` are u64s with no padding between them
+        // (`layouts_have_no_implicit_padding`), so they are exactly this
+        // array; the borrow keeps `self` alive and unaliased.
+        unsafe { &*(self as *const PeerStats as *const [u64; PEER_COUNTER_WORDS]) }
     }
 
-    /// `self - earlier`, counter by counter (saturating at zero).
+    pub fn counter_words_mut(&mut self) -> &mut [u64; PEER_COUNTER_WORDS] {
+        // SAFETY: as in `counter_words`; the mutable borrow is exclusive,
+        // and any bit pattern is a valid u64.
+        unsafe { &mut *(self as *mut PeerStats as *mut [u64; PEER_COUNTER_WORDS]) }
+    }
+
+    /// Adds every counter of `o` to `self`.
+    pub fn merge(&mut self, o: &PeerStats) {
+        for (a, b) in self.counter_words_mut().iter_mut().zip(o.counter_words()) {
+            *a = a.wrapping_add(*b);
+        }
+    }
+
+    /// `self - earlier`, counter by counter (saturating at zero); no memo.
     pub fn delta(&self, earlier: &PeerStats) -> PeerStats {
-        let mut out = *self;
-        out.zip_with(earlier, |a, b| a.saturating_sub(b));
+        let mut out = PeerStats::default();
+        let (now, before) = (self.counter_words(), earlier.counter_words());
+        for (i, w) in out.counter_words_mut().iter_mut().enumerate() {
+            *w = now[i].saturating_sub(before[i]);
+        }
         out
     }
 
-    /// True when every counter is zero.
+    /// True when every counter is zero (the memo does not count).
     pub fn is_zero(&self) -> bool {
-        *self == PeerStats::default()
-    }
-
-    fn zip_with(&mut self, o: &PeerStats, f: impl Fn(u64, u64) -> u64) {
-        for (a, b) in [
-            (&mut self.tx_encap, &o.tx_encap),
-            (&mut self.rx_nic, &o.rx_nic),
-            (&mut self.rx_decap, &o.rx_decap),
-            (&mut self.tx_dev, &o.tx_dev),
-        ] {
-            a.packets = f(a.packets, b.packets);
-            a.bytes = f(a.bytes, b.bytes);
-        }
-        for (a, b) in [
-            (&mut self.malformed_rx, o.malformed_rx),
-            (&mut self.malformed_tx, o.malformed_tx),
-            (&mut self.unknown_vni, o.unknown_vni),
-            (&mut self.tx_over_1450, o.tx_over_1450),
-            (&mut self.tx_over_1500, o.tx_over_1500),
-            (&mut self.rx_over_1450, o.rx_over_1450),
-            (&mut self.rx_over_1500, o.rx_over_1500),
-            (&mut self.tx_fragmented, o.tx_fragmented),
-            (&mut self.rx_fragmented, o.rx_fragmented),
-            (&mut self.inner_dst_mac_mismatch, o.inner_dst_mac_mismatch),
-            (&mut self.inner_src_vtep, o.inner_src_vtep),
-            (&mut self.syn_sent, o.syn_sent),
-            (&mut self.syn_received, o.syn_received),
-            (&mut self.synack_sent, o.synack_sent),
-            (&mut self.synack_received, o.synack_received),
-            (&mut self.rst_sent, o.rst_sent),
-            (&mut self.rst_received, o.rst_received),
-            (&mut self.syn_retrans, o.syn_retrans),
-        ] {
-            *a = f(*a, b);
-        }
-        for i in 0..SIZE_BUCKETS {
-            self.tx_size[i] = f(self.tx_size[i], o.tx_size[i]);
-            self.rx_size[i] = f(self.rx_size[i], o.rx_size[i]);
-        }
+        self.counter_words().iter().all(|w| *w == 0)
     }
 }
 
@@ -624,5 +615,12 @@ mod stats_tests {
         let d = b.delta(&a);
         assert_eq!(d, a);
         assert!(a.delta(&b).is_zero());
+        // The last counter before the memo is in the words, the memo is not.
+        let mut c = PeerStats::default();
+        c.rx_size[SIZE_BUCKETS - 1] = 1;
+        assert!(!c.is_zero());
+        c.rx_size[SIZE_BUCKETS - 1] = 0;
+        c.memo.uses = 5;
+        assert!(c.is_zero());
     }
 }

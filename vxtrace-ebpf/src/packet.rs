@@ -1,5 +1,8 @@
-//! Header parsing, done once per packet: Ethernet (with up to two VLAN
-//! tags), IPv4 / IPv6, UDP, the VXLAN header and the inner Ethernet header.
+//! Header parsing, done once per packet: on the underlay device, Ethernet
+//! (with up to two VLAN tags), IPv4 / IPv6, UDP, the VXLAN header and the
+//! inner Ethernet header; on the VXLAN device, the inner IP and TCP headers.
+//! Also the configured-port and local-VTEP checks, and the comparisons that
+//! keep a byte-array `==` from becoming a memcmp call.
 //!
 //! Reads use direct packet access when the bytes are in the linear part of
 //! the skb (the common case, and the cheap one) and fall back to
@@ -10,14 +13,15 @@ use core::mem::size_of;
 use aya_ebpf::programs::TcContext;
 use vxtrace_common::{MAX_LOCAL_ADDRS, MAX_PORTS, PeerKey, VXLAN_FLAG_I};
 
-use crate::maps::config;
+use crate::config::config;
 
 pub const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 const UDP_HLEN: usize = 8;
 pub const VXLAN_HLEN: usize = 8;
 /// Largest offset we ever read at: keeps every offset provably bounded for
@@ -33,7 +37,10 @@ pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + size_of::<T>() <= end {
-        // SAFETY: bounds checked against data_end just above.
+        // SAFETY: the bytes lie between data and data_end (checked just
+        // above), the packet's linear part, readable for the whole run;
+        // read_unaligned needs no alignment, and callers read integers or
+        // arrays of integers, which any bytes make a valid value.
         Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
     } else {
         ctx.load::<T>(off).ok()
@@ -132,10 +139,8 @@ pub fn parse_outer(ctx: &TcContext) -> Option<Outer> {
 /// Is `port` one of the configured VXLAN ports?
 #[inline(always)]
 pub fn is_vxlan_port(port: u16) -> bool {
-    let cfg = config();
     for i in 0..MAX_PORTS {
-        // SAFETY: CONFIG is a static; volatile so the loader's values are read.
-        let p = unsafe { core::ptr::read_volatile(&raw const (*cfg).ports[i]) };
+        let p = config!(ports[i]);
         if p == 0 {
             return false;
         }
@@ -146,14 +151,23 @@ pub fn is_vxlan_port(port: u16) -> bool {
     false
 }
 
+/// Are two addresses equal?
 #[inline(always)]
 pub fn same_addr(a: &PeerKey, b: &PeerKey) -> bool {
     // Two u64 compares: a byte-array `==` could become a memcmp call.
-    let a: [u64; 2] = unsafe { core::mem::transmute(a.addr) };
-    let b: [u64; 2] = unsafe { core::mem::transmute(b.addr) };
+    let (a, b) = (addr_words(a), addr_words(b));
     a[0] == b[0] && a[1] == b[1]
 }
 
+/// An address's 16 bytes as two words (native order).
+#[inline(always)]
+fn addr_words(key: &PeerKey) -> [u64; 2] {
+    // SAFETY: [u8; 16] and [u64; 2] have the same size and any bytes are a
+    // valid [u64; 2]; the array is moved by value, so alignment is moot.
+    unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(key.addr) }
+}
+
+/// Are two MAC addresses equal?
 #[inline(always)]
 pub fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
     // As a u32 and a u16: a byte-array `==` could become a memcmp call.
@@ -164,8 +178,7 @@ pub fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
 /// Is `addr` a local VTEP address (or are no local addresses configured)?
 #[inline(always)]
 pub fn is_local_vtep(addr: &PeerKey) -> bool {
-    let cfg = config();
-    let count = unsafe { core::ptr::read_volatile(&raw const (*cfg).local_addr_count) } as usize;
+    let count = config!(local_addr_count) as usize;
     if count == 0 {
         return true;
     }
@@ -173,7 +186,7 @@ pub fn is_local_vtep(addr: &PeerKey) -> bool {
         if i >= count {
             break;
         }
-        let local = unsafe { core::ptr::read_volatile(&raw const (*cfg).local_addrs[i]) };
+        let local = config!(local_addrs[i]);
         if same_addr(&local, addr) {
             return true;
         }
@@ -201,7 +214,7 @@ pub fn parse_vxlan(ctx: &TcContext, off: usize) -> Vxlan {
     };
     let flags = u32::from_be(hdr[0]);
     let vni_word = u32::from_be(hdr[1]);
-    let allowed = unsafe { core::ptr::read_volatile(&raw const (*config()).allowed_flags) };
+    let allowed = config!(allowed_flags);
     if flags & VXLAN_FLAG_I == 0 || flags & !allowed != 0 || vni_word & 0xff != 0 {
         return Vxlan::Malformed;
     }
@@ -219,6 +232,8 @@ pub fn parse_vxlan(ctx: &TcContext, off: usize) -> Vxlan {
 /// their segments).
 #[inline(always)]
 pub fn segments(ctx: &TcContext) -> u32 {
+    // SAFETY: `skb` is the context pointer the kernel passed to this run,
+    // valid until the program returns; the verifier checks the field access.
     let segs = unsafe { (*ctx.skb.skb).gso_segs };
     if segs > 1 { segs } else { 1 }
 }
@@ -238,4 +253,57 @@ pub fn inner_src_addr(ctx: &TcContext, type_off: usize) -> Option<PeerKey> {
     } else {
         None
     }
+}
+
+/// Inner TCP: addresses, ports and flags of a decapsulated / about to be
+/// encapsulated frame.
+pub struct InnerTcp {
+    pub src: PeerKey,
+    pub dst: PeerKey,
+    pub sport: u16,
+    pub dport: u16,
+    /// The flags byte (CWR ... FIN).
+    pub flags: u8,
+}
+
+/// Parses the inner TCP header of a frame on a VXLAN device (the frame
+/// starts at its Ethernet header). `None` for anything but TCP, and for
+/// non-first IPv4 fragments.
+#[inline(always)]
+pub fn parse_inner_tcp(ctx: &TcContext) -> Option<InnerTcp> {
+    let proto = u16::from_be(read::<u16>(ctx, 12)?);
+    let (src, dst, l4) = if proto == ETH_P_IP {
+        let h: [u8; 20] = read(ctx, ETH_HLEN)?;
+        let frag = u16::from_be_bytes([h[6], h[7]]);
+        if h[9] != IPPROTO_TCP || frag & 0x1fff != 0 {
+            return None;
+        }
+        (
+            PeerKey::from_v4([h[12], h[13], h[14], h[15]]),
+            PeerKey::from_v4([h[16], h[17], h[18], h[19]]),
+            ETH_HLEN + ((h[0] & 0x0f) as usize) * 4,
+        )
+    } else if proto == ETH_P_IPV6 {
+        let h: [u8; 40] = read(ctx, ETH_HLEN)?;
+        if h[6] != IPPROTO_TCP {
+            return None;
+        }
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s.copy_from_slice(&h[8..24]);
+        d.copy_from_slice(&h[24..40]);
+        (PeerKey::from_v6(s), PeerKey::from_v6(d), ETH_HLEN + 40)
+    } else {
+        return None;
+    };
+    // Ports to flags in one read: a 1-byte read compiles to a bounds check
+    // the verifier cannot use.
+    let h: [u8; 14] = read(ctx, l4)?;
+    Some(InnerTcp {
+        src,
+        dst,
+        sport: u16::from_be_bytes([h[0], h[1]]),
+        dport: u16::from_be_bytes([h[2], h[3]]),
+        flags: h[13],
+    })
 }

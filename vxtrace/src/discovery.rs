@@ -9,6 +9,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
+use crate::schema::DeviceInfo;
 use anyhow::{Context as _, Result};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
@@ -18,27 +19,24 @@ use netlink_packet_route::{
     neighbour::{NeighbourAddress, NeighbourAttribute},
     route::{RouteAddress, RouteAttribute, RouteMessage},
 };
-use serde::Serialize;
 
 /// A network interface, as much of it as vxtrace needs.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Link {
     pub name: String,
     pub ifindex: u32,
     pub kind: Option<String>,
     pub up: bool,
     pub loopback: bool,
-    #[serde(skip)]
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
     /// The bridge (or other master) this device is enslaved to.
     pub master: Option<u32>,
-    #[serde(skip)]
     vxlan: Option<Vec<InfoVxlan>>,
 }
 
 /// A VXLAN device and how it is configured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct VxlanDevice {
     pub name: String,
     pub ifindex: u32,
@@ -48,7 +46,6 @@ pub struct VxlanDevice {
     pub local: Option<IpAddr>,
     /// The underlay device named in the VXLAN config (`dev`), if any.
     pub link_ifindex: Option<u32>,
-    #[serde(serialize_with = "ser_mac")]
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
     pub gbp: bool,
@@ -68,10 +65,22 @@ pub struct FdbEntry {
     pub vni: Option<u32>,
 }
 
-fn ser_mac<S: serde::Serializer>(mac: &Option<[u8; 6]>, s: S) -> Result<S::Ok, S::Error> {
-    match mac {
-        Some(m) => s.serialize_str(&format_mac(m)),
-        None => s.serialize_none(),
+impl VxlanDevice {
+    /// The device as vxtrace's output lines carry it.
+    pub fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            name: self.name.clone(),
+            ifindex: self.ifindex,
+            vni: self.vni,
+            port: self.port,
+            local: self.local,
+            link_ifindex: self.link_ifindex,
+            mac: self.mac.as_ref().map(format_mac),
+            mtu: self.mtu,
+            gbp: self.gbp,
+            learning: self.learning,
+            bridged: self.bridged,
+        }
     }
 }
 

@@ -11,10 +11,12 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::discovery::{self, Snapshot, VxlanDevice, format_mac, is_group_mac, prefix_contains};
+use crate::{
+    discovery::{self, Snapshot, VxlanDevice, format_mac, is_group_mac, prefix_contains},
+    schema::{Check, DoctorFinding, DoctorReport, Evidence, EvidenceValue, Severity},
+};
 
 #[derive(clap::Args, Debug)]
 pub struct DoctorArgs {
@@ -26,26 +28,27 @@ pub struct DoctorArgs {
     pub vxlan_devs: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Finding {
-    pub check: &'static str,
-    /// "error" (breaks traffic) or "warning" (may).
-    pub severity: &'static str,
-    pub device: String,
-    pub message: String,
-    pub evidence: Value,
-    pub fix: String,
+/// A finding of a check (the type every output of vxtrace carries).
+pub type Finding = DoctorFinding;
+
+/// Named values seen by a check: `evidence!({"mac": &mac, "dst": dst})`.
+macro_rules! evidence {
+    ({ $($k:literal : $v:expr),* $(,)? }) => {{
+        let mut e = Evidence::new();
+        $( e.insert($k.to_string(), EvidenceValue::from($v)); )*
+        e
+    }};
 }
 
 /// The address typical of VM NAT networking defaults (VirtualBox/Vagrant).
 const VM_NAT_DEFAULT: &str = "10.0.2.15";
 
 fn finding(
-    check: &'static str,
-    severity: &'static str,
+    check: Check,
+    severity: Severity,
     dev: &str,
     message: String,
-    evidence: Value,
+    evidence: Evidence,
     fix: String,
 ) -> Finding {
     Finding {
@@ -82,15 +85,15 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
         if macs.len() > 1 {
             let vm = dst.to_string() == VM_NAT_DEFAULT;
             out.push(finding(
-                "fdb_duplicate_underlay",
-                "error",
+                Check::FdbDuplicateUnderlay,
+                Severity::Error,
                 &dev.name,
                 format!(
                     "{} VTEP MACs point at one underlay address {dst}{}",
                     macs.len(),
                     if vm { " (10.0.2.15: the VM NAT default address)" } else { "" }
                 ),
-                json!({"dst": dst, "macs": macs}),
+                evidence!({"dst": dst, "macs": macs}),
                 if vm {
                     "every node registered its NAT interface (10.0.2.15) as its public address: set the node's real address (flannel --iface / --public-ip, kubelet --node-ip)".into()
                 } else {
@@ -103,35 +106,35 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
         let mac = format_mac(&e.mac);
         if own.contains(&e.dst) {
             out.push(finding(
-                "fdb_dst_is_local",
-                "error",
+                Check::FdbDstIsLocal,
+                Severity::Error,
                 &dev.name,
                 format!("FDB entry {mac} sends to {}, one of this host's own addresses", e.dst),
-                json!({"mac": mac, "dst": e.dst}),
+                evidence!({"mac": &mac, "dst": e.dst}),
                 "a peer registered this node's address as its own: fix that node's public address, then `bridge fdb del` the entry".into(),
             ));
         } else if e.dst.to_string() == VM_NAT_DEFAULT {
             out.push(finding(
-                "fdb_dst_vm_nat",
-                "error",
+                Check::FdbDstVmNat,
+                Severity::Error,
                 &dev.name,
                 format!("FDB entry {mac} sends to 10.0.2.15, the VM NAT default address"),
-                json!({"mac": mac, "dst": e.dst}),
+                evidence!({"mac": &mac, "dst": e.dst}),
                 "the peer registered its NAT interface address: set its real node address (flannel --iface)".into(),
             ));
         } else if let Some(ul) = underlay {
             match snap.route_dev(&e.dst) {
                 None => out.push(finding(
-                    "fdb_dst_unreachable",
-                    "error",
+                Check::FdbDstUnreachable,
+                Severity::Error,
                     &dev.name,
                     format!("FDB entry {mac} sends to {}, which no route reaches", e.dst),
-                    json!({"mac": mac, "dst": e.dst}),
+                    evidence!({"mac": &mac, "dst": e.dst}),
                     "add a route to the peer's underlay address, or fix the peer's registered address".into(),
                 )),
                 Some(i) if i != ul => out.push(finding(
-                    "fdb_dst_wrong_interface",
-                    "warning",
+                Check::FdbDstWrongInterface,
+                Severity::Warning,
                     &dev.name,
                     format!(
                         "FDB entry {mac} sends to {} through {}, not through the VXLAN device's underlay {}",
@@ -139,7 +142,7 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
                         link_name(snap, i),
                         link_name(snap, ul)
                     ),
-                    json!({"mac": mac, "dst": e.dst, "route_dev": link_name(snap, i), "underlay": link_name(snap, ul)}),
+                    evidence!({"mac": &mac, "dst": e.dst, "route_dev": link_name(snap, i), "underlay": link_name(snap, ul)}),
                     "the peer's address is reached through another interface: check the routes or the VXLAN device's `dev`".into(),
                 )),
                 _ => {}
@@ -147,11 +150,11 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
         }
         if !neigh.iter().any(|n| n.mac == e.mac) {
             out.push(finding(
-                "fdb_without_neighbour",
-                "warning",
+                Check::FdbWithoutNeighbour,
+                Severity::Warning,
                 &dev.name,
                 format!("FDB entry {mac} -> {} has no neighbour entry using that MAC", e.dst),
-                json!({"mac": mac, "dst": e.dst}),
+                evidence!({"mac": &mac, "dst": e.dst}),
                 "a leftover of a removed peer, or a missing neighbour entry: `bridge fdb del` it or let the overlay agent re-sync".into(),
             ));
         }
@@ -161,8 +164,8 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
         macs_seen.entry(n.mac).or_default().push(n.addr);
         if !fdb.iter().any(|e| e.mac == n.mac) {
             out.push(finding(
-                "neighbour_without_fdb",
-                if n.permanent { "error" } else { "warning" },
+                Check::NeighbourWithoutFdb,
+                if n.permanent { Severity::Error } else { Severity::Warning },
                 &dev.name,
                 format!(
                     "{}neighbour {} has MAC {} but no FDB entry sends that MAC anywhere: frames to it are dropped",
@@ -170,7 +173,7 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
                     n.addr,
                     format_mac(&n.mac)
                 ),
-                json!({"addr": n.addr, "mac": format_mac(&n.mac), "permanent": n.permanent}),
+                evidence!({"addr": n.addr, "mac": format_mac(&n.mac), "permanent": n.permanent}),
                 "the peer's VTEP was recreated with a new MAC: replace the neighbour entry with the new MAC (ip neigh replace … lladdr NEW) or restart the overlay agent".into(),
             ));
         }
@@ -178,11 +181,11 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
     for (mac, addrs) in macs_seen {
         if addrs.len() > 1 {
             out.push(finding(
-                "duplicate_mac",
-                "warning",
+                Check::DuplicateMac,
+                Severity::Warning,
                 &dev.name,
                 format!("MAC {} is the neighbour entry of {} addresses", format_mac(&mac), addrs.len()),
-                json!({"mac": format_mac(&mac), "addrs": addrs}),
+                evidence!({"mac": format_mac(&mac), "addrs": addrs}),
                 "two peers share a VTEP MAC (a cloned VM?): give each node's VXLAN device its own MAC".into(),
             ));
         }
@@ -192,11 +195,11 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
             && !neigh.iter().any(|n| n.addr == gw)
         {
             out.push(finding(
-                "route_without_neighbour",
-                "error",
+                Check::RouteWithoutNeighbour,
+                Severity::Error,
                 &dev.name,
                 format!("route {}/{} via {gw} has no neighbour entry for {gw}", r.dst, r.prefix_len),
-                json!({"route": format!("{}/{}", r.dst, r.prefix_len), "via": gw}),
+                evidence!({"route": format!("{}/{}", r.dst, r.prefix_len), "via": gw}),
                 "the overlay agent did not program the peer's VTEP: add the neighbour (ip neigh add GW lladdr MAC dev DEV nud permanent) or restart the agent".into(),
             ));
         }
@@ -223,8 +226,8 @@ fn check_mtu(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: &mu
         && mtu + overhead > ul_mtu
     {
         out.push(finding(
-            "mtu_too_large",
-            "error",
+                Check::MtuTooLarge,
+                Severity::Error,
             &dev.name,
             format!(
                 "{} MTU {mtu} + {overhead} bytes of VXLAN over {} = {} > {} MTU {ul_mtu}: full-size packets are dropped or fragmented",
@@ -233,7 +236,7 @@ fn check_mtu(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: &mu
                 mtu + overhead,
                 ul.name
             ),
-            json!({"vxlan_mtu": mtu, "overhead": overhead, "underlay": ul.name, "underlay_mtu": ul_mtu}),
+            evidence!({"vxlan_mtu": mtu, "overhead": overhead, "underlay": &ul.name, "underlay_mtu": ul_mtu}),
             format!("set {} MTU to {} (ip link set {} mtu {}) or raise the underlay MTU", dev.name, ul_mtu - overhead, dev.name, ul_mtu - overhead),
         ));
     }
@@ -251,11 +254,11 @@ fn check_mtu(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: &mu
             && !is_underlay_like(snap, l.ifindex)
         {
             out.push(finding(
-                "pod_mtu_above_vxlan",
-                "warning",
+                Check::PodMtuAboveVxlan,
+                Severity::Warning,
                 &dev.name,
                 format!("{} has MTU {m}, above {} MTU {mtu}: large pod packets cannot cross the overlay", l.name, dev.name),
-                json!({"interface": l.name, "mtu": m, "vxlan_mtu": mtu}),
+                evidence!({"interface": &l.name, "mtu": m, "vxlan_mtu": mtu}),
                 format!("set pod interfaces' MTU to {mtu} or less (the CNI's mtu setting)"),
             ));
         }
@@ -336,11 +339,11 @@ fn check_nft(
                 if matches_port && matches!(hook.as_str(), "input" | "prerouting") =>
             {
                 out.push(finding(
-                    "firewall_drops_vxlan",
-                    "error",
+                Check::FirewallDropsVxlan,
+                Severity::Error,
                     &devs[0].name,
                     format!("an nftables rule drops the VXLAN port on input: {where_}: {text}"),
-                    json!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
+                    evidence!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
                     "allow UDP to the VXLAN port from the other nodes before this rule (flannel: 8472; IANA: 4789)".into(),
                 ));
             }
@@ -349,11 +352,11 @@ fn check_nft(
                     && (mentions_dev || addr_match("saddr") || addr_match("daddr")) =>
             {
                 out.push(finding(
-                    "firewall_drops_pod_traffic",
-                    "error",
+                Check::FirewallDropsPodTraffic,
+                Severity::Error,
                     &devs[0].name,
                     format!("an nftables rule drops forwarded pod traffic: {where_}: {text}"),
-                    json!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
+                    evidence!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
                     "allow forwarding between pod subnets and the VXLAN device (iptables -P FORWARD ACCEPT, or explicit accepts)".into(),
                 ));
             }
@@ -362,11 +365,11 @@ fn check_nft(
                     && (mentions_dev || (addr_match("saddr") && addr_match("daddr"))) =>
             {
                 out.push(finding(
-                    "masquerade_pod_traffic",
-                    "error",
+                Check::MasqueradePodTraffic,
+                Severity::Error,
                     &devs[0].name,
                     format!("a {verdict} rule rewrites pod-to-pod overlay traffic: {where_}: {text}"),
-                    json!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
+                    evidence!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
                     "exclude pod destinations from masquerading (flannel: `-d POD_CIDR -j RETURN` before MASQUERADE; docker --ip-masq=false)".into(),
                 ));
             }
@@ -504,11 +507,11 @@ fn check_iptables(
             && arg("--dport").is_some_and(|p| ports.iter().any(|x| x == p))
         {
             out.push(finding(
-                "firewall_drops_vxlan",
-                "error",
+                Check::FirewallDropsVxlan,
+                Severity::Error,
                 &devs[0].name,
                 format!("an iptables rule drops the VXLAN port on input: {line}"),
-                json!({"table": "filter", "chain": chain, "rule": line}),
+                evidence!({"table": "filter", "chain": chain, "rule": line}),
                 "allow UDP to the VXLAN port from the other nodes before this rule".into(),
             ));
         } else if table == "filter"
@@ -517,11 +520,11 @@ fn check_iptables(
             && (dev_named || in_pod("-s") || in_pod("-d"))
         {
             out.push(finding(
-                "firewall_drops_pod_traffic",
-                "error",
+                Check::FirewallDropsPodTraffic,
+                Severity::Error,
                 &devs[0].name,
                 format!("an iptables rule drops forwarded pod traffic: {line}"),
-                json!({"table": "filter", "chain": chain, "rule": line}),
+                evidence!({"table": "filter", "chain": chain, "rule": line}),
                 "allow forwarding between pod subnets and the VXLAN device".into(),
             ));
         } else if table == "nat"
@@ -530,11 +533,11 @@ fn check_iptables(
             && (dev_named || (in_pod("-s") && in_pod("-d")))
         {
             out.push(finding(
-                "masquerade_pod_traffic",
-                "error",
+                Check::MasqueradePodTraffic,
+                Severity::Error,
                 &devs[0].name,
                 format!("a {target} rule rewrites pod-to-pod overlay traffic: {line}"),
-                json!({"table": "nat", "chain": chain, "rule": line}),
+                evidence!({"table": "nat", "chain": chain, "rule": line}),
                 "exclude pod destinations from masquerading (`-d POD_CIDR -j RETURN` first)".into(),
             ));
         }
@@ -558,19 +561,21 @@ fn check_sysctls(
 ) {
     let dev0 = &devs[0].name;
     if sysctl("net/ipv4/tcp_tw_recycle") == Some(1) && nat_present {
-        out.push(finding("tcp_tw_recycle_with_nat", "error", dev0,
+        out.push(finding(
+                Check::TcpTwRecycleWithNat,
+                Severity::Error, dev0,
             "net.ipv4.tcp_tw_recycle=1 with NAT rules present: clients behind one address get their SYNs dropped (PAWS)".into(),
-            json!({"tcp_tw_recycle": 1}),
+            evidence!({"tcp_tw_recycle": 1}),
             "sysctl -w net.ipv4.tcp_tw_recycle=0".into()));
     }
     if sysctl("net/ipv4/ip_forward") == Some(0) {
         out.push(finding(
-            "ip_forward_off",
-            "error",
+            Check::IpForwardOff,
+            Severity::Error,
             dev0,
             "net.ipv4.ip_forward=0: this node does not forward pod traffic to and from the overlay"
                 .into(),
-            json!({"ip_forward": 0}),
+            evidence!({"ip_forward": 0}),
             "sysctl -w net.ipv4.ip_forward=1".into(),
         ));
     }
@@ -591,9 +596,11 @@ fn check_sysctls(
         // The kernel uses the larger of "all" and the device's value.
         let effective = all.max(dev_v);
         if effective == 1 {
-            out.push(finding("rp_filter_strict", "warning", &name,
+            out.push(finding(
+                Check::RpFilterStrict,
+                Severity::Warning, &name,
                 format!("strict reverse-path filtering on {role} {name} (rp_filter: all={all}, {name}={dev_v}): packets from peers routed asymmetrically are dropped (IP_RPFILTER)"),
-                json!({"device": name, "all": all, "dev": dev_v}),
+                evidence!({"device": &name, "all": all, "dev": dev_v}),
                 format!("sysctl -w net.ipv4.conf.{name}.rp_filter=2 (loose) and net.ipv4.conf.all.rp_filter=0 or 2")));
         }
     }
@@ -691,7 +698,12 @@ pub fn print_text(findings: &[Finding], notes: &[String]) {
     for f in findings {
         println!(
             "[{}] {} ({}): {}\n    evidence: {}\n    fix: {}",
-            f.severity, f.check, f.device, f.message, f.evidence, f.fix
+            f.severity,
+            f.check,
+            f.device,
+            f.message,
+            crate::schema::evidence_text(&f.evidence),
+            f.fix
         );
     }
 }
@@ -710,12 +722,14 @@ pub fn run(args: DoctorArgs) -> i32 {
     };
     match rt.block_on(check(&args.vxlan_devs)) {
         Ok((findings, notes)) => {
+            let clean = findings.is_empty();
             if args.json {
-                println!("{}", json!({"findings": findings, "notes": notes}));
+                let report = DoctorReport { findings, notes };
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
             } else {
                 print_text(&findings, &notes);
             }
-            if findings.is_empty() { 0 } else { 1 }
+            if clean { 0 } else { 1 }
         }
         Err(e) => {
             eprintln!("vxtrace: error: {e:#}");
@@ -743,7 +757,7 @@ mod tests {
             learning: false,
             bridged: false,
         };
-        let ruleset = json!({"nftables": [
+        let ruleset = serde_json::json!({"nftables": [
             {"chain": {"family": "inet", "table": "t", "name": "in", "hook": "input"}},
             {"rule": {"family": "inet", "table": "t", "chain": "in", "expr": [
                 {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 8472}},
@@ -764,7 +778,7 @@ mod tests {
             &[("10.244.0.0".parse().unwrap(), 16)],
             &mut out,
         );
-        let checks: Vec<&str> = out.iter().map(|f| f.check).collect();
+        let checks: Vec<&str> = out.iter().map(|f| f.check.as_str()).collect();
         assert_eq!(
             checks,
             vec!["firewall_drops_vxlan", "masquerade_pod_traffic"]

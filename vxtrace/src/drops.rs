@@ -7,22 +7,17 @@ use std::{
 };
 
 use rustc_hash::FxHashMap;
-use serde_json::{Value, json};
 use vxtrace_common::{DropKey, PeerKey};
 
 use crate::{
     discovery::peer_addr,
     kernel::{DropReasons, Kallsyms},
+    reasons,
+    schema::DropLocation,
 };
 
-/// Drop reasons of TCP timestamp checks (RFC 7323 PAWS), where the kernel
-/// has them.
-pub const PAWS_REASONS: [&str; 4] = [
-    "TCP_RFC7323_PAWS",
-    "TCP_RFC7323_PAWS_ACK",
-    "TCP_RFC7323_TW_PAWS",
-    "TCP_RFC7323_TSECR",
-];
+/// Drop locations a summary lists per peer (the largest).
+pub const LOCATIONS_SHOWN: usize = 5;
 
 /// Cumulative drop counts that never go backwards across LRU evictions.
 #[derive(Default)]
@@ -56,7 +51,7 @@ impl PeerDrops {
     }
 
     pub fn get(&self, reason: &str) -> u64 {
-        self.by_reason.get(reason).copied().unwrap_or(0)
+        reasons::count(&self.by_reason, reason)
     }
 
     pub fn synack_dropped(&self) -> u64 {
@@ -65,21 +60,20 @@ impl PeerDrops {
 
     /// TCP timestamp (PAWS) rejects: the RFC 7323 drop reasons.
     pub fn paws_rejects(&self) -> u64 {
-        PAWS_REASONS.iter().map(|r| self.get(r)).sum()
+        reasons::paws_rejects(&self.by_reason)
     }
 
-    pub fn json(&self) -> Value {
-        json!(self.by_reason)
-    }
-
-    pub fn locations_json(&self) -> Value {
-        Value::Array(
-            self.locations
-                .iter()
-                .take(5)
-                .map(|(n, r, l)| json!({"reason": r, "location": l, "count": n}))
-                .collect(),
-        )
+    /// The largest drop locations, as the summary lists them.
+    pub fn top_locations(&self) -> Vec<DropLocation> {
+        self.locations
+            .iter()
+            .take(LOCATIONS_SHOWN)
+            .map(|(count, reason, location)| DropLocation {
+                reason: reason.clone(),
+                location: location.clone(),
+                count: *count,
+            })
+            .collect()
     }
 
     /// "NETFILTER_DROP 37, OTHERHOST 5" (largest first).

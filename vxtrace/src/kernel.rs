@@ -12,6 +12,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
 use vxtrace_common::{KernelOffsets, NO_FIELD, REASON_UNKNOWN};
 
+use crate::schema::ReasonSource;
+
 /// Strips typedefs, const and volatile.
 fn resolve_underlying(btf: &Btf, mut t: Type) -> Result<Type> {
     loop {
@@ -159,8 +161,8 @@ pub struct DropReasons {
     pub names: BTreeMap<u32, String>,
     /// Subsystem ids (high 16 bits of newer kernels' reasons) to names.
     pub subsystems: BTreeMap<u32, String>,
-    /// Where the names came from ("BTF", "tracefs", or "none").
-    pub source: &'static str,
+    /// Where the names came from.
+    pub source: ReasonSource,
 }
 
 const SUBSYS_SHIFT: u32 = 16;
@@ -174,7 +176,7 @@ impl DropReasons {
         Ok(Self {
             names,
             subsystems,
-            source: "BTF",
+            source: ReasonSource::Btf,
         })
     }
 
@@ -203,7 +205,7 @@ impl DropReasons {
         Ok(Self {
             names,
             subsystems: BTreeMap::new(),
-            source: "tracefs",
+            source: ReasonSource::Tracefs,
         })
     }
 

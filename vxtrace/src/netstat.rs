@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
+use crate::schema::NetstatPaws;
+
 /// The TcpExt counters that count timestamp (PAWS) rejects.
 pub const PAWS_COUNTERS: [&str; 6] = [
     "PAWSActive",
@@ -62,6 +64,51 @@ pub fn delta(start: &BTreeMap<String, u64>, now: &BTreeMap<String, u64>) -> BTre
                 k.clone(),
                 v.saturating_sub(start.get(k).copied().unwrap_or(0)),
             )
+        })
+        .collect()
+}
+
+/// The PAWS counters at start, of this namespace and those named with
+/// `--netns`, to report deltas over the run.
+pub struct Baseline {
+    /// `None`: this process's own namespace.
+    scope: Vec<Option<String>>,
+    start: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl Baseline {
+    pub fn take(netns_specs: &[String]) -> Self {
+        let mut scope = vec![None];
+        scope.extend(
+            netns_specs
+                .iter()
+                .filter(|s| *s != "self" && *s != "all")
+                .map(|s| Some(s.clone())),
+        );
+        let start = read_all(&scope);
+        Self { scope, start }
+    }
+
+    /// Deltas since start: summed, and per namespace ("self" for ours).
+    pub fn deltas(&self) -> NetstatPaws {
+        let mut out = NetstatPaws::default();
+        for (ns, counters) in read_all(&self.scope) {
+            let d = delta(self.start.get(&ns).unwrap_or(&BTreeMap::new()), &counters);
+            for (k, v) in &d {
+                *out.total.entry(k.clone()).or_default() += v;
+            }
+            out.namespaces.insert(ns, d);
+        }
+        out
+    }
+}
+
+fn read_all(scope: &[Option<String>]) -> BTreeMap<String, BTreeMap<String, u64>> {
+    scope
+        .iter()
+        .filter_map(|ns| {
+            let label = ns.clone().unwrap_or_else(|| "self".into());
+            read(ns.as_deref()).ok().map(|m| (label, m))
         })
         .collect()
 }

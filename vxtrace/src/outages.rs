@@ -11,26 +11,14 @@
 
 use std::{collections::VecDeque, net::IpAddr};
 
-use serde::Serialize;
-use serde_json::{Value, json};
 use vxtrace_common::PeerKey;
+
+use crate::schema::{
+    Line, OneWay, Outage, OutageGroup, OutageRecord, Percentiles, Silences, round3,
+};
 
 /// Closed outages kept per peer (older ones are only counted).
 const OUTAGES_KEPT: usize = 100;
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Outage {
-    pub peer: IpAddr,
-    /// Unix time, seconds.
-    pub start: f64,
-    pub end: Option<f64>,
-    pub duration_s: Option<f64>,
-    pub sent_into_silence: u64,
-    /// tx_encap packet rate over the 10 s before the silence.
-    pub tx_pps_before: f64,
-    /// Other peers whose outages started within a second of this one.
-    pub silent_together: Vec<IpAddr>,
-}
 
 #[derive(Default)]
 struct State {
@@ -48,47 +36,6 @@ struct State {
     /// Gaps between arrivals longer than an interval (silences), in ms;
     /// allocated at the first one, so steady peers cost nothing.
     silences_ms: Option<hdrhistogram::Histogram<u32>>,
-}
-
-pub enum Event {
-    OutageStart(Outage),
-    OutageEnd(Outage),
-    Group {
-        start: f64,
-        peers: Vec<IpAddr>,
-    },
-    OneWay {
-        peer: IpAddr,
-        sent: u64,
-        window_s: f64,
-    },
-}
-
-impl Event {
-    pub fn json(&self) -> Value {
-        match self {
-            Event::OutageStart(o) => {
-                let mut v = json!(o);
-                v["type"] = json!("outage_start");
-                v
-            }
-            Event::OutageEnd(o) => {
-                let mut v = json!(o);
-                v["type"] = json!("outage_end");
-                v
-            }
-            Event::Group { start, peers } => {
-                json!({"type": "outage_group", "start": start, "peers": peers})
-            }
-            Event::OneWay {
-                peer,
-                sent,
-                window_s,
-            } => {
-                json!({"type": "one_way", "peer": peer, "sent": sent, "received": 0, "window_s": window_s})
-            }
-        }
-    }
 }
 
 pub struct OutageTracker {
@@ -120,7 +67,7 @@ impl OutageTracker {
         now: f64,
         interval: f64,
         packets: impl Iterator<Item = (PeerKey, IpAddr, u64, u64)>,
-    ) -> Vec<Event> {
+    ) -> Vec<Line> {
         let mut events = Vec::new();
         let mid = now - interval / 2.0;
         let mut started = Vec::new();
@@ -157,7 +104,7 @@ impl OutageTracker {
                     o.end = Some(round3(end));
                     o.duration_s = Some(round3(end - o.start));
                     o.sent_into_silence = s.sent_since_rx;
-                    events.push(Event::OutageEnd(o.clone()));
+                    events.push(Line::OutageEnd(o.clone()));
                     s.closed.push_back(o);
                     s.closed_total += 1;
                     if s.closed.len() > OUTAGES_KEPT {
@@ -219,11 +166,12 @@ impl OutageTracker {
                 .sum();
             let one_way = covered + interval / 2.0 >= self.window_s && sent > 0 && got == 0;
             if one_way && !s.one_way {
-                events.push(Event::OneWay {
+                events.push(Line::OneWay(OneWay {
                     peer: addr,
                     sent,
+                    received: 0,
                     window_s: self.window_s,
-                });
+                }));
                 s.ever_one_way = true;
             }
             s.one_way = one_way;
@@ -246,7 +194,7 @@ impl OutageTracker {
                     .map(|(_, _, a)| *a)
                     .collect();
                 o.silent_together.sort();
-                events.push(Event::OutageStart(o.clone()));
+                events.push(Line::OutageStart(o.clone()));
             }
             // One event naming every peer that went silent within a second
             // of the earliest of these.
@@ -262,10 +210,10 @@ impl OutageTracker {
             peers.sort();
             peers.dedup();
             if peers.len() >= 2 {
-                events.push(Event::Group {
+                events.push(Line::OutageGroup(OutageGroup {
                     start: first,
                     peers,
-                });
+                }));
             }
         }
         self.enforce_limit();
@@ -290,31 +238,33 @@ impl OutageTracker {
         }
     }
 
-    /// The summary fields of a peer.
-    pub fn peer_json(&self, key: &PeerKey) -> Value {
+    /// A peer's silences over the run, as the summary gives them.
+    pub fn silences(&self, key: &PeerKey) -> Silences {
         let Some(s) = self.peers.get(key) else {
-            return json!({"outages": [], "outages_total": 0, "one_way": false, "one_way_now": false,
-                "longest_silence_s": 0.0, "rx_silences_ms": {"count": 0, "p50": 0, "p99": 0, "max": 0}});
+            return Silences::default();
         };
-        let mut list: Vec<Value> = s
-            .closed
-            .iter()
-            .map(|o| json!({"start": o.start, "end": o.end, "duration_s": o.duration_s, "sent_into_silence": o.sent_into_silence, "silent_together": o.silent_together}))
-            .collect();
-        if let Some(o) = &s.open {
-            list.push(json!({"start": o.start, "end": null, "duration_s": null, "sent_into_silence": o.sent_into_silence, "silent_together": o.silent_together, "ongoing": true}));
+        Silences {
+            outages: s
+                .closed
+                .iter()
+                .chain(&s.open)
+                .map(OutageRecord::from)
+                .collect(),
+            outages_total: s.closed_total + u64::from(s.open.is_some()),
+            one_way: s.ever_one_way,
+            one_way_now: s.one_way,
+            longest_silence_s: round3(s.longest_silence_s),
+            rx_silences_ms: s
+                .silences_ms
+                .as_ref()
+                .map(|h| Percentiles::of_u32(h, true))
+                .unwrap_or_else(Percentiles::empty),
         }
-        json!({
-            "outages": list,
-            "outages_total": s.closed_total + u64::from(s.open.is_some()),
-            "one_way": s.ever_one_way,
-            "one_way_now": s.one_way,
-            "longest_silence_s": round3(s.longest_silence_s),
-            "rx_silences_ms": match &s.silences_ms {
-                Some(h) => json!({"count": h.len(), "p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "max": h.max()}),
-                None => json!({"count": 0, "p50": 0, "p99": 0, "max": 0}),
-            },
-        })
+    }
+
+    /// Whether anything is known of the peer's silences.
+    pub fn knows(&self, key: &PeerKey) -> bool {
+        self.peers.contains_key(key)
     }
 
     /// Live: the open outage of a peer, if any (start elapsed-free: unix).
@@ -327,10 +277,6 @@ impl OutageTracker {
     }
 }
 
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,7 +287,7 @@ mod tests {
     }
 
     /// Feeds `steps` half-second intervals of (B rx, C rx) with tx always on.
-    fn run(t: &mut OutageTracker, steps: &[(u64, u64)]) -> Vec<Event> {
+    fn run(t: &mut OutageTracker, steps: &[(u64, u64)]) -> Vec<Line> {
         let (kb, b) = key("192.0.2.12");
         let (kc, c) = key("192.0.2.13");
         let mut all = Vec::new();
@@ -362,7 +308,7 @@ mod tests {
         let ends: Vec<&Outage> = ev
             .iter()
             .filter_map(|e| {
-                if let Event::OutageEnd(o) = e {
+                if let Line::OutageEnd(o) = e {
                     Some(o)
                 } else {
                     None
@@ -378,7 +324,7 @@ mod tests {
         );
         assert_eq!(ends[0].sent_into_silence, 60);
         assert_eq!(ends[0].tx_pps_before, 20.0);
-        assert!(!ev.iter().any(|e| matches!(e, Event::Group { .. })));
+        assert!(!ev.iter().any(|e| matches!(e, Line::OutageGroup(_))));
     }
 
     #[test]
@@ -391,8 +337,8 @@ mod tests {
         let groups: Vec<&Vec<IpAddr>> = ev
             .iter()
             .filter_map(|e| {
-                if let Event::Group { peers, .. } = e {
-                    Some(peers)
+                if let Line::OutageGroup(g) = e {
+                    Some(&g.peers)
                 } else {
                     None
                 }
@@ -402,7 +348,7 @@ mod tests {
         assert_eq!(groups[0].len(), 2);
         let starts = ev
             .iter()
-            .filter(|e| matches!(e, Event::OutageStart(_)))
+            .filter(|e| matches!(e, Line::OutageStart(_)))
             .count();
         assert_eq!(starts, 2);
     }
@@ -411,12 +357,9 @@ mod tests {
     fn one_way_needs_a_whole_window() {
         let mut t = OutageTracker::new(1.0, 3.0, 0.0, 100);
         let ev = run(&mut t, &[(0, 5); 5]);
-        assert!(!ev.iter().any(|e| matches!(e, Event::OneWay { .. })));
+        assert!(!ev.iter().any(|e| matches!(e, Line::OneWay(_))));
         let ev = run(&mut t, &[(0, 5); 2]);
-        let ow: Vec<&Event> = ev
-            .iter()
-            .filter(|e| matches!(e, Event::OneWay { .. }))
-            .collect();
+        let ow: Vec<&Line> = ev.iter().filter(|e| matches!(e, Line::OneWay(_))).collect();
         assert_eq!(ow.len(), 1);
     }
 }

@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
 use vxtrace_common::{PeerKey, PeerStats};
 
-use crate::{discovery::peer_addr, tracer::Readout};
+use crate::{discovery::peer_addr, probes::Readout};
 
 /// Per-interval rate histograms of one peer (packets per second).
 pub struct RateHistograms {

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::tracer::ClsactFilter;
+use crate::{probes::ClsactFilter, schema::Hook};
 
 pub struct Reaper {
     child: Child,
@@ -53,8 +53,15 @@ impl Reaper {
             if self.told.contains(f) {
                 continue;
             }
-            writeln!(stdin, "{} {} {} {}", f.device, f.hook, f.priority, f.handle)
-                .context("talking to the clsact watchdog")?;
+            writeln!(
+                stdin,
+                "{} {} {} {}",
+                f.device,
+                f.hook.as_str(),
+                f.priority,
+                f.handle
+            )
+            .context("talking to the clsact watchdog")?;
             self.told.push(f.clone());
         }
         stdin.flush().context("talking to the clsact watchdog")
@@ -71,6 +78,8 @@ impl Reaper {
 pub fn run() -> Result<()> {
     // Ctrl-C reaches the whole process group; the watchdog must outlive
     // vxtrace to do its job, so it waits for the pipe instead.
+    // SAFETY: setting signal dispositions to SIG_IGN before any thread
+    // starts; no handler runs.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
@@ -79,17 +88,31 @@ pub fn run() -> Result<()> {
     let mut filters = Vec::new();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        if let [dev, hook, priority, handle] = parts[..]
-            && let (Ok(priority), Ok(handle)) = (priority.parse(), handle.parse())
-        {
-            filters.push((dev.to_string(), hook.to_string(), priority, handle));
-        }
+        filters.extend(parse_filter(&line));
     }
-    for (dev, hook, priority, handle) in filters {
-        crate::tracer::detach_clsact(&dev, &hook, priority, handle);
+    for f in &filters {
+        crate::probes::tc::detach_clsact(f);
     }
     Ok(())
+}
+
+/// One line of the pipe: `device hook priority handle`.
+fn parse_filter(line: &str) -> Option<ClsactFilter> {
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    let [device, hook, priority, handle] = parts[..] else {
+        return None;
+    };
+    let hook = match hook {
+        "ingress" => Hook::Ingress,
+        "egress" => Hook::Egress,
+        _ => return None,
+    };
+    Some(ClsactFilter {
+        device: device.to_string(),
+        hook,
+        priority: priority.parse().ok()?,
+        handle: handle.parse().ok()?,
+    })
 }
 
 /// Whether another vxtrace process runs in this network namespace (its

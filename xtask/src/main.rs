@@ -1,8 +1,17 @@
-//! Developer tasks: `cargo xtask setup | build | test | bench | demo | kernels`.
+//! Developer tasks, run as `cargo xtask <task>`:
 //!
-//! `setup` installs what a fresh machine lacks (apt packages, the rust-src
-//! component, bpf-linker) and does nothing for what is already there, so
-//! every other task can run it first.
+//! - `setup`: installs what a fresh machine lacks (apt packages, the
+//!   toolchain components, bpf-linker) and does nothing for what is already
+//!   there, so every other task runs it first.
+//! - `build`: the release binary, target/release/vxtrace.
+//! - `lint`: rustfmt's check, then clippy with warnings as errors on every
+//!   crate, the eBPF crate for its bpf target.
+//! - `test`: lint, unit tests, the privileged integration tests on this
+//!   kernel, then the kernel matrix (`kernels` on every default kernel).
+//! - `bench`: measures what vxtrace costs and writes BENCHMARKS.md.
+//! - `demo`: runs the built-in lab demo.
+//! - `kernels`: integration tests on other kernels (Debian's cloud kernels,
+//!   booted under qemu).
 
 use std::{
     path::{Path, PathBuf},
@@ -13,6 +22,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod kernels;
+mod lint;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "vxtrace's build, setup and lab helpers")]
@@ -27,8 +37,12 @@ enum Task {
     Setup,
     /// Build the release binary (target/release/vxtrace).
     Build,
-    /// Set up, then run every test: unit tests, the privileged lab tests on
-    /// this kernel, and the kernel matrix (other kernels under qemu).
+    /// Set up, then check formatting and run clippy (warnings are errors) on
+    /// every crate, the eBPF crate included.
+    Lint,
+    /// Set up, then run the lint and every test: unit tests, the privileged
+    /// lab tests on this kernel, and the kernel matrix (other kernels under
+    /// qemu).
     Test {
         /// Only run integration tests whose name contains this (on this
         /// kernel; the matrix is left out).
@@ -78,11 +92,16 @@ fn main() -> Result<()> {
     match cli.command {
         Task::Setup => setup(),
         Task::Build => build(),
+        Task::Lint => {
+            setup()?;
+            lint::run()
+        }
         Task::Test {
             filter,
             this_kernel_only,
         } => {
             setup()?;
+            lint::run()?;
             test(filter.as_deref())?;
             if filter.is_none() && !this_kernel_only {
                 kernels::run(&root, &kernels::Options::whole_matrix())?;
@@ -184,27 +203,13 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 fn setup() -> Result<()> {
     apt_install(APT_PACKAGES)?;
 
-    // rust-src for the toolchain that builds the kernel programs (nightly
-    // when present, else stable with RUSTC_BOOTSTRAP; see vxtrace/build.rs).
-    let toolchain =
-        if succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
-            "nightly"
-        } else {
-            "stable"
-        };
-    let installed = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", toolchain])
-        .output()
-        .context("running rustup")?;
-    if !String::from_utf8_lossy(&installed.stdout).contains("rust-src") {
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            toolchain,
-        ]))?;
-    }
+    // rust-src for the toolchain that builds the kernel programs (the one
+    // VXTRACE_EBPF_TOOLCHAIN names, else nightly when present, else stable
+    // with RUSTC_BOOTSTRAP; see vxtrace/build.rs), and clippy there and on
+    // the default toolchain, rustfmt on the default one: `lint` runs them.
+    let bpf = lint::BpfToolchain::choose();
+    rustup_components(Some(bpf.name()), &["rust-src", "clippy"])?;
+    rustup_components(None, &["clippy", "rustfmt"])?;
 
     // bpf-linker, built against Debian's LLVM 22.
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
@@ -224,6 +229,37 @@ fn setup() -> Result<()> {
     }
     eprintln!("xtask: setup complete");
     Ok(())
+}
+
+/// Adds the rustup `components` that `toolchain` (the default one when
+/// `None`) lacks.
+fn rustup_components(toolchain: Option<&str>, components: &[&str]) -> Result<()> {
+    let toolchain_args = toolchain
+        .map(|t| vec!["--toolchain", t])
+        .unwrap_or_default();
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed"])
+        .args(&toolchain_args)
+        .output()
+        .context("running rustup")?;
+    // Installed components are listed with their target: clippy-x86_64-...
+    let installed = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = components
+        .iter()
+        .copied()
+        .filter(|c| {
+            !installed
+                .lines()
+                .any(|l| l == *c || l.starts_with(&format!("{c}-")))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(Command::new("rustup")
+        .args(["component", "add"])
+        .args(&missing)
+        .args(&toolchain_args))
 }
 
 fn build() -> Result<()> {

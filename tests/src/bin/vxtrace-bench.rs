@@ -14,10 +14,11 @@ use std::{
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use serde_json::{Value, json};
-use vxtrace::tracer::{
-    AttachPolicy, PROG_EMPTY, PROG_NIC_EGRESS, PROG_NIC_INGRESS, PROG_VXLAN_EGRESS,
-    PROG_VXLAN_INGRESS, Tracer, TracerConfig,
+use vxtrace::{
+    probes::{AttachPolicy, Tracer, TracerConfig},
+    schema::Line,
 };
+use vxtrace_common::names::programs;
 use vxtrace_tests::{LabGuard, bin, run, sh};
 
 struct Report {
@@ -95,17 +96,17 @@ fn test_run(r: &mut Report) {
             raw_tp_has_reason: true,
             raw_tp_has_rx_sk: false,
         };
-        let mut t = Tracer::load(&cfg, &vxtrace::tracer::LoaderBtf::None, AttachPolicy::Auto)?;
+        let mut t = Tracer::load(&cfg, &vxtrace::probes::LoaderBtf::None, AttachPolicy::Auto)?;
         t.register_device(2, Some(1), Some([0x0e, 0x76, 0x78, 0, 0, 1]))?;
         let mut ctx = vec![0u8; 192];
         ctx[40..44].copy_from_slice(&2u32.to_ne_bytes());
         let mut out = Vec::new();
         for prog in [
-            PROG_EMPTY,
-            PROG_NIC_INGRESS,
-            PROG_NIC_EGRESS,
-            PROG_VXLAN_INGRESS,
-            PROG_VXLAN_EGRESS,
+            programs::EMPTY,
+            programs::NIC_INGRESS,
+            programs::NIC_EGRESS,
+            programs::VXLAN_INGRESS,
+            programs::VXLAN_EGRESS,
         ] {
             for (kind, data) in [("vxlan", frame(true)), ("non_vxlan", frame(false))] {
                 // VXLAN device programs see inner frames: give them the inner one.
@@ -117,7 +118,7 @@ fn test_run(r: &mut Report) {
                 // Leaving the node, a packet goes from the local VTEP to the
                 // peer: swap the outer addresses so that egress counts it
                 // (rather than measuring the early "not ours" exit).
-                if prog == PROG_NIC_EGRESS {
+                if prog == programs::NIC_EGRESS {
                     let (src, dst) = (14 + 12, 14 + 16);
                     for i in 0..4 {
                         data.swap(src + i, dst + i);
@@ -125,7 +126,7 @@ fn test_run(r: &mut Report) {
                 }
                 // Likewise the inner frame handed to the VXLAN device goes to
                 // the peer's MAC (learned from the peer's frames above).
-                if prog == PROG_VXLAN_EGRESS {
+                if prog == programs::VXLAN_EGRESS {
                     for i in 0..6 {
                         data.swap(i, 6 + i);
                     }
@@ -151,7 +152,7 @@ fn test_run(r: &mut Report) {
     let empty = |kind: &str| {
         results
             .iter()
-            .find(|(p, k, ..)| *p == PROG_EMPTY && *k == kind)
+            .find(|(p, k, ..)| *p == programs::EMPTY && *k == kind)
             .unwrap()
             .2
     };
@@ -192,7 +193,7 @@ fn watcher(ns: &str, extra: &[&str]) -> (Child, Instant, f64) {
     let mut attach_s = f64::NAN;
     for line in lines.by_ref() {
         let Ok(line) = line else { break };
-        if line.contains("\"type\":\"attached\"") {
+        if matches!(Line::parse(&line), Ok(Line::Attached(_))) {
             attach_s = t0.elapsed().as_secs_f64();
             break;
         }
@@ -459,12 +460,9 @@ fn userspace(r: &mut Report, lab: &LabGuard, secs: u64) {
         let mut known = 0u64;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if v["type"] == "interval" {
-                read_ms.push(v["self"]["read_ms"].as_f64().unwrap_or(0.0));
-                known = v["self"]["peers_known"].as_u64().unwrap_or(0);
+            if let Ok(Line::Interval(i)) = Line::parse(&line) {
+                read_ms.push(i.cost.read_ms);
+                known = i.cost.peers_known;
             }
         }
         (read_ms, known)

@@ -1,4 +1,5 @@
-//! TC programs on the underlay device: VXLAN packets leaving for a peer
+//! `vxtrace_nic_ingress` / `vxtrace_nic_egress`: TC programs on the
+//! underlay device. They count VXLAN packets leaving for a peer
 //! (`tx_encap`) and arriving from one (`rx_nic`), plus malformed packets to
 //! the VXLAN port. Arriving packets also teach `MAC_PEERS` which peer owns
 //! each inner source MAC, which is how the VXLAN device's programs attribute
@@ -7,28 +8,47 @@
 //! a destination MAC that is not ours, and a source address that is the
 //! peer's own VTEP address.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{macros::classifier, programs::TcContext};
 use vxtrace_common::{
     INNER_LEARNED, INNER_VTEP, InnerAddr, MAC_SOURCE_LEARNED, MEMO_INNER, MEMO_INNER_VTEP,
     MEMO_MAC, MEMO_RECHECK, MEMO_VNI, MEMO_VNI_KNOWN, MacKey, MacPeer, PeerKey, PeerStats,
 };
 
+use super::TC_NEXT;
 use crate::{
-    maps::{INNER_ADDRS, MAC_PEERS, VXLAN_DEVICES_BY_VNI, config, peer_stats},
+    config::config,
+    maps::{INNER_ADDRS, MAC_PEERS, VXLAN_DEVICES_BY_VNI, peer_stats},
     packet::{
         ETH_HLEN, Outer, VXLAN_HLEN, Vxlan, inner_src_addr, is_local_vtep, parse_outer,
         parse_vxlan, read, same_addr, same_mac, segments,
     },
 };
 
+/// Packets arriving at the underlay device. Name: `names::programs::NIC_INGRESS`.
+#[classifier]
+pub fn vxtrace_nic_ingress(ctx: TcContext) -> i32 {
+    handle(&ctx, Direction::Ingress);
+    TC_NEXT
+}
+
+/// Packets leaving the underlay device. Name: `names::programs::NIC_EGRESS`.
+#[classifier]
+pub fn vxtrace_nic_egress(ctx: TcContext) -> i32 {
+    handle(&ctx, Direction::Egress);
+    TC_NEXT
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
+enum Direction {
+    /// Arriving: the peer is the outer source.
     Ingress,
+    /// Leaving: the peer is the outer destination.
     Egress,
 }
 
+/// Counts one packet on the underlay device.
 #[inline(always)]
-pub fn handle(ctx: &TcContext, dir: Direction) {
+fn handle(ctx: &TcContext, dir: Direction) {
     // Fast path for everything that is not UDP to a VXLAN port: a few
     // loads and compares, no map access.
     let Some(outer) = parse_outer(ctx) else {
@@ -45,9 +65,11 @@ pub fn handle(ctx: &TcContext, dir: Direction) {
     let Some(stats) = peer_stats(ctx, peer) else {
         return;
     };
-    // SAFETY: a per-CPU map value; only this CPU writes it, and the BPF
-    // program cannot be preempted by another program on this CPU touching it
-    // except through the same non-atomic adds, which may at worst lose a count.
+    // SAFETY: this CPU's copy of a PEERS value: non-null, aligned, and kept
+    // alive until the program returns even if the LRU evicts the entry.
+    // Only programs on this CPU write it; one that interrupts this program
+    // may add to the same counters, and the adds are not atomic, which at
+    // worst loses a count.
     let stats = unsafe { &mut *stats };
     match vxlan {
         Vxlan::Malformed => match dir {
@@ -57,8 +79,7 @@ pub fn handle(ctx: &TcContext, dir: Direction) {
         Vxlan::Valid { vni, inner_src } => {
             memo_begin(stats);
             let known = vni_known(stats, vni);
-            let filter = unsafe { core::ptr::read_volatile(&raw const (*config()).filter_vni) };
-            if filter != 0 && !known {
+            if config!(filter_vni) != 0 && !known {
                 stats.unknown_vni += 1;
                 return;
             }
@@ -104,6 +125,10 @@ fn vni_known(stats: &mut PeerStats, vni: u32) -> bool {
     }
     m.state = (m.state & !(MEMO_VNI_KNOWN | MEMO_MAC)) | MEMO_VNI;
     m.vni = vni;
+    // SAFETY: the entry is copied into the memo right away. The loader may
+    // replace it meanwhile (a device re-registered); the fields are plain
+    // integers, so a mixed read is a stale answer, corrected by the next
+    // recheck, never an invalid value.
     match unsafe { VXLAN_DEVICES_BY_VNI.get(vni) } {
         Some(info) => {
             m.state |= MEMO_VNI_KNOWN;
@@ -130,6 +155,10 @@ fn inspect_inner_src(stats: &mut PeerStats, src: &PeerKey, peer: &PeerKey) {
     m.inner_src = *src;
     m.state = (m.state & !MEMO_INNER_VTEP) | MEMO_INNER;
     if let Some(known) = INNER_ADDRS.get_ptr(src) {
+        // SAFETY: a map value, valid until the program returns (an entry
+        // deleted meanwhile is freed only after that). Userspace or another
+        // CPU may rewrite it; its fields are plain integers, so that gives
+        // a stale answer, never an invalid value.
         let known = unsafe { &*known };
         if same_addr(&known.peer, peer) {
             if known.kind == INNER_VTEP {
@@ -151,6 +180,7 @@ fn inspect_inner_src(stats: &mut PeerStats, src: &PeerKey, peer: &PeerKey) {
     let _ = INNER_ADDRS.insert(src, &value, 0);
 }
 
+/// Adds the packet to the peer's traffic, size and fragment counters.
 #[inline(always)]
 fn count_traffic(ctx: &TcContext, stats: &mut PeerStats, outer: &Outer, dir: Direction) {
     let segs = segments(ctx);
@@ -212,6 +242,9 @@ fn learn_mac(stats: &mut PeerStats, vni: u32, mac: [u8; 6], peer: &PeerKey) {
     m.state |= MEMO_MAC;
     let key = MacKey::new(vni, mac);
     if let Some(known) = MAC_PEERS.get_ptr(&key)
+        // SAFETY: a map value, valid until the program returns; a
+        // concurrent rewrite gives a stale peer (integers), never an
+        // invalid one.
         && same_addr(unsafe { &(*known).peer }, peer)
     {
         return;

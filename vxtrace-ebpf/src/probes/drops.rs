@@ -1,4 +1,8 @@
-//! Kernel drops (`skb:kfree_skb`) by reason, location and underlay peer.
+//! `vxtrace_kfree_skb_raw` / `vxtrace_kfree_skb_tp`: kernel drops
+//! (`skb:kfree_skb`) by reason, location and underlay peer. The raw
+//! tracepoint is the one normally attached; the classic one is for kernels
+//! where the raw one cannot attach. The PAWS kprobes count through
+//! [`count`] too.
 //!
 //! The dropped skb is read with bpf_probe_read_kernel at offsets the loader
 //! resolved from the running kernel's BTF (no struct layout is compiled in).
@@ -7,41 +11,87 @@
 //! source (or else destination) address, from the inner-address map and the
 //! pod-subnet trie. Anything else is "other" (the zero peer), by reason.
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, maps::lpm_trie::Key};
-use vxtrace_common::{DROP_KIND_PACKET, DROP_KIND_SYNACK, DropKey, NO_FIELD, PeerKey};
-
-use crate::{
-    maps::{DROPS, INNER_ADDRS, NETNS_SCOPE, PEERS, POD_SUBNETS, config, global},
-    packet::{is_local_vtep, is_vxlan_port},
+use aya_ebpf::{
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{HashMap, LruPerCpuHashMap, lpm_trie::Key},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use vxtrace_common::{
+    DROP_KIND_PACKET, DROP_KIND_SYNACK, DropKey, NO_FIELD, PeerKey, REASON_UNKNOWN,
 };
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_UDP: u8 = 17;
+use crate::{
+    config::config,
+    kernel_mem::{field, kread},
+    maps::{INNER_ADDRS, PEERS, POD_SUBNETS, update_global},
+    packet::{ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, is_local_vtep, is_vxlan_port},
+};
 
-/// Reads a `T` from kernel memory (None for a null address or a fault).
-#[inline(always)]
-pub fn kread<T>(addr: u64) -> Option<T> {
-    if addr == 0 {
-        return None;
-    }
-    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+/// Drops by (peer, reason, location). Name: `names::maps::DROPS`.
+#[map]
+pub static DROPS: LruPerCpuHashMap<DropKey, u64> = LruPerCpuHashMap::with_max_entries(16_384, 0);
+
+/// Network namespaces (inode numbers) whose drops count, unless
+/// `Config::netns_scope_all` is set. Name: `names::maps::NETNS_SCOPE`.
+#[map]
+pub static NETNS_SCOPE: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
+
+/// `skb:kfree_skb` as a raw tracepoint: arguments (skb, location, reason,
+/// and on kernels >= 6.10 rx_sk). Name: `names::programs::DROPS_RAW`.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn vxtrace_kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason = if config!(raw_tp_has_reason) != 0 {
+        ctx.arg::<u64>(2) as u32
+    } else {
+        REASON_UNKNOWN
+    };
+    let rx_sk: u64 = if config!(raw_tp_has_rx_sk) != 0 {
+        ctx.arg(3)
+    } else {
+        0
+    };
+    count(skb, location, reason, rx_sk);
+    0
 }
 
-#[inline(always)]
-fn field(off: u32) -> Option<u64> {
-    if off == NO_FIELD {
-        None
-    } else {
-        Some(off as u64)
+/// `skb:kfree_skb` as a classic tracepoint, for kernels where the raw one
+/// cannot attach; field offsets come from its tracefs format file.
+/// Name: `names::programs::DROPS_TP`.
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn vxtrace_kfree_skb_tp(ctx: TracePointContext) -> u32 {
+    let o = config!(offsets);
+    if o.tp_skbaddr == NO_FIELD {
+        return 0;
     }
+    let skb: u64 = tp_field(&ctx, o.tp_skbaddr, 0);
+    let location: u64 = tp_field(&ctx, o.tp_location, 0);
+    let reason: u32 = tp_field(&ctx, o.tp_reason, REASON_UNKNOWN);
+    let rx_sk: u64 = tp_field(&ctx, o.tp_rx_sk, 0);
+    count(skb, location, reason, rx_sk);
+    0
+}
+
+/// The classic tracepoint's field at `off`: `missing` when the kernel's
+/// record has no such field (`NO_FIELD`) or the read fails.
+#[inline(always)]
+fn tp_field<T>(ctx: &TracePointContext, off: u32, missing: T) -> T {
+    if off == NO_FIELD {
+        return missing;
+    }
+    // SAFETY: read_at copies with bpf_probe_read_kernel, which checks the
+    // address itself (a bad one is an error, here `missing`). The offset
+    // is one the tracefs format file gave for this field, and every
+    // field read is an integer, for which any bytes are a valid value.
+    unsafe { ctx.read_at(off as usize) }.unwrap_or(missing)
 }
 
 /// The network namespace (inode number) of the skb: its device's, else
 /// its socket's; 0 when neither is known.
 #[inline(always)]
 fn netns_of(skb: u64, rx_sk: u64) -> u32 {
-    let o = unsafe { core::ptr::read_volatile(&raw const (*config()).offsets) };
+    let o = config!(offsets);
     let dev: u64 = field(o.skb_dev).and_then(|f| kread(skb + f)).unwrap_or(0);
     let net: u64 = if dev != 0 {
         field(o.dev_nd_net)
@@ -60,9 +110,14 @@ fn netns_of(skb: u64, rx_sk: u64) -> u32 {
         .unwrap_or(0)
 }
 
+/// The peer that owns an inner address: a known address first, else the
+/// pod subnet it falls in.
 #[inline(always)]
 fn owner_of_inner(addr: &PeerKey) -> Option<PeerKey> {
     if let Some(a) = INNER_ADDRS.get_ptr(addr) {
+        // SAFETY: a map value, valid until the program returns; a
+        // concurrent rewrite gives a stale peer (integers), never an
+        // invalid one.
         return Some(unsafe { (*a).peer });
     }
     let key = Key::new(128, addr.addr);
@@ -73,7 +128,7 @@ fn owner_of_inner(addr: &PeerKey) -> Option<PeerKey> {
 /// it was.
 #[inline(always)]
 fn attribute(skb: u64) -> Option<(PeerKey, u32)> {
-    let o = unsafe { core::ptr::read_volatile(&raw const (*config()).offsets) };
+    let o = config!(offsets);
     if o.valid == 0 {
         return None;
     }
@@ -112,9 +167,7 @@ fn attribute(skb: u64) -> Option<(PeerKey, u32)> {
         && is_vxlan_port(u16::from_be(ports[1]))
     {
         // Outer VXLAN: the peer is the address that is not ours.
-        let cfg = config();
-        let has_local = unsafe { core::ptr::read_volatile(&raw const (*cfg).local_addr_count) } > 0;
-        let outer = if has_local {
+        let outer = if config!(local_addr_count) > 0 {
             if is_local_vtep(&src) {
                 Some(dst)
             } else if is_local_vtep(&dst) {
@@ -132,7 +185,7 @@ fn attribute(skb: u64) -> Option<(PeerKey, u32)> {
         return outer.map(|p| (p, DROP_KIND_PACKET));
     }
     let mut kind = DROP_KIND_PACKET;
-    if l4_proto == 6
+    if l4_proto == IPPROTO_TCP
         && let Some(flags) = kread::<u8>(ip + l4_off + 13)
         && flags & 0x16 == 0x12
     {
@@ -143,16 +196,14 @@ fn attribute(skb: u64) -> Option<(PeerKey, u32)> {
         .map(|p| (p, kind))
 }
 
+/// Counts one drop: of the skb at `skb` (kernel memory), at `location`,
+/// for `reason`; `rx_sk` is the receiving socket when the caller knows it.
 #[inline(always)]
-pub fn handle(skb: u64, location: u64, reason: u32, rx_sk: u64) {
-    let cfg = config();
-    let all = unsafe { core::ptr::read_volatile(&raw const (*cfg).netns_scope_all) };
-    if all == 0 {
+pub fn count(skb: u64, location: u64, reason: u32, rx_sk: u64) {
+    if config!(netns_scope_all) == 0 {
         let inum = netns_of(skb, rx_sk);
-        if unsafe { NETNS_SCOPE.get(inum) }.is_none() {
-            if let Some(g) = global() {
-                unsafe { (*g).drops_out_of_scope += 1 };
-            }
+        if NETNS_SCOPE.get_ptr(inum).is_none() {
+            update_global(|g| g.drops_out_of_scope += 1);
             return;
         }
     }
@@ -163,19 +214,21 @@ pub fn handle(skb: u64, location: u64, reason: u32, rx_sk: u64) {
         kind,
         location,
     };
-    if let Some(g) = global() {
-        unsafe { (*g).drops_seen += 1 };
-    }
+    update_global(|g| g.drops_seen += 1);
     if let Some(n) = DROPS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's copy of a DROPS value: non-null, aligned, and
+        // kept alive until the program returns even if the LRU evicts the
+        // entry. Only programs on this CPU write it; one that interrupts
+        // this one may add too, and the add is not atomic, which at worst
+        // loses a count.
         unsafe { *n += 1 };
         return;
     }
     if DROPS.insert(&key, &1u64, 1).is_ok() {
-        if let Some(g) = global() {
-            unsafe { (*g).drop_keys_inserted += 1 };
-        }
+        update_global(|g| g.drop_keys_inserted += 1);
     } else if let Some(n) = DROPS.get_ptr_mut(&key) {
         // Another CPU created it first.
+        // SAFETY: as for the lookup above.
         unsafe { *n += 1 };
     }
 }

@@ -10,20 +10,23 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use serde_json::Value;
+
+use super::{IntervalView, Sink, SummaryView};
+use crate::schema::Line;
 
 pub struct Recorder {
     path: PathBuf,
     max_size: u64,
     keep: usize,
-    header: Value,
+    /// The first line of every file.
+    header: Line,
     out: BufWriter<File>,
     size: u64,
 }
 
 impl Recorder {
     /// Opens (appending to) `path`; every file starts with `header`.
-    pub fn open(path: &Path, max_size: u64, keep: usize, header: Value) -> Result<Self> {
+    pub fn open(path: &Path, max_size: u64, keep: usize, header: Line) -> Result<Self> {
         let (out, size) = open_file(path)?;
         let mut r = Self {
             path: path.to_path_buf(),
@@ -39,8 +42,8 @@ impl Recorder {
         Ok(r)
     }
 
-    pub fn write(&mut self, v: &Value) -> Result<()> {
-        let mut line = serde_json::to_vec(v)?;
+    pub fn write(&mut self, v: &Line) -> Result<()> {
+        let mut line = v.to_json().into_bytes();
         line.push(b'\n');
         if self.size > 0 && self.size + line.len() as u64 > self.max_size {
             self.rotate()?;
@@ -54,7 +57,9 @@ impl Recorder {
 
     /// Flushes to the kernel and to the disk (once per interval).
     pub fn flush(&mut self) -> Result<()> {
-        self.out.flush()?;
+        self.out
+            .flush()
+            .with_context(|| format!("writing the recording {}", self.path.display()))?;
         self.out.get_ref().sync_data().ok();
         Ok(())
     }
@@ -79,6 +84,26 @@ impl Recorder {
         self.size = size;
         let h = self.header.clone();
         self.write(&h)
+    }
+}
+
+impl Sink for Recorder {
+    fn attached(&mut self, line: &Line) -> Result<()> {
+        self.write(line)?;
+        self.flush()
+    }
+
+    fn interval(&mut self, view: &IntervalView<'_>) -> Result<()> {
+        self.write(view.line)?;
+        for e in view.events {
+            self.write(e)?;
+        }
+        self.flush()
+    }
+
+    fn summary(&mut self, view: &SummaryView<'_>) -> Result<()> {
+        self.write(view.line)?;
+        self.flush()
     }
 }
 
@@ -122,7 +147,16 @@ pub fn files_of(path: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::schema::OneWay;
+
+    fn filler(i: u64) -> Line {
+        Line::OneWay(OneWay {
+            peer: "192.0.2.1".parse().unwrap(),
+            sent: i,
+            received: 0,
+            window_s: 10.0,
+        })
+    }
 
     #[test]
     fn rotates_by_size_and_keeps_a_bounded_number() {
@@ -130,10 +164,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("run.ndjson");
-        let mut r = Recorder::open(&path, 400, 2, json!({"type": "header"})).unwrap();
-        for i in 0..50 {
-            r.write(&json!({"type": "interval", "i": i, "pad": "xxxxxxxxxxxxxxxxxxxx"}))
-                .unwrap();
+        let header = Line::Summary(Box::default());
+        let first = header.to_json();
+        let mut r = Recorder::open(&path, 2000, 2, header).unwrap();
+        for i in 0..200 {
+            r.write(&filler(i)).unwrap();
         }
         r.flush().unwrap();
         let files = files_of(&path);
@@ -141,11 +176,14 @@ mod tests {
         assert!(!rotated(&path, 3).exists());
         for f in &files {
             let text = std::fs::read_to_string(f).unwrap();
-            assert!(text.starts_with("{\"type\":\"header\"}"), "{f:?}");
-            assert!(std::fs::metadata(f).unwrap().len() <= 400);
+            assert!(text.starts_with(&first), "{f:?}");
+            assert!(std::fs::metadata(f).unwrap().len() <= 2000);
+            for line in text.lines() {
+                Line::parse(line).unwrap();
+            }
         }
         let last = std::fs::read_to_string(&path).unwrap();
-        assert!(last.contains("\"i\":49"));
+        assert!(last.contains("\"sent\":199"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,15 +1,39 @@
-//! PAWS rejects on kernels whose drops carry no RFC 7323 reason: kprobes at
-//! the two timestamp checks redo the kernel's comparison with the socket's
+//! `vxtrace_paws_established` / `vxtrace_paws_time_wait`: PAWS rejects on
+//! kernels whose drops carry no RFC 7323 reason. Kprobes at the two
+//! timestamp checks redo the kernel's comparison with the socket's
 //! `ts_recent` (offsets from BTF) and count a reject as a drop of the
 //! segment's peer. Kernels with the drop reasons do not need these; the
 //! loader attaches them only where kprobes exist and the reasons do not.
 
+use aya_ebpf::{macros::kprobe, programs::ProbeContext};
 use vxtrace_common::{NO_FIELD, REASON_KPROBE_PAWS, REASON_KPROBE_TW_PAWS};
 
-use crate::{
-    drops::{self, kread},
-    maps::config,
-};
+use super::drops;
+use crate::{config::config, kernel_mem::kread};
+
+/// At `tcp_validate_incoming(sk, skb, th, syn_inerr)`: the PAWS check of
+/// established connections. Name: `names::programs::PAWS_ESTABLISHED`.
+#[kprobe]
+pub fn vxtrace_paws_established(ctx: ProbeContext) -> u32 {
+    let (Some(sk), Some(skb), Some(th)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    else {
+        return 0;
+    };
+    established(sk, skb, th);
+    0
+}
+
+/// At `tcp_timewait_state_process(tw, skb, th, ...)`: the PAWS check of
+/// TIME_WAIT sockets. Name: `names::programs::PAWS_TIME_WAIT`.
+#[kprobe]
+pub fn vxtrace_paws_time_wait(ctx: ProbeContext) -> u32 {
+    let (Some(tw), Some(skb), Some(th)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u64>(2))
+    else {
+        return 0;
+    };
+    time_wait(tw, skb, th);
+    0
+}
 
 const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;
@@ -56,12 +80,12 @@ fn tsval(th: u64) -> Option<(u32, u8)> {
     None
 }
 
-/// `tcp_validate_incoming(sk, skb, th, syn_inerr)`: the established check,
-/// with the kernel's window of 1 (TCP_PAWS_WINDOW). Pure ACKs are left out
-/// (the kernel lets reordered ones through).
+/// The established check, with the kernel's window of 1
+/// (TCP_PAWS_WINDOW). Pure ACKs are left out (the kernel lets reordered
+/// ones through).
 #[inline(always)]
-pub fn established(sk: u64, skb: u64, th: u64) {
-    let o = unsafe { core::ptr::read_volatile(&raw const (*config()).offsets) };
+fn established(sk: u64, skb: u64, th: u64) {
+    let o = config!(offsets);
     if o.tcp_ts_recent == NO_FIELD || o.tcp_ts_recent_stamp == NO_FIELD {
         return;
     }
@@ -73,7 +97,7 @@ pub fn established(sk: u64, skb: u64, th: u64) {
     }
     let stamp = sk + o.tcp_ts_recent_stamp as u64;
     if older_than_recent(stamp, sk + o.tcp_ts_recent as u64, val, 1) {
-        drops::handle(skb, 0, REASON_KPROBE_PAWS, sk);
+        drops::count(skb, 0, REASON_KPROBE_PAWS, sk);
     }
 }
 
@@ -88,10 +112,10 @@ fn older_than_recent(stamp: u64, recent: u64, val: u32, window: i32) -> bool {
     stamp != 0 && (recent.wrapping_sub(val) as i32) > window
 }
 
-/// `tcp_timewait_state_process(tw, skb, th, ...)`: the TIME_WAIT check.
+/// The TIME_WAIT check, with the kernel's window of 0.
 #[inline(always)]
-pub fn time_wait(tw: u64, skb: u64, th: u64) {
-    let o = unsafe { core::ptr::read_volatile(&raw const (*config()).offsets) };
+fn time_wait(tw: u64, skb: u64, th: u64) {
+    let o = config!(offsets);
     if o.tw_ts_recent == NO_FIELD || o.tw_ts_recent_stamp == NO_FIELD {
         return;
     }
@@ -103,6 +127,6 @@ pub fn time_wait(tw: u64, skb: u64, th: u64) {
     }
     let stamp = tw + o.tw_ts_recent_stamp as u64;
     if older_than_recent(stamp, tw + o.tw_ts_recent as u64, val, 0) {
-        drops::handle(skb, 0, REASON_KPROBE_TW_PAWS, tw);
+        drops::count(skb, 0, REASON_KPROBE_TW_PAWS, tw);
     }
 }

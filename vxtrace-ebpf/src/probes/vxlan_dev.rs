@@ -1,0 +1,251 @@
+//! `vxtrace_vxlan_ingress` / `vxtrace_vxlan_egress`: TC programs on the
+//! VXLAN device itself. Ingress sees frames right after decapsulation
+//! (`rx_decap`); egress sees frames the device is about to encapsulate
+//! (`tx_dev`). Neither has an outer header, so the peer comes from
+//! `MAC_PEERS`: the inner source MAC on ingress, the destination MAC on
+//! egress (the same MAC in flannel's layout: the peer VTEP's).
+//!
+//! Inner TCP handshakes are tracked here too: SYNs open an entry in
+//! `HANDSHAKES`, the SYN-ACK closes it, and our own clients' handshake
+//! latency goes to userspace through `HANDSHAKE_EVENTS`.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use vxtrace_common::{
+    Counter, FlowKey, HANDSHAKE_IN, HANDSHAKE_OUT, Handshake, HandshakeEvent, MAC_MEMO_SLOTS,
+    MEMO_RECHECK, MacKey, MacMemo, PeerKey, PeerStats,
+};
+
+use super::TC_NEXT;
+use crate::{
+    maps::{MAC_PEERS, VXLAN_DEVICES, peer_stats, update_global},
+    packet::{ETH_HLEN, parse_inner_tcp, read, same_mac, segments},
+};
+
+/// TCP handshakes seen starting (SYN) and not yet answered (SYN-ACK),
+/// keyed by the inner 4-tuple. The loader expires old entries as
+/// "unanswered"; the LRU bounds the map under a SYN flood.
+/// Name: `names::maps::HANDSHAKES`.
+#[map]
+pub static HANDSHAKES: LruHashMap<FlowKey, Handshake> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Completed handshakes (latency), one small record per connection.
+/// Name: `names::maps::HANDSHAKE_EVENTS`.
+#[map]
+pub static HANDSHAKE_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// The per-CPU memo of recent (device, MAC) -> peer answers (see
+/// [`MacMemo`]). Name: `names::maps::MAC_MEMO`.
+#[map]
+pub static MAC_MEMO: PerCpuArray<MacMemo> = PerCpuArray::with_max_entries(MAC_MEMO_SLOTS, 0);
+
+/// Frames a VXLAN device has just decapsulated.
+/// Name: `names::programs::VXLAN_INGRESS`.
+#[classifier]
+pub fn vxtrace_vxlan_ingress(ctx: TcContext) -> i32 {
+    handle(&ctx, Direction::Decap);
+    TC_NEXT
+}
+
+/// Frames a VXLAN device is about to encapsulate.
+/// Name: `names::programs::VXLAN_EGRESS`.
+#[classifier]
+pub fn vxtrace_vxlan_egress(ctx: TcContext) -> i32 {
+    handle(&ctx, Direction::Encap);
+    TC_NEXT
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Decapsulated, being delivered.
+    Decap,
+    /// About to be encapsulated.
+    Encap,
+}
+
+const TCP_FIN_SYN_RST_ACK: u8 = 0x17;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Counts one frame on a VXLAN device, for its peer or as unattributed.
+#[inline(always)]
+fn handle(ctx: &TcContext, dir: Direction) {
+    // SAFETY: `skb` is the context pointer the kernel passed to this run,
+    // valid until the program returns; the verifier checks the field access.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if (ctx.len() as usize) < ETH_HLEN {
+        return;
+    }
+    // Destination MAC at 0, source MAC at 6.
+    let mac_off = match dir {
+        Direction::Decap => 6,
+        Direction::Encap => 0,
+    };
+    let Some(mac) = read::<[u8; 6]>(ctx, mac_off) else {
+        return;
+    };
+    let Ok(owner) = mac_owner(ifindex, mac) else {
+        return; // not a watched device
+    };
+    let bytes = ctx.len() as u64;
+    let segs = segments(ctx) as u64;
+    if let Some(peer) = owner
+        && let Some(stats) = peer_stats(ctx, &peer)
+    {
+        // SAFETY: this CPU's copy of a PEERS value: non-null, aligned, and
+        // kept alive until the program returns even if the LRU evicts the
+        // entry. Only programs on this CPU write it; one that interrupts
+        // this program may add to the same counters, and the adds are not
+        // atomic, which at worst loses a count.
+        let stats = unsafe { &mut *stats };
+        match dir {
+            Direction::Decap => stats.rx_decap.add(segs, bytes),
+            Direction::Encap => stats.tx_dev.add(segs, bytes),
+        }
+        track_tcp(ctx, dir, &peer, stats);
+        return;
+    }
+    update_global(|g| {
+        let counter: &mut Counter = match dir {
+            Direction::Decap => &mut g.rx_decap_unattributed,
+            Direction::Encap => &mut g.tx_dev_unattributed,
+        };
+        counter.add(segs, bytes);
+    });
+}
+
+/// The peer that owns `mac` on the device `ifindex`: from the memo, or
+/// from the device and MAC maps (then remembered). `Err` for a device
+/// vxtrace does not watch, `None` for a MAC no peer owns.
+#[inline(always)]
+fn mac_owner(ifindex: u32, mac: [u8; 6]) -> Result<Option<PeerKey>, ()> {
+    let slot = (mac[5] as u32 ^ mac[4] as u32) & (MAC_MEMO_SLOTS - 1);
+    // SAFETY: this CPU's slot of a per-CPU array: non-null, aligned, never
+    // freed, and written only by programs on this CPU. One that interrupts
+    // this program could rewrite the slot; every field is an integer, so
+    // the worst outcome is a wrong memo answer, dropped at the next recheck.
+    let mut memo = MAC_MEMO.get_ptr_mut(slot).map(|m| unsafe { &mut *m });
+    if let Some(m) = memo.as_mut()
+        && m.valid != 0
+        && m.ifindex == ifindex
+        && same_mac(&m.mac, &mac)
+        && m.uses & (MEMO_RECHECK - 1) != 0
+    {
+        m.uses = m.uses.wrapping_add(1);
+        return Ok(Some(m.peer));
+    }
+    // SAFETY: the entry is read right away (its VNI). The loader may
+    // replace it meanwhile; an integer read mid-update is a stale answer,
+    // never an invalid value.
+    let Some(dev) = (unsafe { VXLAN_DEVICES.get(ifindex) }) else {
+        return Err(());
+    };
+    let owner = MAC_PEERS
+        .get_ptr(&MacKey::new(dev.vni, mac))
+        // SAFETY: a map value, valid until the program returns; a
+        // concurrent rewrite gives a stale peer (integers), never an
+        // invalid one.
+        .map(|o| unsafe { (*o).peer });
+    if let Some(m) = memo {
+        // Only answers are remembered: an unknown MAC may be learned any
+        // moment by the underlay program.
+        m.valid = u8::from(owner.is_some());
+        m.ifindex = ifindex;
+        m.mac = mac;
+        m.uses = 1;
+        if let Some(peer) = owner {
+            m.peer = peer;
+        }
+    }
+    Ok(owner)
+}
+
+/// Counts handshake packets and keeps the open-handshake map: a SYN opens
+/// an entry, the SYN-ACK closes it (and reports the latency of our own
+/// clients' handshakes).
+#[inline(always)]
+fn track_tcp(ctx: &TcContext, dir: Direction, peer: &PeerKey, stats: &mut PeerStats) {
+    let Some(t) = parse_inner_tcp(ctx) else {
+        return;
+    };
+    let flags = t.flags & TCP_FIN_SYN_RST_ACK;
+    if flags & TCP_RST != 0 {
+        match dir {
+            Direction::Encap => stats.rst_sent += 1,
+            Direction::Decap => stats.rst_received += 1,
+        }
+    }
+    if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
+        match dir {
+            Direction::Encap => stats.syn_sent += 1,
+            Direction::Decap => stats.syn_received += 1,
+        }
+        let key = FlowKey {
+            client: t.src,
+            server: t.dst,
+            client_port: t.sport,
+            server_port: t.dport,
+            _pad: 0,
+        };
+        if HANDSHAKES.get_ptr(&key).is_some() {
+            stats.syn_retrans += 1;
+            return;
+        }
+        let value = Handshake {
+            first_syn_ns: now_ns(),
+            peer: *peer,
+            direction: match dir {
+                Direction::Encap => HANDSHAKE_OUT,
+                Direction::Decap => HANDSHAKE_IN,
+            },
+            reported: 0,
+        };
+        let _ = HANDSHAKES.insert(&key, &value, 0);
+    } else if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK {
+        match dir {
+            Direction::Encap => stats.synack_sent += 1,
+            Direction::Decap => stats.synack_received += 1,
+        }
+        let key = FlowKey {
+            client: t.dst,
+            server: t.src,
+            client_port: t.dport,
+            server_port: t.sport,
+            _pad: 0,
+        };
+        let Some(open) = HANDSHAKES.get_ptr(&key) else {
+            return;
+        };
+        // SAFETY: a map value, valid until the program returns (removed
+        // just below, freed only after that); copied out at once. The
+        // loader may set `reported` meanwhile; the fields are integers.
+        let open = unsafe { *open };
+        let _ = HANDSHAKES.remove(&key);
+        if open.direction == HANDSHAKE_OUT && dir == Direction::Decap && open.reported == 0 {
+            let event = HandshakeEvent {
+                peer: *peer,
+                latency_ns: now_ns() - open.first_syn_ns,
+                direction: HANDSHAKE_OUT,
+                _pad: 0,
+            };
+            if HANDSHAKE_EVENTS
+                .output::<HandshakeEvent>(&event, 0)
+                .is_err()
+            {
+                update_global(|g| g.handshake_events_lost += 1);
+            }
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (what the loader compares with).
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments or preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}

@@ -1,0 +1,775 @@
+//! The diagnosis engine: from what one node counted for one peer to the
+//! likely causes, each with the segment where traffic is lost, the numbers
+//! that show it, and the fix. A pure function of its input: the live
+//! screen, the summary, `report` and the metrics all ask it, so they
+//! cannot disagree.
+//!
+//! Every rule needs a few packets before it speaks ([`MIN_PACKETS`]), so a
+//! packet in flight at the moment of reading raises nothing.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    reasons,
+    schema::{
+        Cause, Direction, Finding, OutageRecord, PeerCounters, PeerSummary, Segment, TcpOutcome,
+    },
+};
+
+/// Packets a traffic rule needs before it concludes anything.
+pub const MIN_PACKETS: u64 = 5;
+
+/// Everything the engine looks at for one peer, cumulative over a run.
+#[derive(Clone, Copy, Debug)]
+pub struct Observation<'a> {
+    pub counters: &'a PeerCounters,
+    /// Kernel drops of the peer's traffic, by reason name.
+    pub drops: &'a BTreeMap<String, u64>,
+    pub tcp: &'a TcpOutcome,
+    pub outages: &'a [OutageRecord],
+}
+
+impl<'a> Observation<'a> {
+    /// What a summary (or a report's rebuilt summary) holds about a peer.
+    pub fn of_summary(p: &'a PeerSummary, tcp: &'a TcpOutcome) -> Self {
+        Self {
+            counters: &p.counters,
+            drops: &p.drops,
+            tcp,
+            outages: &p.silences.outages,
+        }
+    }
+}
+
+/// The findings for one peer, most telling first.
+pub fn diagnose(o: &Observation<'_>) -> Vec<Finding> {
+    RULES.iter().filter_map(|rule| rule(o)).collect()
+}
+
+/// The findings for a summary's peer.
+pub fn diagnose_summary(p: &PeerSummary) -> Vec<Finding> {
+    let tcp = p.tcp_outcome();
+    diagnose(&Observation::of_summary(p, &tcp))
+}
+
+type Rule = fn(&Observation<'_>) -> Option<Finding>;
+
+/// The rules, in the order their findings are shown.
+const RULES: &[Rule] = &[
+    paws_rejects,
+    unanswered_syn,
+    synack_dropped,
+    host_firewall,
+    pod_traffic_firewall,
+    stale_neighbour,
+    masquerade,
+    one_way,
+    lost_before_decap,
+    lost_while_encapsulating,
+    malformed,
+    unknown_vni,
+    path_mtu,
+    grouped_outage,
+    intermittent_outage,
+];
+
+/// "a 1, b 2".
+fn evidence(items: &[(&str, u64)]) -> String {
+    items
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn finding(
+    kind: Cause,
+    segment: Segment,
+    direction: Direction,
+    headline: String,
+    cause: &str,
+    evidence: String,
+    fix: &str,
+) -> Option<Finding> {
+    Some(Finding {
+        kind,
+        headline,
+        cause: cause.to_string(),
+        segment,
+        direction,
+        evidence,
+        fix: fix.to_string(),
+    })
+}
+
+fn nf_drops(o: &Observation<'_>) -> u64 {
+    reasons::count(o.drops, reasons::NETFILTER_DROP)
+}
+
+fn paws_rejects(o: &Observation<'_>) -> Option<Finding> {
+    let paws = o.tcp.paws_rejects.max(reasons::paws_rejects(o.drops));
+    if paws == 0 {
+        return None;
+    }
+    finding(
+        Cause::PawsRejects,
+        Segment::ReceiverHost,
+        Direction::Both,
+        format!(
+            "TCP timestamps: {paws} segments of this peer's connections were dropped by the PAWS check"
+        ),
+        "their timestamps are older than the socket last saw: clients behind one NAT address with unrelated timestamps (tcp_tw_recycle, TIME_WAIT reuse)",
+        evidence(&[
+            ("paws_rejects", paws),
+            ("unanswered_syn", o.tcp.unanswered_syn),
+        ]),
+        "stop SNAT between nodes and pods (or give each client its own address), and turn net.ipv4.tcp_tw_recycle off where the kernel has it",
+    )
+}
+
+fn unanswered_syn(o: &Observation<'_>) -> Option<Finding> {
+    let t = o.tcp;
+    if t.unanswered_syn == 0 {
+        return None;
+    }
+    finding(
+        Cause::UnansweredSyn,
+        Segment::ReceiverHost,
+        Direction::Both,
+        format!(
+            "{} SYNs got no SYN-ACK in time ({} retransmitted SYNs)",
+            t.unanswered_syn, o.counters.tcp.syn_retrans
+        ),
+        "the handshakes die before the SYN-ACK: on the server's node (a firewall, PAWS) or on the way back",
+        evidence(&[
+            ("unanswered_syn_out", t.unanswered_syn_out),
+            ("unanswered_syn_in", t.unanswered_syn_in),
+            ("syn_retrans", o.counters.tcp.syn_retrans),
+        ]),
+        "run vxtrace on the server's node and look there for SYN-ACK drops or PAWS rejects; `conntrack -L -p tcp --state SYN_SENT` lists the stuck flows",
+    )
+}
+
+fn synack_dropped(o: &Observation<'_>) -> Option<Finding> {
+    let t = o.tcp;
+    let n: u64 = t.synack_dropped;
+    if n == 0 {
+        return None;
+    }
+    let why = t
+        .synack_dropped_reasons
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Our servers' SYN-ACKs (the peer's SYNs unanswered) die as they
+    // leave; our clients' as they arrive.
+    let (segment, direction) = if t.unanswered_syn_in > t.unanswered_syn_out {
+        (Segment::SenderHost, Direction::ToPeer)
+    } else {
+        (Segment::ReceiverHost, Direction::FromPeer)
+    };
+    finding(
+        Cause::SynAckDropped,
+        segment,
+        direction,
+        format!("{n} SYN-ACKs of handshakes with this peer were dropped on this node ({why})"),
+        "those connections cannot complete",
+        format!("synack_dropped {n} ({why})"),
+        "check this node's firewall rules (input, output, forward) for the pods' ports; the drop reason names the kernel's check",
+    )
+}
+
+fn host_firewall(o: &Observation<'_>) -> Option<Finding> {
+    let c = o.counters;
+    let (nf, rx, decap) = (nf_drops(o), c.rx_nic.packets, c.rx_decap.packets);
+    if nf == 0 || rx <= decap {
+        return None;
+    }
+    finding(
+        Cause::HostFirewall,
+        Segment::ReceiverHost,
+        Direction::FromPeer,
+        format!(
+            "host firewall: {rx} packets from this peer reached the underlay device, {decap} were decapsulated, netfilter dropped {nf}"
+        ),
+        "a firewall rule on this node drops the peer's VXLAN packets before they are decapsulated",
+        evidence(&[
+            ("rx_nic", rx),
+            ("rx_decap", decap),
+            (reasons::NETFILTER_DROP, nf),
+        ]),
+        "allow the VXLAN UDP port (8472 for flannel, 4789 IANA) from the other nodes in the input rules (`nft list ruleset`, `iptables -L INPUT`); `vxtrace doctor` names the rule",
+    )
+}
+
+fn pod_traffic_firewall(o: &Observation<'_>) -> Option<Finding> {
+    let c = o.counters;
+    let nf = nf_drops(o);
+    if nf == 0 || c.rx_nic.packets > c.rx_decap.packets {
+        return None;
+    }
+    let (segment, direction) = if c.rx_decap.packets > 0 {
+        (Segment::ReceiverHost, Direction::FromPeer)
+    } else {
+        (Segment::SenderHost, Direction::ToPeer)
+    };
+    finding(
+        Cause::PodTrafficFirewall,
+        segment,
+        direction,
+        format!("netfilter dropped {nf} packets of this peer's pod traffic (NETFILTER_DROP)"),
+        "a forward or input rule on this node drops pod traffic of the overlay after decapsulation (or before encapsulation)",
+        evidence(&[
+            ("rx_decap", c.rx_decap.packets),
+            ("tx_dev", c.tx_dev.packets),
+            (reasons::NETFILTER_DROP, nf),
+        ]),
+        "check the FORWARD chain's policy and rules for the pod subnets (Docker sets its policy to DROP); `vxtrace doctor` names the rule",
+    )
+}
+
+fn stale_neighbour(o: &Observation<'_>) -> Option<Finding> {
+    let mismatch = o.counters.inner_dst_mac_mismatch;
+    let otherhost = reasons::count(o.drops, reasons::OTHERHOST);
+    if mismatch + otherhost == 0 {
+        return None;
+    }
+    finding(
+        Cause::StaleNeighbour,
+        Segment::ReceiverHost,
+        Direction::FromPeer,
+        format!(
+            "stale neighbour entry on the peer: {mismatch} frames from it were addressed to a MAC that is not this VTEP's, {otherhost} dropped as OTHERHOST"
+        ),
+        "the peer still has this node's old VTEP MAC (the VXLAN device was recreated, e.g. when the overlay agent restarted)",
+        evidence(&[
+            ("inner_dst_mac_mismatch", mismatch),
+            (reasons::OTHERHOST, otherhost),
+        ]),
+        "on the peer, replace the neighbour entry of this node's VTEP address with this VXLAN device's MAC (`ip neigh replace ADDR lladdr MAC dev DEV nud permanent`), or restart the overlay agent there",
+    )
+}
+
+fn masquerade(o: &Observation<'_>) -> Option<Finding> {
+    let n = o.counters.inner_src_vtep;
+    if n == 0 {
+        return None;
+    }
+    finding(
+        Cause::Masquerade,
+        Segment::None,
+        Direction::FromPeer,
+        format!(
+            "masquerade: {n} packets from this peer carry the peer's own VTEP address as inner source instead of a pod address"
+        ),
+        "the peer SNATs pod-to-pod traffic into the overlay: servers here see the peer node, not the client pod",
+        evidence(&[("inner_src_vtep", n)]),
+        "on the peer, exempt the cluster's pod network from MASQUERADE (flannel's --ip-masq rules; `iptables -t nat -L POSTROUTING`)",
+    )
+}
+
+fn one_way(o: &Observation<'_>) -> Option<Finding> {
+    let c = o.counters;
+    let tx = c.tx_encap.packets;
+    if tx < MIN_PACKETS || c.rx_nic.packets != 0 {
+        return None;
+    }
+    finding(
+        Cause::OneWay,
+        Segment::Path,
+        Direction::Both,
+        format!("one-way: sent {tx}, received 0"),
+        "nothing from this peer reached the underlay device, so the loss is outside this host (path, security group, NAT) or on the peer",
+        evidence(&[("tx_encap", tx), ("rx_nic", 0)]),
+        "allow the VXLAN UDP port between the nodes (security group, cloud or hypervisor firewall), check that the peer's underlay address is reachable and not a NAT address, and run vxtrace on the peer to see whether it receives",
+    )
+}
+
+fn lost_before_decap(o: &Observation<'_>) -> Option<Finding> {
+    let c = o.counters;
+    let (rx, decap) = (c.rx_nic.packets, c.rx_decap.packets);
+    if rx < MIN_PACKETS || decap * 10 >= rx * 9 || nf_drops(o) > 0 {
+        return None;
+    }
+    finding(
+        Cause::LostBeforeDecap,
+        Segment::ReceiverHost,
+        Direction::FromPeer,
+        format!("arrived at the underlay device {rx}, decapsulated {decap}"),
+        "lost on this host between the NIC and the VXLAN device: no socket on the VXLAN port, a wrong VNI, bad checksums, or a firewall",
+        evidence(&[("rx_nic", rx), ("rx_decap", decap)]),
+        "check that this node's VXLAN device uses the port and VNI the peer sends to (`ip -d link show type vxlan`), and look at this peer's drop reasons",
+    )
+}
+
+fn lost_while_encapsulating(o: &Observation<'_>) -> Option<Finding> {
+    let c = o.counters;
+    let (dev, encap) = (c.tx_dev.packets, c.tx_encap.packets);
+    if dev < MIN_PACKETS || encap * 10 >= dev * 9 {
+        return None;
+    }
+    finding(
+        Cause::LostWhileEncapsulating,
+        Segment::SenderHost,
+        Direction::ToPeer,
+        format!("handed to the VXLAN device {dev}, left the underlay device {encap}"),
+        "lost on this host while encapsulating: no FDB entry or route for the peer, the MTU, or the qdisc",
+        evidence(&[("tx_dev", dev), ("tx_encap", encap)]),
+        "check the VXLAN device's FDB entry for the peer (`bridge fdb show dev DEV`) and the route to the peer's underlay address; `vxtrace doctor` checks both",
+    )
+}
+
+fn malformed(o: &Observation<'_>) -> Option<Finding> {
+    let c = o.counters;
+    let n = c.malformed_rx + c.malformed_tx;
+    if n == 0 {
+        return None;
+    }
+    let direction = if c.malformed_rx > 0 {
+        Direction::FromPeer
+    } else {
+        Direction::ToPeer
+    };
+    finding(
+        Cause::Malformed,
+        Segment::SenderHost,
+        direction,
+        format!("{n} packets to the VXLAN port were not valid VXLAN"),
+        "truncated, I flag clear or reserved bits set: a misconfigured sender, another protocol on the port, or a scan",
+        evidence(&[
+            ("malformed_rx", c.malformed_rx),
+            ("malformed_tx", c.malformed_tx),
+        ]),
+        "see what sends them with `tcpdump -ni IFACE udp port PORT and host PEER`, and make the sender speak VXLAN (or move it to another port)",
+    )
+}
+
+fn unknown_vni(o: &Observation<'_>) -> Option<Finding> {
+    let n = o.counters.unknown_vni;
+    if n == 0 {
+        return None;
+    }
+    finding(
+        Cause::UnknownVni,
+        Segment::ReceiverHost,
+        Direction::FromPeer,
+        format!("{n} VXLAN packets carried a VNI no watched device uses"),
+        "the nodes disagree on the VNI: the kernel drops what no device here claims",
+        evidence(&[("unknown_vni", n)]),
+        "give the VXLAN devices of both nodes the same VNI (flannel: the VNI in net-conf.json; `ip -d link show type vxlan`)",
+    )
+}
+
+fn path_mtu(o: &Observation<'_>) -> Option<Finding> {
+    let c = o.counters;
+    let (big, frag) = (c.outer_size.tx_over_1500, c.fragmented.tx);
+    if big + frag == 0 || c.rx_nic.packets != 0 {
+        return None;
+    }
+    finding(
+        Cause::PathMtu,
+        Segment::Path,
+        Direction::ToPeer,
+        format!(
+            "{big} outer packets above 1500 bytes sent ({frag} fragmented) and nothing received"
+        ),
+        "a path MTU below the VXLAN packet size loses the large packets (VXLAN adds 50 bytes on IPv4, 70 on IPv6); which sizes arrive shows only on the peer, so compare with its recording",
+        evidence(&[
+            ("outer_size.tx_over_1500", big),
+            ("fragmented.tx", frag),
+            ("rx_nic", 0),
+        ]),
+        "set the VXLAN device's MTU to the path MTU minus 50 (IPv4 underlay) or 70 (IPv6), and the pods' MTU no higher",
+    )
+}
+
+fn longest(outages: &[&OutageRecord]) -> f64 {
+    outages
+        .iter()
+        .filter_map(|o| o.duration_s)
+        .fold(0.0, f64::max)
+}
+
+fn grouped_outage(o: &Observation<'_>) -> Option<Finding> {
+    let grouped: Vec<&OutageRecord> = o
+        .outages
+        .iter()
+        .filter(|x| !x.silent_together.is_empty())
+        .collect();
+    if grouped.is_empty() {
+        return None;
+    }
+    let mut together: Vec<String> = grouped
+        .iter()
+        .flat_map(|x| x.silent_together.iter().map(|a| a.to_string()))
+        .collect();
+    together.sort();
+    together.dedup();
+    let before: Vec<String> = grouped
+        .iter()
+        .map(|x| format!("{}", x.tx_pps_before))
+        .collect();
+    finding(
+        Cause::GroupedOutage,
+        Segment::Path,
+        Direction::Both,
+        format!(
+            "{} outage(s) at the same moment as {}: several peers went silent together",
+            grouped.len(),
+            together.join(", ")
+        ),
+        "a device on the path (a policer or rate limiter) blackholed this node's traffic to several peers at once",
+        format!(
+            "{} grouped outage(s), longest {:.1} s; tx rate before: {} pkt/s",
+            grouped.len(),
+            longest(&grouped),
+            before.join(", ")
+        ),
+        "look for a policer or UDP rate limit on the underlay (switch, hypervisor, cloud NIC limits); the tx rate before each outage shows what triggers it",
+    )
+}
+
+fn intermittent_outage(o: &Observation<'_>) -> Option<Finding> {
+    if o.outages.is_empty() || o.outages.iter().any(|x| !x.silent_together.is_empty()) {
+        return None;
+    }
+    let all: Vec<&OutageRecord> = o.outages.iter().collect();
+    finding(
+        Cause::IntermittentOutage,
+        Segment::Path,
+        Direction::Both,
+        format!(
+            "{} outage(s) of this peer alone, longest {:.1} s",
+            all.len(),
+            longest(&all)
+        ),
+        "this peer alone stops answering for a while: the peer, its link, or the path to it",
+        evidence(&[
+            ("outages", all.len() as u64),
+            (
+                "sent_into_silence",
+                all.iter().map(|x| x.sent_into_silence).sum(),
+            ),
+        ]),
+        "record on the peer too (`vxtrace watch --record`) and read both recordings with `vxtrace report`: it tells whether the peer received",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test case: what was counted, and what the engine must conclude.
+    struct Case {
+        name: &'static str,
+        setup: fn(&mut PeerCounters, &mut BTreeMap<String, u64>, &mut TcpOutcome),
+        outages: Vec<OutageRecord>,
+        cause: Cause,
+        segment: Segment,
+        headline_starts: &'static str,
+        evidence: &'static str,
+        fix_mentions: &'static str,
+    }
+
+    fn outage(together: &[&str], duration: f64) -> OutageRecord {
+        OutageRecord {
+            start: 100.0,
+            end: Some(100.0 + duration),
+            duration_s: Some(duration),
+            sent_into_silence: 40,
+            silent_together: together.iter().map(|a| a.parse().unwrap()).collect(),
+            tx_pps_before: 20.0,
+            ongoing: false,
+        }
+    }
+
+    /// Healthy traffic both ways, which no rule may mind.
+    fn healthy(c: &mut PeerCounters) {
+        for t in [
+            &mut c.tx_dev,
+            &mut c.tx_encap,
+            &mut c.rx_nic,
+            &mut c.rx_decap,
+        ] {
+            t.packets = 200;
+            t.bytes = 200 * 148;
+        }
+    }
+
+    fn cases() -> Vec<Case> {
+        vec![
+            Case {
+                name: "one-way",
+                setup: |c, _, _| c.tx_encap.packets = 200,
+                outages: vec![],
+                cause: Cause::OneWay,
+                segment: Segment::Path,
+                headline_starts: "one-way: sent 200, received 0",
+                evidence: "tx_encap 200, rx_nic 0",
+                fix_mentions: "security group",
+            },
+            Case {
+                name: "host firewall",
+                setup: |c, d, _| {
+                    c.tx_encap.packets = 5;
+                    c.rx_nic.packets = 5;
+                    d.insert("NETFILTER_DROP".into(), 5);
+                },
+                outages: vec![],
+                cause: Cause::HostFirewall,
+                segment: Segment::ReceiverHost,
+                headline_starts: "host firewall: 5 packets",
+                evidence: "rx_nic 5, rx_decap 0, NETFILTER_DROP 5",
+                fix_mentions: "input rules",
+            },
+            Case {
+                name: "forward drop of pod traffic",
+                setup: |c, d, _| {
+                    healthy(c);
+                    d.insert("NETFILTER_DROP".into(), 6);
+                },
+                outages: vec![],
+                cause: Cause::PodTrafficFirewall,
+                segment: Segment::ReceiverHost,
+                headline_starts: "netfilter dropped 6 packets of this peer's pod traffic",
+                evidence: "rx_decap 200, tx_dev 200, NETFILTER_DROP 6",
+                fix_mentions: "FORWARD",
+            },
+            Case {
+                name: "lost between NIC and VXLAN device",
+                setup: |c, _, _| {
+                    c.tx_encap.packets = 10;
+                    c.rx_nic.packets = 10;
+                },
+                outages: vec![],
+                cause: Cause::LostBeforeDecap,
+                segment: Segment::ReceiverHost,
+                headline_starts: "arrived at the underlay device 10, decapsulated 0",
+                evidence: "rx_nic 10, rx_decap 0",
+                fix_mentions: "VNI",
+            },
+            Case {
+                name: "lost while encapsulating",
+                setup: |c, _, _| {
+                    healthy(c);
+                    c.tx_encap.packets = 100;
+                },
+                outages: vec![],
+                cause: Cause::LostWhileEncapsulating,
+                segment: Segment::SenderHost,
+                headline_starts: "handed to the VXLAN device 200, left the underlay device 100",
+                evidence: "tx_dev 200, tx_encap 100",
+                fix_mentions: "bridge fdb show",
+            },
+            Case {
+                name: "stale neighbour",
+                setup: |c, d, _| {
+                    c.inner_dst_mac_mismatch = 4;
+                    d.insert("OTHERHOST".into(), 4);
+                },
+                outages: vec![],
+                cause: Cause::StaleNeighbour,
+                segment: Segment::ReceiverHost,
+                headline_starts: "stale neighbour entry on the peer: 4 frames",
+                evidence: "inner_dst_mac_mismatch 4, OTHERHOST 4",
+                fix_mentions: "ip neigh replace",
+            },
+            Case {
+                name: "masquerade",
+                setup: |c, _, _| {
+                    healthy(c);
+                    c.inner_src_vtep = 7;
+                },
+                outages: vec![],
+                cause: Cause::Masquerade,
+                segment: Segment::None,
+                headline_starts: "masquerade: 7 packets",
+                evidence: "inner_src_vtep 7",
+                fix_mentions: "MASQUERADE",
+            },
+            Case {
+                name: "PAWS",
+                setup: |c, d, t| {
+                    healthy(c);
+                    d.insert("TCP_RFC7323_PAWS".into(), 5);
+                    t.paws_rejects = 5;
+                },
+                outages: vec![],
+                cause: Cause::PawsRejects,
+                segment: Segment::ReceiverHost,
+                headline_starts: "TCP timestamps: 5 segments",
+                evidence: "paws_rejects 5, unanswered_syn 0",
+                fix_mentions: "tcp_tw_recycle",
+            },
+            Case {
+                name: "unanswered SYNs",
+                setup: |c, _, t| {
+                    healthy(c);
+                    c.tcp.syn_retrans = 3;
+                    t.unanswered_syn = 2;
+                    t.unanswered_syn_out = 2;
+                },
+                outages: vec![],
+                cause: Cause::UnansweredSyn,
+                segment: Segment::ReceiverHost,
+                headline_starts: "2 SYNs got no SYN-ACK in time (3 retransmitted SYNs)",
+                evidence: "unanswered_syn_out 2, unanswered_syn_in 0, syn_retrans 3",
+                fix_mentions: "conntrack",
+            },
+            Case {
+                name: "SYN-ACKs dropped here",
+                setup: |c, _, t| {
+                    healthy(c);
+                    t.synack_dropped = 1;
+                    t.unanswered_syn_in = 1;
+                    t.synack_dropped_reasons.insert("NETFILTER_DROP".into(), 1);
+                },
+                outages: vec![],
+                cause: Cause::SynAckDropped,
+                segment: Segment::SenderHost,
+                headline_starts: "1 SYN-ACKs of handshakes with this peer were dropped on this node (NETFILTER_DROP 1)",
+                evidence: "synack_dropped 1 (NETFILTER_DROP 1)",
+                fix_mentions: "firewall rules",
+            },
+            Case {
+                name: "malformed",
+                setup: |c, _, _| {
+                    healthy(c);
+                    c.malformed_rx = 20;
+                    c.malformed = 20;
+                },
+                outages: vec![],
+                cause: Cause::Malformed,
+                segment: Segment::SenderHost,
+                headline_starts: "20 packets to the VXLAN port were not valid VXLAN",
+                evidence: "malformed_rx 20, malformed_tx 0",
+                fix_mentions: "tcpdump",
+            },
+            Case {
+                name: "unknown VNI",
+                setup: |c, _, _| {
+                    healthy(c);
+                    c.unknown_vni = 9;
+                },
+                outages: vec![],
+                cause: Cause::UnknownVni,
+                segment: Segment::ReceiverHost,
+                headline_starts: "9 VXLAN packets carried a VNI",
+                evidence: "unknown_vni 9",
+                fix_mentions: "same VNI",
+            },
+            Case {
+                name: "path MTU",
+                setup: |c, _, _| {
+                    c.tx_encap.packets = 3;
+                    c.outer_size.tx_over_1500 = 3;
+                },
+                outages: vec![],
+                cause: Cause::PathMtu,
+                segment: Segment::Path,
+                headline_starts: "3 outer packets above 1500 bytes sent (0 fragmented)",
+                evidence: "outer_size.tx_over_1500 3, fragmented.tx 0, rx_nic 0",
+                fix_mentions: "minus 50",
+            },
+            Case {
+                name: "policer: peers silent together",
+                setup: |c, _, _| healthy(c),
+                outages: vec![outage(&["192.0.2.13"], 3.0)],
+                cause: Cause::GroupedOutage,
+                segment: Segment::Path,
+                headline_starts: "1 outage(s) at the same moment as 192.0.2.13",
+                evidence: "1 grouped outage(s), longest 3.0 s; tx rate before: 20 pkt/s",
+                fix_mentions: "policer",
+            },
+            Case {
+                name: "intermittent outage",
+                setup: |c, _, _| healthy(c),
+                outages: vec![outage(&[], 2.5)],
+                cause: Cause::IntermittentOutage,
+                segment: Segment::Path,
+                headline_starts: "1 outage(s) of this peer alone, longest 2.5 s",
+                evidence: "outages 1, sent_into_silence 40",
+                fix_mentions: "vxtrace report",
+            },
+        ]
+    }
+
+    /// One row per cause: the cause is found, alone, with its segment,
+    /// evidence and fix.
+    #[test]
+    fn each_cause_with_its_evidence_and_fix() {
+        let mut seen = Vec::new();
+        for case in cases() {
+            let (mut c, mut d, mut t) = Default::default();
+            (case.setup)(&mut c, &mut d, &mut t);
+            let o = Observation {
+                counters: &c,
+                drops: &d,
+                tcp: &t,
+                outages: &case.outages,
+            };
+            let found = diagnose(&o);
+            assert_eq!(found.len(), 1, "{}: {found:#?}", case.name);
+            let f = &found[0];
+            assert_eq!(f.kind, case.cause, "{}", case.name);
+            assert_eq!(f.segment, case.segment, "{}", case.name);
+            assert!(
+                f.headline.starts_with(case.headline_starts),
+                "{}: {}",
+                case.name,
+                f.headline
+            );
+            assert_eq!(f.evidence, case.evidence, "{}", case.name);
+            assert!(
+                f.fix.contains(case.fix_mentions),
+                "{}: {}",
+                case.name,
+                f.fix
+            );
+            seen.push(f.kind);
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), RULES.len(), "a rule without a test row");
+    }
+
+    #[test]
+    fn a_healthy_peer_has_no_findings() {
+        let mut c = PeerCounters::default();
+        healthy(&mut c);
+        let o = Observation {
+            counters: &c,
+            drops: &BTreeMap::new(),
+            tcp: &TcpOutcome::default(),
+            outages: &[],
+        };
+        assert!(diagnose(&o).is_empty());
+        // A few packets in flight at the moment of reading are no finding.
+        let mut c = PeerCounters::default();
+        c.tx_encap.packets = MIN_PACKETS - 1;
+        let o = Observation { counters: &c, ..o };
+        assert!(diagnose(&o).is_empty());
+    }
+
+    /// No user-facing text points at internal documents or numbering.
+    #[test]
+    fn texts_speak_the_users_language() {
+        for case in cases() {
+            let (mut c, mut d, mut t) = Default::default();
+            (case.setup)(&mut c, &mut d, &mut t);
+            let o = Observation {
+                counters: &c,
+                drops: &d,
+                tcp: &t,
+                outages: &case.outages,
+            };
+            for f in diagnose(&o) {
+                let text = f.hint().to_lowercase();
+                assert!(!text.contains("incident"), "{text}");
+                assert!(!text.contains("issue"), "{text}");
+                assert!(!text.contains('#'), "{text}");
+            }
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! vxtrace's kernel programs seen from userspace: loading the object with
+//! its load-time configuration, and one module per probe with the same
+//! name as the kernel side's (`vxtrace-ebpf/src/probes/`), each holding
+//! that probe's attach and reader:
+//!
+//! - [`nic`]: the underlay device's TC programs and the per-peer counters;
+//! - [`vxlan_dev`]: the VXLAN device's TC programs, device registration,
+//!   and TCP handshakes;
+//! - [`drops`]: `skb:kfree_skb` and the drop map;
+//! - [`paws`]: the PAWS kprobe fallbacks;
+//! - [`overlay_maps`]: what the loader knows of the overlay (FDB,
+//!   neighbours, routes) written into the maps the probes attribute with;
+//! - [`tc`]: attaching TC programs (tcx, else clsact).
+
+use std::net::IpAddr;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::SchedClassifier,
+};
+use vxtrace_common::{
+    Config, DropKey, GlobalStats, KernelOffsets, MAX_LOCAL_ADDRS, MAX_PORTS, PeerKey, PeerStats,
+    VXLAN_FLAG_I,
+    names::{maps, programs},
+};
+
+use crate::{discovery::peer_key, schema::Attachment};
+
+pub mod batch;
+pub mod drops;
+pub mod nic;
+pub mod overlay_maps;
+pub mod paws;
+pub mod tc;
+pub mod vxlan_dev;
+
+pub use paws::{PAWS_KPROBES, PawsKprobe, PawsKprobes};
+pub use tc::{AttachPolicy, ClsactFilter};
+
+/// The kernel programs, built by build.rs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vxtrace"));
+
+/// The TC programs, loaded up front (the drop and PAWS programs load when
+/// attached).
+pub const TC_PROGRAMS: [&str; 5] = [
+    programs::NIC_INGRESS,
+    programs::NIC_EGRESS,
+    programs::VXLAN_INGRESS,
+    programs::VXLAN_EGRESS,
+    programs::EMPTY,
+];
+
+/// GBP extension bits of the VXLAN header (the kernel's VXLAN_GBP_USED_BITS).
+const VXLAN_GBP_USED_BITS: u32 = (1 << 31) | (1 << 22) | (1 << 19) | 0xffff;
+
+/// What the kernel programs are told at load time.
+#[derive(Clone, Debug)]
+pub struct TracerConfig {
+    pub ports: Vec<u16>,
+    pub local_addrs: Vec<IpAddr>,
+    pub gbp: bool,
+    /// Count only VNIs of watched devices (false when a metadata device is
+    /// watched or no VXLAN device is).
+    pub filter_vni: bool,
+    pub max_peers: u32,
+    pub max_macs: u32,
+    /// Kernel offsets for the drop program (invalid without BTF).
+    pub offsets: KernelOffsets,
+    /// Count drops of every namespace (else only those given to
+    /// `Tracer::set_netns_scope`).
+    pub netns_scope_all: bool,
+    /// The raw tracepoint's third argument is the drop reason (>= 5.17).
+    pub raw_tp_has_reason: bool,
+    /// Its fourth is the receiving socket (>= 6.10).
+    pub raw_tp_has_rx_sk: bool,
+}
+
+impl TracerConfig {
+    fn to_kernel(&self) -> Result<Config> {
+        let mut cfg = Config::empty();
+        if self.ports.is_empty() {
+            bail!("no VXLAN port to watch");
+        }
+        if self.ports.len() > MAX_PORTS {
+            bail!(
+                "{} VXLAN ports requested; at most {MAX_PORTS} can be watched at once",
+                self.ports.len()
+            );
+        }
+        for (slot, port) in cfg.ports.iter_mut().zip(&self.ports) {
+            *slot = *port;
+        }
+        // More local addresses than slots: watch any address rather than
+        // silently missing some.
+        if self.local_addrs.len() <= MAX_LOCAL_ADDRS {
+            for (slot, addr) in cfg.local_addrs.iter_mut().zip(&self.local_addrs) {
+                *slot = peer_key(addr);
+            }
+            cfg.local_addr_count = self.local_addrs.len() as u32;
+        }
+        cfg.allowed_flags = VXLAN_FLAG_I | if self.gbp { VXLAN_GBP_USED_BITS } else { 0 };
+        cfg.filter_vni = u32::from(self.filter_vni);
+        cfg.offsets = self.offsets;
+        cfg.netns_scope_all = u32::from(self.netns_scope_all);
+        cfg.raw_tp_has_reason = u32::from(self.raw_tp_has_reason);
+        cfg.raw_tp_has_rx_sk = u32::from(self.raw_tp_has_rx_sk);
+        Ok(cfg)
+    }
+}
+
+/// The kernel BTF the loader relocates against.
+pub enum LoaderBtf {
+    /// The running kernel's (/sys/kernel/btf/vmlinux), parsed by the loader.
+    Running,
+    /// A BTF file given by the user.
+    File(Btf),
+    /// None: the programs need no relocations; their BTF is not loaded.
+    None,
+}
+
+/// One read of the kernel maps.
+#[derive(Debug, Default)]
+pub struct Readout {
+    /// Every peer in the kernel map, summed over the CPUs (each key once).
+    pub peers: Vec<(PeerKey, PeerStats)>,
+    pub global: GlobalStats,
+    pub drops: rustc_hash::FxHashMap<DropKey, u64>,
+}
+
+impl Readout {
+    /// One peer's counters, if the map holds it.
+    pub fn peer(&self, key: &PeerKey) -> Option<PeerStats> {
+        self.peers.iter().find(|(k, _)| k == key).map(|(_, s)| *s)
+    }
+}
+
+/// The loaded object: programs, maps, and what got attached where.
+pub struct Tracer {
+    ebpf: Ebpf,
+    /// The kernel refused batched map reads once: do not ask again.
+    no_batch: std::cell::Cell<bool>,
+    handshake_events: Option<RingBuf<MapData>>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pub attachments: Vec<Attachment>,
+    /// clsact filters, owned here so that each is removed by its own
+    /// priority and handle (dropping a link detaches it).
+    clsact_links: Vec<aya::programs::tc::SchedClassifierLink>,
+    policy: AttachPolicy,
+    pub max_peers: u32,
+}
+
+impl Tracer {
+    /// Loads the programs (not yet attached) with `cfg` written in.
+    pub fn load(cfg: &TracerConfig, btf: &LoaderBtf, policy: AttachPolicy) -> Result<Self> {
+        let kernel_cfg = cfg.to_kernel()?;
+        let mut loader = EbpfLoader::new();
+        match btf {
+            LoaderBtf::Running => {}
+            LoaderBtf::File(b) => {
+                loader.btf(Some(b));
+            }
+            LoaderBtf::None => {
+                loader.btf(None);
+            }
+        }
+        loader
+            .override_global(vxtrace_common::names::globals::CONFIG, &kernel_cfg, true)
+            .map_max_entries(maps::PEERS, cfg.max_peers)
+            .map_max_entries(maps::MAC_PEERS, cfg.max_macs);
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| explain_bpf_error(anyhow!(e)))
+            .context("loading vxtrace's BPF object")?;
+        for name in TC_PROGRAMS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))?
+                .try_into()?;
+            prog.load()
+                .map_err(|e| explain_bpf_error(anyhow!(e)))
+                .with_context(|| format!("loading program {name} into the kernel"))?;
+        }
+        // Kernel-side log lines (rare: map insert failures) go to the log
+        // crate. Read from the loop in `drain_logs`.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+        let handshake_events = ebpf
+            .take_map(maps::HANDSHAKE_EVENTS)
+            .and_then(|m| RingBuf::try_from(m).ok());
+        Ok(Self {
+            ebpf,
+            no_batch: std::cell::Cell::new(false),
+            handshake_events,
+            logger,
+            attachments: Vec::new(),
+            clsact_links: Vec::new(),
+            policy,
+            max_peers: cfg.max_peers,
+        })
+    }
+
+    /// A loaded TC program (tests run them with BPF_PROG_TEST_RUN).
+    pub fn program(&self, name: &str) -> Result<&SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("no program {name}"))?
+            .try_into()?)
+    }
+
+    fn program_mut<'a, P>(&'a mut self, name: &str) -> Result<&'a mut P>
+    where
+        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))?;
+        Ok(prog.try_into()?)
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the BPF object"))
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the BPF object"))
+    }
+
+    /// Forwards what the kernel programs logged since the last call.
+    pub fn drain_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+
+    /// Reads and sums (over CPUs) every counter map.
+    pub fn read(&self) -> Result<Readout> {
+        Ok(Readout {
+            peers: self.read_peers()?,
+            global: self.read_global()?,
+            drops: self.read_drops()?,
+        })
+    }
+
+    fn read_global(&self) -> Result<GlobalStats> {
+        let global: PerCpuArray<&MapData, GlobalStats> =
+            PerCpuArray::try_from(self.map(maps::GLOBAL)?)?;
+        let mut sum = GlobalStats::default();
+        for v in global
+            .get(&0, 0)
+            .context("reading the global counters")?
+            .iter()
+        {
+            sum.merge(v);
+        }
+        Ok(sum)
+    }
+
+    /// A per-CPU LRU map in batches, values summed over the CPUs by `sum`;
+    /// `None` where the kernel refuses (then never asked again).
+    fn read_batched<K: Copy + Default, V: Copy + Default>(
+        &self,
+        map: &str,
+        sum: impl FnMut(&mut V, &V),
+    ) -> Option<Vec<(K, V)>> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        if self.no_batch.get() {
+            return None;
+        }
+        let aya::maps::Map::PerCpuLruHashMap(data) = self.ebpf.map(map)? else {
+            return None;
+        };
+        let cpus = aya::util::nr_cpus().ok()?;
+        match batch::lookup_percpu_summed::<K, V>(data.fd().as_fd().as_raw_fd(), cpus, sum) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                log::info!("{e}; reading {map} key by key");
+                self.no_batch.set(true);
+                None
+            }
+        }
+    }
+}
+
+/// Adds what to do to the errors users hit when loading BPF programs.
+fn explain_bpf_error(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        e.context("the kernel refused to load BPF programs: run vxtrace as root (it needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or CAP_SYS_ADMIN)")
+    } else {
+        e
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns().
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every program and map the loader asks for by name is in the built
+    /// object (no root needed: the ELF is parsed, not loaded).
+    #[test]
+    fn every_name_is_in_the_object() {
+        let obj = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+        for name in programs::ALL {
+            assert!(obj.programs.contains_key(*name), "program {name} missing");
+        }
+        for name in maps::ALL {
+            assert!(obj.maps.contains_key(*name), "map {name} missing");
+        }
+        assert_eq!(
+            obj.programs.len(),
+            programs::ALL.len(),
+            "a program without a name constant"
+        );
+    }
+}

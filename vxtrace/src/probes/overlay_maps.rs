@@ -1,0 +1,106 @@
+//! What the loader knows of the overlay, written into the maps the probes
+//! attribute with: inner MAC to peer (`MAC_PEERS`, from the VXLAN devices'
+//! FDB), VTEP addresses (`INNER_ADDRS`, from neighbour entries) and pod
+//! subnets (`POD_SUBNETS`, from the routes via VTEPs). The underlay
+//! program learns more from the traffic itself.
+
+use std::net::IpAddr;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{
+    HashMap,
+    lpm_trie::{Key as LpmKey, LpmTrie},
+};
+use vxtrace_common::{
+    INNER_VTEP, InnerAddr, MAC_SOURCE_FDB, MacKey, MacPeer, PeerKey, names::maps,
+};
+
+use super::Tracer;
+use crate::discovery::{Snapshot, VxlanDevice, is_group_mac, peer_key};
+
+/// bpf_map_update_elem flag: create only.
+const BPF_NOEXIST: u64 = 1;
+
+impl Tracer {
+    /// Seeds the attribution maps from the watched devices' FDB, neighbour
+    /// and route entries; returns how many MACs were seeded.
+    pub fn seed_from(&mut self, snap: &Snapshot, watched: &[VxlanDevice]) -> Result<usize> {
+        let mut macs = 0;
+        for entry in &snap.fdb {
+            let Some(dev) = watched.iter().find(|d| d.ifindex == entry.ifindex) else {
+                continue;
+            };
+            if is_group_mac(&entry.mac) {
+                continue;
+            }
+            let vni = entry.vni.or(dev.vni).unwrap_or(0);
+            self.seed_mac(vni, entry.mac, &entry.dst)?;
+            macs += 1;
+        }
+        let is_watched = |i: u32| watched.iter().any(|d| d.ifindex == i);
+        for (ifindex, addr, peer) in snap.vtep_addrs() {
+            if is_watched(ifindex) {
+                self.seed_vtep_addr(&addr, &peer)?;
+            }
+        }
+        for (ifindex, net, len, peer) in snap.pod_subnets() {
+            if is_watched(ifindex) {
+                self.seed_pod_subnet(&net, len, &peer)?;
+            }
+        }
+        Ok(macs)
+    }
+
+    /// Tells the kernel programs that `mac` on `vni` lives behind `peer`
+    /// (from the VXLAN device's FDB). Learned entries are not overwritten:
+    /// what the traffic says wins over configuration.
+    pub fn seed_mac(&mut self, vni: u32, mac: [u8; 6], peer: &IpAddr) -> Result<()> {
+        let mut macs: HashMap<_, MacKey, MacPeer> =
+            HashMap::try_from(self.map_mut(maps::MAC_PEERS)?)?;
+        let key = MacKey::new(vni, mac);
+        if macs.get(&key, 0).is_ok() {
+            return Ok(());
+        }
+        let value = MacPeer {
+            peer: peer_key(peer),
+            source: MAC_SOURCE_FDB,
+            _pad: 0,
+        };
+        // BPF_NOEXIST: a learned entry that raced in first stays.
+        match macs.insert(key, value, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e).context("seeding the MAC-to-peer map"),
+        }
+    }
+
+    /// `addr` is the VTEP (overlay) address of `peer` (from a neighbour entry).
+    pub fn seed_vtep_addr(&mut self, addr: &IpAddr, peer: &IpAddr) -> Result<()> {
+        let mut m: HashMap<_, PeerKey, InnerAddr> =
+            HashMap::try_from(self.map_mut(maps::INNER_ADDRS)?)?;
+        let v = InnerAddr {
+            peer: peer_key(peer),
+            kind: INNER_VTEP,
+            _pad: 0,
+        };
+        m.insert(peer_key(addr), v, 0)
+            .context("seeding the inner-address map")
+    }
+
+    /// Pod subnet `net/prefix_len` lives behind `peer` (from the routes).
+    pub fn seed_pod_subnet(&mut self, net: &IpAddr, prefix_len: u8, peer: &IpAddr) -> Result<()> {
+        let mut m: LpmTrie<_, [u8; 16], PeerKey> =
+            LpmTrie::try_from(self.map_mut(maps::POD_SUBNETS)?)?;
+        // IPv4 lives in the mapped range, so its prefix is 96 bits longer.
+        let bits = match net {
+            IpAddr::V4(_) => 96 + prefix_len as u32,
+            IpAddr::V6(_) => prefix_len as u32,
+        };
+        m.insert(&LpmKey::new(bits, peer_key(net).addr), peer_key(peer), 0)
+            .context("seeding the pod-subnet map")
+    }
+}

@@ -1,0 +1,121 @@
+//! The VXLAN device's TC programs (`vxtrace_vxlan_ingress`,
+//! `vxtrace_vxlan_egress`): frames delivered after decapsulation and
+//! frames about to be encapsulated, attributed to a peer by MAC; and the
+//! inner TCP handshakes they follow (open handshakes in `HANDSHAKES`,
+//! completed ones reported through `HANDSHAKE_EVENTS`).
+
+use anyhow::{Context as _, Result};
+use aya::maps::HashMap;
+use vxtrace_common::{
+    FlowKey, Handshake, HandshakeEvent, VniInfo,
+    names::{maps, programs},
+};
+
+use super::{Tracer, monotonic_ns};
+use crate::{discovery::VxlanDevice, schema::Hook};
+
+/// bpf_map_update_elem flag: update only.
+const BPF_EXIST: u64 = 2;
+
+impl Tracer {
+    /// Tells the kernel programs about `dev` (its ifindex, VNI, and for a
+    /// routed device the MAC decapsulated frames must be addressed to).
+    pub fn register_vxlan(&mut self, dev: &VxlanDevice) -> Result<()> {
+        let check_mac = if dev.bridged { None } else { dev.mac };
+        self.register_device(dev.ifindex, dev.vni, check_mac)
+    }
+
+    /// Registers `dev` (again: a device that came back has a new ifindex)
+    /// and attaches to it.
+    pub fn attach_vxlan(&mut self, dev: &VxlanDevice) -> Result<()> {
+        self.register_vxlan(dev)?;
+        self.attach_tc(programs::VXLAN_INGRESS, &dev.name, Hook::Ingress)?;
+        self.attach_tc(programs::VXLAN_EGRESS, &dev.name, Hook::Egress)
+    }
+
+    /// Tells the kernel programs that `ifindex` is a VXLAN device with `vni`
+    /// (`None`: a metadata device, registered under VNI 0; its FDB entries
+    /// carry their own VNIs).
+    /// `own_mac`: the device's MAC, when decapsulated frames must be
+    /// addressed to it (routed devices; not bridged ones).
+    pub fn register_device(
+        &mut self,
+        ifindex: u32,
+        vni: Option<u32>,
+        own_mac: Option<[u8; 6]>,
+    ) -> Result<()> {
+        let mut devices: HashMap<_, u32, vxtrace_common::VxlanDevice> =
+            HashMap::try_from(self.map_mut(maps::VXLAN_DEVICES)?)?;
+        let device = vxtrace_common::VxlanDevice {
+            vni: vni.unwrap_or(0),
+            _pad: 0,
+        };
+        devices
+            .insert(ifindex, device, 0)
+            .context("registering the VXLAN device")?;
+        if let Some(vni) = vni {
+            let mut by_vni: HashMap<_, u32, VniInfo> =
+                HashMap::try_from(self.map_mut(maps::VXLAN_DEVICES_BY_VNI)?)?;
+            let info = VniInfo {
+                ifindex,
+                check_dst_mac: u32::from(own_mac.is_some()),
+                mac: own_mac.unwrap_or_default(),
+                _pad: [0; 2],
+            };
+            by_vni.insert(vni, info, 0).context("registering the VNI")?;
+        }
+        Ok(())
+    }
+
+    /// Completed handshakes reported since the last call.
+    pub fn drain_handshakes(&mut self) -> Vec<HandshakeEvent> {
+        let mut out = Vec::new();
+        if let Some(ring) = self.handshake_events.as_mut() {
+            while let Some(item) = ring.next() {
+                if item.len() >= std::mem::size_of::<HandshakeEvent>() {
+                    // SAFETY: the kernel wrote a HandshakeEvent (repr(C),
+                    // Pod) and the item holds at least that many bytes.
+                    let ev =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr() as *const HandshakeEvent) };
+                    out.push(ev);
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes handshakes whose SYN is older than `timeout` and returns
+    /// them: SYNs that never got a SYN-ACK.
+    pub fn expire_handshakes(&mut self, timeout: std::time::Duration) -> Result<Vec<Handshake>> {
+        let now = monotonic_ns();
+        let limit = timeout.as_nanos() as u64;
+        let mut map: HashMap<_, FlowKey, Handshake> =
+            HashMap::try_from(self.map_mut(maps::HANDSHAKES)?)?;
+        let mut expired = Vec::new();
+        let mut stale = Vec::new();
+        for item in map.iter() {
+            let Ok((k, v)) = item else { continue };
+            let age = now.saturating_sub(v.first_syn_ns);
+            if v.reported == 0 && age > limit {
+                expired.push((k, v));
+            } else if v.reported != 0 && age > limit.saturating_mul(10) {
+                stale.push(k);
+            }
+        }
+        let mut out = Vec::new();
+        for (k, mut v) in expired {
+            // Keep the entry, marked: retransmitted SYNs of this attempt then
+            // count as retransmissions, not as new unanswered handshakes.
+            // If a SYN-ACK removed it meanwhile, it was answered after all.
+            if map.get(&k, 0).is_ok() {
+                v.reported = 1;
+                let _ = map.insert(k, v, BPF_EXIST);
+                out.push(v);
+            }
+        }
+        for k in stale {
+            let _ = map.remove(&k);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,196 @@
+//! `vxtrace report FILE...`: reads recordings (rotated files included, a
+//! truncated last line tolerated) and names, per peer, the likely causes
+//! with their evidence and fix, through the same diagnosis engine as the
+//! live screen.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    diagnosis,
+    schema::{PeerSummary, Report, ReportPeer},
+};
+
+mod plot;
+pub mod read;
+
+pub use read::{Point, Recording, read};
+
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Recording(s) written by `watch --record` (FILE.1, FILE.2 ... are read too).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw a timeline (tx and rx packet rate per peer over wall-clock
+    /// time, outages shaded, drops marked) into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+}
+
+/// The report of one recording.
+pub fn report(rec: &Recording) -> Report {
+    let peers: BTreeMap<_, _> = rec
+        .peers()
+        .into_iter()
+        .map(|(addr, p)| {
+            let outages = rec
+                .outage_ends
+                .iter()
+                .filter(|o| o.peer == addr)
+                .cloned()
+                .collect();
+            (addr, report_peer(&p, outages))
+        })
+        .collect();
+    Report {
+        complete: rec.summary.is_some(),
+        intervals: rec.intervals,
+        truncated_lines: rec.bad_lines,
+        runs: rec.headers.len() as u64,
+        peers,
+        outage_groups: rec.outage_groups.clone(),
+    }
+}
+
+fn report_peer(p: &PeerSummary, outages: Vec<crate::schema::Outage>) -> ReportPeer {
+    let c = &p.counters;
+    ReportPeer {
+        tx_encap: c.tx_encap,
+        rx_nic: c.rx_nic,
+        rx_decap: c.rx_decap,
+        tx_dev: c.tx_dev,
+        drops: p.drops.clone(),
+        tcp: c.tcp.clone(),
+        outages,
+        causes: diagnosis::diagnose_summary(p),
+    }
+}
+
+pub fn run(args: ReportArgs) -> Result<()> {
+    let rec = read(&args.files)?;
+    let out = report(&rec);
+    if let Some(svg) = &args.svg {
+        plot::timeline(svg, &rec).with_context(|| format!("drawing {}", svg.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    print!("{}", text(&out, &rec));
+    Ok(())
+}
+
+/// The report in words.
+pub fn text(r: &Report, rec: &Recording) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "recording: {} run(s), {} intervals{}{}{}",
+        r.runs,
+        r.intervals,
+        if r.complete {
+            ""
+        } else {
+            ", no summary (the recorder was killed): totals from the interval lines"
+        },
+        if r.truncated_lines > 0 {
+            format!(", {} truncated line(s) skipped", r.truncated_lines)
+        } else {
+            String::new()
+        },
+        if rec.unknown_lines > 0 {
+            format!(", {} line(s) of a newer release skipped", rec.unknown_lines)
+        } else {
+            String::new()
+        }
+    );
+    for (addr, p) in &r.peers {
+        let _ = writeln!(
+            s,
+            "\npeer {addr}: tx_encap {} · rx_nic {} · rx_decap {}",
+            p.tx_encap.packets, p.rx_nic.packets, p.rx_decap.packets
+        );
+        if !p.drops.is_empty() {
+            let drops: Vec<String> = p.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(s, "  drops: {}", drops.join(", "));
+        }
+        for o in &p.outages {
+            let _ = writeln!(
+                s,
+                "  outage: {:.1} s, {} packets sent into the silence",
+                o.duration_s.unwrap_or(0.0),
+                o.sent_into_silence
+            );
+        }
+        if p.causes.is_empty() {
+            let _ = writeln!(s, "  no problem found");
+        }
+        for c in &p.causes {
+            let _ = writeln!(
+                s,
+                "  likely cause: {}\n    {} (lost: {})\n    evidence: {}\n    fix: {}",
+                c.headline,
+                c.cause,
+                c.segment.as_str(),
+                c.evidence,
+                c.fix
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Cause;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/recordings");
+
+    /// A recording of the first release, with a summary: one healthy
+    /// peer, one that never answered.
+    #[test]
+    fn reads_a_first_release_recording() {
+        let rec = read(&[format!("{FIXTURES}/one-way-v0.1.ndjson").into()]).unwrap();
+        let r = report(&rec);
+        assert!(r.complete);
+        assert_eq!(r.runs, 1);
+        assert_eq!(r.intervals, 11);
+        assert_eq!(r.truncated_lines, 0);
+        let healthy = &r.peers[&"192.0.2.12".parse().unwrap()];
+        assert_eq!(healthy.tx_encap.packets, 25);
+        assert_eq!(healthy.rx_decap.packets, 20);
+        assert!(healthy.causes.is_empty(), "{:?}", healthy.causes);
+        let silent = &r.peers[&"192.0.2.13".parse().unwrap()];
+        assert_eq!(silent.tx_encap.packets, 5);
+        assert_eq!(silent.rx_nic.packets, 0);
+        assert_eq!(silent.causes.len(), 1);
+        assert_eq!(silent.causes[0].kind, Cause::OneWay);
+        assert_eq!(silent.causes[0].evidence, "tx_encap 5, rx_nic 0");
+    }
+
+    /// A killed recorder's file: no summary, totals from the intervals.
+    #[test]
+    fn reads_a_killed_first_release_recording() {
+        let rec = read(&[format!("{FIXTURES}/host-firewall-killed-v0.1.ndjson").into()]).unwrap();
+        let r = report(&rec);
+        assert!(!r.complete);
+        let a = &r.peers[&"192.0.2.11".parse().unwrap()];
+        assert_eq!(a.rx_nic.packets, 6);
+        assert_eq!(a.rx_decap.packets, 0);
+        assert_eq!(a.drops["NETFILTER_DROP"], 6);
+        assert_eq!(a.causes[0].kind, Cause::HostFirewall);
+        assert_eq!(
+            a.causes[0].evidence,
+            "rx_nic 6, rx_decap 0, NETFILTER_DROP 6"
+        );
+        let words = text(&r, &rec);
+        assert!(words.contains("likely cause: host firewall"), "{words}");
+        assert!(!words.contains("incident"), "{words}");
+    }
+}

@@ -1,0 +1,280 @@
+//! What vxtrace attached where, and what the kernel did not offer, as the
+//! `attached` line, the summary and recordings carry it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The TC hook a program is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    Ingress,
+    Egress,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Ingress => "ingress",
+            Hook::Egress => "egress",
+        }
+    }
+}
+
+/// How a TC program got onto a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// A tcx link (kernel >= 6.6); detached by the kernel when we exit.
+    Tcx,
+    /// A filter on the clsact qdisc, through netlink.
+    Clsact,
+}
+
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Tcx => "tcx",
+            AttachMode::Clsact => "clsact",
+        }
+    }
+}
+
+/// One TC program on one device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub program: String,
+    pub device: String,
+    pub hook: Hook,
+    pub mode: AttachMode,
+    /// A clsact filter's (priority, handle): what tells it apart from the
+    /// filters of another vxtrace on the same device.
+    #[serde(skip)]
+    pub filter: Option<(u16, u32)>,
+}
+
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} on {} {} ({})",
+            self.program,
+            self.device,
+            self.hook.as_str(),
+            self.mode.as_str()
+        )
+    }
+}
+
+/// Which `skb:kfree_skb` hook the drop program is on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropHook {
+    RawTracepoint,
+    Tracepoint,
+    /// Kernel drops are not counted.
+    #[default]
+    None,
+}
+
+impl DropHook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropHook::RawTracepoint => "raw_tracepoint",
+            DropHook::Tracepoint => "tracepoint",
+            DropHook::None => "none",
+        }
+    }
+}
+
+/// How the drop program got attached, or why it did not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropProbe {
+    pub attached: DropHook,
+    /// What was tried and failed, in order.
+    pub skipped: Vec<String>,
+}
+
+/// Where the drop-reason names came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReasonSource {
+    /// `enum skb_drop_reason` in the kernel's BTF.
+    #[serde(rename = "BTF")]
+    Btf,
+    /// The tracepoint's format file.
+    #[serde(rename = "tracefs")]
+    Tracefs,
+    /// Neither: reasons are shown by number.
+    #[default]
+    #[serde(rename = "none")]
+    None,
+}
+
+impl ReasonSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonSource::Btf => "BTF",
+            ReasonSource::Tracefs => "tracefs",
+            ReasonSource::None => "none",
+        }
+    }
+}
+
+/// What became of an optional probe. Written as one string (`"attached"`,
+/// `"skipped: why"`, `"not available on this kernel: why"`, `"not loaded:
+/// why"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeState {
+    Attached,
+    /// Not wanted (flag, or the kernel reports the same by itself).
+    Skipped(String),
+    /// Wanted, but the kernel cannot attach it.
+    NotAvailable(String),
+    /// The verifier or loader refused it.
+    NotLoaded(String),
+}
+
+impl ProbeState {
+    const SKIPPED: &'static str = "skipped: ";
+    const NOT_AVAILABLE: &'static str = "not available on this kernel: ";
+    const NOT_LOADED: &'static str = "not loaded: ";
+
+    pub fn is_attached(&self) -> bool {
+        matches!(self, ProbeState::Attached)
+    }
+}
+
+impl fmt::Display for ProbeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeState::Attached => f.write_str("attached"),
+            ProbeState::Skipped(why) => write!(f, "{}{why}", Self::SKIPPED),
+            ProbeState::NotAvailable(why) => write!(f, "{}{why}", Self::NOT_AVAILABLE),
+            ProbeState::NotLoaded(why) => write!(f, "{}{why}", Self::NOT_LOADED),
+        }
+    }
+}
+
+impl From<ProbeState> for String {
+    fn from(s: ProbeState) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for ProbeState {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == "attached" {
+            return Ok(ProbeState::Attached);
+        }
+        let table: [(&str, fn(String) -> ProbeState); 3] = [
+            (Self::SKIPPED, ProbeState::Skipped),
+            (Self::NOT_AVAILABLE, ProbeState::NotAvailable),
+            (Self::NOT_LOADED, ProbeState::NotLoaded),
+        ];
+        table
+            .iter()
+            .find_map(|(prefix, make)| s.strip_prefix(prefix).map(|why| make(why.to_string())))
+            .ok_or_else(|| format!("unknown probe status {s:?}"))
+    }
+}
+
+impl Serialize for ProbeState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProbeState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ProbeState::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One PAWS kprobe: its program, the kernel function, what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KprobeStatus {
+    pub program: String,
+    pub target: String,
+    pub status: ProbeState,
+}
+
+/// The optional probes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probes {
+    pub drops: DropProbe,
+    #[serde(default)]
+    pub paws_kprobes: Vec<KprobeStatus>,
+    /// In the `attached` line only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason_names: Option<ReasonSource>,
+}
+
+/// Whose kernel drops count: every network namespace, or these (inode
+/// numbers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NetnsScope {
+    All(AllNamespaces),
+    Only(Vec<u32>),
+}
+
+/// The word `"all"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllNamespaces {
+    All,
+}
+
+impl Default for NetnsScope {
+    fn default() -> Self {
+        NetnsScope::all()
+    }
+}
+
+impl NetnsScope {
+    pub fn all() -> Self {
+        NetnsScope::All(AllNamespaces::All)
+    }
+
+    pub fn inodes(&self) -> Option<&[u32]> {
+        match self {
+            NetnsScope::All(_) => None,
+            NetnsScope::Only(v) => Some(v),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_states_read_back() {
+        for s in [
+            ProbeState::Attached,
+            ProbeState::Skipped("--paws-kprobes never".into()),
+            ProbeState::NotAvailable("no kprobes".into()),
+            ProbeState::NotLoaded("verifier: x".into()),
+        ] {
+            let text = serde_json::to_string(&s).unwrap();
+            assert_eq!(serde_json::from_str::<ProbeState>(&text).unwrap(), s);
+        }
+        assert_eq!(
+            ProbeState::Skipped("a".into()).to_string(),
+            "skipped: a",
+            "the form earlier releases wrote"
+        );
+    }
+
+    #[test]
+    fn netns_scope_is_all_or_inodes() {
+        assert_eq!(
+            serde_json::to_string(&NetnsScope::all()).unwrap(),
+            "\"all\""
+        );
+        let only: NetnsScope = serde_json::from_str("[4026532246]").unwrap();
+        assert_eq!(only.inodes(), Some(&[4026532246][..]));
+    }
+}

@@ -1,0 +1,381 @@
+//! `vxtrace watch`, in stages:
+//!
+//! 1. **plan**: what the kernel offers, what netlink shows, which devices
+//!    and ports to watch, the doctor's static checks;
+//! 2. **load**: the kernel programs with their load-time configuration;
+//! 3. **seed**: the watched devices and what is known of the peers (FDB,
+//!    neighbours, routes) into the maps, so the first packet is already
+//!    attributed;
+//! 4. **attach**: TC programs on the VXLAN and underlay devices, the drop
+//!    program, the PAWS kprobes where needed;
+//! 5. **loop** (`session`): sample → fold into the tables → detect events →
+//!    emit to the sinks, every interval;
+//! 6. **summary**, to every sink, after detaching.
+
+use std::{
+    collections::BTreeSet,
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use vxtrace_common::DEFAULT_MAX_MACS;
+
+use crate::{
+    discovery::{self, Snapshot},
+    doctor,
+    drops::DropTable,
+    kernel,
+    outages::OutageTracker,
+    peers::PeerTable,
+    preflight,
+    probes::{LoaderBtf, PawsKprobes, Tracer, TracerConfig},
+    schema::{Attached, DoctorFinding, Header, Line, NetnsScope, Probes, unix_now},
+    sinks::{
+        Sinks, metrics::Metrics, ndjson::Ndjson, plain::Plain, recorder::Recorder, screen::Screen,
+    },
+};
+
+pub mod args;
+mod churn;
+pub mod kernel_info;
+pub mod plan;
+mod session;
+mod summary;
+pub mod tables;
+
+pub use args::WatchArgs;
+use kernel_info::{DEFAULT_BTF, KernelInfo, kernel_info, resolve_netns};
+pub use plan::{Plan, plan};
+use session::{Session, SessionStart, hand_filters_to_watchdog};
+use tables::Tables;
+
+pub fn run(args: WatchArgs) -> Result<()> {
+    preflight::check_capabilities()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+/// What the plan stage decided.
+struct Planned {
+    kinfo: KernelInfo,
+    netns: NetnsScope,
+    snap: Snapshot,
+    plan: Plan,
+    doctor: Vec<DoctorFinding>,
+    btf: LoaderBtf,
+}
+
+async fn run_async(args: WatchArgs) -> Result<()> {
+    // /proc/kallsyms is read in the background (only needed to name drop
+    // locations; joined once counting has started).
+    let syms_loader = std::thread::spawn(kernel::Kallsyms::load);
+    let mut planned = plan_stage(&args).await?;
+    let btf = std::mem::replace(&mut planned.btf, LoaderBtf::None);
+    let mut tracer = load_stage(&args, &planned, btf)?;
+    seed_stage(&mut tracer, &planned)?;
+    let probes = attach_stage(&mut tracer, &args, &mut planned)?;
+    let mut reaper = None;
+    hand_filters_to_watchdog(&mut reaper, &tracer)?;
+    let mut sinks = open_sinks(&args, &mut planned, &tracer)?;
+    announce(&planned, &tracer, &probes);
+    sinks.attached(&Line::Attached(Box::new(Attached {
+        devices: planned.plan.device_infos(),
+        underlays: planned.plan.underlays.clone(),
+        ports: planned.plan.ports.clone(),
+        attached: tracer.attachments.clone(),
+        probes: probes.clone(),
+        netns: planned.netns.clone(),
+        doctor: planned.doctor.clone(),
+        notes: planned.plan.notes.clone(),
+    })))?;
+    let syms = match syms_loader.join() {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            eprintln!("vxtrace: note: {e:#}");
+            None
+        }
+        Err(_) => None,
+    };
+    let tables = new_tables(&args, &planned, &probes, syms);
+    let mut session = Session::new(SessionStart {
+        tracer,
+        tables,
+        plan: planned.plan,
+        snap: planned.snap,
+        reaper,
+        probes,
+        doctor: planned.doctor,
+        interval: args.interval,
+        syn_timeout: args.syn_timeout,
+        netns_specs: args.netns.clone(),
+    });
+    session.run(&mut sinks, args.duration).await?;
+    session.finish(&mut sinks)
+}
+
+/// Stage 1: what the kernel offers, what netlink shows, what to watch.
+async fn plan_stage(args: &WatchArgs) -> Result<Planned> {
+    let kinfo = kernel_info(args.btf.as_deref())?;
+    // The running kernel's BTF is parsed by the loader itself; only a
+    // BTF file given with --btf needs a parse of its own, in the
+    // background while netlink answers.
+    let btf_file = match args.btf.as_deref() {
+        Some(p) if p.as_os_str() != "none" && p != Path::new(DEFAULT_BTF) => Some(p.to_path_buf()),
+        _ => None,
+    };
+    let aya_btf = std::thread::spawn(move || {
+        btf_file.map(|p: PathBuf| {
+            aya::Btf::parse_file(&p, aya::Endianness::default())
+                .with_context(|| format!("reading kernel BTF from {}", p.display()))
+        })
+    });
+    let mut netns = resolve_netns(&args.netns)?;
+    let snap = discovery::snapshot().await?;
+    let mut plan = plan(args, &snap)?;
+    plan.notes.extend(kinfo.notes.iter().cloned());
+    if netns.inodes().is_some() && kinfo.offsets.valid == 0 {
+        // The namespace of a dropped skb is read through BTF offsets.
+        plan.notes.push(
+            "--netns needs the kernel's BTF to tell namespaces apart: counting drops of all namespaces".into(),
+        );
+        netns = NetnsScope::all();
+    }
+    let btf = match aya_btf.join() {
+        Ok(Some(b)) if kinfo.btf_path.is_some() => LoaderBtf::File(b?),
+        Ok(_) if kinfo.btf_path.is_some() => LoaderBtf::Running,
+        Ok(_) => LoaderBtf::None,
+        Err(_) => bail!("parsing the kernel BTF panicked"),
+    };
+    // The static checks of `vxtrace doctor`, once at start.
+    let doctor = if plan.vxlan.is_empty() {
+        Vec::new()
+    } else {
+        doctor::check_snapshot(&snap, &plan.vxlan).0
+    };
+    for f in &doctor {
+        eprintln!(
+            "vxtrace: warning: [{}] {} ({}): {}",
+            f.severity, f.check, f.device, f.message
+        );
+    }
+    Ok(Planned {
+        kinfo,
+        netns,
+        snap,
+        plan,
+        doctor,
+        btf,
+    })
+}
+
+/// Stage 2: the kernel programs, configured, not yet attached.
+fn load_stage(args: &WatchArgs, p: &Planned, btf: LoaderBtf) -> Result<Tracer> {
+    let cfg = TracerConfig {
+        ports: p.plan.ports.clone(),
+        local_addrs: p.plan.local_addrs.clone(),
+        gbp: p.plan.gbp,
+        filter_vni: p.plan.filter_vni,
+        max_peers: args.max_peers,
+        max_macs: DEFAULT_MAX_MACS.max(args.max_peers * 4),
+        offsets: p.kinfo.offsets,
+        netns_scope_all: p.netns.inodes().is_none(),
+        raw_tp_has_reason: p.kinfo.raw_tp_has_reason,
+        raw_tp_has_rx_sk: p.kinfo.raw_tp_has_rx_sk,
+    };
+    let mut tracer = Tracer::load(&cfg, &btf, args.attach)?;
+    // The parsed BTF is tens of MiB and only needed to load.
+    drop(btf);
+    release_free_memory();
+    if let Some(inums) = p.netns.inodes() {
+        tracer.set_netns_scope(inums)?;
+    }
+    Ok(tracer)
+}
+
+/// Stage 3: the watched devices and what is known of the peers, into the
+/// maps before any program is attached.
+fn seed_stage(tracer: &mut Tracer, p: &Planned) -> Result<()> {
+    for dev in &p.plan.vxlan {
+        tracer
+            .register_vxlan(dev)
+            .with_context(|| format!("registering VXLAN device {}", dev.name))?;
+    }
+    let seeded = tracer.seed_from(&p.snap, &p.plan.vxlan)?;
+    log::info!(
+        "seeded {seeded} MAC-to-peer entries from the FDB ({} FDB entries seen)",
+        p.snap.fdb.len()
+    );
+    Ok(())
+}
+
+/// Stage 4: every program onto its hook; what could not attach is noted.
+fn attach_stage(tracer: &mut Tracer, args: &WatchArgs, p: &mut Planned) -> Result<Probes> {
+    for dev in &p.plan.vxlan {
+        tracer
+            .attach_vxlan(dev)
+            .with_context(|| format!("attaching to VXLAN device {}", dev.name))?;
+    }
+    for iface in &p.plan.underlays {
+        tracer
+            .attach_underlay(iface)
+            .with_context(|| format!("attaching to underlay device {iface}"))?;
+    }
+    let drops = tracer.attach_drops();
+    let reasons = &p.kinfo.reasons;
+    let paws = tracer.attach_paws_kprobes(args.paws_kprobes, |r| reasons.has(r));
+    for k in &paws {
+        if !k.status.is_attached() && args.paws_kprobes == PawsKprobes::Always {
+            p.plan
+                .notes
+                .push(format!("{} on {}: {}", k.program, k.target, k.status));
+        }
+    }
+    if drops.attached == crate::schema::DropHook::None {
+        p.plan.notes.push(format!(
+            "kernel drops are not counted: {}",
+            drops.skipped.join("; ")
+        ));
+    }
+    Ok(Probes {
+        drops,
+        paws_kprobes: paws,
+        reason_names: Some(p.kinfo.reasons.source),
+    })
+}
+
+/// The sinks the flags ask for: one for stdout, a recording, metrics.
+fn open_sinks(args: &WatchArgs, p: &mut Planned, tracer: &Tracer) -> Result<Sinks> {
+    let mut sinks = Sinks::default();
+    let devices = p.plan.describe();
+    let modes: BTreeSet<&str> = tracer.attachments.iter().map(|a| a.mode.as_str()).collect();
+    let attach_summary = format!(
+        "{} programs ({})",
+        tracer.attachments.len(),
+        modes.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    if args.json {
+        sinks.add(Ndjson::new());
+    } else if std::io::stdout().is_terminal() {
+        sinks.add(Screen::new(devices, attach_summary));
+    } else {
+        sinks.add(Plain::new(devices, attach_summary));
+    }
+    if let Some(path) = &args.record {
+        sinks.add(Recorder::open(
+            path,
+            args.record_max_size,
+            args.record_keep,
+            record_header(&p.plan, &p.doctor),
+        )?);
+    }
+    if let Some(addr) = &args.metrics {
+        let (m, bound) = Metrics::serve(addr)?;
+        eprintln!("vxtrace: Prometheus metrics on http://{bound}/metrics");
+        p.plan
+            .notes
+            .push(format!("Prometheus metrics on http://{bound}/metrics"));
+        sinks.add(m);
+    }
+    Ok(sinks)
+}
+
+/// What was attached and what was left out, on stderr.
+fn announce(p: &Planned, tracer: &Tracer, probes: &Probes) {
+    for note in &p.plan.notes {
+        eprintln!("vxtrace: note: {note}");
+    }
+    for a in &tracer.attachments {
+        eprintln!("vxtrace: attached {a}");
+    }
+    eprintln!(
+        "vxtrace: drops: {} skb:kfree_skb (reason names: {})",
+        probes.drops.attached.as_str(),
+        p.kinfo.reasons.source.as_str()
+    );
+    for s in &probes.drops.skipped {
+        eprintln!("vxtrace: drops: {s}");
+    }
+    for k in &probes.paws_kprobes {
+        eprintln!(
+            "vxtrace: PAWS kprobe {} on {}: {}",
+            k.program, k.target, k.status
+        );
+    }
+}
+
+/// The run's tables, empty.
+fn new_tables(
+    args: &WatchArgs,
+    p: &Planned,
+    probes: &Probes,
+    syms: Option<kernel::Kallsyms>,
+) -> Tables {
+    let mut peers = PeerTable::new((args.max_peers as usize) * 2);
+    peers.select(args.peers.iter().map(discovery::peer_key));
+    let mut drops = DropTable::new(65_536);
+    if !p.kinfo.raw_tp_has_reason {
+        drops.infer_reasons_from_locations();
+    }
+    // A PAWS kprobe attached where the kernel also names the reason
+    // (`--paws-kprobes always`) counts the same segments: keep one.
+    for k in probes
+        .paws_kprobes
+        .iter()
+        .filter(|k| k.status.is_attached())
+    {
+        if let Some(id) = crate::probes::PAWS_KPROBES
+            .iter()
+            .find(|known| known.program == k.program)
+            .and_then(|known| p.kinfo.reasons.id(known.reason))
+        {
+            drops.supersede(id);
+        }
+    }
+    Tables {
+        peers,
+        drops,
+        outages: OutageTracker::new(
+            args.outage_threshold.as_secs_f64(),
+            args.one_way_window.as_secs_f64(),
+            unix_now(),
+            (args.max_peers as usize) * 2,
+        ),
+        global: Default::default(),
+        selected: args.peers.clone(),
+        reasons: p.kinfo.reasons.clone(),
+        syms,
+    }
+}
+
+/// The first line of every recording file: what produced it, where.
+fn record_header(plan: &Plan, doctor: &[DoctorFinding]) -> Line {
+    let proc_sys = |f: &str| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    Line::Header(Box::new(Header {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        command_line: std::env::args().collect(),
+        kernel: proc_sys("osrelease"),
+        host: proc_sys("hostname"),
+        started: unix_now(),
+        devices: plan.device_infos(),
+        underlays: plan.underlays.clone(),
+        ports: plan.ports.clone(),
+        doctor: doctor.to_vec(),
+    }))
+}
+
+/// Gives the memory freed after start-up (BTF parsed while loading) back to
+/// the system, so a long run's resident size is what it uses.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free heap pages; always safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -1,0 +1,211 @@
+//! The plan: which VXLAN devices, underlay devices and ports to watch,
+//! decided from the flags and what netlink shows, before anything is
+//! loaded. Every way this can fail is a user error with what to do.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use anyhow::{Result, bail};
+
+use super::args::WatchArgs;
+use crate::{
+    discovery::{Snapshot, VxlanDevice},
+    schema::DeviceInfo,
+};
+
+/// What to attach to.
+#[derive(Debug)]
+pub struct Plan {
+    pub vxlan: Vec<VxlanDevice>,
+    pub underlays: Vec<String>,
+    pub ports: Vec<u16>,
+    /// The local VTEP addresses the kernel programs filter on (empty: any).
+    pub local_addrs: Vec<IpAddr>,
+    pub gbp: bool,
+    pub filter_vni: bool,
+    pub notes: Vec<String>,
+}
+
+pub fn plan(args: &WatchArgs, snap: &Snapshot) -> Result<Plan> {
+    let vxlan = choose_vxlan(args, snap)?;
+    if vxlan.is_empty() && args.ifaces.is_empty() {
+        bail!(
+            "no VXLAN device in this network namespace; run vxtrace where the overlay is (on the node, or `ip netns exec NS vxtrace ...`), name one with --vxlan-dev, or watch an underlay device with --iface and --port"
+        );
+    }
+    let mut notes = Vec::new();
+    let underlays = choose_underlays(args, snap, &vxlan, &mut notes)?;
+    let ports = choose_ports(args, &vxlan)?;
+    for d in &vxlan {
+        if !ports.contains(&d.port) {
+            notes.push(format!(
+                "{} uses UDP port {} which is not watched (--port {}): its packets are not counted at the underlay device",
+                d.name,
+                d.port,
+                ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+            ));
+        }
+    }
+    // The local filter only holds when every watched device names its
+    // local address; otherwise any address of this host may be the VTEP.
+    let local_addrs =
+        if !vxlan.is_empty() && args.ifaces.is_empty() && vxlan.iter().all(|d| d.local.is_some()) {
+            sorted(vxlan.iter().filter_map(|d| d.local))
+        } else {
+            Vec::new()
+        };
+    let filter_vni = !vxlan.is_empty() && vxlan.iter().all(|d| d.vni.is_some());
+    let gbp = vxlan.iter().any(|d| d.gbp);
+    if vxlan.is_empty() {
+        notes.push(
+            "no VXLAN device watched: rx_decap and tx_dev are not measured, any VNI counts".into(),
+        );
+    }
+    Ok(Plan {
+        vxlan,
+        underlays,
+        ports,
+        local_addrs,
+        gbp,
+        filter_vni,
+        notes,
+    })
+}
+
+fn sorted<T: Ord>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    items
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// The VXLAN devices named with --vxlan-dev, or all of them.
+fn choose_vxlan(args: &WatchArgs, snap: &Snapshot) -> Result<Vec<VxlanDevice>> {
+    let all = snap.vxlan_devices();
+    if args.vxlan_devs.is_empty() {
+        return Ok(all);
+    }
+    let mut chosen = Vec::new();
+    for name in &args.vxlan_devs {
+        match all.iter().find(|d| &d.name == name) {
+            Some(d) => chosen.push(d.clone()),
+            None if snap.link_by_name(name).is_some() => bail!(
+                "device {name} is not a VXLAN device; `ip -d link show type vxlan` lists the VXLAN devices here"
+            ),
+            None => bail!(
+                "device {name} does not exist in this network namespace; `ip -d link show type vxlan` lists the VXLAN devices here (for a node's namespace use `ip netns exec NS vxtrace ...`)"
+            ),
+        }
+    }
+    Ok(chosen)
+}
+
+/// The underlay devices named with --iface, or each VXLAN device's.
+fn choose_underlays(
+    args: &WatchArgs,
+    snap: &Snapshot,
+    vxlan: &[VxlanDevice],
+    notes: &mut Vec<String>,
+) -> Result<Vec<String>> {
+    let mut underlays: Vec<String> = Vec::new();
+    for name in &args.ifaces {
+        let Some(link) = snap.link_by_name(name) else {
+            bail!(
+                "underlay device {name} does not exist in this network namespace; `ip link` lists the devices here"
+            );
+        };
+        if link.kind.as_deref() == Some("vxlan") {
+            bail!(
+                "{name} is a VXLAN device; --iface takes the underlay device (use --vxlan-dev for {name})"
+            );
+        }
+        underlays.push(name.clone());
+    }
+    if args.ifaces.is_empty() {
+        for dev in vxlan {
+            underlays.extend(underlay_of(snap, dev, notes)?);
+        }
+    }
+    Ok(sorted(underlays))
+}
+
+/// The device that carries `dev`'s encapsulated traffic: its `dev`, the
+/// owner of its `local` address, or (neither) every device with an address.
+fn underlay_of(snap: &Snapshot, dev: &VxlanDevice, notes: &mut Vec<String>) -> Result<Vec<String>> {
+    let by_link = dev
+        .link_ifindex
+        .and_then(|i| snap.links.get(&i))
+        .map(|l| l.name.clone());
+    let by_local = dev
+        .local
+        .as_ref()
+        .and_then(|a| snap.owner_of(a))
+        .map(|l| l.name.clone());
+    if let Some(name) = by_link.or(by_local) {
+        return Ok(vec![name]);
+    }
+    // No `dev` and no `local`: the kernel routes by destination, so any
+    // device with an address may carry it.
+    let candidates: Vec<String> = snap
+        .links
+        .values()
+        .filter(|l| {
+            l.up && !l.loopback
+                && l.kind.as_deref() != Some("vxlan")
+                && snap.addrs.get(&l.ifindex).is_some_and(|a| !a.is_empty())
+        })
+        .map(|l| l.name.clone())
+        .collect();
+    if candidates.is_empty() {
+        bail!(
+            "cannot tell which device carries {}'s encapsulated traffic (no `dev`, no `local`, no device with an address); pass --iface",
+            dev.name
+        );
+    }
+    notes.push(format!(
+        "{} names no underlay device; watching every device with an address: {}",
+        dev.name,
+        candidates.join(", ")
+    ));
+    Ok(candidates)
+}
+
+/// The ports given with --port, or the devices' own.
+fn choose_ports(args: &WatchArgs, vxlan: &[VxlanDevice]) -> Result<Vec<u16>> {
+    if !args.ports.is_empty() {
+        return Ok(sorted(args.ports.iter().copied()));
+    }
+    let ports = sorted(vxlan.iter().map(|d| d.port));
+    if ports.is_empty() {
+        bail!("no VXLAN device to take the port from; pass --port (8472 for flannel, 4789 IANA)");
+    }
+    Ok(ports)
+}
+
+impl Plan {
+    /// The devices as the output lines carry them.
+    pub fn device_infos(&self) -> Vec<DeviceInfo> {
+        self.vxlan.iter().map(VxlanDevice::info).collect()
+    }
+
+    /// One line for the screen: each device with its VNI, port and local
+    /// address, then the underlays.
+    pub fn describe(&self) -> String {
+        let any = || "any".to_string();
+        let mut parts: Vec<String> = self
+            .vxlan
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} (vni {}, udp {}, local {})",
+                    d.name,
+                    d.vni.map(|v| v.to_string()).unwrap_or_else(any),
+                    d.port,
+                    d.local.map(|a| a.to_string()).unwrap_or_else(any)
+                )
+            })
+            .collect();
+        parts.push(format!("underlay {}", self.underlays.join(", ")));
+        parts.join(" · ")
+    }
+}
