@@ -1,5 +1,5 @@
 //! Builds the kernel programs (`vxtrace-ebpf`) for the bpf target and puts the
-//! object in OUT_DIR, where `src/ebpf.rs` embeds it.
+//! object in OUT_DIR, where `src/probes/mod.rs` embeds it (`OBJECT`).
 //!
 //! Prefers the `nightly` toolchain (needed for `-Z build-std=core`); on a
 //! machine with only stable, the same build runs on stable with

@@ -319,6 +319,20 @@ pub struct FlowKey {
     pub _pad: u32,
 }
 
+impl FlowKey {
+    /// The handshake of `client` (address, port) with `server`.
+    #[inline(always)]
+    pub const fn new(client: PeerKey, client_port: u16, server: PeerKey, server_port: u16) -> Self {
+        Self {
+            client,
+            server,
+            client_port,
+            server_port,
+            _pad: 0,
+        }
+    }
+}
+
 /// Value of the open-handshake map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -43,7 +43,22 @@ impl<'a> Observation<'a> {
 
 /// The findings for one peer, most telling first.
 pub fn diagnose(o: &Observation<'_>) -> Vec<Finding> {
-    RULES.iter().filter_map(|rule| rule(o)).collect()
+    RULES
+        .iter()
+        .filter_map(|rule| {
+            let seen = (rule.matches)(o)?;
+            let (segment, direction) = seen.place.unwrap_or((rule.segment, rule.direction));
+            Some(Finding {
+                kind: rule.cause,
+                headline: seen.headline,
+                cause: rule.meaning.to_string(),
+                segment,
+                direction,
+                evidence: seen.evidence,
+                fix: rule.fix.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// The findings for a summary's peer.
@@ -52,25 +67,156 @@ pub fn diagnose_summary(p: &PeerSummary) -> Vec<Finding> {
     diagnose(&Observation::of_summary(p, &tcp))
 }
 
-type Rule = fn(&Observation<'_>) -> Option<Finding>;
+/// One cause: what it means, where the traffic is lost, the fix, and the
+/// test of the counters that recognises it.
+pub struct Rule {
+    pub cause: Cause,
+    pub segment: Segment,
+    pub direction: Direction,
+    /// What it means, in words.
+    pub meaning: &'static str,
+    pub fix: &'static str,
+    matches: fn(&Observation<'_>) -> Option<Seen>,
+}
+
+/// What a rule saw: the headline and the numbers; and, where the counters
+/// tell, another segment and direction than the rule's usual ones.
+struct Seen {
+    headline: String,
+    evidence: String,
+    place: Option<(Segment, Direction)>,
+}
+
+fn seen(headline: String, evidence: String) -> Option<Seen> {
+    Some(Seen {
+        headline,
+        evidence,
+        place: None,
+    })
+}
 
 /// The rules, in the order their findings are shown.
-const RULES: &[Rule] = &[
-    paws_rejects,
-    unanswered_syn,
-    synack_dropped,
-    host_firewall,
-    pod_traffic_firewall,
-    stale_neighbour,
-    masquerade,
-    one_way,
-    lost_before_decap,
-    lost_while_encapsulating,
-    malformed,
-    unknown_vni,
-    path_mtu,
-    grouped_outage,
-    intermittent_outage,
+pub const RULES: &[Rule] = &[
+    Rule {
+        cause: Cause::PawsRejects,
+        segment: Segment::ReceiverHost,
+        direction: Direction::Both,
+        meaning: "their timestamps are older than the socket last saw: clients behind one NAT address with unrelated timestamps (tcp_tw_recycle, TIME_WAIT reuse)",
+        fix: "stop SNAT between nodes and pods (or give each client its own address), and turn net.ipv4.tcp_tw_recycle off where the kernel has it",
+        matches: paws_rejects,
+    },
+    Rule {
+        cause: Cause::UnansweredSyn,
+        segment: Segment::ReceiverHost,
+        direction: Direction::Both,
+        meaning: "the handshakes die before the SYN-ACK: on the server's node (a firewall, PAWS) or on the way back",
+        fix: "run vxtrace on the server's node and look there for SYN-ACK drops or PAWS rejects; `conntrack -L -p tcp --state SYN_SENT` lists the stuck flows",
+        matches: unanswered_syn,
+    },
+    Rule {
+        cause: Cause::SynAckDropped,
+        segment: Segment::ReceiverHost,
+        direction: Direction::FromPeer,
+        meaning: "those connections cannot complete",
+        fix: "check this node's firewall rules (input, output, forward) for the pods' ports; the drop reason names the kernel's check",
+        matches: synack_dropped,
+    },
+    Rule {
+        cause: Cause::HostFirewall,
+        segment: Segment::ReceiverHost,
+        direction: Direction::FromPeer,
+        meaning: "a firewall rule on this node drops the peer's VXLAN packets before they are decapsulated",
+        fix: "allow the VXLAN UDP port (8472 for flannel, 4789 IANA) from the other nodes in the input rules (`nft list ruleset`, `iptables -L INPUT`); `vxtrace doctor` names the rule",
+        matches: host_firewall,
+    },
+    Rule {
+        cause: Cause::PodTrafficFirewall,
+        segment: Segment::ReceiverHost,
+        direction: Direction::FromPeer,
+        meaning: "a forward or input rule on this node drops pod traffic of the overlay after decapsulation (or before encapsulation)",
+        fix: "check the FORWARD chain's policy and rules for the pod subnets (Docker sets its policy to DROP); `vxtrace doctor` names the rule",
+        matches: pod_traffic_firewall,
+    },
+    Rule {
+        cause: Cause::StaleNeighbour,
+        segment: Segment::ReceiverHost,
+        direction: Direction::FromPeer,
+        meaning: "the peer still has this node's old VTEP MAC (the VXLAN device was recreated, e.g. when the overlay agent restarted)",
+        fix: "on the peer, replace the neighbour entry of this node's VTEP address with this VXLAN device's MAC (`ip neigh replace ADDR lladdr MAC dev DEV nud permanent`), or restart the overlay agent there",
+        matches: stale_neighbour,
+    },
+    Rule {
+        cause: Cause::Masquerade,
+        segment: Segment::None,
+        direction: Direction::FromPeer,
+        meaning: "the peer SNATs pod-to-pod traffic into the overlay: servers here see the peer node, not the client pod",
+        fix: "on the peer, exempt the cluster's pod network from MASQUERADE (flannel's --ip-masq rules; `iptables -t nat -L POSTROUTING`)",
+        matches: masquerade,
+    },
+    Rule {
+        cause: Cause::OneWay,
+        segment: Segment::Path,
+        direction: Direction::Both,
+        meaning: "nothing from this peer reached the underlay device, so the loss is outside this host (path, security group, NAT) or on the peer",
+        fix: "allow the VXLAN UDP port between the nodes (security group, cloud or hypervisor firewall), check that the peer's underlay address is reachable and not a NAT address, and run vxtrace on the peer to see whether it receives",
+        matches: one_way,
+    },
+    Rule {
+        cause: Cause::LostBeforeDecap,
+        segment: Segment::ReceiverHost,
+        direction: Direction::FromPeer,
+        meaning: "lost on this host between the NIC and the VXLAN device: no socket on the VXLAN port, a wrong VNI, bad checksums, or a firewall",
+        fix: "check that this node's VXLAN device uses the port and VNI the peer sends to (`ip -d link show type vxlan`), and look at this peer's drop reasons",
+        matches: lost_before_decap,
+    },
+    Rule {
+        cause: Cause::LostWhileEncapsulating,
+        segment: Segment::SenderHost,
+        direction: Direction::ToPeer,
+        meaning: "lost on this host while encapsulating: no FDB entry or route for the peer, the MTU, or the qdisc",
+        fix: "check the VXLAN device's FDB entry for the peer (`bridge fdb show dev DEV`) and the route to the peer's underlay address; `vxtrace doctor` checks both",
+        matches: lost_while_encapsulating,
+    },
+    Rule {
+        cause: Cause::Malformed,
+        segment: Segment::SenderHost,
+        direction: Direction::FromPeer,
+        meaning: "truncated, I flag clear or reserved bits set: a misconfigured sender, another protocol on the port, or a scan",
+        fix: "see what sends them with `tcpdump -ni IFACE udp port PORT and host PEER`, and make the sender speak VXLAN (or move it to another port)",
+        matches: malformed,
+    },
+    Rule {
+        cause: Cause::UnknownVni,
+        segment: Segment::ReceiverHost,
+        direction: Direction::FromPeer,
+        meaning: "the nodes disagree on the VNI: the kernel drops what no device here claims",
+        fix: "give the VXLAN devices of both nodes the same VNI (flannel: the VNI in net-conf.json; `ip -d link show type vxlan`)",
+        matches: unknown_vni,
+    },
+    Rule {
+        cause: Cause::PathMtu,
+        segment: Segment::Path,
+        direction: Direction::ToPeer,
+        meaning: "a path MTU below the VXLAN packet size loses the large packets (VXLAN adds 50 bytes on IPv4, 70 on IPv6); which sizes arrive shows only on the peer, so compare with its recording",
+        fix: "set the VXLAN device's MTU to the path MTU minus 50 (IPv4 underlay) or 70 (IPv6), and the pods' MTU no higher",
+        matches: path_mtu,
+    },
+    Rule {
+        cause: Cause::GroupedOutage,
+        segment: Segment::Path,
+        direction: Direction::Both,
+        meaning: "a device on the path (a policer or rate limiter) blackholed this node's traffic to several peers at once",
+        fix: "look for a policer or UDP rate limit on the underlay (switch, hypervisor, cloud NIC limits); the tx rate before each outage shows what triggers it",
+        matches: grouped_outage,
+    },
+    Rule {
+        cause: Cause::IntermittentOutage,
+        segment: Segment::Path,
+        direction: Direction::Both,
+        meaning: "this peer alone stops answering for a while: the peer, its link, or the path to it",
+        fix: "record on the peer too (`vxtrace watch --record`) and read both recordings with `vxtrace report`: it tells whether the peer received",
+        matches: intermittent_outage,
+    },
 ];
 
 /// "a 1, b 2".
@@ -82,80 +228,44 @@ fn evidence(items: &[(&str, u64)]) -> String {
         .join(", ")
 }
 
-fn finding(
-    kind: Cause,
-    segment: Segment,
-    direction: Direction,
-    headline: String,
-    cause: &str,
-    evidence: String,
-    fix: &str,
-) -> Option<Finding> {
-    Some(Finding {
-        kind,
-        headline,
-        cause: cause.to_string(),
-        segment,
-        direction,
-        evidence,
-        fix: fix.to_string(),
-    })
-}
-
 fn nf_drops(o: &Observation<'_>) -> u64 {
     reasons::count(o.drops, reasons::NETFILTER_DROP)
 }
 
-fn paws_rejects(o: &Observation<'_>) -> Option<Finding> {
+fn paws_rejects(o: &Observation<'_>) -> Option<Seen> {
     let paws = o.tcp.paws_rejects.max(reasons::paws_rejects(o.drops));
-    if paws == 0 {
-        return None;
-    }
-    finding(
-        Cause::PawsRejects,
-        Segment::ReceiverHost,
-        Direction::Both,
+    (paws > 0).then_some(())?;
+    seen(
         format!(
             "TCP timestamps: {paws} segments of this peer's connections were dropped by the PAWS check"
         ),
-        "their timestamps are older than the socket last saw: clients behind one NAT address with unrelated timestamps (tcp_tw_recycle, TIME_WAIT reuse)",
         evidence(&[
             ("paws_rejects", paws),
             ("unanswered_syn", o.tcp.unanswered_syn),
         ]),
-        "stop SNAT between nodes and pods (or give each client its own address), and turn net.ipv4.tcp_tw_recycle off where the kernel has it",
     )
 }
 
-fn unanswered_syn(o: &Observation<'_>) -> Option<Finding> {
-    let t = o.tcp;
-    if t.unanswered_syn == 0 {
-        return None;
-    }
-    finding(
-        Cause::UnansweredSyn,
-        Segment::ReceiverHost,
-        Direction::Both,
+fn unanswered_syn(o: &Observation<'_>) -> Option<Seen> {
+    let (t, retrans) = (o.tcp, o.counters.tcp.syn_retrans);
+    (t.unanswered_syn > 0).then_some(())?;
+    seen(
         format!(
-            "{} SYNs got no SYN-ACK in time ({} retransmitted SYNs)",
-            t.unanswered_syn, o.counters.tcp.syn_retrans
+            "{} SYNs got no SYN-ACK in time ({retrans} retransmitted SYNs)",
+            t.unanswered_syn
         ),
-        "the handshakes die before the SYN-ACK: on the server's node (a firewall, PAWS) or on the way back",
         evidence(&[
             ("unanswered_syn_out", t.unanswered_syn_out),
             ("unanswered_syn_in", t.unanswered_syn_in),
-            ("syn_retrans", o.counters.tcp.syn_retrans),
+            ("syn_retrans", retrans),
         ]),
-        "run vxtrace on the server's node and look there for SYN-ACK drops or PAWS rejects; `conntrack -L -p tcp --state SYN_SENT` lists the stuck flows",
     )
 }
 
-fn synack_dropped(o: &Observation<'_>) -> Option<Finding> {
+fn synack_dropped(o: &Observation<'_>) -> Option<Seen> {
     let t = o.tcp;
-    let n: u64 = t.synack_dropped;
-    if n == 0 {
-        return None;
-    }
+    let n = t.synack_dropped;
+    (n > 0).then_some(())?;
     let why = t
         .synack_dropped_reasons
         .iter()
@@ -164,223 +274,144 @@ fn synack_dropped(o: &Observation<'_>) -> Option<Finding> {
         .join(", ");
     // Our servers' SYN-ACKs (the peer's SYNs unanswered) die as they
     // leave; our clients' as they arrive.
-    let (segment, direction) = if t.unanswered_syn_in > t.unanswered_syn_out {
-        (Segment::SenderHost, Direction::ToPeer)
-    } else {
-        (Segment::ReceiverHost, Direction::FromPeer)
-    };
-    finding(
-        Cause::SynAckDropped,
-        segment,
-        direction,
-        format!("{n} SYN-ACKs of handshakes with this peer were dropped on this node ({why})"),
-        "those connections cannot complete",
-        format!("synack_dropped {n} ({why})"),
-        "check this node's firewall rules (input, output, forward) for the pods' ports; the drop reason names the kernel's check",
-    )
+    let place = (t.unanswered_syn_in > t.unanswered_syn_out)
+        .then_some((Segment::SenderHost, Direction::ToPeer));
+    Some(Seen {
+        headline: format!(
+            "{n} SYN-ACKs of handshakes with this peer were dropped on this node ({why})"
+        ),
+        evidence: format!("synack_dropped {n} ({why})"),
+        place,
+    })
 }
 
-fn host_firewall(o: &Observation<'_>) -> Option<Finding> {
+fn host_firewall(o: &Observation<'_>) -> Option<Seen> {
     let c = o.counters;
     let (nf, rx, decap) = (nf_drops(o), c.rx_nic.packets, c.rx_decap.packets);
-    if nf == 0 || rx <= decap {
-        return None;
-    }
-    finding(
-        Cause::HostFirewall,
-        Segment::ReceiverHost,
-        Direction::FromPeer,
+    (nf > 0 && rx > decap).then_some(())?;
+    seen(
         format!(
             "host firewall: {rx} packets from this peer reached the underlay device, {decap} were decapsulated, netfilter dropped {nf}"
         ),
-        "a firewall rule on this node drops the peer's VXLAN packets before they are decapsulated",
         evidence(&[
             ("rx_nic", rx),
             ("rx_decap", decap),
             (reasons::NETFILTER_DROP, nf),
         ]),
-        "allow the VXLAN UDP port (8472 for flannel, 4789 IANA) from the other nodes in the input rules (`nft list ruleset`, `iptables -L INPUT`); `vxtrace doctor` names the rule",
     )
 }
 
-fn pod_traffic_firewall(o: &Observation<'_>) -> Option<Finding> {
+fn pod_traffic_firewall(o: &Observation<'_>) -> Option<Seen> {
     let c = o.counters;
     let nf = nf_drops(o);
-    if nf == 0 || c.rx_nic.packets > c.rx_decap.packets {
-        return None;
-    }
-    let (segment, direction) = if c.rx_decap.packets > 0 {
-        (Segment::ReceiverHost, Direction::FromPeer)
-    } else {
-        (Segment::SenderHost, Direction::ToPeer)
-    };
-    finding(
-        Cause::PodTrafficFirewall,
-        segment,
-        direction,
-        format!("netfilter dropped {nf} packets of this peer's pod traffic (NETFILTER_DROP)"),
-        "a forward or input rule on this node drops pod traffic of the overlay after decapsulation (or before encapsulation)",
-        evidence(&[
+    (nf > 0 && c.rx_nic.packets <= c.rx_decap.packets).then_some(())?;
+    Some(Seen {
+        headline: format!(
+            "netfilter dropped {nf} packets of this peer's pod traffic (NETFILTER_DROP)"
+        ),
+        evidence: evidence(&[
             ("rx_decap", c.rx_decap.packets),
             ("tx_dev", c.tx_dev.packets),
             (reasons::NETFILTER_DROP, nf),
         ]),
-        "check the FORWARD chain's policy and rules for the pod subnets (Docker sets its policy to DROP); `vxtrace doctor` names the rule",
-    )
+        // Nothing decapsulated: the drops are of our pods' traffic to it.
+        place: (c.rx_decap.packets == 0).then_some((Segment::SenderHost, Direction::ToPeer)),
+    })
 }
 
-fn stale_neighbour(o: &Observation<'_>) -> Option<Finding> {
+fn stale_neighbour(o: &Observation<'_>) -> Option<Seen> {
     let mismatch = o.counters.inner_dst_mac_mismatch;
     let otherhost = reasons::count(o.drops, reasons::OTHERHOST);
-    if mismatch + otherhost == 0 {
-        return None;
-    }
-    finding(
-        Cause::StaleNeighbour,
-        Segment::ReceiverHost,
-        Direction::FromPeer,
+    (mismatch + otherhost > 0).then_some(())?;
+    seen(
         format!(
             "stale neighbour entry on the peer: {mismatch} frames from it were addressed to a MAC that is not this VTEP's, {otherhost} dropped as OTHERHOST"
         ),
-        "the peer still has this node's old VTEP MAC (the VXLAN device was recreated, e.g. when the overlay agent restarted)",
         evidence(&[
             ("inner_dst_mac_mismatch", mismatch),
             (reasons::OTHERHOST, otherhost),
         ]),
-        "on the peer, replace the neighbour entry of this node's VTEP address with this VXLAN device's MAC (`ip neigh replace ADDR lladdr MAC dev DEV nud permanent`), or restart the overlay agent there",
     )
 }
 
-fn masquerade(o: &Observation<'_>) -> Option<Finding> {
+fn masquerade(o: &Observation<'_>) -> Option<Seen> {
     let n = o.counters.inner_src_vtep;
-    if n == 0 {
-        return None;
-    }
-    finding(
-        Cause::Masquerade,
-        Segment::None,
-        Direction::FromPeer,
+    (n > 0).then_some(())?;
+    seen(
         format!(
             "masquerade: {n} packets from this peer carry the peer's own VTEP address as inner source instead of a pod address"
         ),
-        "the peer SNATs pod-to-pod traffic into the overlay: servers here see the peer node, not the client pod",
         evidence(&[("inner_src_vtep", n)]),
-        "on the peer, exempt the cluster's pod network from MASQUERADE (flannel's --ip-masq rules; `iptables -t nat -L POSTROUTING`)",
     )
 }
 
-fn one_way(o: &Observation<'_>) -> Option<Finding> {
+fn one_way(o: &Observation<'_>) -> Option<Seen> {
     let c = o.counters;
     let tx = c.tx_encap.packets;
-    if tx < MIN_PACKETS || c.rx_nic.packets != 0 {
-        return None;
-    }
-    finding(
-        Cause::OneWay,
-        Segment::Path,
-        Direction::Both,
+    (tx >= MIN_PACKETS && c.rx_nic.packets == 0).then_some(())?;
+    seen(
         format!("one-way: sent {tx}, received 0"),
-        "nothing from this peer reached the underlay device, so the loss is outside this host (path, security group, NAT) or on the peer",
         evidence(&[("tx_encap", tx), ("rx_nic", 0)]),
-        "allow the VXLAN UDP port between the nodes (security group, cloud or hypervisor firewall), check that the peer's underlay address is reachable and not a NAT address, and run vxtrace on the peer to see whether it receives",
     )
 }
 
-fn lost_before_decap(o: &Observation<'_>) -> Option<Finding> {
+fn lost_before_decap(o: &Observation<'_>) -> Option<Seen> {
     let c = o.counters;
     let (rx, decap) = (c.rx_nic.packets, c.rx_decap.packets);
-    if rx < MIN_PACKETS || decap * 10 >= rx * 9 || nf_drops(o) > 0 {
-        return None;
-    }
-    finding(
-        Cause::LostBeforeDecap,
-        Segment::ReceiverHost,
-        Direction::FromPeer,
+    (rx >= MIN_PACKETS && decap * 10 < rx * 9 && nf_drops(o) == 0).then_some(())?;
+    seen(
         format!("arrived at the underlay device {rx}, decapsulated {decap}"),
-        "lost on this host between the NIC and the VXLAN device: no socket on the VXLAN port, a wrong VNI, bad checksums, or a firewall",
         evidence(&[("rx_nic", rx), ("rx_decap", decap)]),
-        "check that this node's VXLAN device uses the port and VNI the peer sends to (`ip -d link show type vxlan`), and look at this peer's drop reasons",
     )
 }
 
-fn lost_while_encapsulating(o: &Observation<'_>) -> Option<Finding> {
+fn lost_while_encapsulating(o: &Observation<'_>) -> Option<Seen> {
     let c = o.counters;
     let (dev, encap) = (c.tx_dev.packets, c.tx_encap.packets);
-    if dev < MIN_PACKETS || encap * 10 >= dev * 9 {
-        return None;
-    }
-    finding(
-        Cause::LostWhileEncapsulating,
-        Segment::SenderHost,
-        Direction::ToPeer,
+    (dev >= MIN_PACKETS && encap * 10 < dev * 9).then_some(())?;
+    seen(
         format!("handed to the VXLAN device {dev}, left the underlay device {encap}"),
-        "lost on this host while encapsulating: no FDB entry or route for the peer, the MTU, or the qdisc",
         evidence(&[("tx_dev", dev), ("tx_encap", encap)]),
-        "check the VXLAN device's FDB entry for the peer (`bridge fdb show dev DEV`) and the route to the peer's underlay address; `vxtrace doctor` checks both",
     )
 }
 
-fn malformed(o: &Observation<'_>) -> Option<Finding> {
+fn malformed(o: &Observation<'_>) -> Option<Seen> {
     let c = o.counters;
     let n = c.malformed_rx + c.malformed_tx;
-    if n == 0 {
-        return None;
-    }
-    let direction = if c.malformed_rx > 0 {
-        Direction::FromPeer
-    } else {
-        Direction::ToPeer
-    };
-    finding(
-        Cause::Malformed,
-        Segment::SenderHost,
-        direction,
-        format!("{n} packets to the VXLAN port were not valid VXLAN"),
-        "truncated, I flag clear or reserved bits set: a misconfigured sender, another protocol on the port, or a scan",
-        evidence(&[
+    (n > 0).then_some(())?;
+    Some(Seen {
+        headline: format!("{n} packets to the VXLAN port were not valid VXLAN"),
+        evidence: evidence(&[
             ("malformed_rx", c.malformed_rx),
             ("malformed_tx", c.malformed_tx),
         ]),
-        "see what sends them with `tcpdump -ni IFACE udp port PORT and host PEER`, and make the sender speak VXLAN (or move it to another port)",
-    )
+        // Only ours: this node sends them.
+        place: (c.malformed_rx == 0).then_some((Segment::SenderHost, Direction::ToPeer)),
+    })
 }
 
-fn unknown_vni(o: &Observation<'_>) -> Option<Finding> {
+fn unknown_vni(o: &Observation<'_>) -> Option<Seen> {
     let n = o.counters.unknown_vni;
-    if n == 0 {
-        return None;
-    }
-    finding(
-        Cause::UnknownVni,
-        Segment::ReceiverHost,
-        Direction::FromPeer,
+    (n > 0).then_some(())?;
+    seen(
         format!("{n} VXLAN packets carried a VNI no watched device uses"),
-        "the nodes disagree on the VNI: the kernel drops what no device here claims",
         evidence(&[("unknown_vni", n)]),
-        "give the VXLAN devices of both nodes the same VNI (flannel: the VNI in net-conf.json; `ip -d link show type vxlan`)",
     )
 }
 
-fn path_mtu(o: &Observation<'_>) -> Option<Finding> {
+fn path_mtu(o: &Observation<'_>) -> Option<Seen> {
     let c = o.counters;
     let (big, frag) = (c.outer_size.tx_over_1500, c.fragmented.tx);
-    if big + frag == 0 || c.rx_nic.packets != 0 {
-        return None;
-    }
-    finding(
-        Cause::PathMtu,
-        Segment::Path,
-        Direction::ToPeer,
+    (big + frag > 0 && c.rx_nic.packets == 0).then_some(())?;
+    seen(
         format!(
             "{big} outer packets above 1500 bytes sent ({frag} fragmented) and nothing received"
         ),
-        "a path MTU below the VXLAN packet size loses the large packets (VXLAN adds 50 bytes on IPv4, 70 on IPv6); which sizes arrive shows only on the peer, so compare with its recording",
         evidence(&[
             ("outer_size.tx_over_1500", big),
             ("fragmented.tx", frag),
             ("rx_nic", 0),
         ]),
-        "set the VXLAN device's MTU to the path MTU minus 50 (IPv4 underlay) or 70 (IPv6), and the pods' MTU no higher",
     )
 }
 
@@ -391,15 +422,13 @@ fn longest(outages: &[&OutageRecord]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn grouped_outage(o: &Observation<'_>) -> Option<Finding> {
+fn grouped_outage(o: &Observation<'_>) -> Option<Seen> {
     let grouped: Vec<&OutageRecord> = o
         .outages
         .iter()
         .filter(|x| !x.silent_together.is_empty())
         .collect();
-    if grouped.is_empty() {
-        return None;
-    }
+    (!grouped.is_empty()).then_some(())?;
     let mut together: Vec<String> = grouped
         .iter()
         .flat_map(|x| x.silent_together.iter().map(|a| a.to_string()))
@@ -410,41 +439,31 @@ fn grouped_outage(o: &Observation<'_>) -> Option<Finding> {
         .iter()
         .map(|x| format!("{}", x.tx_pps_before))
         .collect();
-    finding(
-        Cause::GroupedOutage,
-        Segment::Path,
-        Direction::Both,
+    seen(
         format!(
             "{} outage(s) at the same moment as {}: several peers went silent together",
             grouped.len(),
             together.join(", ")
         ),
-        "a device on the path (a policer or rate limiter) blackholed this node's traffic to several peers at once",
         format!(
             "{} grouped outage(s), longest {:.1} s; tx rate before: {} pkt/s",
             grouped.len(),
             longest(&grouped),
             before.join(", ")
         ),
-        "look for a policer or UDP rate limit on the underlay (switch, hypervisor, cloud NIC limits); the tx rate before each outage shows what triggers it",
     )
 }
 
-fn intermittent_outage(o: &Observation<'_>) -> Option<Finding> {
-    if o.outages.is_empty() || o.outages.iter().any(|x| !x.silent_together.is_empty()) {
-        return None;
-    }
+fn intermittent_outage(o: &Observation<'_>) -> Option<Seen> {
     let all: Vec<&OutageRecord> = o.outages.iter().collect();
-    finding(
-        Cause::IntermittentOutage,
-        Segment::Path,
-        Direction::Both,
+    let alone = !all.is_empty() && all.iter().all(|x| x.silent_together.is_empty());
+    alone.then_some(())?;
+    seen(
         format!(
             "{} outage(s) of this peer alone, longest {:.1} s",
             all.len(),
             longest(&all)
         ),
-        "this peer alone stops answering for a while: the peer, its link, or the path to it",
         evidence(&[
             ("outages", all.len() as u64),
             (
@@ -452,7 +471,6 @@ fn intermittent_outage(o: &Observation<'_>) -> Option<Finding> {
                 all.iter().map(|x| x.sent_into_silence).sum(),
             ),
         ]),
-        "record on the peer too (`vxtrace watch --record`) and read both recordings with `vxtrace report`: it tells whether the peer received",
     )
 }
 
@@ -750,6 +768,18 @@ mod tests {
         c.tx_encap.packets = MIN_PACKETS - 1;
         let o = Observation { counters: &c, ..o };
         assert!(diagnose(&o).is_empty());
+    }
+
+    /// The README's table of causes names every cause the engine has.
+    #[test]
+    fn the_readme_lists_every_cause() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for rule in RULES {
+            let kind = serde_json::to_value(rule.cause).unwrap();
+            let row = format!("| `{}` |", kind.as_str().unwrap());
+            assert!(readme.contains(&row), "README lacks the row {row}");
+        }
     }
 
     /// No user-facing text points at internal documents or numbering.

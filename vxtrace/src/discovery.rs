@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use crate::schema::DeviceInfo;
+pub use crate::schema::VxlanDevice;
 use anyhow::{Context as _, Result};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
@@ -35,26 +35,6 @@ pub struct Link {
     vxlan: Option<Vec<InfoVxlan>>,
 }
 
-/// A VXLAN device and how it is configured.
-#[derive(Clone, Debug)]
-pub struct VxlanDevice {
-    pub name: String,
-    pub ifindex: u32,
-    /// `None` for a metadata-based (`external`) device, which carries any VNI.
-    pub vni: Option<u32>,
-    pub port: u16,
-    pub local: Option<IpAddr>,
-    /// The underlay device named in the VXLAN config (`dev`), if any.
-    pub link_ifindex: Option<u32>,
-    pub mac: Option<[u8; 6]>,
-    pub mtu: Option<u32>,
-    pub gbp: bool,
-    pub learning: bool,
-    /// Enslaved to a bridge: inner frames are addressed to other hosts'
-    /// MACs, not to the device's own.
-    pub bridged: bool,
-}
-
 /// A forwarding-database entry of a VXLAN device: inner MAC -> remote VTEP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FdbEntry {
@@ -63,25 +43,6 @@ pub struct FdbEntry {
     pub dst: IpAddr,
     /// Per-entry VNI (metadata devices); `None` means the device's own.
     pub vni: Option<u32>,
-}
-
-impl VxlanDevice {
-    /// The device as vxtrace's output lines carry it.
-    pub fn info(&self) -> DeviceInfo {
-        DeviceInfo {
-            name: self.name.clone(),
-            ifindex: self.ifindex,
-            vni: self.vni,
-            port: self.port,
-            local: self.local,
-            link_ifindex: self.link_ifindex,
-            mac: self.mac.as_ref().map(format_mac),
-            mtu: self.mtu,
-            gbp: self.gbp,
-            learning: self.learning,
-            bridged: self.bridged,
-        }
-    }
 }
 
 pub fn format_mac(m: &[u8; 6]) -> String {
@@ -229,117 +190,153 @@ fn link_from_msg(msg: LinkMessage) -> Link {
     link
 }
 
-/// Reads links, addresses and the bridge FDB of the current network namespace.
+/// Reads links, addresses, the VXLAN devices' FDB and neighbour entries,
+/// and the routes of the current network namespace.
 pub async fn snapshot() -> Result<Snapshot> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
     let task = tokio::spawn(conn);
     let result = async {
         let mut snap = Snapshot::default();
-        let mut links = handle.link().get().execute();
-        while let Some(msg) = links.try_next().await.context("dumping links")? {
-            let link = link_from_msg(msg);
-            snap.links.insert(link.ifindex, link);
-        }
-        let mut addrs = handle.address().get().execute();
-        while let Some(msg) = addrs.try_next().await.context("dumping addresses")? {
-            let index = msg.header.index;
-            for attr in msg.attributes {
-                if let AddressAttribute::Address(a) = attr {
-                    snap.addrs.entry(index).or_default().push(a);
-                }
-            }
-        }
-        let mut neigh = handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute();
-        while let Some(msg) = neigh.try_next().await.context("dumping the bridge FDB")? {
-            let ifindex = msg.header.ifindex;
-            if !snap.is_vxlan(ifindex) {
-                continue;
-            }
-            let (mac, dst, vni) = neighbour_fields(msg.attributes);
-            if let (Some(mac), Some(dst)) = (mac, dst) {
-                snap.fdb.push(FdbEntry {
-                    ifindex,
-                    mac,
-                    dst,
-                    vni,
-                });
-            }
-        }
+        dump_links(&handle, &mut snap).await?;
+        dump_addrs(&handle, &mut snap).await?;
+        dump_fdb(&handle, &mut snap).await?;
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut neigh = handle
-                .neighbours()
-                .get()
-                .set_address_family(family)
-                .execute();
-            while let Some(msg) = neigh.try_next().await.context("dumping neighbours")? {
-                let ifindex = msg.header.ifindex;
-                if !snap.is_vxlan(ifindex) {
-                    continue;
-                }
-                let permanent =
-                    msg.header.state == netlink_packet_route::neighbour::NeighbourState::Permanent;
-                let (mac, addr, _) = neighbour_fields(msg.attributes);
-                if let (Some(mac), Some(addr)) = (mac, addr) {
-                    snap.neighbours.push(Neighbour {
-                        ifindex,
-                        addr,
-                        mac,
-                        permanent,
-                    });
-                }
-            }
-            let mut req = RouteMessage::default();
-            req.header.address_family = family;
-            let mut routes = handle.route().get(req).execute();
-            while let Some(msg) = routes.try_next().await.context("dumping routes")? {
-                let mut oif = None;
-                let mut dst = None;
-                let mut gateway = None;
-                for attr in &msg.attributes {
-                    match attr {
-                        RouteAttribute::Oif(i) => oif = Some(*i),
-                        RouteAttribute::Destination(a) => dst = route_ip(a),
-                        RouteAttribute::Gateway(a) => gateway = route_ip(a),
-                        _ => {}
-                    }
-                }
-                // Every route, for "which device reaches this address".
-                if let Some(ifindex) = oif
-                    && msg.header.kind == netlink_packet_route::route::RouteType::Unicast
-                    && main_table(&msg)
-                {
-                    let unspecified = match family {
-                        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    };
-                    snap.all_routes.push(OverlayRoute {
-                        ifindex,
-                        dst: dst.unwrap_or(unspecified),
-                        prefix_len: msg.header.destination_prefix_length,
-                        gateway,
-                    });
-                }
-                if let (Some(ifindex), Some(dst)) = (oif, dst)
-                    && snap.is_vxlan(ifindex)
-                {
-                    snap.routes.push(OverlayRoute {
-                        ifindex,
-                        dst,
-                        prefix_len: msg.header.destination_prefix_length,
-                        gateway,
-                    });
-                }
-            }
+            dump_neighbours(&handle, family, &mut snap).await?;
+            dump_routes(&handle, family, &mut snap).await?;
         }
         Ok(snap)
     }
     .await;
     task.abort();
     result
+}
+
+async fn dump_links(handle: &rtnetlink::Handle, snap: &mut Snapshot) -> Result<()> {
+    let mut links = handle.link().get().execute();
+    while let Some(msg) = links.try_next().await.context("dumping links")? {
+        let link = link_from_msg(msg);
+        snap.links.insert(link.ifindex, link);
+    }
+    Ok(())
+}
+
+async fn dump_addrs(handle: &rtnetlink::Handle, snap: &mut Snapshot) -> Result<()> {
+    let mut addrs = handle.address().get().execute();
+    while let Some(msg) = addrs.try_next().await.context("dumping addresses")? {
+        let index = msg.header.index;
+        for attr in msg.attributes {
+            if let AddressAttribute::Address(a) = attr {
+                snap.addrs.entry(index).or_default().push(a);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The VXLAN devices' forwarding databases.
+async fn dump_fdb(handle: &rtnetlink::Handle, snap: &mut Snapshot) -> Result<()> {
+    let mut neigh = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Bridge)
+        .execute();
+    while let Some(msg) = neigh.try_next().await.context("dumping the bridge FDB")? {
+        let ifindex = msg.header.ifindex;
+        if !snap.is_vxlan(ifindex) {
+            continue;
+        }
+        let (mac, dst, vni) = neighbour_fields(msg.attributes);
+        if let (Some(mac), Some(dst)) = (mac, dst) {
+            snap.fdb.push(FdbEntry {
+                ifindex,
+                mac,
+                dst,
+                vni,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The VXLAN devices' neighbour entries (VTEP address to MAC).
+async fn dump_neighbours(
+    handle: &rtnetlink::Handle,
+    family: AddressFamily,
+    snap: &mut Snapshot,
+) -> Result<()> {
+    let mut neigh = handle
+        .neighbours()
+        .get()
+        .set_address_family(family)
+        .execute();
+    while let Some(msg) = neigh.try_next().await.context("dumping neighbours")? {
+        let ifindex = msg.header.ifindex;
+        if !snap.is_vxlan(ifindex) {
+            continue;
+        }
+        let permanent =
+            msg.header.state == netlink_packet_route::neighbour::NeighbourState::Permanent;
+        let (mac, addr, _) = neighbour_fields(msg.attributes);
+        if let (Some(mac), Some(addr)) = (mac, addr) {
+            snap.neighbours.push(Neighbour {
+                ifindex,
+                addr,
+                mac,
+                permanent,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every unicast route of the main table (which device reaches an
+/// address), and the routes through VXLAN devices (pod subnets).
+async fn dump_routes(
+    handle: &rtnetlink::Handle,
+    family: AddressFamily,
+    snap: &mut Snapshot,
+) -> Result<()> {
+    let mut req = RouteMessage::default();
+    req.header.address_family = family;
+    let mut routes = handle.route().get(req).execute();
+    while let Some(msg) = routes.try_next().await.context("dumping routes")? {
+        let mut oif = None;
+        let mut dst = None;
+        let mut gateway = None;
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Destination(a) => dst = route_ip(a),
+                RouteAttribute::Gateway(a) => gateway = route_ip(a),
+                _ => {}
+            }
+        }
+        let Some(ifindex) = oif else { continue };
+        let prefix_len = msg.header.destination_prefix_length;
+        if msg.header.kind == netlink_packet_route::route::RouteType::Unicast && main_table(&msg) {
+            let unspecified = match family {
+                AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            };
+            snap.all_routes.push(OverlayRoute {
+                ifindex,
+                dst: dst.unwrap_or(unspecified),
+                prefix_len,
+                gateway,
+            });
+        }
+        if let Some(dst) = dst
+            && snap.is_vxlan(ifindex)
+        {
+            snap.routes.push(OverlayRoute {
+                ifindex,
+                dst,
+                prefix_len,
+                gateway,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `addr` as the 16-byte key the kernel programs use (IPv4 mapped into IPv6).

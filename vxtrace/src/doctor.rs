@@ -61,24 +61,50 @@ fn finding(
     }
 }
 
+/// One VXLAN device's FDB and neighbour entries, as the checks see them.
+struct DeviceTables<'a> {
+    snap: &'a Snapshot,
+    dev: &'a VxlanDevice,
+    underlay: Option<u32>,
+    fdb: Vec<&'a discovery::FdbEntry>,
+    /// Multicast neighbour entries (IPv6 ND on the device) belong to no
+    /// peer and are left out.
+    neigh: Vec<&'a discovery::Neighbour>,
+    /// This host's own addresses.
+    own: BTreeSet<IpAddr>,
+}
+
 /// FDB, neighbour and route checks of one VXLAN device.
 fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: &mut Vec<Finding>) {
-    let fdb: Vec<_> = snap
-        .fdb
-        .iter()
-        .filter(|e| e.ifindex == dev.ifindex && !is_group_mac(&e.mac))
-        .collect();
-    // Multicast neighbour entries (IPv6 ND on the device) belong to no peer.
-    let neigh: Vec<_> = snap
-        .neighbours
-        .iter()
-        .filter(|n| n.ifindex == dev.ifindex && !is_group_mac(&n.mac) && !n.addr.is_multicast())
-        .collect();
-    let own: BTreeSet<IpAddr> = snap.addrs.values().flatten().copied().collect();
+    let t = DeviceTables {
+        snap,
+        dev,
+        underlay,
+        fdb: snap
+            .fdb
+            .iter()
+            .filter(|e| e.ifindex == dev.ifindex && !is_group_mac(&e.mac))
+            .collect(),
+        neigh: snap
+            .neighbours
+            .iter()
+            .filter(|n| n.ifindex == dev.ifindex && !is_group_mac(&n.mac) && !n.addr.is_multicast())
+            .collect(),
+        own: snap.addrs.values().flatten().copied().collect(),
+    };
+    check_fdb_duplicates(&t, out);
+    for e in &t.fdb {
+        check_fdb_entry(&t, e, out);
+    }
+    check_neighbours(&t, out);
+    check_routes(&t, out);
+}
 
-    // Several VTEP MACs behind one underlay address.
+/// Several VTEP MACs behind one underlay address.
+fn check_fdb_duplicates(t: &DeviceTables<'_>, out: &mut Vec<Finding>) {
+    let (fdb, dev) = (&t.fdb, t.dev);
     let mut by_dst: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-    for e in &fdb {
+    for e in fdb.iter() {
         by_dst.entry(e.dst).or_default().push(format_mac(&e.mac));
     }
     for (dst, macs) in &by_dst {
@@ -102,65 +128,74 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
             ));
         }
     }
-    for e in &fdb {
-        let mac = format_mac(&e.mac);
-        if own.contains(&e.dst) {
-            out.push(finding(
-                Check::FdbDstIsLocal,
-                Severity::Error,
+}
+
+/// Where one FDB entry sends, and whether a neighbour uses its MAC.
+fn check_fdb_entry(t: &DeviceTables<'_>, e: &discovery::FdbEntry, out: &mut Vec<Finding>) {
+    let (snap, dev, own, underlay, neigh) = (t.snap, t.dev, &t.own, t.underlay, &t.neigh);
+    let mac = format_mac(&e.mac);
+    if own.contains(&e.dst) {
+        out.push(finding(
+            Check::FdbDstIsLocal,
+            Severity::Error,
+            &dev.name,
+            format!("FDB entry {mac} sends to {}, one of this host's own addresses", e.dst),
+            evidence!({"mac": &mac, "dst": e.dst}),
+            "a peer registered this node's address as its own: fix that node's public address, then `bridge fdb del` the entry".into(),
+        ));
+    } else if e.dst.to_string() == VM_NAT_DEFAULT {
+        out.push(finding(
+            Check::FdbDstVmNat,
+            Severity::Error,
+            &dev.name,
+            format!("FDB entry {mac} sends to 10.0.2.15, the VM NAT default address"),
+            evidence!({"mac": &mac, "dst": e.dst}),
+            "the peer registered its NAT interface address: set its real node address (flannel --iface)".into(),
+        ));
+    } else if let Some(ul) = underlay {
+        match snap.route_dev(&e.dst) {
+            None => out.push(finding(
+            Check::FdbDstUnreachable,
+            Severity::Error,
                 &dev.name,
-                format!("FDB entry {mac} sends to {}, one of this host's own addresses", e.dst),
+                format!("FDB entry {mac} sends to {}, which no route reaches", e.dst),
                 evidence!({"mac": &mac, "dst": e.dst}),
-                "a peer registered this node's address as its own: fix that node's public address, then `bridge fdb del` the entry".into(),
-            ));
-        } else if e.dst.to_string() == VM_NAT_DEFAULT {
-            out.push(finding(
-                Check::FdbDstVmNat,
-                Severity::Error,
+                "add a route to the peer's underlay address, or fix the peer's registered address".into(),
+            )),
+            Some(i) if i != ul => out.push(finding(
+            Check::FdbDstWrongInterface,
+            Severity::Warning,
                 &dev.name,
-                format!("FDB entry {mac} sends to 10.0.2.15, the VM NAT default address"),
-                evidence!({"mac": &mac, "dst": e.dst}),
-                "the peer registered its NAT interface address: set its real node address (flannel --iface)".into(),
-            ));
-        } else if let Some(ul) = underlay {
-            match snap.route_dev(&e.dst) {
-                None => out.push(finding(
-                Check::FdbDstUnreachable,
-                Severity::Error,
-                    &dev.name,
-                    format!("FDB entry {mac} sends to {}, which no route reaches", e.dst),
-                    evidence!({"mac": &mac, "dst": e.dst}),
-                    "add a route to the peer's underlay address, or fix the peer's registered address".into(),
-                )),
-                Some(i) if i != ul => out.push(finding(
-                Check::FdbDstWrongInterface,
-                Severity::Warning,
-                    &dev.name,
-                    format!(
-                        "FDB entry {mac} sends to {} through {}, not through the VXLAN device's underlay {}",
-                        e.dst,
-                        link_name(snap, i),
-                        link_name(snap, ul)
-                    ),
-                    evidence!({"mac": &mac, "dst": e.dst, "route_dev": link_name(snap, i), "underlay": link_name(snap, ul)}),
-                    "the peer's address is reached through another interface: check the routes or the VXLAN device's `dev`".into(),
-                )),
-                _ => {}
-            }
-        }
-        if !neigh.iter().any(|n| n.mac == e.mac) {
-            out.push(finding(
-                Check::FdbWithoutNeighbour,
-                Severity::Warning,
-                &dev.name,
-                format!("FDB entry {mac} -> {} has no neighbour entry using that MAC", e.dst),
-                evidence!({"mac": &mac, "dst": e.dst}),
-                "a leftover of a removed peer, or a missing neighbour entry: `bridge fdb del` it or let the overlay agent re-sync".into(),
-            ));
+                format!(
+                    "FDB entry {mac} sends to {} through {}, not through the VXLAN device's underlay {}",
+                    e.dst,
+                    link_name(snap, i),
+                    link_name(snap, ul)
+                ),
+                evidence!({"mac": &mac, "dst": e.dst, "route_dev": link_name(snap, i), "underlay": link_name(snap, ul)}),
+                "the peer's address is reached through another interface: check the routes or the VXLAN device's `dev`".into(),
+            )),
+            _ => {}
         }
     }
+    if !neigh.iter().any(|n| n.mac == e.mac) {
+        out.push(finding(
+            Check::FdbWithoutNeighbour,
+            Severity::Warning,
+            &dev.name,
+            format!("FDB entry {mac} -> {} has no neighbour entry using that MAC", e.dst),
+            evidence!({"mac": &mac, "dst": e.dst}),
+            "a leftover of a removed peer, or a missing neighbour entry: `bridge fdb del` it or let the overlay agent re-sync".into(),
+        ));
+    }
+}
+
+/// Neighbours whose MAC no FDB entry sends anywhere; one MAC for several
+/// neighbours.
+fn check_neighbours(t: &DeviceTables<'_>, out: &mut Vec<Finding>) {
+    let (fdb, dev) = (&t.fdb, t.dev);
     let mut macs_seen: BTreeMap<[u8; 6], Vec<IpAddr>> = BTreeMap::new();
-    for n in &neigh {
+    for n in &t.neigh {
         macs_seen.entry(n.mac).or_default().push(n.addr);
         if !fdb.iter().any(|e| e.mac == n.mac) {
             out.push(finding(
@@ -190,6 +225,11 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
             ));
         }
     }
+}
+
+/// Pod-subnet routes via a VTEP address no neighbour entry resolves.
+fn check_routes(t: &DeviceTables<'_>, out: &mut Vec<Finding>) {
+    let (snap, dev, neigh) = (t.snap, t.dev, &t.neigh);
     for r in snap.routes.iter().filter(|r| r.ifindex == dev.ifindex) {
         if let Some(gw) = r.gateway
             && !neigh.iter().any(|n| n.addr == gw)
@@ -334,46 +374,49 @@ fn check_nft(
                     && prefix_in(&m["right"], pod_nets)
             })
         };
-        match verdict {
+        let found = match verdict {
             "drop" | "reject"
                 if matches_port && matches!(hook.as_str(), "input" | "prerouting") =>
             {
-                out.push(finding(
-                Check::FirewallDropsVxlan,
-                Severity::Error,
-                    &devs[0].name,
+                Some((
+                    Check::FirewallDropsVxlan,
                     format!("an nftables rule drops the VXLAN port on input: {where_}: {text}"),
-                    evidence!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
-                    "allow UDP to the VXLAN port from the other nodes before this rule (flannel: 8472; IANA: 4789)".into(),
-                ));
+                    "allow UDP to the VXLAN port from the other nodes before this rule (flannel: 8472; IANA: 4789)",
+                ))
             }
             "drop" | "reject"
                 if hook == "forward"
                     && (mentions_dev || addr_match("saddr") || addr_match("daddr")) =>
             {
-                out.push(finding(
-                Check::FirewallDropsPodTraffic,
-                Severity::Error,
-                    &devs[0].name,
+                Some((
+                    Check::FirewallDropsPodTraffic,
                     format!("an nftables rule drops forwarded pod traffic: {where_}: {text}"),
-                    evidence!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
-                    "allow forwarding between pod subnets and the VXLAN device (iptables -P FORWARD ACCEPT, or explicit accepts)".into(),
-                ));
+                    "allow forwarding between pod subnets and the VXLAN device (iptables -P FORWARD ACCEPT, or explicit accepts)",
+                ))
             }
             "masquerade" | "snat"
                 if hook == "postrouting"
                     && (mentions_dev || (addr_match("saddr") && addr_match("daddr"))) =>
             {
-                out.push(finding(
-                Check::MasqueradePodTraffic,
-                Severity::Error,
-                    &devs[0].name,
-                    format!("a {verdict} rule rewrites pod-to-pod overlay traffic: {where_}: {text}"),
-                    evidence!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
-                    "exclude pod destinations from masquerading (flannel: `-d POD_CIDR -j RETURN` before MASQUERADE; docker --ip-masq=false)".into(),
-                ));
+                Some((
+                    Check::MasqueradePodTraffic,
+                    format!(
+                        "a {verdict} rule rewrites pod-to-pod overlay traffic: {where_}: {text}"
+                    ),
+                    "exclude pod destinations from masquerading (flannel: `-d POD_CIDR -j RETURN` before MASQUERADE; docker --ip-masq=false)",
+                ))
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some((check, message, fix)) = found {
+            out.push(finding(
+                check,
+                Severity::Error,
+                &devs[0].name,
+                message,
+                evidence!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
+                fix.into(),
+            ));
         }
     }
 }
@@ -501,44 +544,47 @@ fn check_iptables(
         let dev_named = ["-o", "-i"]
             .iter()
             .any(|f| arg(f).is_some_and(|d| devs.iter().any(|v| v.name == d)));
-        if table == "filter"
+        let found = if table == "filter"
             && chain == "INPUT"
             && matches!(target, "DROP" | "REJECT")
             && arg("--dport").is_some_and(|p| ports.iter().any(|x| x == p))
         {
-            out.push(finding(
+            Some((
                 Check::FirewallDropsVxlan,
-                Severity::Error,
-                &devs[0].name,
                 format!("an iptables rule drops the VXLAN port on input: {line}"),
-                evidence!({"table": "filter", "chain": chain, "rule": line}),
-                "allow UDP to the VXLAN port from the other nodes before this rule".into(),
-            ));
+                "allow UDP to the VXLAN port from the other nodes before this rule",
+            ))
         } else if table == "filter"
             && chain == "FORWARD"
             && matches!(target, "DROP" | "REJECT")
             && (dev_named || in_pod("-s") || in_pod("-d"))
         {
-            out.push(finding(
+            Some((
                 Check::FirewallDropsPodTraffic,
-                Severity::Error,
-                &devs[0].name,
                 format!("an iptables rule drops forwarded pod traffic: {line}"),
-                evidence!({"table": "filter", "chain": chain, "rule": line}),
-                "allow forwarding between pod subnets and the VXLAN device".into(),
-            ));
+                "allow forwarding between pod subnets and the VXLAN device",
+            ))
         } else if table == "nat"
             && chain == "POSTROUTING"
             && matches!(target, "MASQUERADE" | "SNAT")
             && (dev_named || (in_pod("-s") && in_pod("-d")))
         {
-            out.push(finding(
+            Some((
                 Check::MasqueradePodTraffic,
+                format!("a {target} rule rewrites pod-to-pod overlay traffic: {line}"),
+                "exclude pod destinations from masquerading (`-d POD_CIDR -j RETURN` first)",
+            ))
+        } else {
+            None
+        };
+        if let Some((check, message, fix)) = found {
+            out.push(finding(
+                check,
                 Severity::Error,
                 &devs[0].name,
-                format!("a {target} rule rewrites pod-to-pod overlay traffic: {line}"),
-                evidence!({"table": "nat", "chain": chain, "rule": line}),
-                "exclude pod destinations from masquerading (`-d POD_CIDR -j RETURN` first)".into(),
+                message,
+                evidence!({"table": table, "chain": chain, "rule": line}),
+                fix.into(),
             ));
         }
     }

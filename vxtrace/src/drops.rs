@@ -75,17 +75,6 @@ impl PeerDrops {
             })
             .collect()
     }
-
-    /// "NETFILTER_DROP 37, OTHERHOST 5" (largest first).
-    pub fn top_reasons(&self, n: usize) -> String {
-        let mut v: Vec<(&String, &u64)> = self.by_reason.iter().collect();
-        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        v.into_iter()
-            .take(n)
-            .map(|(r, c)| format!("{r} {c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }
 
 impl DropTable {

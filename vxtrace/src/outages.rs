@@ -38,6 +38,131 @@ struct State {
     silences_ms: Option<hdrhistogram::Histogram<u32>>,
 }
 
+/// When an interval ends: elapsed seconds, its length, and unix time at
+/// elapsed 0.
+struct Moment {
+    now: f64,
+    interval: f64,
+    epoch: f64,
+}
+
+impl Moment {
+    /// The middle of the interval: where an arrival or a silence is put.
+    fn mid(&self) -> f64 {
+        self.now - self.interval / 2.0
+    }
+}
+
+impl State {
+    /// Keeps the interval in the window's history.
+    fn remember(&mut self, at: &Moment, tx: u64, rx: u64, window_s: f64) {
+        self.history.push_back((at.now, at.interval, tx, rx));
+        while self
+            .history
+            .front()
+            .is_some_and(|(t, ..)| at.now - t > window_s.max(10.0) + at.interval)
+        {
+            self.history.pop_front();
+        }
+        if self.history.len() > 4096 {
+            self.history.pop_front();
+        }
+    }
+
+    /// Something arrived: the gap since the last arrival is a silence (if
+    /// long), and an open outage ends.
+    fn answered(&mut self, at: &Moment) -> Option<Outage> {
+        let mid = at.mid();
+        if let Some(last) = self.last_rx {
+            let gap = mid - last;
+            self.longest_silence_s = self.longest_silence_s.max(gap);
+            if gap > at.interval * 1.5 {
+                let h = self.silences_ms.get_or_insert_with(|| {
+                    hdrhistogram::Histogram::new_with_bounds(1, 86_400_000, 2)
+                        .expect("valid bounds")
+                });
+                let _ = h.record(((gap * 1000.0) as u64).clamp(1, 86_400_000));
+            }
+        }
+        self.last_rx = Some(mid);
+        let sent = std::mem::take(&mut self.sent_since_rx);
+        let mut o = self.open.take()?;
+        let end = at.epoch + mid;
+        o.end = Some(round3(end));
+        o.duration_s = Some(round3(end - o.start));
+        o.sent_into_silence = sent;
+        self.closed.push_back(o.clone());
+        self.closed_total += 1;
+        if self.closed.len() > OUTAGES_KEPT {
+            self.closed.pop_front();
+        }
+        Some(o)
+    }
+
+    /// Sending into silence: the open outage grows, or one opens once the
+    /// silence is longer than the threshold. True when one opened.
+    fn went_silent(&mut self, at: &Moment, addr: IpAddr, threshold_s: f64) -> bool {
+        if let Some(o) = self.open.as_mut() {
+            o.sent_into_silence = self.sent_since_rx;
+            return false;
+        }
+        let Some(last) = self.last_rx else {
+            return false;
+        };
+        if at.now - last <= threshold_s || self.sent_since_rx == 0 {
+            return false;
+        }
+        // tx rate over the 10 s before the silence began.
+        let (mut pkts, mut secs) = (0u64, 0f64);
+        for (t, len, tx, _) in &self.history {
+            if *t <= last + at.interval && last - t < 10.0 {
+                pkts += tx;
+                secs += len;
+            }
+        }
+        self.open = Some(Outage {
+            peer: addr,
+            start: round3(at.epoch + last),
+            end: None,
+            duration_s: None,
+            sent_into_silence: self.sent_since_rx,
+            tx_pps_before: if secs > 0.0 {
+                round3(pkts as f64 / secs)
+            } else {
+                0.0
+            },
+            silent_together: Vec::new(),
+        });
+        true
+    }
+
+    /// One-way over the window: sending, nothing back, for all of it; an
+    /// event when it becomes so.
+    fn one_way_check(&mut self, at: &Moment, addr: IpAddr, window_s: f64) -> Option<OneWay> {
+        let (mut covered, mut sent, mut got) = (0f64, 0u64, 0u64);
+        for (t, len, tx, rx) in &self.history {
+            if at.now - t < window_s {
+                covered += len;
+                sent += tx;
+                got += rx;
+            }
+        }
+        let one_way = covered + at.interval / 2.0 >= window_s && sent > 0 && got == 0;
+        let became = one_way && !self.one_way;
+        self.one_way = one_way;
+        if !became {
+            return None;
+        }
+        self.ever_one_way = true;
+        Some(OneWay {
+            peer: addr,
+            sent,
+            received: 0,
+            window_s,
+        })
+    }
+}
+
 pub struct OutageTracker {
     threshold_s: f64,
     window_s: f64,
@@ -69,154 +194,75 @@ impl OutageTracker {
         packets: impl Iterator<Item = (PeerKey, IpAddr, u64, u64)>,
     ) -> Vec<Line> {
         let mut events = Vec::new();
-        let mid = now - interval / 2.0;
         let mut started = Vec::new();
+        let at = Moment {
+            now,
+            interval,
+            epoch: self.epoch,
+        };
         for (key, addr, tx, rx) in packets {
             if tx == 0 && rx == 0 && !self.peers.contains_key(&key) {
                 continue;
             }
             let s = self.peers.entry(key).or_default();
-            s.history.push_back((now, interval, tx, rx));
-            while s
-                .history
-                .front()
-                .is_some_and(|(t, ..)| now - t > self.window_s.max(10.0) + interval)
-            {
-                s.history.pop_front();
-            }
-            if s.history.len() > 4096 {
-                s.history.pop_front();
-            }
+            s.remember(&at, tx, rx, self.window_s);
             if rx > 0 {
-                if let Some(last) = s.last_rx {
-                    let gap = mid - last;
-                    s.longest_silence_s = s.longest_silence_s.max(gap);
-                    if gap > interval * 1.5 {
-                        let h = s.silences_ms.get_or_insert_with(|| {
-                            hdrhistogram::Histogram::new_with_bounds(1, 86_400_000, 2)
-                                .expect("valid bounds")
-                        });
-                        let _ = h.record(((gap * 1000.0) as u64).clamp(1, 86_400_000));
-                    }
-                }
-                if let Some(mut o) = s.open.take() {
-                    let end = self.epoch + mid;
-                    o.end = Some(round3(end));
-                    o.duration_s = Some(round3(end - o.start));
-                    o.sent_into_silence = s.sent_since_rx;
-                    events.push(Line::OutageEnd(o.clone()));
-                    s.closed.push_back(o);
-                    s.closed_total += 1;
-                    if s.closed.len() > OUTAGES_KEPT {
-                        s.closed.pop_front();
-                    }
-                }
-                s.last_rx = Some(mid);
-                s.sent_since_rx = 0;
+                events.extend(s.answered(&at).map(Line::OutageEnd));
             } else if tx > 0 || s.sent_since_rx > 0 {
                 s.sent_since_rx += tx;
-                if let Some(o) = s.open.as_mut() {
-                    o.sent_into_silence = s.sent_since_rx;
-                } else if let Some(last) = s.last_rx
-                    && now - last > self.threshold_s
-                    && s.sent_since_rx > 0
-                {
-                    // tx rate over the 10 s before the silence began.
-                    let (mut pkts, mut secs) = (0u64, 0f64);
-                    for (t, len, tx, _) in &s.history {
-                        if *t <= last + interval && last - t < 10.0 {
-                            pkts += tx;
-                            secs += len;
-                        }
-                    }
-                    s.open = Some(Outage {
-                        peer: addr,
-                        start: round3(self.epoch + last),
-                        end: None,
-                        duration_s: None,
-                        sent_into_silence: s.sent_since_rx,
-                        tx_pps_before: if secs > 0.0 {
-                            round3(pkts as f64 / secs)
-                        } else {
-                            0.0
-                        },
-                        silent_together: Vec::new(),
-                    });
+                if s.went_silent(&at, addr, self.threshold_s) {
                     started.push(key);
                 }
             }
-            // One-way over the window: sending, nothing back, for all of it.
-            let covered: f64 = s
-                .history
-                .iter()
-                .filter(|(t, ..)| now - t < self.window_s)
-                .map(|(_, l, ..)| l)
-                .sum();
-            let sent: u64 = s
-                .history
-                .iter()
-                .filter(|(t, ..)| now - t < self.window_s)
-                .map(|(_, _, tx, _)| tx)
-                .sum();
-            let got: u64 = s
-                .history
-                .iter()
-                .filter(|(t, ..)| now - t < self.window_s)
-                .map(|(.., rx)| rx)
-                .sum();
-            let one_way = covered + interval / 2.0 >= self.window_s && sent > 0 && got == 0;
-            if one_way && !s.one_way {
-                events.push(Line::OneWay(OneWay {
-                    peer: addr,
-                    sent,
-                    received: 0,
-                    window_s: self.window_s,
-                }));
-                s.ever_one_way = true;
-            }
-            s.one_way = one_way;
+            events.extend(s.one_way_check(&at, addr, self.window_s).map(Line::OneWay));
         }
-        // Name the peers that went silent together (within a second).
         if !started.is_empty() {
-            let opened: Vec<(PeerKey, f64, IpAddr)> = self
-                .peers
-                .iter()
-                .filter_map(|(k, s)| s.open.as_ref().map(|o| (*k, o.start, o.peer)))
-                .collect();
-            for key in &started {
-                let Some(s) = self.peers.get_mut(key) else {
-                    continue;
-                };
-                let Some(o) = s.open.as_mut() else { continue };
-                o.silent_together = opened
-                    .iter()
-                    .filter(|(k, t, _)| k != key && (t - o.start).abs() <= 1.0)
-                    .map(|(_, _, a)| *a)
-                    .collect();
-                o.silent_together.sort();
-                events.push(Line::OutageStart(o.clone()));
-            }
-            // One event naming every peer that went silent within a second
-            // of the earliest of these.
-            let first = started
-                .iter()
-                .filter_map(|k| self.peers.get(k)?.open.as_ref().map(|o| o.start))
-                .fold(f64::MAX, f64::min);
-            let mut peers: Vec<IpAddr> = opened
-                .iter()
-                .filter(|(_, t, _)| (t - first).abs() <= 1.0)
-                .map(|(_, _, a)| *a)
-                .collect();
-            peers.sort();
-            peers.dedup();
-            if peers.len() >= 2 {
-                events.push(Line::OutageGroup(OutageGroup {
-                    start: first,
-                    peers,
-                }));
-            }
+            events.extend(self.name_together(&started));
         }
         self.enforce_limit();
+        events
+    }
+
+    /// The outages that just started, each naming the peers silent within
+    /// a second of it; and one group event when there are several.
+    fn name_together(&mut self, started: &[PeerKey]) -> Vec<Line> {
+        let mut events = Vec::new();
+        let opened: Vec<(PeerKey, f64, IpAddr)> = self
+            .peers
+            .iter()
+            .filter_map(|(k, s)| s.open.as_ref().map(|o| (*k, o.start, o.peer)))
+            .collect();
+        for key in started {
+            let Some(o) = self.peers.get_mut(key).and_then(|s| s.open.as_mut()) else {
+                continue;
+            };
+            o.silent_together = opened
+                .iter()
+                .filter(|(k, t, _)| k != key && (t - o.start).abs() <= 1.0)
+                .map(|(_, _, a)| *a)
+                .collect();
+            o.silent_together.sort();
+            events.push(Line::OutageStart(o.clone()));
+        }
+        // One event naming every peer that went silent within a second of
+        // the earliest of these.
+        let first = started
+            .iter()
+            .filter_map(|k| self.peers.get(k)?.open.as_ref().map(|o| o.start))
+            .fold(f64::MAX, f64::min);
+        let mut peers: Vec<IpAddr> = opened
+            .iter()
+            .filter(|(_, t, _)| (t - first).abs() <= 1.0)
+            .map(|(_, _, a)| *a)
+            .collect();
+        peers.sort();
+        peers.dedup();
+        if peers.len() >= 2 {
+            events.push(Line::OutageGroup(OutageGroup {
+                start: first,
+                peers,
+            }));
+        }
         events
     }
 

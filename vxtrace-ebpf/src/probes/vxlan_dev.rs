@@ -185,13 +185,7 @@ fn track_tcp(ctx: &TcContext, dir: Direction, peer: &PeerKey, stats: &mut PeerSt
             Direction::Encap => stats.syn_sent += 1,
             Direction::Decap => stats.syn_received += 1,
         }
-        let key = FlowKey {
-            client: t.src,
-            server: t.dst,
-            client_port: t.sport,
-            server_port: t.dport,
-            _pad: 0,
-        };
+        let key = FlowKey::new(t.src, t.sport, t.dst, t.dport);
         if HANDSHAKES.get_ptr(&key).is_some() {
             stats.syn_retrans += 1;
             return;
@@ -211,13 +205,8 @@ fn track_tcp(ctx: &TcContext, dir: Direction, peer: &PeerKey, stats: &mut PeerSt
             Direction::Encap => stats.synack_sent += 1,
             Direction::Decap => stats.synack_received += 1,
         }
-        let key = FlowKey {
-            client: t.dst,
-            server: t.src,
-            client_port: t.dport,
-            server_port: t.sport,
-            _pad: 0,
-        };
+        // The SYN-ACK's destination is the handshake's client.
+        let key = FlowKey::new(t.dst, t.dport, t.src, t.sport);
         let Some(open) = HANDSHAKES.get_ptr(&key) else {
             return;
         };

@@ -66,21 +66,54 @@ impl Line {
     }
 }
 
-/// A watched VXLAN device, as written.
+/// A VXLAN device and how it is configured (netlink's view, and the
+/// devices of every line that lists them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceInfo {
+pub struct VxlanDevice {
     pub name: String,
     pub ifindex: u32,
-    /// `None` for a metadata-based (`external`) device.
+    /// `None` for a metadata-based (`external`) device, which carries any VNI.
     pub vni: Option<u32>,
     pub port: u16,
     pub local: Option<IpAddr>,
+    /// The underlay device named in the VXLAN config (`dev`), if any.
     pub link_ifindex: Option<u32>,
-    pub mac: Option<String>,
+    /// Written as `0e:76:78:00:00:01`.
+    #[serde(with = "mac_text")]
+    pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
     pub gbp: bool,
     pub learning: bool,
+    /// Enslaved to a bridge: inner frames are addressed to other hosts'
+    /// MACs, not to the device's own.
     pub bridged: bool,
+}
+
+/// A MAC address as text.
+mod mac_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mac: &Option<[u8; 6]>, s: S) -> Result<S::Ok, S::Error> {
+        match mac {
+            Some(m) => s.serialize_str(&crate::discovery::format_mac(m)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 6]>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let bytes: Vec<u8> = text
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<Result<_, _>>()
+            .map_err(serde::de::Error::custom)?;
+        let mac: [u8; 6] = bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a MAC address")))?;
+        Ok(Some(mac))
+    }
 }
 
 /// The first line of every recording file: what produced it, where.
@@ -92,7 +125,7 @@ pub struct Header {
     pub host: String,
     /// Unix time, seconds.
     pub started: f64,
-    pub devices: Vec<DeviceInfo>,
+    pub devices: Vec<VxlanDevice>,
     pub underlays: Vec<String>,
     pub ports: Vec<u16>,
     #[serde(default)]
@@ -102,7 +135,7 @@ pub struct Header {
 /// What `watch` attached to, once counting starts.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Attached {
-    pub devices: Vec<DeviceInfo>,
+    pub devices: Vec<VxlanDevice>,
     pub underlays: Vec<String>,
     pub ports: Vec<u16>,
     pub attached: Vec<Attachment>,
@@ -392,7 +425,7 @@ pub struct Summary {
     #[serde(default)]
     pub doctor: Vec<DoctorFinding>,
     #[serde(default)]
-    pub devices: Vec<DeviceInfo>,
+    pub devices: Vec<VxlanDevice>,
     #[serde(default)]
     pub underlays: Vec<String>,
     #[serde(default)]

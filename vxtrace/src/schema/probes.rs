@@ -168,7 +168,8 @@ impl TryFrom<String> for ProbeState {
         if s == "attached" {
             return Ok(ProbeState::Attached);
         }
-        let table: [(&str, fn(String) -> ProbeState); 3] = [
+        type Make = fn(String) -> ProbeState;
+        let table: [(&str, Make); 3] = [
             (Self::SKIPPED, ProbeState::Skipped),
             (Self::NOT_AVAILABLE, ProbeState::NotAvailable),
             (Self::NOT_LOADED, ProbeState::NotLoaded),

@@ -83,7 +83,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     let mut sinks = open_sinks(&args, &mut planned, &tracer)?;
     announce(&planned, &tracer, &probes);
     sinks.attached(&Line::Attached(Box::new(Attached {
-        devices: planned.plan.device_infos(),
+        devices: planned.plan.vxlan.clone(),
         underlays: planned.plan.underlays.clone(),
         ports: planned.plan.ports.clone(),
         attached: tracer.attachments.clone(),
@@ -364,7 +364,7 @@ fn record_header(plan: &Plan, doctor: &[DoctorFinding]) -> Line {
         kernel: proc_sys("osrelease"),
         host: proc_sys("hostname"),
         started: unix_now(),
-        devices: plan.device_infos(),
+        devices: plan.vxlan.clone(),
         underlays: plan.underlays.clone(),
         ports: plan.ports.clone(),
         doctor: doctor.to_vec(),

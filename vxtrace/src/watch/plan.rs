@@ -7,10 +7,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use anyhow::{Result, bail};
 
 use super::args::WatchArgs;
-use crate::{
-    discovery::{Snapshot, VxlanDevice},
-    schema::DeviceInfo,
-};
+use crate::discovery::{Snapshot, VxlanDevice};
 
 /// What to attach to.
 #[derive(Debug)]
@@ -183,11 +180,6 @@ fn choose_ports(args: &WatchArgs, vxlan: &[VxlanDevice]) -> Result<Vec<u16>> {
 }
 
 impl Plan {
-    /// The devices as the output lines carry them.
-    pub fn device_infos(&self) -> Vec<DeviceInfo> {
-        self.vxlan.iter().map(VxlanDevice::info).collect()
-    }
-
     /// One line for the screen: each device with its VNI, port and local
     /// address, then the underlays.
     pub fn describe(&self) -> String {

@@ -35,15 +35,7 @@ struct Sample {
 
 /// A running `watch`, from the first interval to the summary.
 pub struct Session {
-    pub tracer: Tracer,
-    pub tables: Tables,
-    pub plan: Plan,
-    pub snap: Snapshot,
-    pub reaper: Option<Reaper>,
-    pub probes: Probes,
-    pub doctor: Vec<DoctorFinding>,
-    pub interval: Duration,
-    pub syn_timeout: Duration,
+    run: SessionStart,
     devices: DeviceWatch,
     netstat: netstat::Baseline,
     start: Instant,
@@ -65,20 +57,12 @@ pub struct SessionStart {
 }
 
 impl Session {
-    pub fn new(s: SessionStart) -> Self {
+    pub fn new(run: SessionStart) -> Self {
         let now = Instant::now();
         Self {
-            devices: DeviceWatch::new(&s.plan, &s.snap),
-            netstat: netstat::Baseline::take(&s.netns_specs),
-            tracer: s.tracer,
-            tables: s.tables,
-            plan: s.plan,
-            snap: s.snap,
-            reaper: s.reaper,
-            probes: s.probes,
-            doctor: s.doctor,
-            interval: s.interval,
-            syn_timeout: s.syn_timeout,
+            devices: DeviceWatch::new(&run.plan, &run.snap),
+            netstat: netstat::Baseline::take(&run.netns_specs),
+            run,
             start: now,
             last_tick: now,
         }
@@ -86,7 +70,7 @@ impl Session {
 
     /// Counts until `duration` is over, or Ctrl-C, or SIGTERM.
     pub async fn run(&mut self, sinks: &mut Sinks, duration: Option<Duration>) -> Result<()> {
-        let period = self.interval;
+        let period = self.run.interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = duration.map(|d| tokio::time::Instant::now() + d);
@@ -118,11 +102,11 @@ impl Session {
     /// One interval: sample, fold, detect, emit.
     async fn tick(&mut self, sinks: &mut Sinks) -> Result<()> {
         let sample = self.sample()?;
-        let drop_deltas = self.tables.fold(&sample.readout, sample.seconds);
+        let drop_deltas = self.run.tables.fold(&sample.readout, sample.seconds);
         let mut events = self.detect(&sample);
         events.extend(self.follow_devices().await?);
         let elapsed = self.start.elapsed().as_secs_f64();
-        let line = Line::Interval(Box::new(self.tables.interval_line(
+        let line = Line::Interval(Box::new(self.run.tables.interval_line(
             elapsed,
             sample.seconds,
             &drop_deltas,
@@ -131,7 +115,7 @@ impl Session {
         sinks.interval(&IntervalView {
             line: &line,
             events: &events,
-            tables: &self.tables,
+            tables: &self.run.tables,
             drop_deltas: &drop_deltas,
             handshakes: &sample.handshakes,
         })
@@ -143,22 +127,25 @@ impl Session {
         let now = Instant::now();
         let seconds = now.duration_since(self.last_tick).as_secs_f64();
         self.last_tick = now;
-        self.tracer.drain_logs();
-        let handshakes = self.tracer.drain_handshakes();
+        self.run.tracer.drain_logs();
+        let handshakes = self.run.tracer.drain_handshakes();
         for h in &handshakes {
-            self.tables.peers.record_handshake(&h.peer, h.latency_ns);
+            self.run
+                .tables
+                .peers
+                .record_handshake(&h.peer, h.latency_ns);
         }
-        match self.tracer.expire_handshakes(self.syn_timeout) {
+        match self.run.tracer.expire_handshakes(self.run.syn_timeout) {
             Ok(expired) => {
                 for h in expired {
                     let outgoing = h.direction == HANDSHAKE_OUT;
-                    self.tables.peers.record_unanswered(&h.peer, outgoing);
+                    self.run.tables.peers.record_unanswered(&h.peer, outgoing);
                 }
             }
             Err(e) => log::warn!("scanning open handshakes failed: {e:#}"),
         }
         let read_started = Instant::now();
-        let readout = self.tracer.read()?;
+        let readout = self.run.tracer.read()?;
         Ok(Sample {
             readout,
             seconds,
@@ -170,7 +157,7 @@ impl Session {
     /// Outages and one-way peers, from this interval's packets.
     fn detect(&mut self, sample: &Sample) -> Vec<Line> {
         let elapsed = self.start.elapsed().as_secs_f64();
-        let t = &mut self.tables;
+        let t = &mut self.run.tables;
         let packets = t.peers.peers.iter().map(|(k, p)| {
             let n = p.last_packets();
             (*k, p.addr, n.tx_encap, n.rx_nic)
@@ -181,7 +168,10 @@ impl Session {
     /// Devices that went away or came back; their clsact filters (if any)
     /// handed to the watchdog.
     async fn follow_devices(&mut self) -> Result<Vec<Line>> {
-        let Some((events, fresh)) = self.devices.refresh(&mut self.tracer, &mut self.plan).await
+        let Some((events, fresh)) = self
+            .devices
+            .refresh(&mut self.run.tracer, &mut self.run.plan)
+            .await
         else {
             return Ok(Vec::new());
         };
@@ -192,8 +182,8 @@ impl Session {
         }
         // Filters of re-attached devices must be cleaned up after a
         // SIGKILL too.
-        hand_filters_to_watchdog(&mut self.reaper, &self.tracer)?;
-        self.snap = fresh;
+        hand_filters_to_watchdog(&mut self.run.reaper, &self.run.tracer)?;
+        self.run.snap = fresh;
         Ok(events)
     }
 
@@ -204,34 +194,34 @@ impl Session {
         let sample = self.sample()?;
         // A short remainder adds to the totals but not to the rate
         // histograms.
-        let seconds = if sample.seconds >= self.interval.as_secs_f64() / 2.0 {
+        let seconds = if sample.seconds >= self.run.interval.as_secs_f64() / 2.0 {
             sample.seconds
         } else {
             0.0
         };
-        self.tables.fold(&sample.readout, seconds);
+        self.run.tables.fold(&sample.readout, seconds);
         let facts = RunFacts {
             duration_s: self.start.elapsed().as_secs_f64(),
-            interval_s: self.interval.as_secs_f64(),
-            plan: &self.plan,
-            attached: &self.tracer.attachments,
-            probes: &self.probes,
-            doctor: &self.doctor,
-            peer_map_capacity: self.tracer.max_peers,
+            interval_s: self.run.interval.as_secs_f64(),
+            plan: &self.run.plan,
+            attached: &self.run.tracer.attachments,
+            probes: &self.run.probes,
+            doctor: &self.run.doctor,
+            peer_map_capacity: self.run.tracer.max_peers,
         };
         let line = Line::Summary(Box::new(summary::build(
-            &self.tables,
+            &self.run.tables,
             &facts,
-            &self.snap,
+            &self.run.snap,
             &self.netstat,
         )));
-        drop(self.tracer);
-        if let Some(r) = self.reaper.take() {
+        drop(self.run.tracer);
+        if let Some(r) = self.run.reaper.take() {
             r.finish();
         }
         sinks.summary(&SummaryView {
             line: &line,
-            tables: &self.tables,
+            tables: &self.run.tables,
         })
     }
 }

@@ -69,7 +69,7 @@ pub fn build(
         netstat_paws: netstat.deltas(),
         conntrack: ConntrackStatus::default(),
         doctor: facts.doctor.to_vec(),
-        devices: facts.plan.device_infos(),
+        devices: facts.plan.vxlan.clone(),
         underlays: facts.plan.underlays.clone(),
         ports: facts.plan.ports.clone(),
         attached: facts.attached.to_vec(),
