@@ -195,6 +195,12 @@ impl Watcher {
     }
 }
 
+/// Any of vxtrace's typed values as compact JSON, as it writes them: for
+/// assertion messages.
+pub fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("vxtrace's types serialise")
+}
+
 /// The addresses of the peers a summary lists.
 pub fn peer_names(summary: &Summary) -> Vec<String> {
     summary.peers.keys().map(|a| a.to_string()).collect()

@@ -5,8 +5,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-use vxtrace_tests::{LabGuard, Watcher, bin, connect_from, listen_in, run, sh};
+use vxtrace::schema::{Line, Outage, Report, ReportPeer};
+use vxtrace_tests::{LabGuard, Watcher, bin, connect_from, json, listen_in, run, sh};
 
 /// Steady traffic from pod 1 to `to`, until `until`.
 fn steady(lab: &LabGuard, to: u8, until: Instant) -> std::thread::JoinHandle<()> {
@@ -60,12 +60,12 @@ fn unblock(lab: &LabGuard) {
     ]);
 }
 
-fn events(w: &mut Watcher, until: Instant) -> Vec<Value> {
+fn events(w: &mut Watcher, until: Instant) -> Vec<Line> {
     let mut out = Vec::new();
     while let Some(left) = until.checked_duration_since(Instant::now()) {
-        match w.next_of_any(left) {
-            Some(v) if v["type"] != "interval" => out.push(v),
-            Some(_) => {}
+        match w.next_line(left) {
+            Some(Line::Interval(_)) => {}
+            Some(l) => out.push(l),
             None => break,
         }
     }
@@ -98,52 +98,62 @@ fn outages_one_peer_then_two_together() {
     t2.join().unwrap();
     let s = w.stop();
 
-    let ends: Vec<&Value> = seen.iter().filter(|e| e["type"] == "outage_end").collect();
-    let b_ends: Vec<&&Value> = ends.iter().filter(|e| e["peer"] == b.as_str()).collect();
-    let c_ends: Vec<&&Value> = ends.iter().filter(|e| e["peer"] == c.as_str()).collect();
+    let ends: Vec<&Outage> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Line::OutageEnd(o) => Some(o),
+            _ => None,
+        })
+        .collect();
+    let b_ends: Vec<&&Outage> = ends.iter().filter(|e| e.peer.to_string() == b).collect();
+    let c_ends: Vec<&&Outage> = ends.iter().filter(|e| e.peer.to_string() == c).collect();
     assert_eq!(b_ends.len(), 2, "{seen:?}");
     assert_eq!(
         c_ends.len(),
         1,
         "C had one outage (the second block): {seen:?}"
     );
-    let first = b_ends[0]["duration_s"].as_f64().unwrap();
+    let first = b_ends[0].duration_s.unwrap();
     assert!((first - 3.0).abs() <= 1.0, "{first}");
-    assert!(b_ends[0]["silent_together"].as_array().unwrap().is_empty());
-    let groups: Vec<&Value> = seen
+    assert!(b_ends[0].silent_together.is_empty());
+    let groups: Vec<&Line> = seen
         .iter()
-        .filter(|e| e["type"] == "outage_group")
+        .filter(|e| matches!(e, Line::OutageGroup(_)))
         .collect();
     assert_eq!(groups.len(), 1, "{seen:?}");
-    let mut members: Vec<String> = groups[0]["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().to_string())
-        .collect();
+    let Line::OutageGroup(group) = groups[0] else {
+        unreachable!("filtered for outage groups")
+    };
+    let mut members: Vec<String> = group.peers.iter().map(|p| p.to_string()).collect();
     members.sort();
     assert_eq!(members, vec![b.clone(), c.clone()]);
-    assert_eq!(
-        s["peers"][&b]["outages"].as_array().unwrap().len(),
-        2,
-        "{s}"
-    );
-    assert_eq!(s["peers"][&c]["outages"].as_array().unwrap().len(), 1);
-    assert_eq!(s["peers"][&b]["one_way"], false);
+    let (sb, sc) = (s.peer(&b), s.peer(&c));
+    assert_eq!(sb.silences.outages.len(), 2, "{}", json(&s));
+    assert_eq!(sc.silences.outages.len(), 1);
+    assert!(!sb.silences.one_way);
     // Both silences of B are in its gap histogram; the longest is ~3 s.
-    assert_eq!(s["peers"][&b]["rx_silences_ms"]["count"], 2, "{s}");
-    let longest = s["peers"][&b]["rx_silences_ms"]["max"].as_u64().unwrap();
+    assert_eq!(sb.silences.rx_silences_ms.count, Some(2), "{}", json(&s));
+    let longest = sb.silences.rx_silences_ms.max;
     assert!((2000..=4200).contains(&longest), "{longest}");
 }
 
-fn report(files: &[&std::path::Path]) -> Value {
+fn report(files: &[&std::path::Path]) -> Report {
     let (code, out, err) = run(Command::new(bin()).arg("report").arg("--json").args(files));
     assert_eq!(code, 0, "{err}");
-    serde_json::from_str(&out).unwrap()
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not a report ({e}): {out}"))
 }
 
-fn causes(r: &Value, peer: &str) -> String {
-    r["peers"][peer]["causes"].to_string()
+/// A peer of the report (which must list it).
+fn report_peer<'a>(r: &'a Report, peer: &str) -> &'a ReportPeer {
+    let addr: std::net::IpAddr = peer.parse().unwrap();
+    r.peers
+        .get(&addr)
+        .unwrap_or_else(|| panic!("no {peer} in the report: {}", json(r)))
+}
+
+/// A peer's likely causes as JSON, for searching.
+fn causes(r: &Report, peer: &str) -> String {
+    json(&report_peer(r, peer).causes)
 }
 
 #[test]
@@ -183,16 +193,17 @@ fn report_names_a_one_way_peer_and_survives_sigkill() {
         .unwrap();
 
     let r = report(&[&file]);
-    assert_eq!(r["complete"], false);
-    assert_eq!(r["truncated_lines"], 1);
+    assert!(!r.complete);
+    assert_eq!(r.truncated_lines, 1);
     let (b, c) = (
         lab.underlay_ip(2).to_string(),
         lab.underlay_ip(3).to_string(),
     );
-    assert_eq!(r["peers"][&b]["tx_encap"]["packets"], 20, "{r}");
-    assert_eq!(r["peers"][&c]["tx_encap"]["packets"], 6, "{r}");
-    assert!(causes(&r, &c).contains("one-way"), "{r}");
-    assert_eq!(r["peers"][&b]["causes"].as_array().unwrap().len(), 0, "{r}");
+    let (rb, rc) = (report_peer(&r, &b), report_peer(&r, &c));
+    assert_eq!(rb.tx_encap.packets, 20, "{}", json(&r));
+    assert_eq!(rc.tx_encap.packets, 6, "{}", json(&r));
+    assert!(causes(&r, &c).contains("one-way"), "{}", json(&r));
+    assert_eq!(rb.causes.len(), 0, "{}", json(&r));
     // The text report says it in words, and draws the timeline.
     let svg = dir.join("timeline.svg");
     let (code, text, err) = run(Command::new(bin())
@@ -238,16 +249,21 @@ fn report_names_a_host_firewall() {
     assert_eq!(lab.ping(1, 2, 4, Duration::ZERO).unwrap(), 0);
     let s = w.stop();
     let r = report(&[&file]);
-    assert_eq!(r["complete"], true);
+    assert!(r.complete);
     let a = lab.underlay_ip(1).to_string();
-    assert!(causes(&r, &a).contains("host firewall"), "{r}");
-    assert!(causes(&r, &a).contains("NETFILTER_DROP 4"), "{r}");
-    assert_eq!(r["peers"][&a]["rx_nic"], s["peers"][&a]["rx_nic"]);
-    // Every line of the file is JSON, and the first is the header.
+    assert!(causes(&r, &a).contains("host firewall"), "{}", json(&r));
+    assert!(causes(&r, &a).contains("NETFILTER_DROP 4"), "{}", json(&r));
+    assert_eq!(report_peer(&r, &a).rx_nic, s.peer(&a).counters.rx_nic);
+    // Every line of the file is a vxtrace line, and the first is the header.
     let text = std::fs::read_to_string(&file).unwrap();
-    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    assert_eq!(first["type"], "header");
-    assert!(first["kernel"].as_str().unwrap().len() > 1);
+    let lines: Vec<Line> = text
+        .lines()
+        .map(|l| Line::parse(l).unwrap_or_else(|e| panic!("not a vxtrace line ({e}): {l}")))
+        .collect();
+    let Some(Line::Header(first)) = lines.first() else {
+        panic!("the first line is not the header: {:?}", lines.first())
+    };
+    assert!(first.kernel.len() > 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -275,9 +291,7 @@ fn vxlan_device_recreated_during_a_run() {
     let back = Instant::now();
     let mut reattached = None;
     while reattached.is_none() && back.elapsed() < Duration::from_secs(5) {
-        if let Some(v) = w.next_of_any(Duration::from_millis(200))
-            && v["type"] == "device_reattached"
-        {
+        if let Some(Line::DeviceReattached(_)) = w.next_line(Duration::from_millis(200)) {
             reattached = Some(back.elapsed());
         }
     }
@@ -288,9 +302,10 @@ fn vxlan_device_recreated_during_a_run() {
     );
     assert_eq!(lab.ping(1, 2, 15, Duration::ZERO).unwrap(), 15);
     let s = w.stop();
-    assert_eq!(s["peers"][&b]["tx_encap"]["packets"], 25, "{s}");
-    assert_eq!(s["peers"][&b]["rx_decap"]["packets"], 25, "{s}");
-    assert_eq!(s["peers"][&b]["tx_dev"]["packets"], 25, "{s}");
+    let p = s.peer(&b).counters;
+    assert_eq!(p.tx_encap.packets, 25, "{}", json(&s));
+    assert_eq!(p.rx_decap.packets, 25, "{}", json(&s));
+    assert_eq!(p.tx_dev.packets, 25, "{}", json(&s));
 }
 
 /// Scrapes `http://127.0.0.1:port/metrics` from inside `ns`.
@@ -323,8 +338,9 @@ fn metrics_endpoint_matches_the_summary() {
         &["--metrics", "127.0.0.1:9478", "--netns", "all"],
     );
     assert!(
-        w.attached["notes"]
-            .to_string()
+        w.attached
+            .notes
+            .join("\n")
             .contains("http://127.0.0.1:9478/metrics")
     );
     assert_eq!(lab.ping(1, 2, 30, Duration::ZERO).unwrap(), 30);
@@ -342,20 +358,15 @@ fn metrics_endpoint_matches_the_summary() {
         lab.underlay_ip(2).to_string(),
         lab.underlay_ip(3).to_string(),
     );
-    for (peer, name, field) in [
-        (&b, "vxtrace_tx_encap_packets_total", "tx_encap"),
-        (&b, "vxtrace_rx_nic_packets_total", "rx_nic"),
-        (&b, "vxtrace_rx_decap_packets_total", "rx_decap"),
-        (&c, "vxtrace_tx_encap_packets_total", "tx_encap"),
+    let (sb, sc) = (&s.peers[&lab.underlay_ip(2)], &s.peers[&lab.underlay_ip(3)]);
+    for (peer, name, traffic) in [
+        (&b, "vxtrace_tx_encap_packets_total", sb.counters.tx_encap),
+        (&b, "vxtrace_rx_nic_packets_total", sb.counters.rx_nic),
+        (&b, "vxtrace_rx_decap_packets_total", sb.counters.rx_decap),
+        (&c, "vxtrace_tx_encap_packets_total", sc.counters.tx_encap),
     ] {
         let m = metric(&text, name, &format!("peer=\"{peer}\""));
-        assert_eq!(
-            m,
-            s["peers"][peer.as_str()][field]["packets"]
-                .as_u64()
-                .unwrap(),
-            "{name} {peer}"
-        );
+        assert_eq!(m, traffic.packets, "{name} {peer}");
     }
     assert_eq!(
         metric(
@@ -363,7 +374,7 @@ fn metrics_endpoint_matches_the_summary() {
             "vxtrace_tx_encap_bytes_total",
             &format!("peer=\"{b}\"")
         ),
-        s["peers"][&b]["tx_encap"]["bytes"].as_u64().unwrap()
+        sb.counters.tx_encap.bytes
     );
     // C's node drops the UDP port: its drops, attributed to C, by reason.
     let drops = metric(
@@ -371,10 +382,7 @@ fn metrics_endpoint_matches_the_summary() {
         "vxtrace_drops_total",
         &format!("peer=\"{c}\",reason=\"NETFILTER_DROP\""),
     );
-    assert_eq!(
-        drops,
-        s["peers"][&c]["drops"]["NETFILTER_DROP"].as_u64().unwrap()
-    );
+    assert_eq!(Some(&drops), sc.drops.get("NETFILTER_DROP"));
     assert!(drops >= 12);
     assert_eq!(
         metric(
@@ -384,7 +392,7 @@ fn metrics_endpoint_matches_the_summary() {
         ),
         1
     );
-    assert_eq!(s["peers"][&b]["tcp"]["handshake_us"]["count"], 1);
+    assert_eq!(sb.tcp_outcome().handshake_us.count, Some(1));
 }
 
 fn nft_input_drop(lab: &LabGuard, node: u8) {

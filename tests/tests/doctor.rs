@@ -3,33 +3,29 @@
 
 use std::process::Command;
 
-use serde_json::Value;
-use vxtrace_tests::{LabGuard, Watcher, bin, run, sh};
+use vxtrace::schema::{Check, DoctorFinding, DoctorReport};
+use vxtrace_tests::{LabGuard, Watcher, bin, json, run, sh};
 
-fn doctor(ns: &str) -> (i32, Value) {
+fn doctor(ns: &str) -> (i32, DoctorReport) {
     let (code, out, err) = run(Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(bin())
         .args(["doctor", "--json"]));
     assert!(!err.contains("panicked"), "{err}");
-    let v = serde_json::from_str(&out).unwrap_or(Value::Null);
+    let v = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("not a doctor report ({e}): {out}; stderr: {err}"));
     (code, v)
 }
 
-fn findings<'a>(v: &'a Value, check: &str) -> Vec<&'a Value> {
-    v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["check"] == check)
-        .collect()
+fn findings(v: &DoctorReport, check: Check) -> Vec<&DoctorFinding> {
+    v.findings.iter().filter(|f| f.check == check).collect()
 }
 
 #[test]
 fn clean_lab_node_has_no_findings() {
     let lab = LabGuard::new("vt-doc", 3, false, 8472);
     let (code, v) = doctor(&lab.node_ns(1));
-    assert_eq!(v["findings"], serde_json::json!([]), "{v}");
+    assert!(v.findings.is_empty(), "{}", json(&v));
     assert_eq!(code, 0);
 }
 
@@ -37,23 +33,23 @@ fn clean_lab_node_has_no_findings() {
 fn each_misconfiguration_is_found() {
     let lab = LabGuard::new("vt-doc2", 3, false, 8472);
     let a = lab.node_ns(1);
-    let cases: Vec<(&str, Vec<Vec<String>>, &str, &str)> = vec![
+    let cases: Vec<(&str, Vec<Vec<String>>, Check, &str)> = vec![
         (
             "two FDB entries, one underlay address",
             vec![vec!["bridge".into(), "-n".into(), a.clone(), "fdb".into(), "append".into(), "0e:76:78:00:00:99".into(), "dev".into(), "flannel.1".into(), "dst".into(), lab.underlay_ip(2).to_string()]],
-            "fdb_duplicate_underlay",
+            Check::FdbDuplicateUnderlay,
             "0e:76:78:00:00:99",
         ),
         (
             "FDB entry to an own address",
             vec![vec!["bridge".into(), "-n".into(), a.clone(), "fdb".into(), "append".into(), "0e:76:78:00:00:98".into(), "dev".into(), "flannel.1".into(), "dst".into(), lab.underlay_ip(1).to_string()]],
-            "fdb_dst_is_local",
+            Check::FdbDstIsLocal,
             "192.0.2.11",
         ),
         (
             "neighbour MAC without FDB entry",
             vec![vec!["ip".into(), "-n".into(), a.clone(), "neigh".into(), "replace".into(), "10.244.1.0".into(), "lladdr".into(), "0e:76:78:00:00:97".into(), "dev".into(), "flannel.1".into(), "nud".into(), "permanent".into()]],
-            "neighbour_without_fdb",
+            Check::NeighbourWithoutFdb,
             "0e:76:78:00:00:97",
         ),
         (
@@ -62,25 +58,25 @@ fn each_misconfiguration_is_found() {
                 vec!["ip".into(), "-n".into(), a.clone(), "link".into(), "add".into(), "vx9".into(), "type".into(), "vxlan".into(), "id".into(), "9".into(), "local".into(), lab.underlay_ip(1).to_string(), "dstport".into(), "4789".into()],
                 vec!["ip".into(), "-n".into(), a.clone(), "link".into(), "set".into(), "vx9".into(), "mtu".into(), "1500".into()],
             ],
-            "mtu_too_large",
+            Check::MtuTooLarge,
             "\"vxlan_mtu\":1500",
         ),
         (
             "nft input rule dropping the VXLAN port",
             vec![vec!["ip".into(), "netns".into(), "exec".into(), a.clone(), "nft".into(), "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop".into()]],
-            "firewall_drops_vxlan",
+            Check::FirewallDropsVxlan,
             "udp dport 8472 drop",
         ),
         (
             "MASQUERADE of pod traffic to the overlay",
             vec![vec!["ip".into(), "netns".into(), "exec".into(), a.clone(), "nft".into(), "add table ip vtnat; add chain ip vtnat post { type nat hook postrouting priority 100 ; }; add rule ip vtnat post ip saddr 10.244.0.0/24 oifname \"flannel.1\" masquerade".into()]],
-            "masquerade_pod_traffic",
+            Check::MasqueradePodTraffic,
             "masquerade",
         ),
         (
             "rp_filter=1 on the underlay",
             vec![vec!["ip".into(), "netns".into(), "exec".into(), a.clone(), "sh".into(), "-c".into(), "echo 1 > /proc/sys/net/ipv4/conf/eth0/rp_filter".into()]],
-            "rp_filter_strict",
+            Check::RpFilterStrict,
             "\"device\":\"eth0\"",
         ),
     ];
@@ -90,21 +86,21 @@ fn each_misconfiguration_is_found() {
             sh(&args);
         }
         let (code, v) = doctor(&a);
-        assert_eq!(code, 1, "{what}: {v}");
+        assert_eq!(code, 1, "{what}: {}", json(&v));
         let f = findings(&v, check);
-        assert!(!f.is_empty(), "{what}: no {check} in {v}");
+        assert!(!f.is_empty(), "{what}: no {check} in {}", json(&v));
         assert!(
-            f.iter().any(|f| f.to_string().contains(evidence)),
+            f.iter().any(|f| json(f).contains(evidence)),
             "{what}: {evidence} not in {f:?}"
         );
-        assert!(f.iter().all(|f| !f["fix"].as_str().unwrap().is_empty()));
+        assert!(f.iter().all(|f| !f.fix.is_empty()));
     }
     // `watch` runs the same checks at start and reports them.
     let w = Watcher::start(&a, &["--vxlan-dev", "flannel.1"]);
-    let at_start = w.attached["doctor"].to_string();
+    let at_start = json(&w.attached.doctor);
     assert!(at_start.contains("firewall_drops_vxlan"), "{at_start}");
     let s = w.stop();
-    assert!(s["doctor"].to_string().contains("masquerade_pod_traffic"));
+    assert!(json(&s.doctor).contains("masquerade_pod_traffic"));
 }
 
 #[test]

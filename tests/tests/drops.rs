@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use vxtrace_tests::{LabGuard, Watcher, count, packets, sh};
+use vxtrace::schema::{DropHook, NetnsScope, ReasonSource, Summary};
+use vxtrace_tests::{LabGuard, Watcher, json, sh};
 
-fn drops(s: &Value, peer: &str, reason: &str) -> u64 {
-    s["peers"][peer]["drops"][reason].as_u64().unwrap_or(0)
+/// A peer's kernel drops of one reason (0 when none).
+fn drops(s: &Summary, peer: &str, reason: &str) -> u64 {
+    s.peer(peer).drops.get(reason).copied().unwrap_or(0)
 }
 
 fn nft(ns: &str, rules: &str) {
@@ -29,10 +30,10 @@ fn host_firewall_on_the_vxlan_port() {
     let on_b = Watcher::start(&lab.node_ns(2), &["--netns", "self"]);
     let on_a_self = Watcher::start(&lab.node_ns(1), &["--netns", "self"]);
     let on_a_all = Watcher::start(&lab.node_ns(1), &["--netns", "all"]);
-    assert_eq!(on_a_all.attached["netns"], "all");
+    assert_eq!(on_a_all.attached.netns, NetnsScope::all());
     assert_eq!(
-        on_a_all.attached["probes"]["drops"]["attached"],
-        "raw_tracepoint"
+        on_a_all.attached.probes.drops.attached,
+        DropHook::RawTracepoint
     );
     assert_eq!(lab.ping(1, 2, 5, Duration::ZERO).unwrap(), 0);
 
@@ -40,30 +41,37 @@ fn host_firewall_on_the_vxlan_port() {
     let sa_self = on_a_self.stop();
     let sa_all = on_a_all.stop();
     // B: arrived at the NIC, never decapsulated, dropped by netfilter.
-    assert_eq!(packets(&sb, &a, "rx_nic"), 5, "{sb}");
-    assert_eq!(packets(&sb, &a, "rx_decap"), 0, "{sb}");
-    assert_eq!(drops(&sb, &a, "NETFILTER_DROP"), 5, "{sb}");
-    let loc = sb["peers"][&a]["drop_locations"][0].clone();
-    assert_eq!(loc["reason"], "NETFILTER_DROP");
-    assert!(loc["location"].as_str().unwrap().contains('+'), "{loc}");
-    let hints = sb["peers"][&a]["hints"].to_string();
+    let b_a = sb.peer(&a);
+    assert_eq!(b_a.counters.rx_nic.packets, 5, "{}", json(&sb));
+    assert_eq!(b_a.counters.rx_decap.packets, 0, "{}", json(&sb));
+    assert_eq!(drops(&sb, &a, "NETFILTER_DROP"), 5, "{}", json(&sb));
+    let loc = b_a
+        .drop_locations
+        .first()
+        .unwrap_or_else(|| panic!("no drop location: {}", json(&sb)));
+    assert_eq!(loc.reason, "NETFILTER_DROP");
+    assert!(loc.location.contains('+'), "{loc:?}");
+    let hints = b_a.hints.join("\n");
     assert!(hints.contains("host firewall"), "{hints}");
     assert_eq!(
-        sb["drops_other"]["NETFILTER_DROP"].as_u64().unwrap_or(0),
+        sb.drops_other.get("NETFILTER_DROP").copied().unwrap_or(0),
         0,
-        "{sb}"
+        "{}",
+        json(&sb)
     );
     // A: sent, heard nothing back; its own namespace dropped nothing of B's.
-    assert_eq!(packets(&sa_self, &b, "tx_encap"), 5);
-    assert_eq!(packets(&sa_self, &b, "rx_nic"), 0);
-    assert!(
-        sa_self["peers"][&b]["hints"]
-            .to_string()
-            .contains("one-way: sent 5, received 0")
+    let a_b = sa_self.peer(&b);
+    assert_eq!(a_b.counters.tx_encap.packets, 5);
+    assert_eq!(a_b.counters.rx_nic.packets, 0);
+    assert!(a_b.hints.join("\n").contains("one-way: sent 5, received 0"));
+    assert_eq!(
+        drops(&sa_self, &b, "NETFILTER_DROP"),
+        0,
+        "{}",
+        json(&sa_self)
     );
-    assert_eq!(drops(&sa_self, &b, "NETFILTER_DROP"), 0, "{sa_self}");
     // Scoped to all namespaces (the default), A sees B's drops of its packets.
-    assert_eq!(drops(&sa_all, &b, "NETFILTER_DROP"), 5, "{sa_all}");
+    assert_eq!(drops(&sa_all, &b, "NETFILTER_DROP"), 5, "{}", json(&sa_all));
 }
 
 /// A forward-path drop of inner pod traffic on B: attributed to peer A via
@@ -85,10 +93,10 @@ fn forward_drop_of_inner_pod_traffic() {
     // C's traffic passes.
     assert_eq!(lab.ping(3, 2, 5, Duration::ZERO).unwrap(), 5);
     let sb = on_b.stop();
-    assert_eq!(packets(&sb, &a, "rx_decap"), 6, "{sb}");
-    assert_eq!(drops(&sb, &a, "NETFILTER_DROP"), 6, "{sb}");
-    assert_eq!(drops(&sb, &c, "NETFILTER_DROP"), 0, "{sb}");
-    assert_eq!(packets(&sb, &c, "rx_decap"), 5);
+    assert_eq!(sb.peer(&a).counters.rx_decap.packets, 6, "{}", json(&sb));
+    assert_eq!(drops(&sb, &a, "NETFILTER_DROP"), 6, "{}", json(&sb));
+    assert_eq!(drops(&sb, &c, "NETFILTER_DROP"), 0, "{}", json(&sb));
+    assert_eq!(sb.peer(&c).counters.rx_decap.packets, 5);
 }
 
 /// Incident 5: B holds a stale MAC for A's VTEP (and an FDB entry for it),
@@ -129,29 +137,32 @@ fn stale_neighbour_mac_on_the_peer() {
         &lab.underlay_ip(1).to_string(),
     ]);
     let on_a = Watcher::start(&lab.node_ns(1), &["--netns", "self"]);
-    let kernel_has_reasons = on_a.attached["probes"]["reason_names"] != "none";
+    let kernel_has_reasons = on_a.attached.probes.reason_names != Some(ReasonSource::None);
     assert_eq!(lab.ping(2, 1, 4, Duration::ZERO).unwrap(), 0);
     assert_eq!(lab.ping(3, 1, 3, Duration::ZERO).unwrap(), 3);
     let sa = on_a.stop();
-    assert_eq!(count(&sa, &b, "inner_dst_mac_mismatch"), 4, "{sa}");
+    let a_b = sa.peer(&b);
+    assert_eq!(a_b.counters.inner_dst_mac_mismatch, 4, "{}", json(&sa));
     if kernel_has_reasons {
-        assert_eq!(drops(&sa, &b, "OTHERHOST"), 4, "{sa}");
+        assert_eq!(drops(&sa, &b, "OTHERHOST"), 4, "{}", json(&sa));
     } else {
         // Before 5.17 the kernel gives no reason: the drop shows where it
         // happened, the IP receive path's check of the frame's MAC.
-        let loc = &sa["peers"][&b]["drop_locations"][0];
-        assert_eq!(loc["count"], 4, "{sa}");
-        assert!(
-            loc["location"]
-                .as_str()
-                .unwrap()
-                .starts_with("ip_rcv_core+"),
-            "{loc}"
-        );
+        let loc = a_b
+            .drop_locations
+            .first()
+            .unwrap_or_else(|| panic!("no drop location: {}", json(&sa)));
+        assert_eq!(loc.count, 4, "{}", json(&sa));
+        assert!(loc.location.starts_with("ip_rcv_core+"), "{loc:?}");
     }
-    assert_eq!(count(&sa, &c, "inner_dst_mac_mismatch"), 0, "{sa}");
+    assert_eq!(
+        sa.peer(&c).counters.inner_dst_mac_mismatch,
+        0,
+        "{}",
+        json(&sa)
+    );
     assert_eq!(drops(&sa, &c, "OTHERHOST"), 0);
-    let hints = sa["peers"][&b]["hints"].to_string();
+    let hints = a_b.hints.join("\n");
     assert!(
         hints.contains("stale neighbour entry on the peer"),
         "{hints}"
@@ -175,10 +186,11 @@ fn masquerade_of_pod_traffic_on_the_peer() {
     assert_eq!(lab.ping(2, 1, 7, Duration::ZERO).unwrap(), 7);
     assert_eq!(lab.ping(3, 1, 3, Duration::ZERO).unwrap(), 3);
     let sa = on_a.stop();
-    assert_eq!(count(&sa, &b, "inner_src_vtep"), 7, "{sa}");
-    assert_eq!(count(&sa, &c, "inner_src_vtep"), 0, "{sa}");
-    assert_eq!(count(&sa, &b, "inner_dst_mac_mismatch"), 0);
-    assert!(sa["peers"][&b]["hints"].to_string().contains("masquerade"));
+    let (a_b, a_c) = (sa.peer(&b), sa.peer(&c));
+    assert_eq!(a_b.counters.inner_src_vtep, 7, "{}", json(&sa));
+    assert_eq!(a_c.counters.inner_src_vtep, 0, "{}", json(&sa));
+    assert_eq!(a_b.counters.inner_dst_mac_mismatch, 0);
+    assert!(a_b.hints.join("\n").contains("masquerade"));
 }
 
 /// Without BTF: a clear note, drops still counted by reason (as "other").
@@ -190,17 +202,21 @@ fn without_btf_drops_are_counted_by_reason() {
         "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop",
     );
     let on_b = Watcher::start(&lab.node_ns(2), &["--btf", "none", "--netns", "self"]);
-    let notes = on_b.attached["notes"].to_string();
+    let notes = on_b.attached.notes.join("\n");
     assert!(notes.contains("not attributed to peers"), "{notes}");
-    assert_eq!(on_b.attached["probes"]["reason_names"], "tracefs");
+    assert_eq!(
+        on_b.attached.probes.reason_names,
+        Some(ReasonSource::Tracefs)
+    );
     assert_eq!(lab.ping(1, 2, 3, Duration::ZERO).unwrap(), 0);
     let sb = on_b.stop();
-    let nf = sb["drops_other"]["NETFILTER_DROP"].as_u64().unwrap_or(0);
-    assert!(nf >= 3, "{sb}");
+    let nf = sb.drops_other.get("NETFILTER_DROP").copied().unwrap_or(0);
+    assert!(nf >= 3, "{}", json(&sb));
     let a = lab.underlay_ip(1).to_string();
     assert_eq!(
-        packets(&sb, &a, "rx_nic"),
+        sb.peer(&a).counters.rx_nic.packets,
         3,
-        "TC counting still works: {sb}"
+        "TC counting still works: {}",
+        json(&sb)
     );
 }

@@ -6,7 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vxtrace_tests::{LabGuard, Watcher, bin, packets, run};
+use vxtrace::schema::Line;
+use vxtrace_tests::{LabGuard, Watcher, bin, json, run};
 
 /// Names of loaded BPF programs that are vxtrace's (the kernel keeps the
 /// first 15 characters of a name).
@@ -59,11 +60,11 @@ fn sigkill_leaves_nothing(attach: &str) {
         "programs left by an earlier run"
     );
     let w = Watcher::start(&ns, &["--attach", attach]);
-    let modes: Vec<&str> = w.attached["attached"]
-        .as_array()
-        .unwrap()
+    let modes: Vec<&str> = w
+        .attached
+        .attached
         .iter()
-        .map(|a| a["mode"].as_str().unwrap())
+        .map(|a| a.mode.as_str())
         .collect();
     assert_eq!(modes, vec![attach; 4]);
     // While running, the kernel shows the programs.
@@ -133,9 +134,10 @@ fn two_clsact_runs_keep_their_own_filters() {
     );
     assert_eq!(lab.ping(1, 2, 3, Duration::ZERO).unwrap(), 3);
     let s = second.stop();
-    assert_eq!(packets(&s, &b, "tx_encap"), 8, "{s}");
-    assert_eq!(packets(&s, &b, "tx_dev"), 8, "{s}");
-    assert_eq!(packets(&s, &b, "rx_nic"), 8, "{s}");
+    let p = s.peer(&b).counters;
+    assert_eq!(p.tx_encap.packets, 8, "{}", json(&s));
+    assert_eq!(p.tx_dev.packets, 8, "{}", json(&s));
+    assert_eq!(p.rx_nic.packets, 8, "{}", json(&s));
     for dev in ["eth0", "flannel.1"] {
         let filters = tc_filters(&ns, dev);
         assert!(!filters.contains("vxtrace"), "{dev}: {filters}");
@@ -152,7 +154,7 @@ fn sigint_and_sigterm_exit_cleanly_with_summary() {
         std::thread::sleep(Duration::from_millis(200));
         unsafe { libc::kill(w.pid(), sig) };
         let s = w.finish();
-        assert_eq!(packets(&s, &b, "tx_encap"), 12, "{s}");
+        assert_eq!(s.peer(&b).counters.tx_encap.packets, 12, "{}", json(&s));
         wait_until("programs gone", || loaded_vxtrace_programs().is_empty());
     }
 }
@@ -166,16 +168,22 @@ fn duration_ends_the_run_with_interval_lines_and_summary() {
         &["--duration", "3s", "--interval", "500ms"],
     );
     assert_eq!(lab.ping(1, 2, 40, Duration::from_millis(10)).unwrap(), 40);
-    let first = w
-        .next_of_type("interval", Duration::from_secs(5))
-        .expect("interval line");
-    assert!(first["interval_s"].as_f64().unwrap() > 0.3, "{first}");
+    let Some(Line::Interval(first)) =
+        w.next_matching(|l| matches!(l, Line::Interval(_)), Duration::from_secs(5))
+    else {
+        panic!("no interval line")
+    };
+    assert!(first.interval_s > 0.3, "{first:?}");
     let s = w.finish();
-    let d = s["duration_s"].as_f64().unwrap();
+    let d = s.duration_s;
     assert!((2.9..6.0).contains(&d), "duration {d}");
-    assert_eq!(packets(&s, &b, "tx_encap"), 40);
-    let rates = &s["peers"][&b]["rates_pps"]["tx_encap"];
-    assert!(rates["max"].as_u64().unwrap() > 0, "{s}");
+    let p = s.peer(&b);
+    assert_eq!(p.counters.tx_encap.packets, 40);
+    let rates = p
+        .rates_pps
+        .unwrap_or_else(|| panic!("no rates: {}", json(&s)))
+        .tx_encap;
+    assert!(rates.max > 0, "{}", json(&s));
 }
 
 /// Without --json and without a terminal: plain lines and a summary table.

@@ -3,7 +3,7 @@
 
 use std::{net::UdpSocket, time::Duration};
 
-use vxtrace_tests::{LabGuard, Watcher, count, packets, peer_names};
+use vxtrace_tests::{LabGuard, Watcher, json, peer_names};
 
 #[test]
 fn crafted_bad_packets_are_malformed_only() {
@@ -42,19 +42,21 @@ fn crafted_bad_packets_are_malformed_only() {
     let sb = on_b.stop();
     let n = per_kind * bad.len() as u64;
     let (a, b) = (a.to_string(), b.to_string());
-    assert_eq!(count(&sb, &a, "malformed_rx"), n, "{sb}");
-    assert_eq!(count(&sb, &a, "malformed"), n);
-    assert_eq!(packets(&sb, &a, "rx_nic"), 25, "{sb}");
-    assert_eq!(packets(&sb, &a, "rx_decap"), 25, "{sb}");
-    assert_eq!(packets(&sb, &a, "tx_encap"), 25, "{sb}");
-    assert_eq!(count(&sb, &a, "unknown_vni"), 0);
+    let b_a = sb.peer(&a);
+    assert_eq!(b_a.counters.malformed_rx, n, "{}", json(&sb));
+    assert_eq!(b_a.counters.malformed, n);
+    assert_eq!(b_a.counters.rx_nic.packets, 25, "{}", json(&sb));
+    assert_eq!(b_a.counters.rx_decap.packets, 25, "{}", json(&sb));
+    assert_eq!(b_a.counters.tx_encap.packets, 25, "{}", json(&sb));
+    assert_eq!(b_a.counters.unknown_vni, 0);
     assert_eq!(peer_names(&sb), vec![a.clone()]);
-    let hints = sb["peers"][&a]["hints"].to_string();
+    let hints = b_a.hints.join("\n");
     assert!(hints.contains("not valid VXLAN"), "{hints}");
     // The sender's side sees the same packets leave.
-    assert_eq!(count(&sa, &b, "malformed_tx"), n, "{sa}");
-    assert_eq!(packets(&sa, &b, "tx_encap"), 25, "{sa}");
-    assert_eq!(packets(&sa, &b, "rx_decap"), 25, "{sa}");
+    let a_b = sa.peer(&b).counters;
+    assert_eq!(a_b.malformed_tx, n, "{}", json(&sa));
+    assert_eq!(a_b.tx_encap.packets, 25, "{}", json(&sa));
+    assert_eq!(a_b.rx_decap.packets, 25, "{}", json(&sa));
 }
 
 /// A VXLAN packet whose VNI the receiver does not have.
@@ -78,7 +80,8 @@ fn foreign_vni_is_counted_as_unknown() {
     .unwrap();
     let sb = on_b.stop();
     let a = a.to_string();
-    assert_eq!(count(&sb, &a, "unknown_vni"), 9, "{sb}");
-    assert_eq!(packets(&sb, &a, "rx_nic"), 0);
-    assert_eq!(count(&sb, &a, "malformed"), 0);
+    let b_a = sb.peer(&a).counters;
+    assert_eq!(b_a.unknown_vni, 9, "{}", json(&sb));
+    assert_eq!(b_a.rx_nic.packets, 0);
+    assert_eq!(b_a.malformed, 0);
 }

@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use vxtrace_tests::{
-    ICMP_IP_LEN, LabGuard, Watcher, bytes, count, outer_frame_len, packets, peer_names, sh,
-};
+use vxtrace::schema::SizeDistribution;
+use vxtrace_tests::{ICMP_IP_LEN, LabGuard, Watcher, json, outer_frame_len, peer_names, sh};
 
 /// 200 echoes A->B and 50 datagrams A->C, watched on A and B at once.
 fn three_nodes(name: &str, ipv6: bool, port: u16) {
@@ -17,7 +16,7 @@ fn three_nodes(name: &str, ipv6: bool, port: u16) {
     );
     let on_a = Watcher::start(&lab.node_ns(1), &[]);
     let on_b = Watcher::start(&lab.node_ns(2), &[]);
-    assert_eq!(on_a.attached["ports"], serde_json::json!([port]));
+    assert_eq!(on_a.attached.ports, vec![port]);
 
     assert_eq!(lab.ping(1, 2, 200, Duration::ZERO).unwrap(), 200);
     assert_eq!(lab.udp(1, 3, 50, 100).unwrap(), 50);
@@ -26,50 +25,60 @@ fn three_nodes(name: &str, ipv6: bool, port: u16) {
     let sb = on_b.stop();
 
     // A's view.
-    assert_eq!(packets(&sa, &b, "tx_encap"), 200, "{sa}");
-    assert_eq!(packets(&sa, &c, "tx_encap"), 50, "{sa}");
-    assert_eq!(packets(&sa, &b, "tx_dev"), 200, "{sa}");
-    assert_eq!(packets(&sa, &c, "tx_dev"), 50, "{sa}");
-    assert_eq!(packets(&sa, &b, "rx_nic"), 200, "{sa}");
-    assert_eq!(packets(&sa, &b, "rx_decap"), 200, "{sa}");
-    assert_eq!(packets(&sa, &c, "rx_nic"), 0, "{sa}");
-    assert_eq!(packets(&sa, &c, "rx_decap"), 0, "{sa}");
+    let (a_b, a_c) = (sa.peer(&b).counters, sa.peer(&c).counters);
+    assert_eq!(a_b.tx_encap.packets, 200, "{}", json(&sa));
+    assert_eq!(a_c.tx_encap.packets, 50, "{}", json(&sa));
+    assert_eq!(a_b.tx_dev.packets, 200, "{}", json(&sa));
+    assert_eq!(a_c.tx_dev.packets, 50, "{}", json(&sa));
+    assert_eq!(a_b.rx_nic.packets, 200, "{}", json(&sa));
+    assert_eq!(a_b.rx_decap.packets, 200, "{}", json(&sa));
+    assert_eq!(a_c.rx_nic.packets, 0, "{}", json(&sa));
+    assert_eq!(a_c.rx_decap.packets, 0, "{}", json(&sa));
     let echo = outer_frame_len(ICMP_IP_LEN, ipv6);
-    assert_eq!(bytes(&sa, &b, "tx_encap"), 200 * echo);
-    assert_eq!(bytes(&sa, &b, "rx_nic"), 200 * echo);
-    assert_eq!(bytes(&sa, &b, "rx_decap"), 200 * (ICMP_IP_LEN + 14));
+    assert_eq!(a_b.tx_encap.bytes, 200 * echo);
+    assert_eq!(a_b.rx_nic.bytes, 200 * echo);
+    assert_eq!(a_b.rx_decap.bytes, 200 * (ICMP_IP_LEN + 14));
     let udp_ip_len = 100 + 8 + 20;
-    assert_eq!(
-        bytes(&sa, &c, "tx_encap"),
-        50 * outer_frame_len(udp_ip_len, ipv6)
-    );
-    // Outer IP sizes: 84 + 50 (IPv4) or + 70 (IPv6) bytes for the echoes.
+    assert_eq!(a_c.tx_encap.bytes, 50 * outer_frame_len(udp_ip_len, ipv6));
+    // Outer IP sizes: 84 + 50 (IPv4) or + 70 (IPv6) bytes for the echoes,
+    // all in the bucket "<=256".
     let echo_ip = ICMP_IP_LEN + if ipv6 { 70 } else { 50 };
     assert!(echo_ip <= 256);
+    let le256 = (0..vxtrace_common::SIZE_BUCKETS)
+        .find(|i| SizeDistribution::label(*i) == "<=256")
+        .unwrap();
+    let (tx, rx) = (&a_b.outer_size.tx, &a_b.outer_size.rx);
+    assert_eq!(tx.counts[le256], 200, "{}", json(&sa));
     assert_eq!(
-        sa["peers"][&b]["outer_size"]["tx"]["buckets"]["<=256"], 200,
-        "{sa}"
+        tx.quantile_bucket(0.99)
+            .map(SizeDistribution::label)
+            .as_deref(),
+        Some("<=256"),
+        "{}",
+        json(tx)
     );
-    assert_eq!(sa["peers"][&b]["outer_size"]["tx"]["p99"], "<=256");
-    assert_eq!(sa["peers"][&b]["outer_size"]["rx"]["packets"], 200);
+    assert_eq!(rx.total(), 200);
     let mut peers = peer_names(&sa);
     peers.sort();
     let mut expect = vec![b.clone(), c.clone()];
     expect.sort();
-    assert_eq!(peers, expect, "A saw peers it never talked to: {sa}");
-    assert_eq!(count(&sa, &b, "malformed"), 0);
-    assert_eq!(sa["peer_map"]["evictions"], 0);
+    assert_eq!(
+        peers,
+        expect,
+        "A saw peers it never talked to: {}",
+        json(&sa)
+    );
+    assert_eq!(a_b.malformed, 0);
+    assert_eq!(sa.peer_map.evictions, 0);
 
     // B's view: the mirror image, and nothing about C.
-    assert_eq!(packets(&sb, &a, "rx_nic"), 200, "{sb}");
-    assert_eq!(packets(&sb, &a, "rx_decap"), 200, "{sb}");
-    assert_eq!(packets(&sb, &a, "tx_encap"), 200, "{sb}");
-    assert_eq!(packets(&sb, &a, "tx_dev"), 200, "{sb}");
-    assert_eq!(peer_names(&sb), vec![a.clone()], "{sb}");
-    assert!(
-        sb["peers"][&a]["hints"].as_array().unwrap().is_empty(),
-        "{sb}"
-    );
+    let b_a = sb.peer(&a);
+    assert_eq!(b_a.counters.rx_nic.packets, 200, "{}", json(&sb));
+    assert_eq!(b_a.counters.rx_decap.packets, 200, "{}", json(&sb));
+    assert_eq!(b_a.counters.tx_encap.packets, 200, "{}", json(&sb));
+    assert_eq!(b_a.counters.tx_dev.packets, 200, "{}", json(&sb));
+    assert_eq!(peer_names(&sb), vec![a.clone()], "{}", json(&sb));
+    assert!(b_a.hints.is_empty(), "{}", json(&sb));
 }
 
 #[test]
@@ -103,11 +112,18 @@ fn peer_filter_shows_selected_and_sums_others() {
     let mut shown = peer_names(&s);
     shown.sort();
     assert_eq!(shown, vec![c.clone(), silent.to_string()]);
-    assert_eq!(packets(&s, &c, "tx_encap"), 7);
-    assert_eq!(packets(&s, silent, "tx_encap"), 0);
-    assert_eq!(s["other_peers"]["count"], 1, "{s}");
-    assert_eq!(s["other_peers"]["totals"]["tx_encap"]["packets"], 30, "{s}");
-    assert!(packets(&s, &b, "tx_encap") == 0, "unselected peer shown");
+    assert_eq!(s.peer(&c).counters.tx_encap.packets, 7);
+    assert_eq!(s.peer(silent).counters.tx_encap.packets, 0);
+    let others = s
+        .other_peers
+        .as_ref()
+        .unwrap_or_else(|| panic!("no other_peers: {}", json(&s)));
+    assert_eq!(others.count, 1, "{}", json(&s));
+    assert_eq!(others.totals.tx_encap.packets, 30, "{}", json(&s));
+    assert!(
+        s.peer(&b).counters.tx_encap.packets == 0,
+        "unselected peer shown"
+    );
 }
 
 /// A port the overlay does not use: nothing is counted as VXLAN.
@@ -115,15 +131,16 @@ fn peer_filter_shows_selected_and_sums_others() {
 fn other_port_counts_nothing() {
     let lab = LabGuard::new("vt-port", 2, false, 8472);
     let w = Watcher::start(&lab.node_ns(1), &["--port", "4789"]);
-    assert_eq!(w.attached["ports"], serde_json::json!([4789]));
-    let notes = w.attached["notes"].to_string();
+    assert_eq!(w.attached.ports, vec![4789]);
+    let notes = w.attached.notes.join("\n");
     assert!(notes.contains("8472 which is not watched"), "{notes}");
     assert_eq!(lab.ping(1, 2, 20, Duration::ZERO).unwrap(), 20);
     let s = w.stop();
-    for peer in peer_names(&s) {
-        assert_eq!(packets(&s, &peer, "tx_encap"), 0, "{s}");
-        assert_eq!(packets(&s, &peer, "rx_nic"), 0, "{s}");
-        assert_eq!(count(&s, &peer, "malformed"), 0, "{s}");
+    for (peer, p) in &s.peers {
+        let p = &p.counters;
+        assert_eq!(p.tx_encap.packets, 0, "{peer}: {}", json(&s));
+        assert_eq!(p.rx_nic.packets, 0, "{peer}: {}", json(&s));
+        assert_eq!(p.malformed, 0, "{peer}: {}", json(&s));
     }
 }
 
@@ -198,8 +215,8 @@ fn several_vxlan_devices() {
     }
     let b = lab.underlay_ip(2).to_string();
     let w = Watcher::start(&lab.node_ns(1), &[]);
-    assert_eq!(w.attached["ports"], serde_json::json!([4789, 8472]));
-    assert_eq!(w.attached["devices"].as_array().unwrap().len(), 2);
+    assert_eq!(w.attached.ports, vec![4789, 8472]);
+    assert_eq!(w.attached.devices.len(), 2);
     // 10 pings over flannel.1 (pod to pod), 15 over vx42 (node to node).
     assert_eq!(lab.ping(1, 2, 10, Duration::ZERO).unwrap(), 10);
     let got = vxtrace::lab::ping_from(
@@ -211,7 +228,8 @@ fn several_vxlan_devices() {
     .unwrap();
     assert_eq!(got, 15);
     let s = w.stop();
-    assert_eq!(packets(&s, &b, "tx_encap"), 25, "{s}");
-    assert_eq!(packets(&s, &b, "rx_decap"), 25, "{s}");
-    assert_eq!(packets(&s, &b, "tx_dev"), 25, "{s}");
+    let p = s.peer(&b).counters;
+    assert_eq!(p.tx_encap.packets, 25, "{}", json(&s));
+    assert_eq!(p.rx_decap.packets, 25, "{}", json(&s));
+    assert_eq!(p.tx_dev.packets, 25, "{}", json(&s));
 }

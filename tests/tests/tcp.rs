@@ -3,17 +3,15 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
+    process::Command,
     time::Duration,
 };
 
-use serde_json::Value;
+use vxtrace::schema::{ProbeState, Probes, Summary};
 use vxtrace_tests::{
-    LabGuard, RawTcp, TCP_PSH_ACK, TCP_SYN, Watcher, connect_from, listen_in, sh, tcp_timestamp,
+    LabGuard, RawTcp, TCP_PSH_ACK, TCP_SYN, Watcher, connect_from, json, listen_in, run, sh,
+    tcp_timestamp,
 };
-
-fn tcp(s: &Value, peer: &str, field: &str) -> u64 {
-    s["peers"][peer]["tcp"][field].as_u64().unwrap_or(0)
-}
 
 /// Whether this kernel can attach kprobes at all.
 fn kernel_has_kprobes() -> bool {
@@ -31,21 +29,42 @@ fn kernel_has_function(function: &str) -> bool {
 }
 
 /// Whether the kernel's drops carry this reason (its kfree_skb format).
+/// Where tracefs is not mounted, it is read from a mount of its own in a
+/// private mount namespace, as vxtrace mounts it under `ip netns exec`:
+/// the host is left as it was.
 fn kernel_has_reason(reason: &str) -> bool {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .iter()
-        .filter_map(|t| std::fs::read_to_string(format!("{t}/events/skb/kfree_skb/format")).ok())
-        .any(|f| f.contains(&format!("\"{reason}\"")))
+        .find_map(|t| std::fs::read_to_string(format!("{t}/events/skb/kfree_skb/format")).ok())
+        .unwrap_or_else(|| {
+            let (code, out, err) = run(Command::new("unshare").args([
+                "--mount",
+                "sh",
+                "-c",
+                "mount -t tracefs nodev /sys/kernel/tracing && \
+                 cat /sys/kernel/tracing/events/skb/kfree_skb/format",
+            ]));
+            assert_eq!(code, 0, "reading kfree_skb's format: {err}");
+            out
+        });
+    format.contains(&format!("\"{reason}\""))
 }
 
 /// The status vxtrace gave one PAWS kprobe program.
-fn probe_status(v: &Value, program: &str) -> String {
-    v["probes"]["paws_kprobes"]
-        .as_array()
-        .and_then(|a| a.iter().find(|p| p["program"] == program))
-        .and_then(|p| p["status"].as_str())
-        .unwrap_or_else(|| panic!("no status for {program}: {}", v["probes"]))
-        .to_string()
+fn probe_status(probes: &Probes, program: &str) -> ProbeState {
+    probes
+        .paws_kprobes
+        .iter()
+        .find(|p| p.program == program)
+        .map(|p| p.status.clone())
+        .unwrap_or_else(|| panic!("no status for {program}: {}", json(probes)))
+}
+
+/// The probes a summary lists.
+fn summary_probes(s: &Summary) -> &Probes {
+    s.probes
+        .as_ref()
+        .unwrap_or_else(|| panic!("no probes in the summary: {}", json(s)))
 }
 
 /// The server's SYN-ACKs are dropped by a rule on its node: the client's
@@ -98,54 +117,47 @@ fn dropped_synacks_leave_syns_unanswered() {
     let sa = on_a.stop();
     let sb = on_b.stop();
 
-    assert_eq!(tcp(&sa, &b, "unanswered_syn_out"), 1, "{sa}");
-    assert_eq!(tcp(&sa, &b, "unanswered_syn"), 1);
-    assert!(tcp(&sa, &b, "syn_retrans") >= 1, "{sa}");
+    let (a_b, a_c) = (sa.peer(&b), sa.peer(&c));
+    let (tcp, outcome) = (&a_b.counters.tcp, a_b.tcp_outcome());
+    assert_eq!(outcome.unanswered_syn_out, 1, "{}", json(&sa));
+    assert_eq!(outcome.unanswered_syn, 1);
+    assert!(tcp.syn_retrans >= 1, "{}", json(&sa));
+    assert_eq!(tcp.syn_sent, 2 + tcp.syn_retrans, "{}", json(&sa));
+    assert_eq!(tcp.synack_received, 1, "{}", json(&sa));
+    assert_eq!(outcome.handshake_us.count, Some(1), "{}", json(&sa));
+    assert!(outcome.handshake_us.max > 0);
+    assert!(a_b.hints.join("\n").contains("SYNs got no SYN-ACK"));
+    assert_eq!(a_c.counters.tcp.syn_sent, 0);
+    assert!(sa.conntrack.available, "{}", json(&sa.conntrack));
     assert_eq!(
-        tcp(&sa, &b, "syn_sent"),
-        2 + tcp(&sa, &b, "syn_retrans"),
-        "{sa}"
-    );
-    assert_eq!(tcp(&sa, &b, "synack_received"), 1, "{sa}");
-    assert_eq!(sa["peers"][&b]["tcp"]["handshake_us"]["count"], 1, "{sa}");
-    assert!(
-        sa["peers"][&b]["tcp"]["handshake_us"]["max"]
-            .as_u64()
-            .unwrap()
-            > 0
-    );
-    assert!(
-        sa["peers"][&b]["hints"]
-            .to_string()
-            .contains("SYNs got no SYN-ACK")
-    );
-    assert_eq!(tcp(&sa, &c, "syn_sent"), 0);
-    assert_eq!(sa["conntrack"]["available"], true, "{}", sa["conntrack"]);
-    assert_eq!(
-        tcp(&sa, &b, "conntrack_syn_sent"),
+        outcome.conntrack_syn_sent,
         1,
-        "conntrack still holds the half-open flow: {sa}"
+        "conntrack still holds the half-open flow: {}",
+        json(&sa)
     );
-    assert_eq!(tcp(&sa, &c, "conntrack_syn_sent"), 0);
+    assert_eq!(a_c.tcp_outcome().conntrack_syn_sent, 0);
 
-    let dropped = tcp(&sb, &a, "synack_dropped");
-    assert!(dropped >= 1, "{sb}");
+    let b_a = sb.peer(&a);
+    let outcome = b_a.tcp_outcome();
+    let dropped = outcome.synack_dropped;
+    assert!(dropped >= 1, "{}", json(&sb));
     assert_eq!(
-        sb["peers"][&a]["tcp"]["synack_dropped_reasons"]["NETFILTER_DROP"].as_u64(),
+        outcome
+            .synack_dropped_reasons
+            .get("NETFILTER_DROP")
+            .copied(),
         Some(dropped),
-        "{sb}"
+        "{}",
+        json(&sb)
     );
     assert_eq!(
-        tcp(&sb, &a, "synack_sent"),
+        b_a.counters.tcp.synack_sent,
         1,
-        "only the open port's SYN-ACK leaves: {sb}"
+        "only the open port's SYN-ACK leaves: {}",
+        json(&sb)
     );
-    assert_eq!(tcp(&sb, &a, "unanswered_syn_in"), 1, "{sb}");
-    assert!(
-        sb["peers"][&a]["hints"]
-            .to_string()
-            .contains("SYN-ACKs of handshakes")
-    );
+    assert_eq!(outcome.unanswered_syn_in, 1, "{}", json(&sb));
+    assert!(b_a.hints.join("\n").contains("SYN-ACKs of handshakes"));
 }
 
 /// An old TCP timestamp injected into a live connection: the server's PAWS
@@ -166,14 +178,16 @@ fn paws_rejects_on_an_established_connection() {
         &lab.node_ns(2),
         &["--netns", &scope, "--paws-kprobes", "always"],
     );
-    let status = probe_status(&on_b.attached, "vxtrace_paws_established");
+    let status = probe_status(&on_b.attached.probes, "vxtrace_paws_established");
     if kernel_has_kprobes() && kernel_has_function("tcp_validate_incoming") {
-        assert_eq!(status, "attached", "{}", on_b.attached["probes"]);
-    } else {
-        assert!(
-            status.starts_with("not available on this kernel"),
-            "{status}"
+        assert_eq!(
+            status,
+            ProbeState::Attached,
+            "{}",
+            json(&on_b.attached.probes)
         );
+    } else {
+        assert!(matches!(status, ProbeState::NotAvailable(_)), "{status}");
     }
 
     let mut client = connect_from(
@@ -204,15 +218,20 @@ fn paws_rejects_on_an_established_connection() {
     std::thread::sleep(Duration::from_millis(300));
     let sb = on_b.stop();
 
-    assert_eq!(tcp(&sb, &a, "paws_rejects"), 5, "{sb}");
-    assert_eq!(tcp(&sb, &c, "paws_rejects"), 0);
-    let estab = sb["netstat_paws"]["namespaces"][&server_ns]["PAWSEstab"]
-        .as_u64()
+    assert_eq!(sb.peer(&a).tcp_outcome().paws_rejects, 5, "{}", json(&sb));
+    assert_eq!(sb.peer(&c).tcp_outcome().paws_rejects, 0);
+    let estab = sb
+        .netstat_paws
+        .namespaces
+        .get(&server_ns)
+        .and_then(|n| n.get("PAWSEstab"))
+        .copied()
         .unwrap_or(0);
-    assert!(estab >= 5, "{}", sb["netstat_paws"]);
+    assert!(estab >= 5, "{}", json(&sb.netstat_paws));
     assert!(
-        sb["peers"][&a]["hints"].to_string().contains("PAWS"),
-        "{sb}"
+        sb.peer(&a).hints.join("\n").contains("PAWS"),
+        "{}",
+        json(&sb)
     );
     drop(client);
 }
@@ -363,35 +382,53 @@ fn nat_and_time_wait_reuse_reject_syns() {
     let sb = on_b.stop();
 
     // Kernels without the TIME_WAIT reason count it with the kprobe.
-    let status = probe_status(&sb, "vxtrace_paws_time_wait");
+    let status = probe_status(summary_probes(&sb), "vxtrace_paws_time_wait");
     if kernel_has_reason("TCP_RFC7323_TW_PAWS") {
-        assert!(status.starts_with("skipped"), "{status}");
+        assert!(matches!(status, ProbeState::Skipped(_)), "{status}");
     } else {
         assert!(
             kernel_has_kprobes(),
             "this kernel cannot see TIME_WAIT PAWS rejects"
         );
-        assert_eq!(status, "attached", "{}", sb["probes"]);
+        assert_eq!(
+            status,
+            ProbeState::Attached,
+            "{}",
+            json(summary_probes(&sb))
+        );
     }
-    assert_eq!(sb["peers"][&a]["drops"]["TCP_RFC7323_TW_PAWS"], 1, "{sb}");
-    assert_eq!(tcp(&sb, &a, "paws_rejects"), 1, "{sb}");
+    let b_a = sb.peer(&a);
+    assert_eq!(
+        b_a.drops.get("TCP_RFC7323_TW_PAWS"),
+        Some(&1),
+        "{}",
+        json(&sb)
+    );
+    assert_eq!(b_a.tcp_outcome().paws_rejects, 1, "{}", json(&sb));
     // The kernel's own counter: PAWSTimewait where it exists (6.15+);
     // older kernels count TIME_WAIT rejects as PAWSEstab.
-    let server_counters = &sb["netstat_paws"]["namespaces"][&server_ns];
-    if server_counters.get("PAWSTimewait").is_some() {
-        assert_eq!(server_counters["PAWSTimewait"], 1, "{}", sb["netstat_paws"]);
+    let server_counters = sb
+        .netstat_paws
+        .namespaces
+        .get(&server_ns)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(timewait) = server_counters.get("PAWSTimewait") {
+        assert_eq!(*timewait, 1, "{}", json(&sb.netstat_paws));
     } else {
-        let estab = server_counters["PAWSEstab"].as_u64().unwrap_or(0);
-        assert!(estab >= 1, "{}", sb["netstat_paws"]);
+        let estab = server_counters.get("PAWSEstab").copied().unwrap_or(0);
+        assert!(estab >= 1, "{}", json(&sb.netstat_paws));
     }
     // The SNAT shows on B as A's VTEP address for an inner source.
-    assert!(tcp(&sb, &a, "syn_received") >= 2);
-    assert!(sb["peers"][&a]["inner_src_vtep"].as_u64().unwrap() > 0);
-    assert_eq!(tcp(&sa, &b, "unanswered_syn_out"), 1, "{sa}");
+    assert!(b_a.counters.tcp.syn_received >= 2);
+    assert!(b_a.counters.inner_src_vtep > 0);
+    let a_b = sa.peer(&b);
+    assert_eq!(a_b.tcp_outcome().unanswered_syn_out, 1, "{}", json(&sa));
     assert_eq!(
-        tcp(&sa, &b, "synack_received"),
+        a_b.counters.tcp.synack_received,
         1,
-        "only client 1 was answered: {sa}"
+        "only client 1 was answered: {}",
+        json(&sa)
     );
 }
 
@@ -401,32 +438,35 @@ fn nat_and_time_wait_reuse_reject_syns() {
 #[test]
 fn paws_kprobes_report_what_the_kernel_offers() {
     let lab = LabGuard::new("vt-kp", 2, false, 8472);
-    let expected = |mode: &str, target: &str, reason: &str| -> &'static str {
+    /// What a probe's status should be, in words, and the test of it.
+    type Expected = (&'static str, fn(&ProbeState) -> bool);
+    let expected = |mode: &str, target: &str, reason: &str| -> Expected {
         if mode == "auto" && kernel_has_reason(reason) {
-            "skipped"
+            ("skipped", |s| matches!(s, ProbeState::Skipped(_)))
         } else if kernel_has_kprobes() && kernel_has_function(target) {
-            "attached"
+            ("attached", |s| *s == ProbeState::Attached)
         } else {
-            "not available on this kernel"
+            ("not available on this kernel", |s| {
+                matches!(s, ProbeState::NotAvailable(_))
+            })
         }
     };
     for mode in ["always", "auto"] {
         let w = Watcher::start(&lab.node_ns(1), &["--paws-kprobes", mode]);
-        let probes = w.attached["probes"]["paws_kprobes"]
-            .as_array()
-            .unwrap()
-            .clone();
+        let probes = &w.attached.probes.paws_kprobes;
         assert_eq!(probes.len(), 2, "{probes:?}");
-        for (program, target, reason) in vxtrace::probes::PAWS_KPROBES {
-            let status = probe_status(&w.attached, program);
-            let want = expected(mode, target, reason);
+        for k in vxtrace::probes::PAWS_KPROBES {
+            let status = probe_status(&w.attached.probes, k.program);
+            let (want, holds) = expected(mode, k.target, k.reason);
             assert!(
-                status.starts_with(want),
-                "--paws-kprobes {mode}: {program} on {target}: {status}, expected {want}"
+                holds(&status),
+                "--paws-kprobes {mode}: {} on {}: {status}, expected {want}",
+                k.program,
+                k.target
             );
         }
         assert_eq!(lab.ping(1, 2, 3, Duration::ZERO).unwrap(), 3);
         let s = w.stop();
-        assert_eq!(s["probes"]["paws_kprobes"].as_array().unwrap().len(), 2);
+        assert_eq!(summary_probes(&s).paws_kprobes.len(), 2);
     }
 }
