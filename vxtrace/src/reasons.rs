@@ -19,6 +19,17 @@ pub const PAWS: [&str; 4] = [
     "TCP_RFC7323_TSECR",
 ];
 
+/// Drops that lose the peer's traffic on its way (not a socket turning a
+/// packet away, which busy nodes do all day).
+pub const LOSS: [&str; 6] = [
+    NETFILTER_DROP,
+    OTHERHOST,
+    "TCP_RFC7323_PAWS",
+    "TCP_RFC7323_PAWS_ACK",
+    "TCP_RFC7323_TW_PAWS",
+    "TCP_RFC7323_TSECR",
+];
+
 /// Names vxtrace's findings rely on; a kernel without one of them gets a
 /// note at start.
 pub const RELIED_ON: [&str; 3] = [NETFILTER_DROP, OTHERHOST, NO_SOCKET];

@@ -12,10 +12,11 @@ use crate::{
     schema::{PeerSummary, Report, ReportPeer},
 };
 
+pub mod cluster;
 mod plot;
 pub mod read;
 
-pub use read::{Point, Recording, read};
+pub use read::{Point, Recording, read, read_each};
 
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
@@ -25,10 +26,17 @@ pub struct ReportArgs {
     /// One JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Also draw a timeline (tx and rx packet rate per peer over wall-clock
-    /// time, outages shaded, drops marked) into this SVG file.
+    /// Also draw into this SVG file: for one node, a timeline (tx and rx
+    /// packet rate per peer over wall-clock time, outages shaded, drops
+    /// marked); for several, the link matrix as a heat map and a timeline
+    /// per link.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+    /// How far apart the nodes' clocks may be, in seconds: packets a clock
+    /// difference this large moves across the edge of the compared span
+    /// are not counted as loss.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub clock_skew: f64,
 }
 
 /// The report of one recording.
@@ -71,7 +79,20 @@ fn report_peer(p: &PeerSummary, outages: Vec<crate::schema::Outage>) -> ReportPe
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
-    let rec = read(&args.files)?;
+    let nodes = cluster::nodes(read_each(&args.files)?);
+    if nodes.len() > 1 {
+        let r = cluster::cluster_report(&nodes, args.clock_skew);
+        if let Some(svg) = &args.svg {
+            plot::cluster(svg, &nodes, &r).with_context(|| format!("drawing {}", svg.display()))?;
+        }
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            print!("{}", cluster::text(&r));
+        }
+        return Ok(());
+    }
+    let rec = nodes.into_iter().next().map(|n| n.rec).unwrap_or_default();
     let out = report(&rec);
     if let Some(svg) = &args.svg {
         plot::timeline(svg, &rec).with_context(|| format!("drawing {}", svg.display()))?;

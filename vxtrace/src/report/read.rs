@@ -3,12 +3,20 @@
 //! power loss is skipped and counted; a line of a kind this release does
 //! not know (written by a newer one) is skipped too.
 
-use std::{collections::BTreeMap, io::BufRead as _, net::IpAddr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    io::BufRead as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    schema::{Header, Interval, Line, Outage, OutageGroup, OutageRecord, PeerSummary, Summary},
+    schema::{
+        Header, Interval, Line, Node, Outage, OutageGroup, OutageRecord, PeerSummary, Summary,
+        VxlanDevice,
+    },
     sinks::recorder::files_of,
 };
 
@@ -21,10 +29,37 @@ pub struct Point {
     pub drops: u64,
 }
 
+/// One peer's counts in one interval, for comparing nodes over the span
+/// they share.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sample {
+    /// Unix time at the end of the interval, and its length.
+    pub ts: f64,
+    pub len: f64,
+    pub tx_dev: u64,
+    pub tx_encap: u64,
+    pub rx_nic: u64,
+    pub rx_decap: u64,
+    pub drops: u64,
+}
+
+impl Sample {
+    pub fn start(&self) -> f64 {
+        self.ts - self.len
+    }
+}
+
 /// Everything read from one recording.
 #[derive(Default)]
 pub struct Recording {
+    /// The files it was read from.
+    pub files: Vec<PathBuf>,
     pub headers: Vec<Header>,
+    /// The node that wrote it (from its lines; for recordings of the first
+    /// release, the host and the devices' local addresses).
+    pub node: Option<Node>,
+    /// Per peer, every interval that listed it.
+    pub samples: BTreeMap<IpAddr, Vec<Sample>>,
     /// The last summary, if the recorder lived to write one.
     pub summary: Option<Summary>,
     /// Per-peer totals summed from the interval lines (what a recording
@@ -34,6 +69,8 @@ pub struct Recording {
     pub outage_starts: Vec<Outage>,
     pub outage_groups: Vec<OutageGroup>,
     pub intervals: u64,
+    /// Length of the first interval.
+    pub first_len: f64,
     /// End time of every interval, in order (silence draws as zero).
     pub interval_times: Vec<f64>,
     /// Lines that are not JSON.
@@ -46,24 +83,121 @@ pub struct Recording {
 impl Recording {
     fn add(&mut self, line: Line) {
         match line {
-            Line::Header(h) => self.headers.push(*h),
-            Line::Summary(s) => self.summary = Some(*s),
+            Line::Header(h) => {
+                self.learn_node(h.node.as_ref(), &h.host, &h.devices);
+                self.headers.push(*h);
+            }
+            Line::Summary(s) => {
+                self.learn_node(s.node.as_ref(), "", &s.devices);
+                self.summary = Some(*s);
+            }
             Line::Interval(i) => self.add_interval(&i),
             Line::OutageEnd(o) => self.outage_ends.push(o),
             Line::OutageStart(o) => self.outage_starts.push(o),
             Line::OutageGroup(g) => self.outage_groups.push(g),
-            Line::Attached(_)
-            | Line::OneWay(_)
+            Line::Attached(a) => self.learn_node(a.node.as_ref(), "", &a.devices),
+            Line::OneWay(_)
             | Line::DeviceGone(_)
             | Line::DeviceReattached(_)
             | Line::DeviceError(_) => {}
         }
     }
 
+    /// Adds another recording of the same node (another run, or a file
+    /// given twice under other names).
+    pub fn absorb(&mut self, other: Recording) {
+        self.files.extend(other.files);
+        self.headers.extend(other.headers);
+        if other.summary.is_some() {
+            self.summary = other.summary;
+        }
+        for (addr, total) in other.interval_totals {
+            let mine = self.interval_totals.entry(addr).or_default();
+            mine.counters.add(&total.counters);
+            for (r, n) in total.drops {
+                *mine.drops.entry(r).or_default() += n;
+            }
+        }
+        for (addr, mut samples) in other.samples {
+            let mine = self.samples.entry(addr).or_default();
+            mine.append(&mut samples);
+            mine.sort_by(|a, b| a.ts.total_cmp(&b.ts));
+        }
+        for (addr, mut points) in other.series {
+            let mine = self.series.entry(addr).or_default();
+            mine.append(&mut points);
+            mine.sort_by(|a, b| a.ts.total_cmp(&b.ts));
+        }
+        self.outage_ends.extend(other.outage_ends);
+        self.outage_starts.extend(other.outage_starts);
+        self.outage_groups.extend(other.outage_groups);
+        self.intervals += other.intervals;
+        self.interval_times.extend(other.interval_times);
+        self.interval_times.sort_by(f64::total_cmp);
+        self.bad_lines += other.bad_lines;
+        self.unknown_lines += other.unknown_lines;
+    }
+
+    /// Who wrote the recording: the node its lines name, else (first
+    /// release) its host and its devices' local addresses.
+    fn learn_node(&mut self, node: Option<&Node>, host: &str, devices: &[VxlanDevice]) {
+        if let Some(n) = node {
+            self.node = Some(n.clone());
+            return;
+        }
+        if self.node.is_none() && !host.is_empty() {
+            let mut vteps: Vec<IpAddr> = devices.iter().filter_map(|d| d.local).collect();
+            vteps.sort();
+            vteps.dedup();
+            self.node = Some(Node {
+                name: host.to_string(),
+                vteps,
+            });
+        }
+    }
+
+    /// Unix time of the first interval's start and the last one's end.
+    pub fn span(&self) -> Option<(f64, f64)> {
+        let first = self
+            .samples
+            .values()
+            .filter_map(|s| s.first())
+            .map(Sample::start);
+        let last = self.samples.values().filter_map(|s| s.last()).map(|s| s.ts);
+        let start = self
+            .interval_times
+            .first()
+            .copied()
+            .map(|t| t - self.first_len);
+        Some((
+            start.into_iter().chain(first).fold(f64::MAX, f64::min),
+            self.interval_times
+                .last()
+                .copied()
+                .into_iter()
+                .chain(last)
+                .fold(f64::MIN, f64::max),
+        ))
+        .filter(|(a, b)| a <= b)
+    }
+
     fn add_interval(&mut self, i: &Interval) {
+        if self.intervals == 0 {
+            self.first_len = i.interval_s;
+        }
         self.intervals += 1;
         self.interval_times.push(i.ts);
         for (addr, d) in &i.peers {
+            let c = &d.counters;
+            self.samples.entry(*addr).or_default().push(Sample {
+                ts: i.ts,
+                len: i.interval_s,
+                tx_dev: c.tx_dev.packets,
+                tx_encap: c.tx_encap.packets,
+                rx_nic: c.rx_nic.packets,
+                rx_decap: c.rx_decap.packets,
+                drops: d.drops.values().sum(),
+            });
             self.series.entry(*addr).or_default().push(Point {
                 ts: i.ts,
                 tx_pps: d.pps.tx_encap,
@@ -106,40 +240,94 @@ impl Recording {
     }
 }
 
-/// Reads the recordings at `paths` (each with its rotated files).
+/// Reads the recordings at `paths` (each with its rotated files) as one.
 pub fn read(paths: &[PathBuf]) -> Result<Recording> {
-    let mut rec = Recording::default();
-    for p in paths {
-        let files = files_of(p);
-        if files.is_empty() {
-            bail!(
-                "recording {} not found; give the file `vxtrace watch --record` wrote",
-                p.display()
-            );
-        }
-        for f in files {
-            let file =
-                std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
-            for line in std::io::BufReader::new(file).lines() {
-                let Ok(line) = line else {
-                    rec.bad_lines += 1;
-                    continue;
-                };
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match Line::parse(&line) {
-                    Ok(l) => rec.add(l),
-                    Err(_) if serde_json::from_str::<serde_json::Value>(&line).is_ok() => {
-                        rec.unknown_lines += 1
-                    }
-                    Err(_) => rec.bad_lines += 1,
-                }
-            }
-        }
-    }
     if paths.is_empty() {
         bail!("no recording to read");
     }
+    let mut rec = Recording::default();
+    for p in paths {
+        read_into(&mut rec, p)?;
+    }
     Ok(rec)
+}
+
+/// Reads every recording at `paths`, each on its own: a file (with its
+/// rotated files), or a directory of them.
+pub fn read_each(paths: &[PathBuf]) -> Result<Vec<Recording>> {
+    if paths.is_empty() {
+        bail!("no recording to read");
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let found = recordings_in(p)?;
+            if found.is_empty() {
+                bail!(
+                    "no recording in directory {}; give the files `vxtrace watch --record` wrote",
+                    p.display()
+                );
+            }
+            for f in found {
+                let mut rec = Recording::default();
+                read_into(&mut rec, &f)?;
+                out.push(rec);
+            }
+        } else {
+            let mut rec = Recording::default();
+            read_into(&mut rec, p)?;
+            out.push(rec);
+        }
+    }
+    Ok(out)
+}
+
+/// The recordings in a directory: every file that is not a rotated
+/// `FILE.N` of another one.
+fn recordings_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading directory {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let is_rotated = |p: &Path| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.bytes().all(|b| b.is_ascii_digit()))
+            && p.with_extension("").exists()
+    };
+    Ok(files.into_iter().filter(|p| !is_rotated(p)).collect())
+}
+
+fn read_into(rec: &mut Recording, p: &Path) -> Result<()> {
+    let files = files_of(p);
+    if files.is_empty() {
+        bail!(
+            "recording {} not found; give the file `vxtrace watch --record` wrote",
+            p.display()
+        );
+    }
+    for f in files {
+        let file = std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
+        for line in std::io::BufReader::new(file).lines() {
+            let Ok(line) = line else {
+                rec.bad_lines += 1;
+                continue;
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            match Line::parse(&line) {
+                Ok(l) => rec.add(l),
+                Err(_) if serde_json::from_str::<serde_json::Value>(&line).is_ok() => {
+                    rec.unknown_lines += 1
+                }
+                Err(_) => rec.bad_lines += 1,
+            }
+        }
+        rec.files.push(f);
+    }
+    Ok(())
 }

@@ -41,6 +41,37 @@ pub enum Cause {
     GroupedOutage,
     /// Outages of this peer alone.
     IntermittentOutage,
+    /// Seen from both ends: packets leave the sender's underlay device and
+    /// never reach the receiver's.
+    PathLoss,
+    /// Seen from both ends: one node's traffic to several peers lost in
+    /// the same seconds.
+    SubnetBlackhole,
+}
+
+impl Cause {
+    /// The name it is written under (`one_way`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::OneWay => "one_way",
+            Cause::HostFirewall => "host_firewall",
+            Cause::PodTrafficFirewall => "pod_traffic_firewall",
+            Cause::LostBeforeDecap => "lost_before_decap",
+            Cause::LostWhileEncapsulating => "lost_while_encapsulating",
+            Cause::StaleNeighbour => "stale_neighbour",
+            Cause::Masquerade => "masquerade",
+            Cause::PawsRejects => "paws_rejects",
+            Cause::UnansweredSyn => "unanswered_syn",
+            Cause::SynAckDropped => "syn_ack_dropped",
+            Cause::Malformed => "malformed",
+            Cause::UnknownVni => "unknown_vni",
+            Cause::PathMtu => "path_mtu",
+            Cause::GroupedOutage => "grouped_outage",
+            Cause::IntermittentOutage => "intermittent_outage",
+            Cause::PathLoss => "path_loss",
+            Cause::SubnetBlackhole => "subnet_blackhole",
+        }
+    }
 }
 
 /// Where on the way traffic is lost: the sending node, the underlay path

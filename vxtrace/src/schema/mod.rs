@@ -116,9 +116,21 @@ mod mac_text {
     }
 }
 
+/// The node that wrote a line: its name and its VTEP addresses (each
+/// watched VXLAN device's local address). A peer address seen on one node
+/// is a VTEP of another: that is how nodes' outputs are joined.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub vteps: Vec<IpAddr>,
+}
+
 /// The first line of every recording file: what produced it, where.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Header {
+    /// Absent in recordings of the first release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Node>,
     pub version: String,
     pub command_line: Vec<String>,
     pub kernel: String,
@@ -135,6 +147,8 @@ pub struct Header {
 /// What `watch` attached to, once counting starts.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Attached {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Node>,
     pub devices: Vec<VxlanDevice>,
     pub underlays: Vec<String>,
     pub ports: Vec<u16>,
@@ -397,6 +411,8 @@ pub struct NetstatPaws {
 /// The run, cumulative since start.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Node>,
     pub duration_s: f64,
     pub interval_s: f64,
     pub intervals: u64,

@@ -34,3 +34,73 @@ pub struct ReportPeer {
     /// The likely causes, most telling first.
     pub causes: Vec<Finding>,
 }
+
+/// `vxtrace report` over recordings of several nodes: every directed link
+/// between them, where its traffic is lost and why.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    pub nodes: Vec<NodeReport>,
+    /// Clock difference between nodes tolerated, seconds.
+    pub clock_skew_s: f64,
+    pub links: Vec<Link>,
+    /// One node's traffic to several peers lost in the same seconds.
+    pub blackholes: Vec<Blackhole>,
+}
+
+/// One node of a cluster report: who it is, what it recorded, and its own
+/// per-peer report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub name: String,
+    pub vteps: Vec<IpAddr>,
+    /// Unix time of its first and last interval.
+    pub start: f64,
+    pub end: f64,
+    pub report: Report,
+}
+
+/// One directed link A→B, over the span both recordings share.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// A's VTEP address.
+    pub from: IpAddr,
+    /// B's VTEP address.
+    pub to: IpAddr,
+    pub from_node: String,
+    pub to_node: String,
+    /// Frames A handed to its VXLAN device for B.
+    pub tx_dev: u64,
+    /// Packets A encapsulated to B (left A's underlay device).
+    pub tx_encap: u64,
+    /// Packets from A at B's underlay device.
+    pub rx_nic: u64,
+    /// Frames from A that B's VXLAN device delivered.
+    pub rx_decap: u64,
+    /// B's drops of A's traffic, by reason.
+    pub drops: BTreeMap<String, u64>,
+    /// Where the traffic is lost: `sender_host`, `path`, `receiver_host`, `none`.
+    pub loss_segment: super::Segment,
+    /// Packets lost on that segment, and their share of what entered it.
+    pub lost: u64,
+    pub loss_pct: f64,
+    /// The likely cause (`none` when nothing is lost).
+    pub cause: Option<super::Cause>,
+    pub evidence: String,
+    /// Every finding about the link, most telling first.
+    pub findings: Vec<Finding>,
+    /// Unix times of the span compared.
+    pub window: (f64, f64),
+}
+
+/// A node's traffic to several peers lost in the same seconds, while others
+/// still reach them: a device on the path blackholes that node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Blackhole {
+    pub node: String,
+    pub vteps: Vec<IpAddr>,
+    pub start: f64,
+    pub end: f64,
+    /// The peers it could not reach.
+    pub peers: Vec<IpAddr>,
+    pub evidence: String,
+}

@@ -1,15 +1,23 @@
 //! `--metrics ADDR`: the Prometheus endpoint. Every per-peer counter of
 //! the declaration (`schema::PEER_COUNTERS`) with a metric name, drops by
-//! reason, outages, one-way peers, the handshake-latency histogram, and the
-//! diagnosis engine's findings per peer.
+//! reason, outages, one-way peers, the handshake-latency histogram, the
+//! diagnosis engine's findings per peer, and `vxtrace_node_info{node,vtep}`
+//! (one series per local VTEP address) to join nodes' series.
 //!
 //! Every per-peer series has a `peer` label (the underlay address), so a
 //! cluster's Prometheus can set A's `vxtrace_tx_encap_packets_total{peer="B"}`
-//! against B's `vxtrace_rx_nic_packets_total{peer="A"}`.
+//! against B's `vxtrace_rx_nic_packets_total{peer="A"}`. The series per
+//! node are bounded: peers get series of their own when asked for
+//! (`--peer`), when they have a finding, or as one of the `--metrics-peers`
+//! busiest; everyone else is summed into `peer="other_peers"`. A peer once
+//! given series keeps them, so every counter only ever grows.
+//!
+//! The exposition follows the scraper's `Accept` header: OpenMetrics for
+//! Prometheus (which asks for it), the classic text format otherwise.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
@@ -19,15 +27,21 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+use rustc_hash::{FxHashMap, FxHashSet};
 use vxtrace_common::PeerKey;
 
 use super::{IntervalView, Sink, SummaryView};
 use crate::{
     discovery::{peer_addr, peer_key},
-    schema::{Line, PEER_COUNTERS, PeerCounters},
+    schema::{Line, Node, PEER_COUNTERS, PeerCounters},
 };
 
 type Labels = Vec<(String, String)>;
+
+/// The `peer` label of peers without series of their own.
+pub const OTHER_PEERS: &str = "other_peers";
+/// The `peer` label of drops that belong to no peer.
+pub const NO_PEER: &str = "other";
 
 fn peer_label(peer: &str) -> Labels {
     vec![("peer".into(), peer.into())]
@@ -36,7 +50,19 @@ fn peer_label(peer: &str) -> Labels {
 /// Handshake latency buckets, seconds.
 const HANDSHAKE_BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 3.0];
 
-pub struct Metrics {
+/// What `--metrics` serves, and for which peers.
+pub struct MetricsConfig {
+    /// ADDRESS:PORT, or a port (loopback).
+    pub addr: String,
+    pub node: Node,
+    /// Busiest peers given series of their own (besides `selected` and
+    /// those with findings).
+    pub busiest: usize,
+    pub selected: Vec<IpAddr>,
+}
+
+/// The registered families.
+struct Families {
     /// One family per declared counter with a metric name, by that name.
     counters: BTreeMap<&'static str, Family<Labels, Counter>>,
     unanswered_syn: Family<Labels, Counter>,
@@ -45,11 +71,20 @@ pub struct Metrics {
     one_way: Family<Labels, Gauge>,
     handshake: Family<Labels, Histogram>,
     findings: Family<Labels, Gauge>,
+}
+
+pub struct Metrics {
+    f: Families,
+    /// Peers with series of their own.
+    exported: FxHashSet<PeerKey>,
+    /// How many of them were chosen for being busy.
+    busiest_chosen: usize,
+    busiest: usize,
     /// Finding series set at the last refresh (removed when gone).
     findings_set: BTreeSet<Labels>,
     /// Unanswered SYNs per peer at the last interval (kept outside the
     /// kernel's counters).
-    unanswered_seen: rustc_hash::FxHashMap<PeerKey, u64>,
+    unanswered_seen: FxHashMap<PeerKey, u64>,
 }
 
 fn register<M: prometheus_client::registry::Metric + Clone>(
@@ -62,23 +97,15 @@ fn register<M: prometheus_client::registry::Metric + Clone>(
     metric
 }
 
-impl Metrics {
-    /// Builds the registry and serves it on `addr` (a bare port binds
-    /// loopback) from a background thread; returns the bound address.
-    pub fn serve(addr: &str) -> Result<(Self, SocketAddr)> {
-        let addr = parse_addr(addr)?;
-        let mut registry = Registry::default();
+impl Families {
+    fn register(r: &mut Registry) -> Self {
         let mut counters = BTreeMap::new();
         for def in PEER_COUNTERS {
             if let Some(name) = def.metric {
-                counters.insert(
-                    name,
-                    register(&mut registry, name, def.help, Family::default()),
-                );
+                counters.insert(name, register(r, name, def.help, Family::default()));
             }
         }
-        let r = &mut registry;
-        let metrics = Self {
+        Self {
             counters,
             unanswered_syn: register(
                 r,
@@ -116,20 +143,60 @@ impl Metrics {
                 "1 while the run's counters of the peer show the cause (label cause), lost on the segment (label segment)",
                 Family::default(),
             ),
-            findings_set: BTreeSet::new(),
-            unanswered_seen: Default::default(),
-        };
+        }
+    }
+}
+
+impl Metrics {
+    /// Builds the registry and serves it from a background thread;
+    /// returns the bound address.
+    pub fn serve(cfg: &MetricsConfig) -> Result<(Self, SocketAddr)> {
+        let addr = parse_addr(&cfg.addr)?;
+        let mut registry = Registry::default();
+        let node_info: Family<Labels, Gauge> = register(
+            &mut registry,
+            "vxtrace_node_info",
+            "1 per local VTEP address of this node (label vtep), named by label node",
+            Family::default(),
+        );
+        for vtep in &cfg.node.vteps {
+            node_info
+                .get_or_create(&vec![
+                    ("node".to_string(), cfg.node.name.clone()),
+                    ("vtep".to_string(), vtep.to_string()),
+                ])
+                .set(1);
+        }
+        let f = Families::register(&mut registry);
         let bound = spawn_server(addr, registry)?;
-        Ok((metrics, bound))
+        Ok((
+            Self {
+                f,
+                exported: cfg.selected.iter().map(peer_key).collect(),
+                busiest_chosen: 0,
+                busiest: cfg.busiest,
+                findings_set: BTreeSet::new(),
+                unanswered_seen: Default::default(),
+            },
+            bound,
+        ))
     }
 
-    fn add_counters(&self, peer: &str, d: &PeerCounters) {
-        let labels = peer_label(peer);
+    /// The `peer` label a peer's series go under.
+    fn label_of(&self, key: &PeerKey) -> String {
+        if self.exported.contains(key) {
+            peer_addr(key).to_string()
+        } else {
+            OTHER_PEERS.to_string()
+        }
+    }
+
+    fn add_counters(&self, labels: &Labels, d: &PeerCounters) {
         for def in PEER_COUNTERS {
-            let Some(family) = def.metric.and_then(|m| self.counters.get(m)) else {
+            let Some(family) = def.metric.and_then(|m| self.f.counters.get(m)) else {
                 continue;
             };
-            let c = family.get_or_create(&labels);
+            let c = family.get_or_create(labels);
             let v = (def.read)(d);
             if v > 0 {
                 c.inc_by(v);
@@ -139,85 +206,125 @@ impl Metrics {
 
     fn add_drops(&self, peer: &PeerKey, by_reason: &BTreeMap<String, u64>) {
         let peer = if *peer == PeerKey::default() {
-            "other".to_string()
+            NO_PEER.to_string()
         } else {
-            peer_addr(peer).to_string()
+            self.label_of(peer)
         };
         for (reason, n) in by_reason {
             let labels = vec![
                 ("peer".into(), peer.clone()),
                 ("reason".into(), reason.clone()),
             ];
-            self.drops.get_or_create(&labels).inc_by(*n);
+            self.f.drops.get_or_create(&labels).inc_by(*n);
         }
     }
 
-    /// The findings of every peer, as gauges; series of findings that no
-    /// longer hold are removed.
+    /// Every peer's findings, as gauges (series of findings that no longer
+    /// hold are removed); a peer with a finding gets series of its own.
     fn refresh_findings(&mut self, view: &IntervalView<'_>) {
         let t = view.tables;
         let drops = t.drops_by_peer();
         let mut now = BTreeSet::new();
-        for p in t.peers.peers.values() {
-            let d = drops.get(&peer_key(&p.addr));
-            for f in t.findings(p.addr, d) {
+        for (key, p) in &t.peers.peers {
+            let found = t.findings(p.addr, drops.get(key));
+            if !found.is_empty() {
+                self.exported.insert(*key);
+            }
+            for f in found {
                 now.insert(vec![
                     ("peer".to_string(), p.addr.to_string()),
-                    ("cause".to_string(), serde_plain(&f.kind)),
+                    ("cause".to_string(), f.kind.as_str().to_string()),
                     ("segment".to_string(), f.segment.as_str().to_string()),
                 ]);
             }
         }
         for gone in self.findings_set.difference(&now) {
-            self.findings.remove(gone);
+            self.f.findings.remove(gone);
         }
         for labels in &now {
-            self.findings.get_or_create(labels).set(1);
+            self.f.findings.get_or_create(labels).set(1);
         }
         self.findings_set = now;
     }
-}
 
-/// An enum's serde name (`one_way`).
-fn serde_plain<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+    /// Gives the busiest peers without series of their own some, while
+    /// there are places left.
+    fn choose_busiest(&mut self, view: &IntervalView<'_>) {
+        let left = self.busiest.saturating_sub(self.busiest_chosen);
+        if left == 0 {
+            return;
+        }
+        let mut candidates: Vec<(u64, PeerKey)> = view
+            .tables
+            .peers
+            .peers
+            .iter()
+            .filter(|(k, _)| !self.exported.contains(*k))
+            .map(|(k, p)| {
+                let t = p.total();
+                (
+                    t.tx_encap.packets + t.rx_nic.packets + t.rx_decap.packets,
+                    *k,
+                )
+            })
+            .filter(|(n, _)| *n > 0)
+            .collect();
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, key) in candidates.into_iter().take(left) {
+            self.exported.insert(key);
+            self.busiest_chosen += 1;
+        }
+    }
 }
 
 impl Sink for Metrics {
     fn interval(&mut self, view: &IntervalView<'_>) -> Result<()> {
+        self.refresh_findings(view);
+        self.choose_busiest(view);
         let t = view.tables;
+        let mut others = PeerCounters::default();
         for (key, p) in &t.peers.peers {
-            let addr = p.addr.to_string();
-            let delta = p.last_delta();
-            self.add_counters(&addr, &PeerCounters::from(&delta));
+            let delta = PeerCounters::from(&p.last_delta());
             let unanswered = p.unanswered_syn();
             let before = self.unanswered_seen.insert(*key, unanswered).unwrap_or(0);
-            self.unanswered_syn
-                .get_or_create(&peer_label(&addr))
-                .inc_by(unanswered.saturating_sub(before));
-            self.one_way
-                .get_or_create(&peer_label(&addr))
+            let new_unanswered = unanswered.saturating_sub(before);
+            if !self.exported.contains(key) {
+                others.add(&delta);
+                if new_unanswered > 0 {
+                    self.f
+                        .unanswered_syn
+                        .get_or_create(&peer_label(OTHER_PEERS))
+                        .inc_by(new_unanswered);
+                }
+                continue;
+            }
+            let labels = peer_label(&p.addr.to_string());
+            self.add_counters(&labels, &delta);
+            self.f
+                .unanswered_syn
+                .get_or_create(&labels)
+                .inc_by(new_unanswered);
+            self.f
+                .one_way
+                .get_or_create(&labels)
                 .set(i64::from(t.outages.one_way_now(key)));
         }
+        self.add_counters(&peer_label(OTHER_PEERS), &others);
         for (peer, by_reason) in view.drop_deltas {
             self.add_drops(peer, by_reason);
         }
         for e in view.events {
             if let Line::OutageStart(o) = e {
-                self.outages
-                    .get_or_create(&peer_label(&o.peer.to_string()))
-                    .inc();
+                let label = self.label_of(&peer_key(&o.peer));
+                self.f.outages.get_or_create(&peer_label(&label)).inc();
             }
         }
         for h in view.handshakes {
-            self.handshake
-                .get_or_create(&peer_label(&peer_addr(&h.peer).to_string()))
+            self.f
+                .handshake
+                .get_or_create(&peer_label(&self.label_of(&h.peer)))
                 .observe(h.latency_ns as f64 / 1e9);
         }
-        self.refresh_findings(view);
         Ok(())
     }
 
@@ -230,9 +337,85 @@ fn parse_addr(addr: &str) -> Result<SocketAddr> {
     match addr.parse::<u16>() {
         Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
         Err(_) => addr.parse().map_err(|_| {
-            anyhow!("--metrics {addr}: give ADDRESS:PORT (e.g. 127.0.0.1:9478) or a port")
+            anyhow!(
+                "--metrics {addr}: give ADDRESS:PORT (e.g. 127.0.0.1:9478, 0.0.0.0:9478) or a port"
+            )
         }),
     }
+}
+
+/// The exposition formats vxtrace speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `application/openmetrics-text; version=1.0.0`, what Prometheus asks for.
+    OpenMetrics,
+    /// `text/plain; version=0.0.4`, the classic text format.
+    Classic,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for (OpenMetrics only when named).
+    pub fn from_accept(accept: Option<&str>) -> Self {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Classic,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// The registry in `format`.
+pub fn render(registry: &Registry, format: Format) -> Result<String> {
+    let mut body = String::new();
+    encode(&mut body, registry).context("encoding the metrics")?;
+    Ok(match format {
+        Format::OpenMetrics => body,
+        Format::Classic => classic(&body),
+    })
+}
+
+/// OpenMetrics text as the classic format: a counter family's HELP and
+/// TYPE name its samples (`_total`), there is no `# EOF` and no `# UNIT`.
+fn classic(openmetrics: &str) -> String {
+    let mut counters = BTreeSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, "counter")) = rest.split_once(' ')
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                };
+                out.push_str(&format!("{prefix}{name} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// Serves `/metrics` from a background thread.
@@ -246,20 +429,26 @@ fn spawn_server(addr: SocketAddr, registry: Registry) -> Result<SocketAddr> {
         .name("metrics".into())
         .spawn(move || {
             for req in server.incoming_requests() {
-                let (status, body) = if req.url() == "/metrics" {
-                    let mut body = String::new();
-                    match encode(&mut body, &registry) {
-                        Ok(()) => (200, body),
-                        Err(_) => (500, "encoding failed\n".to_string()),
+                let accept = req
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Accept"))
+                    .map(|h| h.value.as_str().to_string());
+                let format = Format::from_accept(accept.as_deref());
+                let (status, body, ctype) = if req.url() == "/metrics" {
+                    match render(&registry, format) {
+                        Ok(body) => (200, body, format.content_type()),
+                        Err(e) => (500, format!("{e:#}\n"), "text/plain; charset=utf-8"),
                     }
                 } else {
-                    (404, "vxtrace: see /metrics\n".to_string())
+                    (
+                        404,
+                        "vxtrace: see /metrics\n".to_string(),
+                        "text/plain; charset=utf-8",
+                    )
                 };
-                let header = tiny_http::Header::from_bytes(
-                    &b"Content-Type"[..],
-                    &b"text/plain; version=0.0.4; charset=utf-8"[..],
-                )
-                .expect("valid header");
+                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes())
+                    .expect("valid header");
                 let _ = req.respond(
                     tiny_http::Response::from_string(body)
                         .with_status_code(status)
@@ -269,4 +458,63 @@ fn spawn_server(addr: SocketAddr, registry: Registry) -> Result<SocketAddr> {
         })
         .context("starting the metrics thread")?;
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        let mut r = Registry::default();
+        let c: Family<Labels, Counter> =
+            register(&mut r, "vxtrace_tx_encap_packets", "tx", Family::default());
+        c.get_or_create(&peer_label("192.0.2.12")).inc_by(3);
+        let g: Family<Labels, Gauge> =
+            register(&mut r, "vxtrace_peer_one_way", "ow", Family::default());
+        g.get_or_create(&peer_label("192.0.2.12")).set(1);
+        r
+    }
+
+    /// The classic format names counter families by their samples and has
+    /// no OpenMetrics end marker.
+    #[test]
+    fn classic_text_names_counters_by_their_samples() {
+        let text = render(&registry(), Format::Classic).unwrap();
+        assert!(
+            text.contains("# HELP vxtrace_tx_encap_packets_total tx.\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE vxtrace_tx_encap_packets_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vxtrace_tx_encap_packets_total{peer=\"192.0.2.12\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE vxtrace_peer_one_way gauge\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        let om = render(&registry(), Format::OpenMetrics).unwrap();
+        assert!(
+            om.contains("# TYPE vxtrace_tx_encap_packets counter\n"),
+            "{om}"
+        );
+        assert!(om.ends_with("# EOF\n"), "{om}");
+    }
+
+    #[test]
+    fn the_accept_header_chooses() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::from_accept(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::from_accept(Some("*/*")), Format::Classic);
+        assert_eq!(Format::from_accept(None), Format::Classic);
+        assert!(
+            Format::Classic
+                .content_type()
+                .starts_with("text/plain; version=0.0.4")
+        );
+    }
 }

@@ -13,6 +13,7 @@ use crate::{
     watch::tables::{DropDeltas, Tables},
 };
 
+pub mod agent;
 pub mod events;
 pub mod metrics;
 pub mod ndjson;

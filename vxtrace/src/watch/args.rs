@@ -25,8 +25,20 @@ pub struct WatchArgs {
 
     /// NDJSON on stdout: an "attached" line, one "interval" line per
     /// interval and one "summary" line at exit.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "agent")]
     pub json: bool,
+
+    /// Headless, for a node agent (a DaemonSet pod): metrics served
+    /// (--metrics, default 0.0.0.0:9478), one log line per event and per
+    /// finding that appears or clears, no screen, no interval lines.
+    #[arg(long)]
+    pub agent: bool,
+
+    /// This node's name in every output (the NDJSON lines, the
+    /// `vxtrace_node_info` metric); default: $NODE_NAME (the Kubernetes
+    /// downward API sets it), else the host name.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
 
     /// Underlay device to attach to (repeatable). Default: the underlay of
     /// each VXLAN device (its `dev`, or the owner of its local address).
@@ -71,6 +83,13 @@ pub struct WatchArgs {
     /// binds loopback).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+
+    /// Peers that get series of their own on /metrics besides the --peer
+    /// ones and those with a finding: the busiest this many (once chosen,
+    /// kept); every other peer is summed into peer="other_peers", so the
+    /// series per node stay bounded however large the cluster.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub metrics_peers: usize,
 
     /// Rotated recording files kept (FILE.1 .. FILE.N).
     #[arg(long, value_name = "N", default_value_t = 5)]

@@ -30,9 +30,15 @@ use crate::{
     peers::PeerTable,
     preflight,
     probes::{LoaderBtf, PawsKprobes, Tracer, TracerConfig},
-    schema::{Attached, DoctorFinding, Header, Line, NetnsScope, Probes, unix_now},
+    schema::{Attached, DoctorFinding, Header, Line, NetnsScope, Node, Probes, unix_now},
     sinks::{
-        Sinks, metrics::Metrics, ndjson::Ndjson, plain::Plain, recorder::Recorder, screen::Screen,
+        Sinks,
+        agent::Agent,
+        metrics::{Metrics, MetricsConfig},
+        ndjson::Ndjson,
+        plain::Plain,
+        recorder::Recorder,
+        screen::Screen,
     },
 };
 
@@ -50,6 +56,9 @@ pub use plan::{Plan, plan};
 use session::{Session, SessionStart, hand_filters_to_watchdog};
 use tables::Tables;
 
+/// Where `--agent` serves metrics unless `--metrics` says otherwise.
+pub const DEFAULT_AGENT_METRICS: &str = "0.0.0.0:9478";
+
 pub fn run(args: WatchArgs) -> Result<()> {
     preflight::check_capabilities()?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -61,6 +70,7 @@ pub fn run(args: WatchArgs) -> Result<()> {
 
 /// What the plan stage decided.
 struct Planned {
+    node: Node,
     kinfo: KernelInfo,
     netns: NetnsScope,
     snap: Snapshot,
@@ -83,6 +93,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     let mut sinks = open_sinks(&args, &mut planned, &tracer)?;
     announce(&planned, &tracer, &probes);
     sinks.attached(&Line::Attached(Box::new(Attached {
+        node: Some(planned.node.clone()),
         devices: planned.plan.vxlan.clone(),
         underlays: planned.plan.underlays.clone(),
         ports: planned.plan.ports.clone(),
@@ -109,6 +120,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         reaper,
         probes,
         doctor: planned.doctor,
+        node: planned.node,
         interval: args.interval,
         syn_timeout: args.syn_timeout,
         netns_specs: args.netns.clone(),
@@ -162,7 +174,15 @@ async fn plan_stage(args: &WatchArgs) -> Result<Planned> {
             f.severity, f.check, f.device, f.message
         );
     }
+    let node = Node {
+        name: args
+            .node_name
+            .clone()
+            .unwrap_or_else(|| proc_sys("hostname")),
+        vteps: plan.vteps(&snap),
+    };
     Ok(Planned {
+        node,
         kinfo,
         netns,
         snap,
@@ -259,6 +279,8 @@ fn open_sinks(args: &WatchArgs, p: &mut Planned, tracer: &Tracer) -> Result<Sink
     );
     if args.json {
         sinks.add(Ndjson::new());
+    } else if args.agent {
+        sinks.add(Agent::default());
     } else if std::io::stdout().is_terminal() {
         sinks.add(Screen::new(devices, attach_summary));
     } else {
@@ -269,11 +291,21 @@ fn open_sinks(args: &WatchArgs, p: &mut Planned, tracer: &Tracer) -> Result<Sink
             path,
             args.record_max_size,
             args.record_keep,
-            record_header(&p.plan, &p.doctor),
+            record_header(&p.node, &p.plan, &p.doctor),
         )?);
     }
-    if let Some(addr) = &args.metrics {
-        let (m, bound) = Metrics::serve(addr)?;
+    // An agent always serves metrics: that is where its numbers go.
+    let metrics_addr = args
+        .metrics
+        .clone()
+        .or_else(|| args.agent.then(|| DEFAULT_AGENT_METRICS.to_string()));
+    if let Some(addr) = metrics_addr {
+        let (m, bound) = Metrics::serve(&MetricsConfig {
+            addr,
+            node: p.node.clone(),
+            busiest: args.metrics_peers,
+            selected: args.peers.clone(),
+        })?;
         eprintln!("vxtrace: Prometheus metrics on http://{bound}/metrics");
         p.plan
             .notes
@@ -352,13 +384,9 @@ fn new_tables(
 }
 
 /// The first line of every recording file: what produced it, where.
-fn record_header(plan: &Plan, doctor: &[DoctorFinding]) -> Line {
-    let proc_sys = |f: &str| {
-        std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
-    };
+fn record_header(node: &Node, plan: &Plan, doctor: &[DoctorFinding]) -> Line {
     Line::Header(Box::new(Header {
+        node: Some(node.clone()),
         version: env!("CARGO_PKG_VERSION").to_string(),
         command_line: std::env::args().collect(),
         kernel: proc_sys("osrelease"),
@@ -369,6 +397,13 @@ fn record_header(plan: &Plan, doctor: &[DoctorFinding]) -> Line {
         ports: plan.ports.clone(),
         doctor: doctor.to_vec(),
     }))
+}
+
+/// A kernel fact from /proc/sys/kernel (osrelease, hostname).
+fn proc_sys(name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Gives the memory freed after start-up (BTF parsed while loading) back to

@@ -68,6 +68,16 @@ pub fn plan(args: &WatchArgs, snap: &Snapshot) -> Result<Plan> {
     })
 }
 
+/// Not loopback, link-local or multicast.
+fn is_global(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => !v.is_loopback() && !v.is_link_local() && !v.is_multicast(),
+        IpAddr::V6(v) => {
+            !v.is_loopback() && !v.is_multicast() && (v.segments()[0] & 0xffc0) != 0xfe80
+        }
+    }
+}
+
 fn sorted<T: Ord>(items: impl IntoIterator<Item = T>) -> Vec<T> {
     items
         .into_iter()
@@ -180,6 +190,28 @@ fn choose_ports(args: &WatchArgs, vxlan: &[VxlanDevice]) -> Result<Vec<u16>> {
 }
 
 impl Plan {
+    /// This node's VTEP addresses: each watched VXLAN device's local
+    /// address, or (a device without one) the global addresses of the
+    /// underlay devices.
+    pub fn vteps(&self, snap: &Snapshot) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self.vxlan.iter().filter_map(|d| d.local).collect();
+        if self.vxlan.iter().any(|d| d.local.is_none()) || self.vxlan.is_empty() {
+            for name in &self.underlays {
+                let Some(link) = snap.link_by_name(name) else {
+                    continue;
+                };
+                out.extend(
+                    snap.addrs
+                        .get(&link.ifindex)
+                        .into_iter()
+                        .flatten()
+                        .filter(|a| is_global(a)),
+                );
+            }
+        }
+        sorted(out)
+    }
+
     /// One line for the screen: each device with its VNI, port and local
     /// address, then the underlays.
     pub fn describe(&self) -> String {

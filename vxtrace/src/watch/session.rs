@@ -20,7 +20,7 @@ use crate::{
     netstat,
     probes::{Readout, Tracer},
     reaper::Reaper,
-    schema::{DoctorFinding, Line, Probes},
+    schema::{DoctorFinding, Line, Node, Probes},
     sinks::{IntervalView, Sinks, SummaryView},
 };
 
@@ -51,6 +51,7 @@ pub struct SessionStart {
     pub reaper: Option<Reaper>,
     pub probes: Probes,
     pub doctor: Vec<DoctorFinding>,
+    pub node: Node,
     pub interval: Duration,
     pub syn_timeout: Duration,
     pub netns_specs: Vec<String>,
@@ -207,6 +208,7 @@ impl Session {
             attached: &self.run.tracer.attachments,
             probes: &self.run.probes,
             doctor: &self.run.doctor,
+            node: &self.run.node,
             peer_map_capacity: self.run.tracer.max_peers,
         };
         let line = Line::Summary(Box::new(summary::build(

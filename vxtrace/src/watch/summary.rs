@@ -13,8 +13,8 @@ use crate::{
     discovery::Snapshot,
     netstat,
     schema::{
-        Attachment, ConntrackStatus, DoctorFinding, DropMapStats, PeerMapStats, Probes, Summary,
-        round3,
+        Attachment, ConntrackStatus, DoctorFinding, DropMapStats, Node, PeerMapStats, Probes,
+        Summary, round3,
     },
 };
 
@@ -26,6 +26,7 @@ pub struct RunFacts<'a> {
     pub attached: &'a [Attachment],
     pub probes: &'a Probes,
     pub doctor: &'a [DoctorFinding],
+    pub node: &'a Node,
     pub peer_map_capacity: u32,
 }
 
@@ -41,6 +42,7 @@ pub fn build(
     let g = &t.global;
     let entries = t.peers.kernel_entries as u64;
     let mut summary = Summary {
+        node: Some(facts.node.clone()),
         duration_s: round3(facts.duration_s),
         interval_s: facts.interval_s,
         intervals: t.peers.intervals,

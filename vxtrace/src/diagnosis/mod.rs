@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod link;
+
 use crate::{
     reasons,
     schema::{
@@ -775,8 +777,9 @@ mod tests {
     fn the_readme_lists_every_cause() {
         let readme =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-        for rule in RULES {
-            let kind = serde_json::to_value(rule.cause).unwrap();
+        let link_causes = [Cause::PathLoss, Cause::SubnetBlackhole];
+        for cause in RULES.iter().map(|r| r.cause).chain(link_causes) {
+            let kind = serde_json::to_value(cause).unwrap();
             let row = format!("| `{}` |", kind.as_str().unwrap());
             assert!(readme.contains(&row), "README lacks the row {row}");
         }

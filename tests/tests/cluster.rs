@@ -1,0 +1,245 @@
+//! The cluster view, offline: every lab node records, `vxtrace report`
+//! joins the recordings by VTEP address and names, for every directed
+//! link, where its traffic is lost and why.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use vxtrace::schema::{Cause, ClusterReport, Link, Segment};
+use vxtrace_tests::{LabGuard, Watcher, bin, run, sh};
+
+/// A directory for one test's recordings, removed at the end.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        // VXTRACE_KEEP_RECORDINGS=1 keeps them, to look at a failure.
+        if std::env::var_os("VXTRACE_KEEP_RECORDINGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A recording watcher on every node, named node1..nodeN.
+fn record_all(lab: &LabGuard, dir: &Path) -> Vec<Watcher> {
+    (1..=lab.nodes)
+        .map(|n| {
+            let file = dir.join(format!("node{n}.ndjson"));
+            Watcher::start(
+                &lab.node_ns(n),
+                &[
+                    "--record",
+                    file.to_str().unwrap(),
+                    "--interval",
+                    "500ms",
+                    "--node-name",
+                    &format!("node{n}"),
+                ],
+            )
+        })
+        .collect()
+}
+
+fn cluster_report(dir: &Path) -> ClusterReport {
+    let (code, out, err) = run(Command::new(bin()).args(["report", "--json"]).arg(dir));
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not a cluster report ({e}): {out}"))
+}
+
+fn link<'a>(r: &'a ClusterReport, from: &str, to: &str) -> &'a Link {
+    r.links
+        .iter()
+        .find(|l| l.from_node == from && l.to_node == to)
+        .unwrap_or_else(|| panic!("no link {from} -> {to}: {:#?}", r.links))
+}
+
+/// Drops the VXLAN packets that enter the underlay bridge from node
+/// `from`'s port and leave by node `to`'s: one direction of one link, cut
+/// on the path as a security group would (everything else, ARP included,
+/// passes).
+fn cut(lab: &LabGuard, from: u8, to: u8) {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.bridge_ns(),
+        "nft",
+        &format!(
+            "add table bridge vtcut; add chain bridge vtcut fw {{ type filter hook forward priority 0 ; }}; add rule bridge vtcut fw iifname \"veth{from}\" oifname \"veth{to}\" udp dport 8472 drop"
+        ),
+    ]);
+}
+
+/// One direction cut on the path: that link is lost on the path, with
+/// exact counts from both ends; every other link loses nothing.
+#[test]
+fn a_path_cut_is_named_on_its_link_only() {
+    let lab = LabGuard::new("vt-clp", 3, false, 8472);
+    let dir = Dir::new("vt-clp");
+    let watchers = record_all(&lab, &dir.0);
+    cut(&lab, 2, 1);
+    // 20 echoes 1 -> 2: the requests arrive, the 20 replies 2 -> 1 die.
+    assert_eq!(lab.ping(1, 2, 20, Duration::ZERO).unwrap(), 0);
+    assert_eq!(lab.ping(1, 3, 10, Duration::ZERO).unwrap(), 10);
+    assert_eq!(lab.ping(2, 3, 10, Duration::ZERO).unwrap(), 10);
+    std::thread::sleep(Duration::from_millis(1200));
+    for w in watchers {
+        w.stop();
+    }
+    let r = cluster_report(&dir.0);
+    assert_eq!(r.nodes.len(), 3, "{:#?}", r.nodes);
+    let lost = link(&r, "node2", "node1");
+    assert_eq!(lost.from, lab.underlay_ip(2));
+    assert_eq!(lost.to, lab.underlay_ip(1));
+    assert_eq!(
+        (lost.tx_dev, lost.tx_encap, lost.rx_nic, lost.rx_decap),
+        (20, 20, 0, 0),
+        "{lost:#?}"
+    );
+    assert_eq!(lost.loss_segment, Segment::Path, "{lost:#?}");
+    assert_eq!(lost.lost, 20);
+    assert_eq!(lost.cause, Some(Cause::PathLoss), "{lost:#?}");
+    assert!(
+        lost.evidence
+            .contains("tx_encap 20 at node2, rx_nic 0 at node1"),
+        "{}",
+        lost.evidence
+    );
+    let fine = link(&r, "node1", "node2");
+    assert_eq!(
+        (fine.tx_encap, fine.rx_nic, fine.rx_decap),
+        (20, 20, 20),
+        "{fine:#?}"
+    );
+    for (from, to, n) in [
+        ("node1", "node3", 10),
+        ("node3", "node1", 10),
+        ("node2", "node3", 10),
+        ("node3", "node2", 10),
+    ] {
+        let l = link(&r, from, to);
+        assert_eq!((l.tx_encap, l.rx_nic, l.rx_decap), (n, n, n), "{l:#?}");
+    }
+    for l in r
+        .links
+        .iter()
+        .filter(|l| !(l.from_node == "node2" && l.to_node == "node1"))
+    {
+        assert_eq!(l.loss_segment, Segment::None, "{l:#?}");
+        assert_eq!(l.cause, None, "{l:#?}");
+    }
+    assert!(r.blackholes.is_empty(), "{:#?}", r.blackholes);
+    // The text says it as a matrix and in words.
+    let (code, text, err) = run(Command::new(bin()).arg("report").arg(&dir.0));
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("100% path"), "{text}");
+    assert!(
+        text.contains("node2 (192.0.2.12) -> node1 (192.0.2.11)"),
+        "{text}"
+    );
+}
+
+/// The receiver's host firewall drops VXLAN: the link A -> B is lost on
+/// the receiving host, with the drop reason.
+#[test]
+fn a_host_firewall_is_named_on_the_receiver() {
+    let lab = LabGuard::new("vt-clf", 2, false, 8472);
+    let dir = Dir::new("vt-clf");
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node_ns(2),
+        "nft",
+        "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop",
+    ]);
+    let watchers = record_all(&lab, &dir.0);
+    assert_eq!(lab.ping(1, 2, 6, Duration::ZERO).unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(1200));
+    for w in watchers {
+        w.stop();
+    }
+    let r = cluster_report(&dir.0);
+    let l = link(&r, "node1", "node2");
+    assert_eq!((l.tx_encap, l.rx_nic, l.rx_decap), (6, 6, 0), "{l:#?}");
+    assert_eq!(l.loss_segment, Segment::ReceiverHost, "{l:#?}");
+    assert_eq!(l.cause, Some(Cause::HostFirewall), "{l:#?}");
+    assert_eq!(l.drops.get("NETFILTER_DROP"), Some(&6), "{l:#?}");
+    assert!(l.evidence.contains("NETFILTER_DROP 6"), "{}", l.evidence);
+}
+
+/// One node's traffic to both others cut for a few seconds while they
+/// still reach each other: one blackhole event naming both peers.
+#[test]
+fn a_blackholed_node_is_one_event() {
+    let lab = LabGuard::new("vt-clb", 3, false, 8472);
+    let dir = Dir::new("vt-clb");
+    let watchers = record_all(&lab, &dir.0);
+    let end = Instant::now() + Duration::from_secs(9);
+    let senders: Vec<_> = [(1, 2), (1, 3), (2, 3), (3, 2)]
+        .into_iter()
+        .map(|(from, to)| {
+            let lab = lab.lab.clone();
+            std::thread::spawn(move || {
+                while Instant::now() < end {
+                    let _ = lab.ping(from, to, 5, Duration::from_millis(20));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    // Everything node 1 sends into the underlay, gone for 3 s.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.bridge_ns(),
+        "nft",
+        "add table bridge vtbh; add chain bridge vtbh fw { type filter hook forward priority 0 ; }; add rule bridge vtbh fw iifname \"veth1\" drop",
+    ]);
+    std::thread::sleep(Duration::from_secs(3));
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.bridge_ns(),
+        "nft",
+        "delete table bridge vtbh",
+    ]);
+    for s in senders {
+        s.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    for w in watchers {
+        w.stop();
+    }
+    let r = cluster_report(&dir.0);
+    assert_eq!(r.blackholes.len(), 1, "{:#?}", r.blackholes);
+    let h = &r.blackholes[0];
+    assert_eq!(h.node, "node1");
+    assert_eq!(h.peers, vec![lab.underlay_ip(2), lab.underlay_ip(3)]);
+    assert!((2.0..=4.5).contains(&(h.end - h.start)), "{h:#?}");
+    assert!(
+        h.evidence.contains("while other nodes reached"),
+        "{}",
+        h.evidence
+    );
+    for to in ["node2", "node3"] {
+        let l = link(&r, "node1", to);
+        assert_eq!(l.loss_segment, Segment::Path, "{l:#?}");
+        assert_eq!(l.cause, Some(Cause::SubnetBlackhole), "{l:#?}");
+    }
+    assert_eq!(link(&r, "node2", "node3").loss_segment, Segment::None);
+}
