@@ -81,6 +81,9 @@ const APT_PACKAGES: &[&str] = &[
     // The benchmark's load and its comparison.
     "iperf3",
     "tcpdump",
+    // Prometheus and promtool: the cluster tests scrape every lab node and
+    // evaluate deploy/prometheus/vxtrace-rules.yaml for real.
+    "prometheus",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

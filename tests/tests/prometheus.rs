@@ -1,0 +1,460 @@
+//! The cluster view, live: Debian's Prometheus, started here in a
+//! namespace on the lab's underlay bridge, scrapes the vxtrace of every
+//! lab node and evaluates deploy/prometheus/vxtrace-rules.yaml; the tests
+//! ask its HTTP API what the rules say. Also: the exposition passes
+//! `promtool check metrics`, and the series per node stay bounded while a
+//! broken link is still named.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use vxtrace_tests::{LabGuard, Watcher, run, sh};
+
+const METRICS_PORT: u16 = 9478;
+const PROMETHEUS_ADDR: &str = "192.0.2.200/24";
+const PROMETHEUS_PORT: u16 = 9090;
+
+/// The rules as shipped, with every `for:` shortened to 5 s: the
+/// expressions are the ones users load, the waiting fits a test.
+fn rules_for_a_test(dir: &Path) -> PathBuf {
+    let shipped =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/vxtrace-rules.yaml");
+    let text = std::fs::read_to_string(shipped).unwrap();
+    let short: String = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("for:") {
+                format!("{}for: 5s", &l[..l.len() - l.trim_start().len()])
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(short.contains("for: 5s"));
+    let path = dir.join("vxtrace-rules.yaml");
+    std::fs::write(&path, short).unwrap();
+    path
+}
+
+/// Prometheus in its own namespace, on the lab's bridge, scraping every
+/// node every second; stopped and removed on drop.
+struct Prometheus {
+    ns: String,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(lab: &LabGuard) -> Self {
+        let ns = format!("{}-prom", lab.name);
+        let dir = std::env::temp_dir().join(format!("{ns}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &ns])
+            .stderr(Stdio::null())
+            .status();
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&[
+            "ip", "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", "vtprom",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "link",
+            "set",
+            "vtprom",
+            "netns",
+            &lab.bridge_ns(),
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &lab.bridge_ns(),
+            "link",
+            "set",
+            "vtprom",
+            "master",
+            "br0",
+            "up",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            PROMETHEUS_ADDR,
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        let rules = rules_for_a_test(&dir);
+        let targets: Vec<String> = (1..=lab.nodes)
+            .map(|n| format!("\"{}:{METRICS_PORT}\"", lab.underlay_ip(n)))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: vxtrace\n    static_configs:\n      - targets: [{}]\n",
+            rules.display(),
+            targets.join(", ")
+        );
+        let config_path = dir.join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let (code, out, err) = run(Command::new("promtool")
+            .arg("check")
+            .arg("config")
+            .arg(&config_path));
+        assert_eq!(code, 0, "promtool check config: {out}{err}");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "prometheus"])
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("prometheus.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("starting prometheus (Debian's prometheus package)");
+        let p = Self { ns, child, dir };
+        p.wait_until("every target is up", Duration::from_secs(30), |p| {
+            p.values("up == 1").len() == lab.nodes as usize
+        });
+        p
+    }
+
+    /// GET `path` of the HTTP API, as JSON.
+    fn get(&self, path: &str) -> Value {
+        let body = vxtrace::netns::run_in(&self.ns, || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", PROMETHEUS_PORT))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: prometheus\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .unwrap_or_default();
+        let json = body.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        serde_json::from_str(json).unwrap_or(Value::Null)
+    }
+
+    /// The result vector of an instant query: (labels, value).
+    fn values(&self, query: &str) -> Vec<(Value, f64)> {
+        let q: String = query
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let v = self.get(&format!("/api/v1/query?query={q}"));
+        v["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                let value = r["value"][1]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(f64::NAN);
+                (r["metric"].clone(), value)
+            })
+            .collect()
+    }
+
+    /// The value of a query that must give one series (None: none yet).
+    fn value(&self, query: &str) -> Option<f64> {
+        let v = self.values(query);
+        assert!(v.len() <= 1, "{query}: {v:?}");
+        v.first().map(|(_, x)| *x)
+    }
+
+    fn wait_until(&self, what: &str, limit: Duration, done: impl Fn(&Self) -> bool) {
+        let start = Instant::now();
+        while !done(self) {
+            assert!(
+                start.elapsed() < limit,
+                "waited {limit:?} for {what}; prometheus log:\n{}",
+                std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.ns])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A vxtrace serving metrics on every node, named node1..nodeN.
+fn agents(lab: &LabGuard, extra: &[&str]) -> Vec<Watcher> {
+    (1..=lab.nodes)
+        .map(|n| {
+            let name = format!("node{n}");
+            let mut args = vec![
+                "--metrics",
+                "0.0.0.0:9478",
+                "--node-name",
+                name.as_str(),
+                "--interval",
+                "500ms",
+            ];
+            args.extend_from_slice(extra);
+            Watcher::start(&lab.node_ns(n), &args)
+        })
+        .collect()
+}
+
+/// Steady pings between pods until `until` (replies may never come).
+fn traffic(lab: &LabGuard, pairs: &[(u8, u8)], until: Instant) -> Vec<std::thread::JoinHandle<()>> {
+    pairs
+        .iter()
+        .map(|&(from, to)| {
+            let lab = lab.lab.clone();
+            std::thread::spawn(move || {
+                while Instant::now() < until {
+                    let _ = lab.ping(from, to, 5, Duration::from_millis(50));
+                }
+            })
+        })
+        .collect()
+}
+
+/// Bursts of UDP datagrams from pod `from` to pod `to` until `until`:
+/// tens of packets a second whether or not anything arrives.
+fn udp_traffic(lab: &LabGuard, from: u8, to: u8, until: Instant) -> std::thread::JoinHandle<()> {
+    let lab = lab.lab.clone();
+    std::thread::spawn(move || {
+        while Instant::now() < until {
+            let _ = lab.udp(from, to, 20, 100);
+        }
+    })
+}
+
+fn link(series: &str, from: &str, to: &str) -> String {
+    format!("{series}{{from_node=\"{from}\",to_node=\"{to}\"}}")
+}
+
+/// B -> A cut on the path (a security group dropping the VXLAN port one
+/// way): the path-loss series of B -> A climbs to 1, A -> B stays near 0,
+/// and the alert fires naming B -> A.
+#[test]
+fn path_loss_of_one_direction_fires_its_alert() {
+    let lab = LabGuard::new("vt-pp", 3, false, 8472);
+    let _agents = agents(&lab, &[]);
+    let prom = Prometheus::start(&lab);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.bridge_ns(),
+        "nft",
+        "add table bridge vtcut; add chain bridge vtcut fw { type filter hook forward priority 0 ; }; add rule bridge vtcut fw iifname \"veth2\" oifname \"veth1\" udp dport 8472 drop",
+    ]);
+    let until = Instant::now() + Duration::from_secs(20);
+    let senders = traffic(&lab, &[(1, 2), (2, 1), (1, 3), (3, 1)], until);
+    let b_to_a = link("vxtrace:link_path_loss:ratio_rate1m", "node2", "node1");
+    let a_to_b = link("vxtrace:link_path_loss:ratio_rate1m", "node1", "node2");
+    prom.wait_until("B -> A path loss >= 0.9 and its alert", Duration::from_secs(40), |p| {
+        p.value(&b_to_a).is_some_and(|v| v >= 0.9)
+            && !p
+                .values("ALERTS{alertname=\"VxtraceLinkPathLoss\",alertstate=\"firing\",from_node=\"node2\",to_node=\"node1\"}")
+                .is_empty()
+    });
+    let ab = prom.value(&a_to_b).expect("A -> B has a path-loss series");
+    assert!(ab < 0.05, "A -> B path loss {ab}");
+    // The alert names B -> A only, with both VTEPs.
+    let firing = prom.values("ALERTS{alertname=\"VxtraceLinkPathLoss\",alertstate=\"firing\"}");
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    let labels = &firing[0].0;
+    assert_eq!(labels["from_vtep"], lab.underlay_ip(2).to_string());
+    assert_eq!(labels["to_vtep"], lab.underlay_ip(1).to_string());
+    // Nothing is lost on a receiving host.
+    for (l, v) in prom.values("vxtrace:link_receiver_loss:ratio_rate1m") {
+        assert!(v < 0.05, "{l} {v}");
+    }
+    // The counters are typed as counters: the exposition declares them
+    // (OpenMetrics names the family without `_total`).
+    let meta = prom.get("/api/v1/metadata");
+    let all = prom.get("/api/v1/targets/metadata");
+    assert_eq!(
+        meta["data"]["vxtrace_tx_encap_packets"][0]["type"], "counter",
+        "{meta} {all}"
+    );
+    for s in senders {
+        s.join().unwrap();
+    }
+}
+
+/// B's host firewall drops VXLAN: the receiver-loss series of A -> B, not
+/// the path series, and its alert.
+#[test]
+fn a_host_firewall_is_receiver_loss_not_path_loss() {
+    let lab = LabGuard::new("vt-pf", 2, false, 8472);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node_ns(2),
+        "nft",
+        "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop",
+    ]);
+    let _agents = agents(&lab, &[]);
+    let prom = Prometheus::start(&lab);
+    let until = Instant::now() + Duration::from_secs(20);
+    let sender = udp_traffic(&lab, 1, 2, until);
+    let receiver = link("vxtrace:link_receiver_loss:ratio_rate1m", "node1", "node2");
+    let path = link("vxtrace:link_path_loss:ratio_rate1m", "node1", "node2");
+    prom.wait_until("A -> B receiver loss >= 0.9 and its alert", Duration::from_secs(40), |p| {
+        p.value(&receiver).is_some_and(|v| v >= 0.9)
+            && !p
+                .values("ALERTS{alertname=\"VxtraceLinkReceiverHostLoss\",alertstate=\"firing\",from_node=\"node1\",to_node=\"node2\"}")
+                .is_empty()
+    });
+    let p = prom.value(&path).expect("A -> B has a path-loss series");
+    assert!(p < 0.05, "A -> B path loss {p}");
+    // The rates of two nodes' series sampled a moment apart can look like
+    // loss for a few seconds (the shipped rules wait minutes); none fires.
+    let alerts = prom.values("ALERTS{alertname=\"VxtraceLinkPathLoss\",alertstate=\"firing\"}");
+    assert!(
+        alerts.is_empty(),
+        "no path-loss alert for a host firewall: {alerts:?}"
+    );
+    sender.join().unwrap();
+}
+
+/// Scrapes a node's /metrics from inside its namespace (no Accept header:
+/// the classic text format).
+fn scrape(ns: &str, addr: Ipv4Addr) -> String {
+    vxtrace::netns::run_in(ns, || {
+        let mut s = std::net::TcpStream::connect((addr, METRICS_PORT))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })
+    .unwrap()
+}
+
+fn v4(ip: std::net::IpAddr) -> Ipv4Addr {
+    match ip {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(_) => panic!("an IPv4 lab"),
+    }
+}
+
+/// Peers with series of their own: the busiest up to `--metrics-peers`,
+/// and any with a finding; the rest summed. With the cap at 0, a healthy
+/// busy peer has no series of its own, and a broken one does, with its
+/// finding named; and the exposition passes `promtool check metrics`.
+#[test]
+fn series_stay_bounded_and_a_broken_link_is_still_named() {
+    let lab = LabGuard::new("vt-pc", 3, false, 8472);
+    let _agents = agents(&lab, &["--metrics-peers", "0", "--one-way-window", "2s"]);
+    // Node 3 answers nobody: node 1's link to it is broken; node 2 is fine.
+    sh(&[
+        "ip",
+        "-n",
+        &lab.node_ns(3),
+        "route",
+        "add",
+        "blackhole",
+        &format!("{}/32", lab.underlay_ip(1)),
+    ]);
+    let until = Instant::now() + Duration::from_secs(8);
+    let senders = traffic(&lab, &[(1, 2), (1, 3)], until);
+    for s in senders {
+        s.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let text = scrape(&lab.node_ns(1), v4(lab.underlay_ip(1)));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let (b, c) = (
+        lab.underlay_ip(2).to_string(),
+        lab.underlay_ip(3).to_string(),
+    );
+    assert!(
+        body.contains(&format!(
+            "vxtrace_peer_finding{{peer=\"{c}\",cause=\"one_way\",segment=\"path\"}} 1"
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("vxtrace_tx_encap_packets_total{{peer=\"{c}\"}}")),
+        "{body}"
+    );
+    assert!(
+        !body.contains(&format!("peer=\"{b}\"")),
+        "a healthy peer beyond the cap has no series: {body}"
+    );
+    assert!(
+        body.contains("vxtrace_tx_encap_packets_total{peer=\"other_peers\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "vxtrace_node_info{{node=\"node1\",vtep=\"{}\"}} 1",
+            lab.underlay_ip(1)
+        )),
+        "{body}"
+    );
+    // The classic exposition is valid for Prometheus' own checker.
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The shipped rules load, and their unit tests (synthetic series of two
+/// dual-stack nodes and a blackholed one) pass.
+#[test]
+fn the_rules_pass_promtool() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    let (code, out, err) = run(Command::new("promtool")
+        .args(["check", "rules", "vxtrace-rules.yaml"])
+        .current_dir(&dir));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SUCCESS: 14 rules found"), "{out}");
+    let (code, out, err) = run(Command::new("promtool")
+        .args(["test", "rules", "vxtrace-rules.test.yaml"])
+        .current_dir(&dir));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("SUCCESS"), "{out}");
+}
