@@ -380,6 +380,10 @@ fn spray(lab: &LabGuard, n: u32, secs: u64) -> std::thread::JoinHandle<()> {
                 for i in 0..n {
                     let mut p = base[14..].to_vec();
                     p[12..16].copy_from_slice(&[198, 18, (i >> 8) as u8, i as u8]);
+                    // Each peer its own inner source MAC, as each node's
+                    // VTEP has: decapsulated frames are then attributed
+                    // to their peer (healthy peers, no findings).
+                    p[42..48].copy_from_slice(&[0x0e, 0x77, 0, 0, (i >> 8) as u8, i as u8]);
                     p[16..20].copy_from_slice(&dst.octets());
                     unsafe {
                         libc::sendto(
@@ -502,7 +506,84 @@ fn userspace(r: &mut Report, lab: &LabGuard, secs: u64) {
     r.figure(json!({"figure": "userspace", "peers": peers, "peers_known": known, "cpu_core_fraction": cpu_pct / 100.0, "running_rss_kib": rss_kib, "peak_rss_kib": hwm_kib, "map_read_ms": read_med}));
 }
 
-// ---------- 5. start and stop ----------
+// ---------- 5. series per node on /metrics ----------
+
+/// Sample lines on node 1's /metrics (no Accept header: classic text).
+fn scrape_series(lab: &LabGuard, port: u16) -> (usize, usize) {
+    let addr = match lab.underlay_ip(1) {
+        IpAddr::V4(v) => v,
+        _ => unreachable!(),
+    };
+    let text = vxtrace::netns::run_in(&lab.node_ns(1), || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect((addr, port))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })
+    .unwrap_or_default();
+    let samples: Vec<&str> = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let with_peer = samples.iter().filter(|l| l.contains("peer=\"198.18.")).count();
+    (samples.len(), with_peer)
+}
+
+/// How many series one node serves with 1, 100 and 10,000 live peers, by
+/// default (per-peer series for the 16 busiest, and those with findings)
+/// and with every peer given its own (--metrics-peers 100000); and what
+/// that makes for clusters of 1,000 and 5,000 nodes.
+fn metrics_series(r: &mut Report, lab: &LabGuard) {
+    let _ = writeln!(
+        r.md,
+        "\n## 5. Series per node on /metrics\n\nOne node with N live peers (VXLAN packets from N addresses every second), `watch --metrics`: sample lines served.\n\n| live peers | default (16 busiest + peers with findings) | of which per-peer | every peer its own series | of which per-peer |\n|---|---|---|---|---|"
+    );
+    let port = 9479;
+    let metrics = format!("{}:{port}", lab.underlay_ip(1));
+    let mut per_node = Vec::new();
+    for peers in [1u32, 100, 10_000] {
+        let mut row = Vec::new();
+        for cap in ["16", "100000"] {
+            let (w, _, _) = watcher(
+                &lab.node_ns(1),
+                &["--metrics", &metrics, "--metrics-peers", cap, "--max-peers", "16384"],
+            );
+            let sender = spray(lab, peers, 6);
+            std::thread::sleep(Duration::from_secs(5));
+            row.push(scrape_series(lab, port));
+            let _ = sender.join();
+            stop(w);
+        }
+        let _ = writeln!(
+            r.md,
+            "| {peers} | {} | {} | {} | {} |",
+            row[0].0, row[0].1, row[1].0, row[1].1
+        );
+        r.figure(json!({"figure": "metrics_series", "peers": peers, "default": row[0].0, "default_per_peer": row[0].1, "uncapped": row[1].0, "uncapped_per_peer": row[1].1}));
+        per_node.push((peers, row));
+    }
+    // A full mesh of N nodes: every node has N - 1 peers.
+    let (_, big) = &per_node[2];
+    let (_, small) = &per_node[1];
+    let per_peer_uncapped = (big[1].1 - small[1].1) as f64 / (10_000.0 - 100.0);
+    let _ = writeln!(
+        r.md,
+        "\nA full mesh of N nodes (each node N − 1 live peers), series in Prometheus:\n\n| nodes | default | every peer its own series |\n|---|---|---|"
+    );
+    for nodes in [1_000u64, 5_000] {
+        let default = nodes * big[0].0 as u64;
+        let uncapped = nodes as f64 * (small[1].0 as f64 + per_peer_uncapped * (nodes as f64 - 1.0 - 100.0));
+        let _ = writeln!(r.md, "| {nodes} | {default} | {:.0} |", uncapped);
+        r.figure(json!({"figure": "cluster_series", "nodes": nodes, "default": default, "uncapped": uncapped.round()}));
+    }
+}
+
+// ---------- 6. start and stop ----------
 
 fn start_stop(r: &mut Report, lab: &LabGuard) {
     let (mut attach, mut exit) = (Vec::new(), Vec::new());
@@ -571,11 +652,16 @@ fn main() {
     if want("userspace") {
         userspace(&mut r, &lab, secs);
     }
+    if want("metrics_series") {
+        metrics_series(&mut r, &lab);
+    }
     if want("start_stop") {
         start_stop(&mut r, &lab);
     }
     drop(lab);
     if only.is_some() {
+        // A subset: shown, BENCHMARKS.md left as it is.
+        println!("{}", r.md);
         return;
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -8,9 +8,11 @@
 //! cluster's Prometheus can set A's `vxtrace_tx_encap_packets_total{peer="B"}`
 //! against B's `vxtrace_rx_nic_packets_total{peer="A"}`. The series per
 //! node are bounded: peers get series of their own when asked for
-//! (`--peer`), when they have a finding, or as one of the `--metrics-peers`
-//! busiest; everyone else is summed into `peer="other_peers"`. A peer once
-//! given series keeps them, so every counter only ever grows.
+//! (`--peer`), when they have a finding (up to 64 of them), or as one of
+//! the `--metrics-peers` busiest; everyone else is summed into
+//! `peer="other_peers"`, and `vxtrace_peers_with_finding{cause,segment}`
+//! counts the peers with each finding. A peer once given series keeps
+//! them, so every counter only ever grows.
 //!
 //! The exposition follows the scraper's `Accept` header: OpenMetrics for
 //! Prometheus (which asks for it), the classic text format otherwise.
@@ -47,6 +49,10 @@ fn peer_label(peer: &str) -> Labels {
     vec![("peer".into(), peer.into())]
 }
 
+/// Peers given series of their own for having a finding, at most; the
+/// others with findings are counted in `vxtrace_peers_with_finding`.
+const FINDING_PEERS_MAX: usize = 64;
+
 /// Handshake latency buckets, seconds.
 const HANDSHAKE_BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 3.0];
 
@@ -71,14 +77,18 @@ struct Families {
     one_way: Family<Labels, Gauge>,
     handshake: Family<Labels, Histogram>,
     findings: Family<Labels, Gauge>,
+    /// Per cause and segment, how many peers have the finding.
+    peers_with_finding: Family<Labels, Gauge>,
+    causes_seen: BTreeMap<(String, String), Gauge>,
 }
 
 pub struct Metrics {
     f: Families,
     /// Peers with series of their own.
     exported: FxHashSet<PeerKey>,
-    /// How many of them were chosen for being busy.
+    /// How many of them were chosen for being busy, and for a finding.
     busiest_chosen: usize,
+    for_findings: usize,
     busiest: usize,
     /// Finding series set at the last refresh (removed when gone).
     findings_set: BTreeSet<Labels>,
@@ -143,6 +153,13 @@ impl Families {
                 "1 while the run's counters of the peer show the cause (label cause), lost on the segment (label segment)",
                 Family::default(),
             ),
+            peers_with_finding: register(
+                r,
+                "vxtrace_peers_with_finding",
+                "Peers whose counters show the cause (label cause), lost on the segment (label segment)",
+                Family::default(),
+            ),
+            causes_seen: BTreeMap::new(),
         }
     }
 }
@@ -174,6 +191,7 @@ impl Metrics {
                 f,
                 exported: cfg.selected.iter().map(peer_key).collect(),
                 busiest_chosen: 0,
+                for_findings: 0,
                 busiest: cfg.busiest,
                 findings_set: BTreeSet::new(),
                 unanswered_seen: Default::default(),
@@ -225,10 +243,25 @@ impl Metrics {
         let t = view.tables;
         let drops = t.drops_by_peer();
         let mut now = BTreeSet::new();
+        let mut per_cause: BTreeMap<(&'static str, &'static str), i64> = BTreeMap::new();
         for (key, p) in &t.peers.peers {
             let found = t.findings(p.addr, drops.get(key));
-            if !found.is_empty() {
+            for f in &found {
+                *per_cause
+                    .entry((f.kind.as_str(), f.segment.as_str()))
+                    .or_default() += 1;
+            }
+            // A peer with a finding gets series of its own, up to a
+            // bound: when the whole network breaks, the node's series
+            // must not grow with the cluster.
+            let own = self.exported.contains(key)
+                || (!found.is_empty() && self.for_findings < FINDING_PEERS_MAX);
+            if !found.is_empty() && !self.exported.contains(key) && own {
                 self.exported.insert(*key);
+                self.for_findings += 1;
+            }
+            if !own {
+                continue;
             }
             for f in found {
                 now.insert(vec![
@@ -245,6 +278,24 @@ impl Metrics {
             self.f.findings.get_or_create(labels).set(1);
         }
         self.findings_set = now;
+        // Every cause the node has ever counted stays, at 0 once gone.
+        for ((cause, segment), g) in &self.f.causes_seen {
+            if !per_cause.contains_key(&(cause.as_str(), segment.as_str())) {
+                g.set(0);
+            }
+        }
+        for ((cause, segment), n) in per_cause {
+            let labels = vec![
+                ("cause".to_string(), cause.to_string()),
+                ("segment".to_string(), segment.to_string()),
+            ];
+            let g = self.f.peers_with_finding.get_or_create(&labels);
+            g.set(n);
+            self.f
+                .causes_seen
+                .entry((cause.to_string(), segment.to_string()))
+                .or_insert_with(|| g.clone());
+        }
     }
 
     /// Gives the busiest peers without series of their own some, while
