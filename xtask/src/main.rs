@@ -7,11 +7,15 @@
 //! - `lint`: rustfmt's check, then clippy with warnings as errors on every
 //!   crate, the eBPF crate for its bpf target.
 //! - `test`: lint, unit tests, the privileged integration tests on this
-//!   kernel, then the kernel matrix (`kernels` on every default kernel).
+//!   kernel, the container image's checks (`image`), then the kernel
+//!   matrix (`kernels` on every default kernel).
 //! - `bench`: measures what vxtrace costs and writes BENCHMARKS.md.
 //! - `demo`: runs the built-in lab demo.
 //! - `kernels`: integration tests on other kernels (Debian's cloud kernels,
 //!   booted under qemu).
+//! - `image`: the container image vxtrace:<version> (FROM scratch: the
+//!   release binary and the libraries it links), built with buildah and
+//!   checked.
 
 use std::{
     path::{Path, PathBuf},
@@ -21,6 +25,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod image;
 mod kernels;
 mod lint;
 
@@ -41,8 +46,8 @@ enum Task {
     /// every crate, the eBPF crate included.
     Lint,
     /// Set up, then run the lint and every test: unit tests, the privileged
-    /// lab tests on this kernel, and the kernel matrix (other kernels under
-    /// qemu).
+    /// lab tests on this kernel, the container image's checks, and the
+    /// kernel matrix (other kernels under qemu).
     Test {
         /// Only run integration tests whose name contains this (on this
         /// kernel; the matrix is left out).
@@ -62,6 +67,11 @@ enum Task {
     /// Set up, build, and run a set of integration tests on other kernels
     /// (Debian's cloud kernels, booted under qemu).
     Kernels(kernels::Options),
+    /// Set up, build the release binary, then the container image
+    /// vxtrace:<version> (FROM scratch: the binary and exactly the
+    /// libraries it links); check its files and run `/vxtrace --version` in
+    /// it.
+    Image,
 }
 
 /// Debian packages the build and the tests need.
@@ -84,6 +94,10 @@ const APT_PACKAGES: &[&str] = &[
     // Prometheus and promtool: the cluster tests scrape every lab node and
     // evaluate deploy/prometheus/vxtrace-rules.yaml for real.
     "prometheus",
+    // The container image (`cargo xtask image`): buildah builds it, crun
+    // runs it for the check (buildah only recommends a runtime).
+    "buildah",
+    "crun",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -106,6 +120,11 @@ fn main() -> Result<()> {
             setup()?;
             lint::run()?;
             test(filter.as_deref())?;
+            if filter.is_none() {
+                // The release binary is built: the image's checks take
+                // seconds.
+                image::run(&root)?;
+            }
             if filter.is_none() && !this_kernel_only {
                 kernels::run(&root, &kernels::Options::whole_matrix())?;
             }
@@ -138,6 +157,11 @@ fn main() -> Result<()> {
         Task::Kernels(opts) => {
             setup()?;
             kernels::run(&root, &opts)
+        }
+        Task::Image => {
+            setup()?;
+            build()?;
+            image::run(&root)
         }
     }
 }

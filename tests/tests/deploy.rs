@@ -1,0 +1,656 @@
+//! The deployment files, checked without a cluster or a lab: the
+//! DaemonSet's manifest (capabilities, host access, the node's name, and
+//! that `vxtrace watch` accepts exactly its arguments), the image's
+//! Containerfile, and the Grafana dashboard (every PromQL expression names
+//! only metrics vxtrace serves, the recording rules, and their labels).
+
+use std::{collections::BTreeSet, path::PathBuf, process::Command};
+
+use serde::Deserialize as _;
+use serde_json::Value;
+use vxtrace_tests::{bin, run};
+
+const MANIFEST: &str = "deploy/kubernetes/vxtrace-daemonset.yaml";
+const DASHBOARD: &str = "deploy/grafana/vxtrace.json";
+const CONTAINERFILE: &str = "deploy/container/Containerfile";
+
+/// What vxtrace serves on /metrics, by the names Prometheus stores (a
+/// counter family `x` as `x_total`, a histogram as its series), besides
+/// the per-peer counters of `schema::PEER_COUNTERS` (checked against this
+/// list below).
+const METRICS: &[&str] = &[
+    "vxtrace_tx_encap_packets_total",
+    "vxtrace_tx_encap_bytes_total",
+    "vxtrace_rx_nic_packets_total",
+    "vxtrace_rx_nic_bytes_total",
+    "vxtrace_rx_decap_packets_total",
+    "vxtrace_rx_decap_bytes_total",
+    "vxtrace_tx_dev_packets_total",
+    "vxtrace_malformed_packets_total",
+    "vxtrace_unknown_vni_packets_total",
+    "vxtrace_inner_dst_mac_mismatch_total",
+    "vxtrace_inner_src_vtep_total",
+    "vxtrace_tcp_syn_sent_total",
+    "vxtrace_tcp_syn_received_total",
+    "vxtrace_tcp_synack_sent_total",
+    "vxtrace_tcp_synack_received_total",
+    "vxtrace_tcp_rst_total",
+    "vxtrace_tcp_syn_retrans_total",
+    "vxtrace_tcp_unanswered_syn_total",
+    "vxtrace_drops_total",
+    "vxtrace_outages_total",
+    "vxtrace_peer_one_way",
+    "vxtrace_peer_finding",
+    "vxtrace_tcp_handshake_seconds_bucket",
+    "vxtrace_tcp_handshake_seconds_sum",
+    "vxtrace_tcp_handshake_seconds_count",
+    "vxtrace_node_info",
+];
+
+/// The recording rules the dashboard is built on (each labelled
+/// from_node, to_node, from_vtep, to_vtep).
+const RULES: &[&str] = &[
+    "vxtrace:link_path_loss:ratio_rate1m",
+    "vxtrace:link_receiver_loss:ratio_rate1m",
+    "vxtrace:link_tx_encap:rate1m",
+    "vxtrace:link_rx_nic:rate1m",
+    "vxtrace:link_rx_decap:rate1m",
+];
+
+/// Labels of those series: vxtrace's, the rules', Prometheus' own target
+/// labels and the histogram's bucket bound.
+const LABELS: &[&str] = &[
+    "peer",
+    "reason",
+    "cause",
+    "segment",
+    "node",
+    "vtep",
+    "from_node",
+    "to_node",
+    "from_vtep",
+    "to_vtep",
+    "instance",
+    "job",
+    "le",
+    "__name__",
+];
+
+/// PromQL's functions and aggregations the dashboard may call.
+const FUNCTIONS: &[&str] = &[
+    "abs",
+    "absent",
+    "avg",
+    "avg_over_time",
+    "bottomk",
+    "ceil",
+    "changes",
+    "clamp",
+    "clamp_max",
+    "clamp_min",
+    "count",
+    "count_over_time",
+    "count_values",
+    "delta",
+    "deriv",
+    "floor",
+    "group",
+    "histogram_quantile",
+    "idelta",
+    "increase",
+    "irate",
+    "label_join",
+    "label_replace",
+    "last_over_time",
+    "max",
+    "max_over_time",
+    "min",
+    "min_over_time",
+    "quantile",
+    "quantile_over_time",
+    "rate",
+    "resets",
+    "round",
+    "scalar",
+    "sort",
+    "sort_desc",
+    "stddev",
+    "stdvar",
+    "sum",
+    "sum_over_time",
+    "time",
+    "timestamp",
+    "topk",
+    "vector",
+];
+
+/// PromQL keywords that are neither metrics nor functions.
+const KEYWORDS: &[&str] = &[
+    "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan",
+];
+
+/// Keywords followed by a list of label names.
+const LABEL_LISTS: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+
+fn repo_file(rel: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Every document of the manifest file.
+fn manifests() -> Vec<Value> {
+    let text = repo_file(MANIFEST);
+    serde_norway::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("the manifest is YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn daemonset() -> Value {
+    manifests()
+        .into_iter()
+        .find(|m| m["kind"] == "DaemonSet")
+        .expect("a DaemonSet in the manifest")
+}
+
+/// The DaemonSet's one container.
+fn container(ds: &Value) -> &Value {
+    let containers = ds
+        .pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)
+        .expect("containers");
+    assert_eq!(containers.len(), 1, "one container: {containers:?}");
+    assert!(
+        ds.pointer("/spec/template/spec/initContainers").is_none(),
+        "no init containers"
+    );
+    &containers[0]
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("a list: {v}"))
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("a string: {s}"))
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn manifest_is_a_namespace_a_service_account_and_a_daemonset() {
+    let docs = manifests();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Namespace", "ServiceAccount", "DaemonSet"]);
+    assert_eq!(docs[0]["metadata"]["name"], "vxtrace");
+    for d in &docs[1..] {
+        assert_eq!(d["metadata"]["namespace"], "vxtrace", "{d}");
+    }
+    let ds = &docs[2];
+    assert_eq!(ds["apiVersion"], "apps/v1");
+    let pod = &ds["spec"]["template"];
+    assert_eq!(
+        pod["spec"]["serviceAccountName"],
+        docs[1]["metadata"]["name"]
+    );
+    // The selector selects the pods the DaemonSet makes.
+    let selector = ds["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    for (k, v) in selector {
+        assert_eq!(&pod["metadata"]["labels"][k], v, "label {k}");
+    }
+}
+
+#[test]
+fn capabilities_are_exactly_bpf_net_admin_perfmon() {
+    let ds = daemonset();
+    let sc = &container(&ds)["securityContext"];
+    assert_eq!(sc["privileged"], false, "{sc}");
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{sc}");
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{sc}");
+    let mut add = strings(&sc["capabilities"]["add"]);
+    add.sort();
+    assert_eq!(add, ["BPF", "NET_ADMIN", "PERFMON"]);
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    // Nothing at the pod's level widens it.
+    let pod = &ds["spec"]["template"]["spec"];
+    for wide in ["hostPID", "hostIPC"] {
+        assert_ne!(pod[wide], true, "{wide}");
+    }
+}
+
+#[test]
+fn host_network_and_only_btf_from_the_host_read_only() {
+    let ds = daemonset();
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let host_paths: BTreeSet<&str> = volumes
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    assert_eq!(host_paths, BTreeSet::from(["/sys/kernel/btf"]));
+    for m in container(&ds)["volumeMounts"].as_array().expect("mounts") {
+        let volume = volumes
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap_or_else(|| panic!("no volume for {m}"));
+        if volume.get("hostPath").is_some() {
+            assert_eq!(m["readOnly"], true, "{m}");
+        }
+    }
+    // Every node, whatever its taints.
+    let tolerations = pod["tolerations"].as_array().expect("tolerations");
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t.get("key").is_none()),
+        "{tolerations:?}"
+    );
+}
+
+#[test]
+fn node_name_comes_from_the_downward_api() {
+    let ds = daemonset();
+    let env = container(&ds)["env"].as_array().expect("env");
+    let node = env
+        .iter()
+        .find(|e| e["name"] == "NODE_NAME")
+        .expect("NODE_NAME in env");
+    assert_eq!(
+        node.pointer("/valueFrom/fieldRef/fieldPath"),
+        Some(&Value::from("spec.nodeName"))
+    );
+}
+
+#[test]
+fn image_port_probe_and_scrape_annotations_agree() {
+    let ds = daemonset();
+    let c = container(&ds);
+    assert_eq!(
+        c["image"],
+        format!("vxtrace:{}", env!("CARGO_PKG_VERSION")),
+        "the tag cargo xtask image builds"
+    );
+    assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+    let args = strings(&c["args"]);
+    assert!(
+        args.starts_with(&["watch".into(), "--agent".into()]),
+        "{args:?}"
+    );
+    let at = args
+        .iter()
+        .position(|a| a == "--metrics")
+        .expect("--metrics");
+    assert_eq!(args[at + 1], "0.0.0.0:9478");
+    assert_eq!(c["ports"][0]["containerPort"], 9478);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/metrics");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], 9478);
+    let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "9478");
+    let r = &c["resources"];
+    assert_eq!(r["requests"]["cpu"], "20m");
+    assert_eq!(r["requests"]["memory"], "64Mi");
+    assert!(r["limits"]["memory"].is_string(), "{r}");
+    assert!(ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].is_u64());
+}
+
+/// `vxtrace ARGS` as nobody (no capabilities), with NODE_NAME set as the
+/// downward API sets it: (exit code, stderr).
+fn run_unprivileged(args: &[String]) -> (i32, String) {
+    // SAFETY: geteuid cannot fail.
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(bin());
+        c
+    } else {
+        Command::new(bin())
+    };
+    cmd.args(args).env("NODE_NAME", "node-a");
+    let (code, _, err) = run(&mut cmd);
+    (code, err)
+}
+
+/// Whether `vxtrace` accepts `args`: past clap (which exits 2 on a usage
+/// error) to the capability check, which fails for nobody.
+fn assert_args_accepted(args: &[String]) {
+    let (code, err) = run_unprivileged(args);
+    assert_eq!(code, 1, "{args:?}: {err}");
+    assert!(err.contains("missing capabilities"), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // The same with a flag vxtrace does not know is a usage error: the
+    // exit code tells the two apart.
+    let mut wrong = args.to_vec();
+    wrong.push("--no-such-flag".into());
+    let (code, err) = run_unprivileged(&wrong);
+    assert_eq!(code, 2, "{wrong:?}: {err}");
+}
+
+#[test]
+fn watch_accepts_the_manifest_args() {
+    let ds = daemonset();
+    let c = container(&ds);
+    assert_eq!(strings(&c["command"]), ["/vxtrace"]);
+    assert_args_accepted(&strings(&c["args"]));
+}
+
+/// The JSON array of a Containerfile instruction (`CMD ["a", "b"]`).
+fn instruction(containerfile: &str, name: &str) -> Vec<String> {
+    let lines: Vec<&str> = containerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .collect();
+    assert_eq!(lines.len(), 1, "one {name}: {lines:?}");
+    serde_json::from_str(lines[0].trim())
+        .unwrap_or_else(|e| panic!("{name} {}: not a JSON array ({e})", lines[0]))
+}
+
+#[test]
+fn containerfile_runs_the_binary_alone() {
+    let text = repo_file(CONTAINERFILE);
+    let from: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(from, ["FROM scratch"]);
+    assert_eq!(instruction(&text, "ENTRYPOINT"), ["/vxtrace"]);
+    let cmd = instruction(&text, "CMD");
+    assert_eq!(cmd, ["watch", "--agent"]);
+    assert_args_accepted(&cmd);
+    // The manifest runs the same binary.
+    assert_eq!(strings(&container(&daemonset())["command"]), ["/vxtrace"]);
+}
+
+/// What a PromQL expression names: metrics, labels, functions.
+#[derive(Debug, Default)]
+struct Names {
+    metrics: Vec<String>,
+    labels: Vec<String>,
+    functions: Vec<String>,
+}
+
+/// Reads the names out of a PromQL expression (with Grafana's variables in
+/// it): identifiers are metrics unless they call, are keywords, or stand
+/// in a label list or a selector's braces; strings, ranges, numbers and
+/// `$variables` are skipped.
+fn promql_names(expr: &str) -> Names {
+    let s: Vec<char> = expr.chars().collect();
+    let mut names = Names::default();
+    let mut i = 0;
+    let ident_start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':';
+    let ident_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let skip_string = |i: &mut usize| {
+        let quote = s[*i];
+        *i += 1;
+        while *i < s.len() && s[*i] != quote {
+            if s[*i] == '\\' {
+                *i += 1;
+            }
+            *i += 1;
+        }
+        *i += 1;
+    };
+    let next_non_space = |i: usize| s[i..].iter().copied().find(|c| !c.is_whitespace());
+    // Set after a keyword that takes a label list: the next `(...)` is one.
+    let mut label_list_next = false;
+    while i < s.len() {
+        let c = s[i];
+        if c == '"' || c == '\'' || c == '`' {
+            skip_string(&mut i);
+        } else if c == '$' {
+            // A Grafana variable: $name, ${name}, $__rate_interval.
+            i += 1;
+            if i < s.len() && s[i] == '{' {
+                while i < s.len() && s[i] != '}' {
+                    i += 1;
+                }
+                i += 1;
+            } else {
+                while i < s.len() && ident_char(s[i]) {
+                    i += 1;
+                }
+            }
+        } else if c == '[' {
+            while i < s.len() && s[i] != ']' {
+                i += 1;
+            }
+            i += 1;
+        } else if c == '{' {
+            // A selector: label names, each before its operator and value.
+            i += 1;
+            while i < s.len() && s[i] != '}' {
+                if s[i] == '"' || s[i] == '\'' || s[i] == '`' {
+                    skip_string(&mut i);
+                } else if ident_start(s[i]) {
+                    let start = i;
+                    while i < s.len() && ident_char(s[i]) {
+                        i += 1;
+                    }
+                    names.labels.push(s[start..i].iter().collect());
+                } else {
+                    i += 1;
+                }
+            }
+            i += 1;
+        } else if c == '(' && label_list_next {
+            label_list_next = false;
+            i += 1;
+            while i < s.len() && s[i] != ')' {
+                if ident_start(s[i]) {
+                    let start = i;
+                    while i < s.len() && ident_char(s[i]) {
+                        i += 1;
+                    }
+                    names.labels.push(s[start..i].iter().collect());
+                } else {
+                    i += 1;
+                }
+            }
+            i += 1;
+        } else if c.is_ascii_digit() || (c == '.' && s.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            // A number (0.99, 1e3, 0x1f).
+            while i < s.len() && (s[i].is_ascii_alphanumeric() || s[i] == '.') {
+                i += 1;
+            }
+        } else if ident_start(c) {
+            let start = i;
+            while i < s.len() && ident_char(s[i]) {
+                i += 1;
+            }
+            let word: String = s[start..i].iter().collect();
+            let lower = word.to_ascii_lowercase();
+            if LABEL_LISTS.contains(&lower.as_str()) {
+                // `group_left` may stand without a list.
+                label_list_next = next_non_space(i) == Some('(');
+            } else if !KEYWORDS.contains(&lower.as_str()) {
+                if next_non_space(i) == Some('(') || FUNCTIONS.contains(&word.as_str()) {
+                    // A call, or an aggregation followed by `by (...)`.
+                    names.functions.push(word);
+                } else {
+                    names.metrics.push(word);
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn promql_names_are_read_out() {
+    let n = promql_names(
+        r#"histogram_quantile(0.99, sum by (node, le) (rate(vxtrace_tcp_handshake_seconds_bucket{peer!="other", reason=~"a|b"}[$__rate_interval]) * on (instance) group_left (node) max by (instance, node) (vxtrace_node_info{node=~"$node"}))) > 1e-3 or vector(0)"#,
+    );
+    assert_eq!(
+        n.metrics,
+        ["vxtrace_tcp_handshake_seconds_bucket", "vxtrace_node_info"]
+    );
+    assert_eq!(
+        n.labels,
+        [
+            "node", "le", "peer", "reason", "instance", "node", "instance", "node", "node"
+        ]
+    );
+    assert_eq!(
+        n.functions,
+        ["histogram_quantile", "sum", "rate", "max", "vector"]
+    );
+    let n = promql_names(
+        r#"vxtrace:link_rx_nic:rate1m{from_node=~"${node}"} / ignoring (to_vtep) group_left vxtrace_tx_encap_packets_total"#,
+    );
+    assert_eq!(
+        n.metrics,
+        [
+            "vxtrace:link_rx_nic:rate1m",
+            "vxtrace_tx_encap_packets_total"
+        ]
+    );
+    assert_eq!(n.labels, ["from_node", "to_vtep"]);
+}
+
+/// The known metric names match what vxtrace declares: each per-peer
+/// counter with a metric name is in METRICS (as `_total`).
+#[test]
+fn the_metric_list_matches_vxtrace() {
+    for def in vxtrace::schema::PEER_COUNTERS {
+        if let Some(name) = def.metric {
+            let total = format!("{name}_total");
+            assert!(
+                METRICS.contains(&total.as_str()),
+                "{total} is served but not in METRICS"
+            );
+        }
+    }
+}
+
+/// Every panel of the dashboard, rows' panels included.
+fn panels(dashboard: &Value) -> Vec<&Value> {
+    fn walk<'a>(list: &'a Value, out: &mut Vec<&'a Value>) {
+        for p in list.as_array().into_iter().flatten() {
+            out.push(p);
+            walk(&p["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dashboard["panels"], &mut out);
+    out
+}
+
+fn dashboard() -> Value {
+    serde_json::from_str(&repo_file(DASHBOARD)).expect("the dashboard is JSON")
+}
+
+fn check_names(what: &str, n: &Names) {
+    for m in &n.metrics {
+        assert!(
+            METRICS.contains(&m.as_str()) || RULES.contains(&m.as_str()),
+            "{what}: unknown metric {m}"
+        );
+    }
+    for l in &n.labels {
+        assert!(LABELS.contains(&l.as_str()), "{what}: unknown label {l}");
+    }
+    for f in &n.functions {
+        assert!(
+            FUNCTIONS.contains(&f.as_str()),
+            "{what}: unknown function {f}"
+        );
+    }
+}
+
+#[test]
+fn dashboard_queries_name_only_vxtrace_metrics_and_rules() {
+    let d = dashboard();
+    assert!(d["schemaVersion"].as_u64().unwrap() >= 36, "schemaVersion");
+    let mut used = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    let mut exprs = 0;
+    for p in panels(&d) {
+        let title = p["title"].as_str().unwrap_or("?");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "duplicate id: {title}"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
+            let expr = t["expr"].as_str().expect("expr");
+            let names = promql_names(expr);
+            let what = format!("{title}: {expr}");
+            assert!(!names.metrics.is_empty(), "{what}: names no metric");
+            check_names(&what, &names);
+            used.extend(names.metrics);
+            exprs += 1;
+        }
+    }
+    assert!(exprs >= 10, "{exprs} queries");
+    // The matrix, the per-link timelines, drops, findings and one-way
+    // peers are all there.
+    for needed in RULES.iter().chain(&[
+        "vxtrace_drops_total",
+        "vxtrace_peer_finding",
+        "vxtrace_peer_one_way",
+        "vxtrace_node_info",
+    ]) {
+        assert!(used.contains(*needed), "no panel uses {needed}");
+    }
+}
+
+#[test]
+fn dashboard_variables_are_the_datasource_and_the_node() {
+    let d = dashboard();
+    let vars = d["templating"]["list"].as_array().expect("variables");
+    let ds = vars
+        .iter()
+        .find(|v| v["name"] == "datasource")
+        .expect("a datasource variable");
+    assert_eq!(ds["type"], "datasource");
+    assert_eq!(ds["query"], "prometheus");
+    let node = vars
+        .iter()
+        .find(|v| v["name"] == "node")
+        .expect("a node variable");
+    assert_eq!(node["type"], "query");
+    assert_eq!(node["datasource"]["uid"], "${datasource}");
+    let query = node["query"]["query"]
+        .as_str()
+        .unwrap_or_else(|| node["query"].as_str().expect("the node variable's query"));
+    assert_eq!(query, "label_values(vxtrace_node_info, node)");
+    // Grafana's label_values(METRIC, LABEL): both known.
+    let inner = query
+        .strip_prefix("label_values(")
+        .and_then(|q| q.strip_suffix(')'))
+        .expect("label_values(...)");
+    let (metric, label) = inner.split_once(',').expect("metric, label");
+    check_names(
+        "the node variable",
+        &Names {
+            metrics: vec![metric.trim().into()],
+            labels: vec![label.trim().into()],
+            functions: Vec::new(),
+        },
+    );
+}
