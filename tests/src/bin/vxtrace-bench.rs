@@ -530,7 +530,10 @@ fn scrape_series(lab: &LabGuard, port: u16) -> (usize, usize) {
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .collect();
-    let with_peer = samples.iter().filter(|l| l.contains("peer=\"198.18.")).count();
+    let with_peer = samples
+        .iter()
+        .filter(|l| l.contains("peer=\"198.18."))
+        .count();
     (samples.len(), with_peer)
 }
 
@@ -551,7 +554,14 @@ fn metrics_series(r: &mut Report, lab: &LabGuard) {
         for cap in ["16", "100000"] {
             let (w, _, _) = watcher(
                 &lab.node_ns(1),
-                &["--metrics", &metrics, "--metrics-peers", cap, "--max-peers", "16384"],
+                &[
+                    "--metrics",
+                    &metrics,
+                    "--metrics-peers",
+                    cap,
+                    "--max-peers",
+                    "16384",
+                ],
             );
             let sender = spray(lab, peers, 6);
             std::thread::sleep(Duration::from_secs(5));
@@ -577,7 +587,8 @@ fn metrics_series(r: &mut Report, lab: &LabGuard) {
     );
     for nodes in [1_000u64, 5_000] {
         let default = nodes * big[0].0 as u64;
-        let uncapped = nodes as f64 * (small[1].0 as f64 + per_peer_uncapped * (nodes as f64 - 1.0 - 100.0));
+        let uncapped =
+            nodes as f64 * (small[1].0 as f64 + per_peer_uncapped * (nodes as f64 - 1.0 - 100.0));
         let _ = writeln!(r.md, "| {nodes} | {default} | {:.0} |", uncapped);
         r.figure(json!({"figure": "cluster_series", "nodes": nodes, "default": default, "uncapped": uncapped.round()}));
     }
