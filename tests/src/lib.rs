@@ -63,6 +63,9 @@ impl std::ops::Deref for LabGuard {
     }
 }
 
+/// How long a watcher may take to attach, or to write its summary.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// `vxtrace watch --json` running in a network namespace, its lines read
 /// as the typed schema (a line that is not one fails the test).
 pub struct Watcher {
@@ -115,7 +118,10 @@ impl Watcher {
             stderr,
             attached: Attached::default(),
         };
-        match w.next_matching(|l| matches!(l, Line::Attached(_)), Duration::from_secs(30)) {
+        // Generous: loading and verifying the programs takes many seconds on
+        // an emulated kernel of a busy machine (the kernel matrix); only a
+        // failure waits this long.
+        match w.next_matching(|l| matches!(l, Line::Attached(_)), ATTACH_TIMEOUT) {
             Some(Line::Attached(attached)) => {
                 w.attached = *attached;
                 w
@@ -173,7 +179,7 @@ impl Watcher {
     /// Waits for exit (e.g. after --duration) and returns the summary.
     pub fn finish(mut self) -> Summary {
         let summary = self
-            .next_matching(|l| matches!(l, Line::Summary(_)), Duration::from_secs(30))
+            .next_matching(|l| matches!(l, Line::Summary(_)), ATTACH_TIMEOUT)
             .map(|l| match l {
                 Line::Summary(s) => *s,
                 _ => unreachable!("matched a summary"),
@@ -314,50 +320,151 @@ impl RawTcp {
         let csum = fold_checksum(sum_words(&pseudo) + sum_words(&tcp));
         tcp[16..18].copy_from_slice(&csum.to_be_bytes());
 
-        let mut ip = vec![0x45, 0];
-        ip.extend_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
-        ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
-        ip.extend_from_slice(&self.src.octets());
-        ip.extend_from_slice(&self.dst.octets());
-        let csum = fold_checksum(sum_words(&ip));
-        ip[10..12].copy_from_slice(&csum.to_be_bytes());
-        ip.extend_from_slice(&tcp);
-        ip
+        [ipv4_header(self.src, self.dst, 0, 6, tcp_len), tcp].concat()
     }
 
     /// Sends the segment `count` times from inside `ns` (a raw socket).
     pub fn send_from(&self, ns: &str, count: u32) {
-        let packet = self.packet();
-        let dst = self.dst;
-        vxtrace::netns::run_in(ns, || {
-            // SAFETY: plain socket calls on a descriptor we own and close.
-            unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-                assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-                let mut to: libc::sockaddr_in = std::mem::zeroed();
-                to.sin_family = libc::AF_INET as u16;
-                to.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
-                for _ in 0..count {
-                    let n = libc::sendto(
-                        fd,
-                        packet.as_ptr() as *const _,
-                        packet.len(),
-                        0,
-                        &to as *const _ as *const _,
-                        std::mem::size_of::<libc::sockaddr_in>() as u32,
-                    );
-                    assert_eq!(
-                        n as usize,
-                        packet.len(),
-                        "sendto: {}",
-                        std::io::Error::last_os_error()
-                    );
-                }
-                libc::close(fd);
+        send_raw_ipv4(ns, self.dst, &self.packet(), count);
+    }
+}
+
+/// Sends a whole IPv4 packet (header included) `count` times from inside
+/// `ns`, through a raw socket: what no ordinary socket sends (a wrong UDP
+/// checksum, an ECN mark).
+pub fn send_raw_ipv4(ns: &str, dst: std::net::Ipv4Addr, packet: &[u8], count: u32) {
+    vxtrace::netns::run_in(ns, || {
+        // SAFETY: plain socket calls on a descriptor we own and close.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let mut to: libc::sockaddr_in = std::mem::zeroed();
+            to.sin_family = libc::AF_INET as u16;
+            to.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+            for _ in 0..count {
+                let n = libc::sendto(
+                    fd,
+                    packet.as_ptr() as *const _,
+                    packet.len(),
+                    0,
+                    &to as *const _ as *const _,
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                );
+                assert_eq!(
+                    n as usize,
+                    packet.len(),
+                    "sendto: {}",
+                    std::io::Error::last_os_error()
+                );
+                // Paced, so no queue on the way overflows.
+                std::thread::sleep(Duration::from_millis(2));
             }
-            Ok(())
-        })
-        .unwrap();
+            libc::close(fd);
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// An IPv4 header for `payload_len` bytes of protocol `proto`, checksummed.
+fn ipv4_header(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    tos: u8,
+    proto: u8,
+    payload_len: usize,
+) -> Vec<u8> {
+    let mut ip = vec![0x45, tos];
+    ip.extend_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let csum = fold_checksum(sum_words(&ip));
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    ip
+}
+
+/// An ICMP echo request as a whole IPv4 packet (84 bytes, like the lab's
+/// pings); `tos` carries the ECN bits.
+pub fn icmp_echo(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, tos: u8, seq: u16) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34];
+    icmp.extend_from_slice(&seq.to_be_bytes());
+    icmp.extend_from_slice(&[0x5a; 56]);
+    let csum = fold_checksum(sum_words(&icmp));
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    [ipv4_header(src, dst, tos, 1, icmp.len()), icmp].concat()
+}
+
+/// A VXLAN packet's UDP payload: the 8-byte header (`flags`: its first
+/// byte, 0x08 = I flag), then an Ethernet frame carrying `inner_ip`.
+pub fn vxlan_payload(
+    flags: u8,
+    vni: u32,
+    inner_dst_mac: [u8; 6],
+    inner_src_mac: [u8; 6],
+    inner_ip: &[u8],
+) -> Vec<u8> {
+    let mut v = vec![flags, 0, 0, 0];
+    v.extend_from_slice(&(vni << 8).to_be_bytes());
+    v.extend_from_slice(&inner_dst_mac);
+    v.extend_from_slice(&inner_src_mac);
+    v.extend_from_slice(&[0x08, 0x00]);
+    v.extend_from_slice(inner_ip);
+    v
+}
+
+/// A MAC address as the lab writes it (`0e:76:78:00:00:01`).
+pub fn parse_mac(text: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    for (m, part) in mac.iter_mut().zip(text.split(':')) {
+        *m = u8::from_str_radix(part, 16).expect("a MAC address");
+    }
+    mac
+}
+
+/// A UDP datagram in an IPv4 packet, built by hand.
+pub struct RawUdp {
+    pub src: std::net::Ipv4Addr,
+    pub dst: std::net::Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    /// The IP header's TOS byte (its low two bits are ECN: 3 = CE).
+    pub tos: u8,
+    /// Write a checksum that is off by one instead of the right one.
+    pub wrong_checksum: bool,
+    pub payload: Vec<u8>,
+}
+
+impl RawUdp {
+    /// The whole IPv4 packet.
+    pub fn packet(&self) -> Vec<u8> {
+        let len = 8 + self.payload.len();
+        let mut udp = Vec::with_capacity(len);
+        udp.extend_from_slice(&self.sport.to_be_bytes());
+        udp.extend_from_slice(&self.dport.to_be_bytes());
+        udp.extend_from_slice(&(len as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(&self.payload);
+        let mut pseudo = Vec::with_capacity(12);
+        pseudo.extend_from_slice(&self.src.octets());
+        pseudo.extend_from_slice(&self.dst.octets());
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+        let mut csum = fold_checksum(sum_words(&pseudo) + sum_words(&udp));
+        if csum == 0 {
+            csum = 0xffff;
+        }
+        if self.wrong_checksum {
+            // Never 0 (no checksum at all) nor the right value.
+            csum = if csum == 1 { 2 } else { csum - 1 };
+        }
+        udp[6..8].copy_from_slice(&csum.to_be_bytes());
+        [ipv4_header(self.src, self.dst, self.tos, 17, len), udp].concat()
+    }
+
+    /// Sends the datagram `count` times from inside `ns`.
+    pub fn send_from(&self, ns: &str, count: u32) {
+        send_raw_ipv4(ns, self.dst, &self.packet(), count);
     }
 }
 
@@ -378,4 +485,26 @@ pub fn tcp_timestamp(s: &std::net::TcpStream) -> u32 {
     };
     assert_eq!(rc, 0, "TCP_TIMESTAMP: {}", std::io::Error::last_os_error());
     tsval
+}
+
+/// Whether the kernel's drops carry this reason (its kfree_skb format).
+/// Where tracefs is not mounted, it is read from a mount of its own in a
+/// private mount namespace, as vxtrace mounts it under `ip netns exec`:
+/// the host is left as it was.
+pub fn kernel_has_reason(reason: &str) -> bool {
+    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|t| std::fs::read_to_string(format!("{t}/events/skb/kfree_skb/format")).ok())
+        .unwrap_or_else(|| {
+            let (code, out, err) = run(Command::new("unshare").args([
+                "--mount",
+                "sh",
+                "-c",
+                "mount -t tracefs nodev /sys/kernel/tracing && \
+                 cat /sys/kernel/tracing/events/skb/kfree_skb/format",
+            ]));
+            assert_eq!(code, 0, "reading kfree_skb's format: {err}");
+            out
+        });
+    format.contains(&format!("\"{reason}\""))
 }

@@ -25,6 +25,8 @@ const TC_NEXT: u32 = u32::MAX; // -1: the programs never change a verdict
 
 fn tracer() -> Tracer {
     let cfg = TracerConfig {
+        foreign_ports: Vec::new(),
+        reason_too_big: None,
         ports: vec![8472, 4789],
         local_addrs: vec![IpAddr::from(LOCAL4), IpAddr::from(LOCAL6)],
         gbp: false,
@@ -494,6 +496,8 @@ fn peer_map_is_bounded_and_evictions_are_counted() {
 fn batched_map_read_sees_every_peer() {
     in_test_netns(|| {
         let cfg = TracerConfig {
+            foreign_ports: Vec::new(),
+            reason_too_big: None,
             ports: vec![8472],
             local_addrs: vec![IpAddr::from(LOCAL4)],
             gbp: false,

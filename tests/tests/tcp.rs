@@ -3,14 +3,13 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    process::Command,
     time::Duration,
 };
 
 use vxtrace::schema::{ProbeState, Probes, Summary};
 use vxtrace_tests::{
-    LabGuard, RawTcp, TCP_PSH_ACK, TCP_SYN, Watcher, connect_from, json, listen_in, run, sh,
-    tcp_timestamp,
+    LabGuard, RawTcp, TCP_PSH_ACK, TCP_SYN, Watcher, connect_from, json, kernel_has_reason,
+    listen_in, sh, tcp_timestamp,
 };
 
 /// Whether this kernel can attach kprobes at all.
@@ -26,28 +25,6 @@ fn kernel_has_function(function: &str) -> bool {
                 .any(|l| l.split_whitespace().nth(2) == Some(function))
         })
         .unwrap_or(false)
-}
-
-/// Whether the kernel's drops carry this reason (its kfree_skb format).
-/// Where tracefs is not mounted, it is read from a mount of its own in a
-/// private mount namespace, as vxtrace mounts it under `ip netns exec`:
-/// the host is left as it was.
-fn kernel_has_reason(reason: &str) -> bool {
-    let format = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .find_map(|t| std::fs::read_to_string(format!("{t}/events/skb/kfree_skb/format")).ok())
-        .unwrap_or_else(|| {
-            let (code, out, err) = run(Command::new("unshare").args([
-                "--mount",
-                "sh",
-                "-c",
-                "mount -t tracefs nodev /sys/kernel/tracing && \
-                 cat /sys/kernel/tracing/events/skb/kfree_skb/format",
-            ]));
-            assert_eq!(code, 0, "reading kfree_skb's format: {err}");
-            out
-        });
-    format.contains(&format!("\"{reason}\""))
 }
 
 /// The status vxtrace gave one PAWS kprobe program.

@@ -298,7 +298,7 @@ pub const INNER_VTEP: u32 = 2;
 pub struct DropKey {
     pub peer: PeerKey,
     pub reason: u32,
-    /// [`DROP_KIND_PACKET`] or [`DROP_KIND_SYNACK`].
+    /// [`DROP_KIND_PACKET`], [`DROP_KIND_SYNACK`] or [`DROP_KIND_OUTER`].
     pub kind: u32,
     pub location: u64,
 }
@@ -307,6 +307,36 @@ pub struct DropKey {
 pub const DROP_KIND_PACKET: u32 = 0;
 /// A dropped TCP SYN-ACK (a handshake that cannot complete).
 pub const DROP_KIND_SYNACK: u32 = 1;
+/// An outer VXLAN packet (to or from a VXLAN port, the watched ones or
+/// another well-known one): its drop is the tunnel's, not a pod's.
+pub const DROP_KIND_OUTER: u32 = 2;
+
+/// Key of the port-mismatch map: VXLAN-shaped packets on a VXLAN port no
+/// watched device uses, per peer, port and direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub peer: PeerKey,
+    /// The UDP destination port, host order.
+    pub port: u16,
+    /// [`DIR_RX`] or [`DIR_TX`].
+    pub dir: u16,
+    pub _pad: u32,
+}
+
+/// From the peer.
+pub const DIR_RX: u16 = 0;
+/// To the peer.
+pub const DIR_TX: u16 = 1;
+
+/// Packets of a peer's traffic dropped for being too big (PKT_TOO_BIG),
+/// and the largest of them (bytes of the packet as dropped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TooBig {
+    pub count: u64,
+    pub max_len: u64,
+}
 
 /// An open TCP handshake: client and server address and port (inner).
 #[repr(C)]
@@ -382,6 +412,8 @@ pub struct KernelOffsets {
     pub skb_protocol: u32,
     pub skb_dev: u32,
     pub skb_sk: u32,
+    /// `sk_buff.len`: the size of a packet dropped as too big.
+    pub skb_len: u32,
     pub dev_nd_net: u32,
     pub net_ns_inum: u32,
     pub sk_net: u32,
@@ -410,6 +442,7 @@ impl KernelOffsets {
             skb_protocol: NO_FIELD,
             skb_dev: NO_FIELD,
             skb_sk: NO_FIELD,
+            skb_len: NO_FIELD,
             dev_nd_net: NO_FIELD,
             net_ns_inum: NO_FIELD,
             sk_net: NO_FIELD,
@@ -431,6 +464,12 @@ impl KernelOffsets {
 pub struct Config {
     /// UDP destination ports that carry VXLAN, in host byte order; 0 = unused.
     pub ports: [u16; MAX_PORTS],
+    /// Bit i set: `ports[i]` is a well-known VXLAN port no watched device
+    /// uses; VXLAN-shaped packets to it are a port mismatch, not traffic.
+    pub foreign_ports: u32,
+    /// This kernel's number of the PKT_TOO_BIG drop reason (0: none; 0 is
+    /// no drop reason on any kernel), whose drops have their size recorded.
+    pub reason_too_big: u32,
     /// Local VTEP addresses; only packets from/to them are counted, unless
     /// `local_addr_count` is 0 (a device without `local`: any address).
     pub local_addrs: [PeerKey; MAX_LOCAL_ADDRS],
@@ -459,6 +498,8 @@ impl Config {
     pub const fn empty() -> Self {
         Self {
             ports: [0; MAX_PORTS],
+            foreign_ports: 0,
+            reason_too_big: 0,
             local_addrs: [PeerKey { addr: [0; 16] }; MAX_LOCAL_ADDRS],
             local_addr_count: 0,
             allowed_flags: VXLAN_FLAG_I,
@@ -498,6 +539,8 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Handshake {}
     unsafe impl aya::Pod for HandshakeEvent {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for TooBig {}
 }
 
 #[cfg(test)]
@@ -518,13 +561,15 @@ mod tests {
         assert_eq!(size_of::<GlobalStats>(), 6 * 8 + 2 * 16);
         assert_eq!(size_of::<MacKey>(), 12);
         assert_eq!(size_of::<MacPeer>(), 24);
-        assert_eq!(size_of::<KernelOffsets>(), 17 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 18 * 4);
+        assert_eq!(size_of::<PortKey>(), 24);
+        assert_eq!(size_of::<TooBig>(), 16);
         assert_eq!(size_of::<DropKey>(), 32);
         assert_eq!(size_of::<VniInfo>(), 16);
         assert_eq!(size_of::<InnerAddr>(), 24);
         assert_eq!(
             size_of::<Config>(),
-            2 * MAX_PORTS + 16 * MAX_LOCAL_ADDRS + 4 * 4 + 17 * 4 + 8
+            2 * MAX_PORTS + 8 + 16 * MAX_LOCAL_ADDRS + 4 * 4 + 18 * 4 + 8
         );
     }
 

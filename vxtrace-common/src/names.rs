@@ -66,6 +66,10 @@ pub mod maps {
     pub const HANDSHAKE_EVENTS: &str = "HANDSHAKE_EVENTS";
     /// Network namespaces whose drops count.
     pub const NETNS_SCOPE: &str = "NETNS_SCOPE";
+    /// VXLAN on a port no watched device uses, per peer (`probes/nic.rs`).
+    pub const PORT_MISMATCH: &str = "PORT_MISMATCH";
+    /// Drops of too-big packets, per peer, with their size (`probes/drops.rs`).
+    pub const TOO_BIG: &str = "TOO_BIG";
 
     /// Every map vxtrace's programs define.
     ///
@@ -83,6 +87,8 @@ pub mod maps {
         HANDSHAKES,
         HANDSHAKE_EVENTS,
         NETNS_SCOPE,
+        PORT_MISMATCH,
+        TOO_BIG,
     ];
 
     /// The log ring of `aya-log-ebpf` (its name, not ours): also in the
@@ -120,7 +126,7 @@ mod tests {
     #[test]
     fn counts() {
         assert_eq!(programs::ALL.len(), 9);
-        assert_eq!(maps::ALL.len(), 12);
+        assert_eq!(maps::ALL.len(), 14);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-pub use crate::schema::VxlanDevice;
+pub use crate::schema::{MissingEntry, VxlanDevice};
 use anyhow::{Context as _, Result};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
@@ -126,6 +126,7 @@ fn vxlan_from_info(link: &Link, info: &[InfoVxlan]) -> VxlanDevice {
         mtu: link.mtu,
         gbp: false,
         learning: false,
+        fills_on_demand: false,
         bridged: link.master.is_some(),
     };
     let mut external = false;
@@ -138,6 +139,7 @@ fn vxlan_from_info(link: &Link, info: &[InfoVxlan]) -> VxlanDevice {
             InfoVxlan::Link(idx) if *idx != 0 => dev.link_ifindex = Some(*idx),
             InfoVxlan::Gbp => dev.gbp = true,
             InfoVxlan::Learning(l) => dev.learning = *l,
+            InfoVxlan::L2Miss(true) | InfoVxlan::L3Miss(true) => dev.fills_on_demand = true,
             InfoVxlan::CollectMetadata(true) => external = true,
             _ => {}
         }
@@ -492,6 +494,74 @@ impl Snapshot {
                     r.prefix_len,
                     self.fdb_dst(r.ifindex, &n.mac)?,
                 ))
+            })
+            .collect()
+    }
+}
+
+/// A pod subnet routed through a VXLAN device to a VTEP that cannot be
+/// reached: frames to it are dropped as they are sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unresolved {
+    pub ifindex: u32,
+    /// The VXLAN device's name.
+    pub device: String,
+    pub subnet: IpAddr,
+    pub prefix_len: u8,
+    /// The VTEP address the route goes via.
+    pub vtep: IpAddr,
+    pub mac: Option<[u8; 6]>,
+    pub missing: MissingEntry,
+}
+
+impl Snapshot {
+    /// Whether a VXLAN device finds peers without programmed entries: a
+    /// metadata (`external`) device has no FDB by design; `l2miss` /
+    /// `l3miss` let the agent fill entries on a miss; a default remote (an
+    /// all-zero FDB entry) floods what the device does not know.
+    pub fn resolves_on_its_own(&self, dev: &VxlanDevice) -> bool {
+        dev.vni.is_none() || dev.fills_on_demand || self.fdb_dst(dev.ifindex, &[0; 6]).is_some()
+    }
+
+    /// Pod subnets whose route goes via a VTEP with no neighbour entry, or
+    /// whose neighbour's MAC has no FDB entry, on devices that do not
+    /// resolve peers on their own.
+    pub fn unresolved_subnets(&self) -> Vec<Unresolved> {
+        let programmed: Vec<u32> = self
+            .vxlan_devices()
+            .iter()
+            .filter(|d| !self.resolves_on_its_own(d))
+            .map(|d| d.ifindex)
+            .collect();
+        self.routes
+            .iter()
+            .filter(|r| programmed.contains(&r.ifindex))
+            .filter_map(|r| {
+                let gw = r.gateway?;
+                let n = self
+                    .neighbours
+                    .iter()
+                    .find(|n| n.ifindex == r.ifindex && n.addr == gw);
+                let (mac, missing) = match n {
+                    None => (None, MissingEntry::Neighbour),
+                    Some(n) if self.fdb_dst(r.ifindex, &n.mac).is_none() => {
+                        (Some(n.mac), MissingEntry::FdbEntry)
+                    }
+                    Some(_) => return None,
+                };
+                Some(Unresolved {
+                    ifindex: r.ifindex,
+                    device: self
+                        .links
+                        .get(&r.ifindex)
+                        .map(|l| l.name.clone())
+                        .unwrap_or_default(),
+                    subnet: r.dst,
+                    prefix_len: r.prefix_len,
+                    vtep: gw,
+                    mac,
+                    missing,
+                })
             })
             .collect()
     }

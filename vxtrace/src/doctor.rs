@@ -97,7 +97,10 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
         check_fdb_entry(&t, e, out);
     }
     check_neighbours(&t, out);
-    check_routes(&t, out);
+    // Such a device learns or floods what it lacks: a missing entry is no fault.
+    if !snap.resolves_on_its_own(dev) {
+        check_routes(&t, out);
+    }
 }
 
 /// Several VTEP MACs behind one underlay address.
@@ -197,7 +200,7 @@ fn check_neighbours(t: &DeviceTables<'_>, out: &mut Vec<Finding>) {
     let mut macs_seen: BTreeMap<[u8; 6], Vec<IpAddr>> = BTreeMap::new();
     for n in &t.neigh {
         macs_seen.entry(n.mac).or_default().push(n.addr);
-        if !fdb.iter().any(|e| e.mac == n.mac) {
+        if !t.snap.resolves_on_its_own(dev) && !fdb.iter().any(|e| e.mac == n.mac) {
             out.push(finding(
                 Check::NeighbourWithoutFdb,
                 if n.permanent { Severity::Error } else { Severity::Warning },
@@ -801,6 +804,7 @@ mod tests {
             mtu: Some(1450),
             gbp: false,
             learning: false,
+            fills_on_demand: false,
             bridged: false,
         };
         let ruleset = serde_json::json!({"nftables": [

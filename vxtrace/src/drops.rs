@@ -30,9 +30,10 @@ pub struct DropTable {
     /// The kernel's ids of reasons a kprobe counts instead (the same
     /// segments would otherwise be counted twice).
     superseded: Vec<u32>,
-    /// The kernel gives no reasons: name drops by their location where it
-    /// says what they are.
+    /// Name drops without a reason (and, where the kernel has it, its
+    /// NOT_SPECIFIED id) by their location where it says what they are.
     infer_from_location: bool,
+    not_specified: Option<u32>,
 }
 
 /// One peer's (or "other"'s) drops.
@@ -41,6 +42,10 @@ pub struct PeerDrops {
     pub by_reason: BTreeMap<String, u64>,
     /// Dropped SYN-ACKs by reason (also in `by_reason`).
     pub synack_by_reason: BTreeMap<String, u64>,
+    /// Drops of outer VXLAN packets by reason (also in `by_reason`).
+    pub outer_by_reason: BTreeMap<String, u64>,
+    /// Drops that lose no traffic, by reason (also in `by_reason`).
+    pub not_loss: BTreeMap<String, u64>,
     /// (count, reason, location), largest first.
     pub locations: Vec<(u64, String, String)>,
 }
@@ -85,9 +90,24 @@ impl DropTable {
         }
     }
 
-    /// Names reason-less drops by their location (kernels before 5.17).
-    pub fn infer_reasons_from_locations(&mut self) {
+    /// Names drops by their location where the kernel gives no reason
+    /// (before 5.17) or calls them NOT_SPECIFIED (`not_specified`: its id)
+    /// in code that names no drops yet (the VXLAN driver before 6.13).
+    pub fn infer_reasons_from_locations(&mut self, not_specified: Option<u32>) {
         self.infer_from_location = true;
+        self.not_specified = not_specified;
+    }
+
+    /// Whether a drop of `reason` may be renamed by its location: Some(is
+    /// it NOT_SPECIFIED).
+    fn inferable(&self, reason: u32) -> Option<bool> {
+        if reason == vxtrace_common::REASON_UNKNOWN {
+            Some(false)
+        } else if Some(reason) == self.not_specified {
+            Some(true)
+        } else {
+            None
+        }
     }
 
     /// Leaves out the kernel's own drops with this reason id from now on.
@@ -126,15 +146,15 @@ impl DropTable {
     fn inferred(&self, now: FxHashMap<DropKey, u64>, syms: &Kallsyms) -> FxHashMap<DropKey, u64> {
         syms.prepare(
             now.keys()
-                .filter(|k| k.reason == vxtrace_common::REASON_UNKNOWN)
+                .filter(|k| self.inferable(k.reason).is_some())
                 .map(|k| k.location),
         );
         let mut out = FxHashMap::default();
         for (mut k, v) in now {
-            if k.reason == vxtrace_common::REASON_UNKNOWN
+            if let Some(not_specified) = self.inferable(k.reason)
                 && let Some(r) = syms
                     .symbolize(k.location)
-                    .and_then(|name| crate::kernel::reason_by_location(&name))
+                    .and_then(|name| crate::kernel::reason_by_location(&name, not_specified))
             {
                 k.reason = r;
             }
@@ -168,6 +188,13 @@ impl DropTable {
             *d.by_reason.entry(reason.clone()).or_default() += n;
             if k.kind == vxtrace_common::DROP_KIND_SYNACK {
                 *d.synack_by_reason.entry(reason.clone()).or_default() += n;
+            }
+            let outer = k.kind == vxtrace_common::DROP_KIND_OUTER;
+            if outer {
+                *d.outer_by_reason.entry(reason.clone()).or_default() += n;
+            }
+            if reasons::class(&reason, outer) == reasons::DropClass::NotLoss {
+                *d.not_loss.entry(reason.clone()).or_default() += n;
             }
             let loc = match (k.location, syms) {
                 (0, _) => "unknown".to_string(),

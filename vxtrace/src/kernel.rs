@@ -94,6 +94,7 @@ pub fn skb_offsets(btf: &Btf) -> Result<KernelOffsets> {
     o.skb_protocol = offset_of(btf, "sk_buff", &["protocol"])?;
     o.skb_dev = offset_of(btf, "sk_buff", &["dev"])?;
     o.skb_sk = offset_of(btf, "sk_buff", &["sk"])?;
+    o.skb_len = offset_of(btf, "sk_buff", &["len"])?;
     // Kernels without network namespaces have no `net` pointer to follow;
     // the namespace is then unknown (0) and only "all" scope works.
     o.dev_nd_net = offset_of(btf, "net_device", &["nd_net", "net"]).unwrap_or(NO_FIELD);
@@ -139,20 +140,68 @@ fn raw_tp_params(btf: &Btf) -> Option<usize> {
 /// A drop without a reason (kernels before 5.17) at `nf_hook_slow`: a
 /// netfilter verdict, named as newer kernels name it.
 pub const REASON_INFERRED_NETFILTER: u32 = 0xfffe_0100;
+/// A drop in the VXLAN driver's receive path on a kernel whose driver does
+/// not name its drops (before 6.13).
+pub const REASON_INFERRED_VXLAN_RX: u32 = 0xfffe_0101;
+/// A drop in the VXLAN driver's transmit path, likewise.
+pub const REASON_INFERRED_VXLAN_TX: u32 = 0xfffe_0102;
 
-/// Functions whose drops, on kernels without drop reasons, are named by
-/// where they happen.
-const REASON_BY_LOCATION: [(&str, u32); 2] = [
-    ("nf_hook_slow+", REASON_INFERRED_NETFILTER),
-    ("nf_hook_slow_list+", REASON_INFERRED_NETFILTER),
+/// The names of the inferred reasons (in the VXLAN family where they are
+/// the driver's).
+pub const INFERRED_VXLAN_RX: &str = "VXLAN_RX_DROP";
+pub const INFERRED_VXLAN_TX: &str = "VXLAN_TX_DROP";
+
+/// A function whose drops are named by where they happen.
+struct DropSite {
+    prefix: &'static str,
+    reason: u32,
+    /// Also rename drops the kernel calls NOT_SPECIFIED: code that frees
+    /// without a reason on kernels that name other drops.
+    when_not_specified: bool,
+}
+
+const DROP_SITES: [DropSite; 6] = [
+    DropSite {
+        prefix: "nf_hook_slow+",
+        reason: REASON_INFERRED_NETFILTER,
+        when_not_specified: false,
+    },
+    DropSite {
+        prefix: "nf_hook_slow_list+",
+        reason: REASON_INFERRED_NETFILTER,
+        when_not_specified: false,
+    },
+    DropSite {
+        prefix: "vxlan_rcv+",
+        reason: REASON_INFERRED_VXLAN_RX,
+        when_not_specified: true,
+    },
+    DropSite {
+        prefix: "vxlan_xmit+",
+        reason: REASON_INFERRED_VXLAN_TX,
+        when_not_specified: true,
+    },
+    DropSite {
+        prefix: "vxlan_xmit_one+",
+        reason: REASON_INFERRED_VXLAN_TX,
+        when_not_specified: true,
+    },
+    DropSite {
+        prefix: "vxlan_xmit_nh+",
+        reason: REASON_INFERRED_VXLAN_TX,
+        when_not_specified: true,
+    },
 ];
 
-/// The reason a drop location stands for, if it is one of the known ones.
-pub fn reason_by_location(symbolized: &str) -> Option<u32> {
-    REASON_BY_LOCATION
+/// The reason a drop location stands for, if it is one of the known ones;
+/// `not_specified`: the kernel called the drop NOT_SPECIFIED (rather than
+/// giving no reason at all).
+pub fn reason_by_location(symbolized: &str, not_specified: bool) -> Option<u32> {
+    DROP_SITES
         .iter()
-        .find(|(prefix, _)| symbolized.starts_with(prefix))
-        .map(|(_, r)| *r)
+        .filter(|s| !not_specified || s.when_not_specified)
+        .find(|s| symbolized.starts_with(s.prefix))
+        .map(|s| s.reason)
 }
 
 /// Drop-reason numbers to names, as this kernel defines them.
@@ -213,6 +262,8 @@ impl DropReasons {
         match reason {
             REASON_UNKNOWN => return "UNKNOWN".into(),
             REASON_INFERRED_NETFILTER => return "NETFILTER_DROP".into(),
+            REASON_INFERRED_VXLAN_RX => return INFERRED_VXLAN_RX.into(),
+            REASON_INFERRED_VXLAN_TX => return INFERRED_VXLAN_TX.into(),
             vxtrace_common::REASON_KPROBE_PAWS => return "TCP_RFC7323_PAWS".into(),
             vxtrace_common::REASON_KPROBE_TW_PAWS => return "TCP_RFC7323_TW_PAWS".into(),
             _ => {}
@@ -456,11 +507,22 @@ print fmt: "skbaddr=%p reason: %s", REC->skbaddr, __print_symbolic(REC->reason, 
         assert_eq!(r.name(REASON_UNKNOWN), "UNKNOWN");
         assert_eq!(r.name(REASON_INFERRED_NETFILTER), "NETFILTER_DROP");
         assert_eq!(
-            reason_by_location("nf_hook_slow+0x93"),
+            reason_by_location("nf_hook_slow+0x93", false),
             Some(REASON_INFERRED_NETFILTER)
         );
-        assert_eq!(reason_by_location("nf_hook_slowly+0x1"), None);
-        assert_eq!(reason_by_location("ip6_mc_input+0x230"), None);
+        // A kernel that names drops names netfilter's itself.
+        assert_eq!(reason_by_location("nf_hook_slow+0x93", true), None);
+        assert_eq!(
+            reason_by_location("vxlan_rcv+0x2f1", true),
+            Some(REASON_INFERRED_VXLAN_RX)
+        );
+        assert_eq!(
+            reason_by_location("vxlan_xmit+0x1a", false),
+            Some(REASON_INFERRED_VXLAN_TX)
+        );
+        assert_eq!(r.name(REASON_INFERRED_VXLAN_TX), "VXLAN_TX_DROP");
+        assert_eq!(reason_by_location("nf_hook_slowly+0x1", false), None);
+        assert_eq!(reason_by_location("ip6_mc_input+0x230", false), None);
         assert_eq!(
             r.missing(&["OTHERHOST", "TCP_RFC7323_PAWS"]),
             vec!["TCP_RFC7323_PAWS"]

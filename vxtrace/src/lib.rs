@@ -20,5 +20,6 @@ pub mod reaper;
 pub mod reasons;
 pub mod report;
 pub mod schema;
+pub mod side_counts;
 pub mod sinks;
 pub mod watch;

@@ -68,16 +68,75 @@ pub fn delta(start: &BTreeMap<String, u64>, now: &BTreeMap<String, u64>) -> BTre
         .collect()
 }
 
+/// The kernel's UDP checksum-error counters of this namespace:
+/// `UdpInCsumErrors` (/proc/net/snmp, `Udp:` lines) and
+/// `Udp6InCsumErrors` (/proc/net/snmp6).
+pub fn udp_csum_errors() -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    if let Ok(text) = std::fs::read_to_string("/proc/net/snmp") {
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("Udp:")).collect();
+        if let [names, values] = lines[..] {
+            for (n, v) in names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .skip(1)
+            {
+                if n == "InCsumErrors"
+                    && let Ok(v) = v.parse()
+                {
+                    out.insert("UdpInCsumErrors".to_string(), v);
+                }
+            }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string("/proc/net/snmp6") {
+        for line in text.lines() {
+            let mut it = line.split_whitespace();
+            if let (Some("Udp6InCsumErrors"), Some(v)) = (it.next(), it.next())
+                && let Ok(v) = v.parse()
+            {
+                out.insert("Udp6InCsumErrors".to_string(), v);
+            }
+        }
+    }
+    out
+}
+
+/// Error counters of network devices (/sys/class/net/DEV/statistics).
+pub fn device_errors(devices: &[String]) -> BTreeMap<String, BTreeMap<String, u64>> {
+    const COUNTERS: [&str; 4] = ["tx_dropped", "tx_carrier_errors", "rx_dropped", "tx_errors"];
+    devices
+        .iter()
+        .map(|d| {
+            let counters = COUNTERS
+                .iter()
+                .filter_map(|c| {
+                    let v = std::fs::read_to_string(format!("/sys/class/net/{d}/statistics/{c}"))
+                        .ok()?
+                        .trim()
+                        .parse()
+                        .ok()?;
+                    Some((c.to_string(), v))
+                })
+                .collect();
+            (d.clone(), counters)
+        })
+        .collect()
+}
+
 /// The PAWS counters at start, of this namespace and those named with
 /// `--netns`, to report deltas over the run.
 pub struct Baseline {
     /// `None`: this process's own namespace.
     scope: Vec<Option<String>>,
     start: BTreeMap<String, BTreeMap<String, u64>>,
+    udp_start: BTreeMap<String, u64>,
+    devices: Vec<String>,
+    devices_start: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl Baseline {
-    pub fn take(netns_specs: &[String]) -> Self {
+    pub fn take(netns_specs: &[String], devices: &[String]) -> Self {
         let mut scope = vec![None];
         scope.extend(
             netns_specs
@@ -86,7 +145,35 @@ impl Baseline {
                 .map(|s| Some(s.clone())),
         );
         let start = read_all(&scope);
-        Self { scope, start }
+        Self {
+            scope,
+            start,
+            udp_start: udp_csum_errors(),
+            devices: devices.to_vec(),
+            devices_start: device_errors(devices),
+        }
+    }
+
+    /// UDP checksum errors since start, in this namespace.
+    pub fn udp_deltas(&self) -> BTreeMap<String, u64> {
+        delta(&self.udp_start, &udp_csum_errors())
+    }
+
+    /// The watched devices' error counters since start (only those that
+    /// moved; a device that went away is left out).
+    pub fn device_deltas(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let empty = BTreeMap::new();
+        device_errors(&self.devices)
+            .into_iter()
+            .filter_map(|(d, now)| {
+                let d_delta: BTreeMap<String, u64> =
+                    delta(self.devices_start.get(&d).unwrap_or(&empty), &now)
+                        .into_iter()
+                        .filter(|(_, v)| *v > 0)
+                        .collect();
+                (!d_delta.is_empty()).then_some((d, d_delta))
+            })
+            .collect()
     }
 
     /// Deltas since start: summed, and per namespace ("self" for ours).

@@ -85,6 +85,8 @@ fn test_run(r: &mut Report) {
     ]);
     let results = vxtrace::netns::run_in(ns, || {
         let cfg = TracerConfig {
+            foreign_ports: Vec::new(),
+            reason_too_big: None,
             ports: vec![8472],
             local_addrs: vec!["192.0.2.11".parse::<IpAddr>().unwrap()],
             gbp: false,

@@ -17,7 +17,8 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use vxtrace_common::{
-    DROP_KIND_PACKET, DROP_KIND_SYNACK, DropKey, NO_FIELD, PeerKey, REASON_UNKNOWN,
+    DROP_KIND_OUTER, DROP_KIND_PACKET, DROP_KIND_SYNACK, DropKey, NO_FIELD, PeerKey,
+    REASON_UNKNOWN, TooBig,
 };
 
 use crate::{
@@ -30,6 +31,11 @@ use crate::{
 /// Drops by (peer, reason, location). Name: `names::maps::DROPS`.
 #[map]
 pub static DROPS: LruPerCpuHashMap<DropKey, u64> = LruPerCpuHashMap::with_max_entries(16_384, 0);
+
+/// Drops of packets too big for their path (PKT_TOO_BIG), per peer, with
+/// the largest size. Name: `names::maps::TOO_BIG`.
+#[map]
+pub static TOO_BIG: LruPerCpuHashMap<PeerKey, TooBig> = LruPerCpuHashMap::with_max_entries(4096, 0);
 
 /// Network namespaces (inode numbers) whose drops count, unless
 /// `Config::netns_scope_all` is set. Name: `names::maps::NETNS_SCOPE`.
@@ -182,7 +188,7 @@ fn attribute(skb: u64) -> Option<(PeerKey, u32)> {
         } else {
             None
         };
-        return outer.map(|p| (p, DROP_KIND_PACKET));
+        return outer.map(|p| (p, DROP_KIND_OUTER));
     }
     let mut kind = DROP_KIND_PACKET;
     if l4_proto == IPPROTO_TCP
@@ -194,6 +200,35 @@ fn attribute(skb: u64) -> Option<(PeerKey, u32)> {
     owner_of_inner(&src)
         .or_else(|| owner_of_inner(&dst))
         .map(|p| (p, kind))
+}
+
+/// Records the size of a packet dropped as too big (rare: only these drops
+/// pay for the read).
+#[inline(always)]
+fn count_too_big(skb: u64, peer: &PeerKey) {
+    let len: u64 = field(config!(offsets).skb_len)
+        .and_then(|f| kread::<u32>(skb + f))
+        .unwrap_or(0)
+        .into();
+    if let Some(v) = TOO_BIG.get_ptr_mut(peer) {
+        // SAFETY: this CPU's copy of a TOO_BIG value, alive until the
+        // program returns; an interrupting program may update it too,
+        // which at worst loses a count or a size.
+        let v = unsafe { &mut *v };
+        v.count += 1;
+        if len > v.max_len {
+            v.max_len = len;
+        }
+    } else {
+        let _ = TOO_BIG.insert(
+            peer,
+            &TooBig {
+                count: 1,
+                max_len: len,
+            },
+            0,
+        );
+    }
 }
 
 /// Counts one drop: of the skb at `skb` (kernel memory), at `location`,
@@ -208,6 +243,9 @@ pub fn count(skb: u64, location: u64, reason: u32, rx_sk: u64) {
         }
     }
     let (peer, kind) = attribute(skb).unwrap_or_default();
+    if reason == config!(reason_too_big) {
+        count_too_big(skb, &peer);
+    }
     let key = DropKey {
         peer,
         reason,

@@ -8,10 +8,15 @@
 //! a destination MAC that is not ours, and a source address that is the
 //! peer's own VTEP address.
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, map},
+    maps::LruPerCpuHashMap,
+    programs::TcContext,
+};
 use vxtrace_common::{
-    INNER_LEARNED, INNER_VTEP, InnerAddr, MAC_SOURCE_LEARNED, MEMO_INNER, MEMO_INNER_VTEP,
-    MEMO_MAC, MEMO_RECHECK, MEMO_VNI, MEMO_VNI_KNOWN, MacKey, MacPeer, PeerKey, PeerStats,
+    DIR_RX, DIR_TX, INNER_LEARNED, INNER_VTEP, InnerAddr, MAC_SOURCE_LEARNED, MEMO_INNER,
+    MEMO_INNER_VTEP, MEMO_MAC, MEMO_RECHECK, MEMO_VNI, MEMO_VNI_KNOWN, MacKey, MacPeer, PeerKey,
+    PeerStats, PortKey,
 };
 
 use super::TC_NEXT;
@@ -23,6 +28,34 @@ use crate::{
         parse_vxlan, read, same_addr, same_mac, segments,
     },
 };
+
+/// VXLAN packets to a well-known VXLAN port no watched device uses, per
+/// (peer, port, direction). Name: `names::maps::PORT_MISMATCH`.
+#[map]
+pub static PORT_MISMATCH: LruPerCpuHashMap<PortKey, u64> =
+    LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// Counts one packet of a port mismatch.
+#[inline(always)]
+fn count_port_mismatch(peer: &PeerKey, port: u16, dir: Direction) {
+    let key = PortKey {
+        peer: *peer,
+        port,
+        dir: match dir {
+            Direction::Ingress => DIR_RX,
+            Direction::Egress => DIR_TX,
+        },
+        _pad: 0,
+    };
+    if let Some(n) = PORT_MISMATCH.get_ptr_mut(&key) {
+        // SAFETY: this CPU's copy of a PORT_MISMATCH value, alive until
+        // the program returns; a program interrupting this one may add
+        // too, which at worst loses a count.
+        unsafe { *n += 1 };
+    } else {
+        let _ = PORT_MISMATCH.insert(&key, &1, 0);
+    }
+}
 
 /// Packets arriving at the underlay device. Name: `names::programs::NIC_INGRESS`.
 #[classifier]
@@ -62,6 +95,14 @@ fn handle(ctx: &TcContext, dir: Direction) {
         return;
     }
     let vxlan = parse_vxlan(ctx, outer.payload_off);
+    if outer.foreign {
+        // VXLAN on a port no watched device uses: a port mismatch between
+        // nodes (rare), counted apart; anything else on it is not ours.
+        if let Vxlan::Valid { .. } = vxlan {
+            count_port_mismatch(peer, outer.port, dir);
+        }
+        return;
+    }
     let Some(stats) = peer_stats(ctx, peer) else {
         return;
     };

@@ -22,7 +22,7 @@ use aya::{
 };
 use vxtrace_common::{
     Config, DropKey, GlobalStats, KernelOffsets, MAX_LOCAL_ADDRS, MAX_PORTS, PeerKey, PeerStats,
-    VXLAN_FLAG_I,
+    PortKey, TooBig, VXLAN_FLAG_I,
     names::{maps, programs},
 };
 
@@ -59,6 +59,11 @@ const VXLAN_GBP_USED_BITS: u32 = (1 << 31) | (1 << 22) | (1 << 19) | 0xffff;
 #[derive(Clone, Debug)]
 pub struct TracerConfig {
     pub ports: Vec<u16>,
+    /// Well-known VXLAN ports no watched device uses: VXLAN to them is a
+    /// port mismatch, counted apart.
+    pub foreign_ports: Vec<u16>,
+    /// The kernel's number of the PKT_TOO_BIG drop reason, if it has one.
+    pub reason_too_big: Option<u32>,
     pub local_addrs: Vec<IpAddr>,
     pub gbp: bool,
     /// Count only VNIs of watched devices (false when a metadata device is
@@ -92,6 +97,17 @@ impl TracerConfig {
         for (slot, port) in cfg.ports.iter_mut().zip(&self.ports) {
             *slot = *port;
         }
+        // Foreign ports take the slots left; with none left they are not
+        // recognised (a note says so at start).
+        let foreign = self
+            .foreign_ports
+            .iter()
+            .filter(|p| !self.ports.contains(p));
+        for (i, port) in (self.ports.len()..MAX_PORTS).zip(foreign) {
+            cfg.ports[i] = *port;
+            cfg.foreign_ports |= 1 << i;
+        }
+        cfg.reason_too_big = self.reason_too_big.unwrap_or(0);
         // More local addresses than slots: watch any address rather than
         // silently missing some.
         if self.local_addrs.len() <= MAX_LOCAL_ADDRS {
@@ -127,6 +143,10 @@ pub struct Readout {
     pub peers: Vec<(PeerKey, PeerStats)>,
     pub global: GlobalStats,
     pub drops: rustc_hash::FxHashMap<DropKey, u64>,
+    /// VXLAN on foreign ports, per (peer, port, direction).
+    pub port_mismatch: Vec<(PortKey, u64)>,
+    /// Too-big drops per peer, summed over CPUs (largest size: the max).
+    pub too_big: Vec<(PeerKey, TooBig)>,
 }
 
 impl Readout {
@@ -245,7 +265,37 @@ impl Tracer {
             peers: self.read_peers()?,
             global: self.read_global()?,
             drops: self.read_drops()?,
+            port_mismatch: self.read_small(maps::PORT_MISMATCH, |a: &mut u64, b: &u64| {
+                *a = a.wrapping_add(*b)
+            })?,
+            too_big: self.read_small(maps::TOO_BIG, |a: &mut TooBig, b: &TooBig| {
+                a.count = a.count.wrapping_add(b.count);
+                a.max_len = a.max_len.max(b.max_len);
+            })?,
         })
+    }
+
+    /// A small per-CPU map (rarely more than a few keys), values summed
+    /// over the CPUs by `sum`.
+    fn read_small<K: aya::Pod + Copy + Default, V: aya::Pod + Copy + Default>(
+        &self,
+        map: &str,
+        mut sum: impl FnMut(&mut V, &V),
+    ) -> Result<Vec<(K, V)>> {
+        if let Some(batched) = self.read_batched(map, &mut sum) {
+            return Ok(batched);
+        }
+        let m: aya::maps::PerCpuHashMap<&MapData, K, V> =
+            aya::maps::PerCpuHashMap::try_from(self.map(map)?)?;
+        let mut out = Vec::new();
+        for (key, per_cpu) in m.iter().flatten() {
+            let mut total = V::default();
+            for v in per_cpu.iter() {
+                sum(&mut total, v);
+            }
+            out.push((key, total));
+        }
+        Ok(out)
     }
 
     fn read_global(&self) -> Result<GlobalStats> {

@@ -48,6 +48,13 @@ impl Tracer {
                 self.seed_pod_subnet(&net, len, &peer)?;
             }
         }
+        // A subnet whose VTEP cannot be reached: its drops go under the
+        // VTEP's own address, which names what is missing.
+        for u in snap.unresolved_subnets() {
+            if is_watched(u.ifindex) {
+                self.seed_pod_subnet(&u.subnet, u.prefix_len, &u.vtep)?;
+            }
+        }
         Ok(macs)
     }
 

@@ -15,7 +15,6 @@ use std::{collections::BTreeMap, net::IpAddr};
 use super::read::{Recording, Sample};
 use crate::{
     diagnosis::link::{LinkObservation, diagnose_link},
-    reasons,
     schema::{
         Blackhole, ClusterReport, Link, Node, NodeReport, PeerSummary, Report, SizeDistribution,
     },
@@ -189,10 +188,10 @@ fn link(nodes: &[ClusterNode], p: &Pair, timing: &Timing, blackholes: &[Blackhol
     let a_view = na.report.peers.get(&p.to);
     let b_view = nb.report.peers.get(&p.from);
     let drops = b_view.map(|v| v.drops.clone()).unwrap_or_default();
-    let receiver_drops = reasons::LOSS
-        .iter()
-        .map(|r| reasons::count(&drops, r))
-        .sum();
+    // What B dropped of A's traffic that loses it (not a closed port
+    // answering, not a socket filter).
+    let not_loss: u64 = b_view.map(|v| v.drops_not_loss.values().sum()).unwrap_or(0);
+    let receiver_drops = drops.values().sum::<u64>().saturating_sub(not_loss);
     let sizes = |n: &ClusterNode, peer: &IpAddr, tx: bool| -> SizeDistribution {
         n.peers
             .get(peer)

@@ -45,13 +45,14 @@ pub fn report(rec: &Recording) -> Report {
         .peers()
         .into_iter()
         .map(|(addr, p)| {
+            let ports = rec.local_ports();
             let outages = rec
                 .outage_ends
                 .iter()
                 .filter(|o| o.peer == addr)
                 .cloned()
                 .collect();
-            (addr, report_peer(&p, outages))
+            (addr, report_peer(&p, outages, &ports))
         })
         .collect();
     Report {
@@ -61,10 +62,15 @@ pub fn report(rec: &Recording) -> Report {
         runs: rec.headers.len() as u64,
         peers,
         outage_groups: rec.outage_groups.clone(),
+        unresolved: rec
+            .summary
+            .as_ref()
+            .map(|s| s.unresolved.clone())
+            .unwrap_or_default(),
     }
 }
 
-fn report_peer(p: &PeerSummary, outages: Vec<crate::schema::Outage>) -> ReportPeer {
+fn report_peer(p: &PeerSummary, outages: Vec<crate::schema::Outage>, ports: &[u16]) -> ReportPeer {
     let c = &p.counters;
     ReportPeer {
         tx_encap: c.tx_encap,
@@ -72,9 +78,10 @@ fn report_peer(p: &PeerSummary, outages: Vec<crate::schema::Outage>) -> ReportPe
         rx_decap: c.rx_decap,
         tx_dev: c.tx_dev,
         drops: p.drops.clone(),
+        drops_not_loss: p.drops_not_loss.clone(),
         tcp: c.tcp.clone(),
         outages,
-        causes: diagnosis::diagnose_summary(p),
+        causes: diagnosis::diagnose_summary(p, ports),
     }
 }
 
@@ -136,9 +143,26 @@ pub fn text(r: &Report, rec: &Recording) -> String {
             "\npeer {addr}: tx_encap {} · rx_nic {} · rx_decap {}",
             p.tx_encap.packets, p.rx_nic.packets, p.rx_decap.packets
         );
-        if !p.drops.is_empty() {
-            let drops: Vec<String> = p.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            let _ = writeln!(s, "  drops: {}", drops.join(", "));
+        let listed = |drops: &mut dyn Iterator<Item = (&String, &u64)>| {
+            drops
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let loss = listed(&mut p.drops.iter().filter(|(r, n)| {
+            p.drops_not_loss
+                .get(*r)
+                .is_none_or(|not_loss| not_loss < *n)
+        }));
+        if !loss.is_empty() {
+            let _ = writeln!(s, "  drops: {loss}");
+        }
+        if !p.drops_not_loss.is_empty() {
+            let _ = writeln!(
+                s,
+                "  drops that lose no traffic: {}",
+                listed(&mut p.drops_not_loss.iter())
+            );
         }
         for o in &p.outages {
             let _ = writeln!(
@@ -152,18 +176,29 @@ pub fn text(r: &Report, rec: &Recording) -> String {
             let _ = writeln!(s, "  no problem found");
         }
         for c in &p.causes {
-            let _ = writeln!(
-                s,
-                "  likely cause: {}\n    {} (lost: {})\n    evidence: {}\n    fix: {}",
-                c.headline,
-                c.cause,
-                c.segment.as_str(),
-                c.evidence,
-                c.fix
-            );
+            write_cause(&mut s, "  ", c);
+        }
+    }
+    for u in &r.unresolved {
+        let _ = writeln!(s, "\nVTEP {} on {}: unreachable", u.vtep, u.device);
+        if let Some(f) = &u.finding {
+            write_cause(&mut s, "  ", f);
         }
     }
     s
+}
+
+fn write_cause(s: &mut String, indent: &str, c: &crate::schema::Finding) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        s,
+        "{indent}likely cause: {}\n{indent}  {} (lost: {})\n{indent}  evidence: {}\n{indent}  fix: {}",
+        c.headline,
+        c.cause,
+        c.segment.as_str(),
+        c.evidence,
+        c.fix
+    );
 }
 
 #[cfg(test)]

@@ -138,6 +138,20 @@ impl Recording {
         self.unknown_lines += other.unknown_lines;
     }
 
+    /// The VXLAN ports of the node's devices, as its lines list them.
+    pub fn local_ports(&self) -> Vec<u16> {
+        let devices = self
+            .summary
+            .as_ref()
+            .map(|s| s.devices.clone())
+            .or_else(|| self.headers.last().map(|h| h.devices.clone()))
+            .unwrap_or_default();
+        let mut ports: Vec<u16> = devices.iter().map(|d| d.port).collect();
+        ports.sort();
+        ports.dedup();
+        ports
+    }
+
     /// Who wrote the recording: the node its lines name, else (first
     /// release) its host and its devices' local addresses.
     fn learn_node(&mut self, node: Option<&Node>, host: &str, devices: &[VxlanDevice]) {

@@ -41,6 +41,21 @@ pub enum Cause {
     GroupedOutage,
     /// Outages of this peer alone.
     IntermittentOutage,
+    /// Outer UDP checksums wrong: the receiver drops them (UDP_CSUM).
+    BadChecksum,
+    /// The peer sends VXLAN to a port no device here listens on.
+    PortMismatch,
+    /// The VXLAN driver's own drop reasons.
+    VxlanDriverDrops,
+    /// Packets too big for their path (PKT_TOO_BIG).
+    PacketTooBig,
+    /// Other kernel drops that lose the peer's traffic.
+    KernelDrops,
+    /// A pod subnet's route goes via a VTEP with no FDB entry (no underlay
+    /// address): frames to it cannot be sent.
+    MissingFdbEntry,
+    /// A pod subnet's route goes via a VTEP address with no neighbour entry.
+    MissingNeighbour,
     /// Seen from both ends: packets leave the sender's underlay device and
     /// never reach the receiver's.
     PathLoss,
@@ -68,6 +83,13 @@ impl Cause {
             Cause::PathMtu => "path_mtu",
             Cause::GroupedOutage => "grouped_outage",
             Cause::IntermittentOutage => "intermittent_outage",
+            Cause::BadChecksum => "bad_checksum",
+            Cause::PortMismatch => "port_mismatch",
+            Cause::VxlanDriverDrops => "vxlan_driver_drops",
+            Cause::PacketTooBig => "packet_too_big",
+            Cause::KernelDrops => "kernel_drops",
+            Cause::MissingFdbEntry => "missing_fdb_entry",
+            Cause::MissingNeighbour => "missing_neighbour",
             Cause::PathLoss => "path_loss",
             Cause::SubnetBlackhole => "subnet_blackhole",
         }

@@ -84,6 +84,10 @@ pub struct VxlanDevice {
     pub mtu: Option<u32>,
     pub gbp: bool,
     pub learning: bool,
+    /// `l2miss` / `l3miss`: the overlay agent programs FDB and neighbour
+    /// entries when the kernel reports a miss, so a missing entry is normal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fills_on_demand: bool,
     /// Enslaved to a bridge: inner frames are addressed to other hosts'
     /// MACs, not to the device's own.
     pub bridged: bool,
@@ -152,6 +156,9 @@ pub struct Attached {
     pub devices: Vec<VxlanDevice>,
     pub underlays: Vec<String>,
     pub ports: Vec<u16>,
+    /// Ports where VXLAN from a peer is counted as a port mismatch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mismatch_ports: Vec<u16>,
     pub attached: Vec<Attachment>,
     pub probes: Probes,
     pub netns: NetnsScope,
@@ -334,6 +341,20 @@ pub struct PeerSummary {
     pub drops: BTreeMap<String, u64>,
     #[serde(default)]
     pub drop_locations: Vec<DropLocation>,
+    /// Drops of outer VXLAN packets, by reason (also in `drops`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drops_outer: BTreeMap<String, u64>,
+    /// Drops that lose no traffic, by reason (also in `drops`): normal on a
+    /// busy node, never a finding.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drops_not_loss: BTreeMap<String, u64>,
+    /// VXLAN to or from the peer on a well-known VXLAN port no watched
+    /// device uses, by port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mismatch: Vec<PortMismatch>,
+    /// Packets of the peer's traffic dropped as too big for their path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub too_big: Option<TooBigDrops>,
     /// Peers given with `--peer`, and the first 1,024 others with traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rates_pps: Option<RatePercentiles>,
@@ -351,6 +372,44 @@ impl PeerSummary {
     pub fn tcp_outcome(&self) -> TcpOutcome {
         self.counters.tcp.outcome.clone().unwrap_or_default()
     }
+}
+
+/// VXLAN on a port no watched device uses: packets per direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMismatch {
+    pub port: u16,
+    pub rx: u64,
+    pub tx: u64,
+}
+
+/// Too-big drops: how many, and the largest packet (bytes as dropped).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TooBigDrops {
+    pub packets: u64,
+    pub largest_bytes: u64,
+}
+
+/// What a pod subnet's route lacks to reach a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingEntry {
+    Neighbour,
+    FdbEntry,
+}
+
+/// A VTEP that pod subnets are routed to and that cannot be reached (no
+/// neighbour entry, or no FDB entry: no underlay address), with the drops
+/// of frames sent to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnresolvedVtep {
+    pub vtep: IpAddr,
+    pub device: String,
+    pub subnets: Vec<String>,
+    pub mac: Option<String>,
+    pub missing: MissingEntry,
+    pub drops: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finding: Option<Finding>,
 }
 
 /// Peers summed into one (those not asked for with `--peer`, or those
@@ -426,6 +485,17 @@ pub struct Summary {
     pub drops_other: BTreeMap<String, u64>,
     #[serde(default)]
     pub drop_locations_other: Vec<DropLocation>,
+    /// VTEPs pod subnets are routed to that cannot be reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unresolved: Vec<UnresolvedVtep>,
+    /// Errors the watched VXLAN devices counted over the run (all kernels
+    /// count these; older ones have no drop reasons).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub device_errors: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The kernel's UDP checksum error counter (`UdpInCsumErrors`, and
+    /// `Udp6InCsumErrors`), as deltas over the run.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub netstat_udp: BTreeMap<String, u64>,
     #[serde(default)]
     pub drop_map: DropMapStats,
     #[serde(default)]

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Finding, Outage, OutageGroup, TcpCounters, Traffic};
+use super::{Finding, Outage, OutageGroup, TcpCounters, Traffic, UnresolvedVtep};
 
 /// The report of one or more recordings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -18,6 +18,10 @@ pub struct Report {
     pub runs: u64,
     pub peers: BTreeMap<IpAddr, ReportPeer>,
     pub outage_groups: Vec<OutageGroup>,
+    /// VTEPs pod subnets were routed to that could not be reached (from
+    /// the summary).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unresolved: Vec<UnresolvedVtep>,
 }
 
 /// One peer of a report.
@@ -29,6 +33,9 @@ pub struct ReportPeer {
     #[serde(default)]
     pub tx_dev: Traffic,
     pub drops: BTreeMap<String, u64>,
+    /// Of those, the drops that lose no traffic.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drops_not_loss: BTreeMap<String, u64>,
     pub tcp: TcpCounters,
     pub outages: Vec<Outage>,
     /// The likely causes, most telling first.

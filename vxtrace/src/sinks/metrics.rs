@@ -271,6 +271,19 @@ impl Metrics {
                 ]);
             }
         }
+        // Unreachable VTEPs are few (one per pod subnet route at most):
+        // each gets its finding, labelled with the VTEP address.
+        for u in t.unresolved_vteps(&drops) {
+            let Some(f) = u.finding else { continue };
+            *per_cause
+                .entry((f.kind.as_str(), f.segment.as_str()))
+                .or_default() += 1;
+            now.insert(vec![
+                ("peer".to_string(), u.vtep.to_string()),
+                ("cause".to_string(), f.kind.as_str().to_string()),
+                ("segment".to_string(), f.segment.as_str().to_string()),
+            ]);
+        }
         for gone in self.findings_set.difference(&now) {
             self.f.findings.remove(gone);
         }

@@ -16,7 +16,7 @@ use anyhow::Result;
 use super::{IntervalView, Sink, SummaryView, events};
 use crate::{
     discovery::peer_key,
-    schema::{Interval, PeerSummary, Percentiles, Traffic, Unattributed, unix_now},
+    schema::{Interval, PeerSummary, Percentiles, Traffic, Unattributed, UnresolvedVtep, unix_now},
 };
 
 /// Peers on one screen; the rest are counted in a line.
@@ -43,6 +43,8 @@ pub struct Frame<'a> {
     pub seconds: f64,
     pub drops_other: &'a BTreeMap<String, u64>,
     pub unattributed: Unattributed,
+    /// VTEPs pod subnets are routed to that cannot be reached.
+    pub unresolved: &'a [UnresolvedVtep],
     /// Lines under the peers (open outages, recent events).
     pub footer: Vec<String>,
     pub width: usize,
@@ -123,6 +125,16 @@ pub fn render(f: &Frame<'_>) -> String {
             s,
             "\n… and {} more peers (choose with --peer; all are in --json and the summary)",
             f.hidden
+        );
+    }
+    for finding in f.unresolved.iter().filter_map(|u| u.finding.as_ref()) {
+        let _ = writeln!(s);
+        wrapped(&mut s, f.width, "! ", &finding.headline);
+        wrapped(
+            &mut s,
+            f.width,
+            "  ",
+            &format!("{}; fix: {}", finding.cause, finding.fix),
         );
     }
     if !f.drops_other.is_empty() {
@@ -228,13 +240,39 @@ fn peer_details(s: &mut String, f: &Frame<'_>, addr: &IpAddr, peer: &PeerSummary
             d.sent_into_silence.unwrap_or(0)
         ));
     }
-    if !peer.drops.is_empty() {
+    let lost: BTreeMap<String, u64> = peer
+        .drops
+        .iter()
+        .map(|(r, n)| {
+            (
+                r.clone(),
+                n - peer.drops_not_loss.get(r).copied().unwrap_or(0).min(*n),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    if !lost.is_empty() {
         let at = peer
             .drop_locations
             .first()
             .map(|l| format!(" (top location {})", l.location))
             .unwrap_or_default();
-        lines.push(format!("drops: {}{at}", top(&peer.drops, 4)));
+        lines.push(format!("drops: {}{at}", top(&lost, 4)));
+    }
+    if !peer.drops_not_loss.is_empty() {
+        lines.push(format!("not loss: {}", top(&peer.drops_not_loss, 4)));
+    }
+    for m in &peer.port_mismatch {
+        lines.push(format!(
+            "VXLAN on UDP port {}, which no device here uses: {} from the peer, {} to it",
+            m.port, m.rx, m.tx
+        ));
+    }
+    if let Some(t) = &peer.too_big {
+        lines.push(format!(
+            "too big: {} packets dropped, the largest {} bytes",
+            t.packets, t.largest_bytes
+        ));
     }
     if c.inner_dst_mac_mismatch + c.inner_src_vtep > 0 {
         lines.push(format!(
@@ -388,6 +426,7 @@ impl Sink for Screen {
             .get(&Default::default())
             .map(|d| d.by_reason.clone())
             .unwrap_or_default();
+        let unresolved = t.unresolved_vteps(&drops);
         let frame = Frame {
             title: format!(
                 "vxtrace watch · elapsed {:.0}s · interval {:.1}s · {} peers known",
@@ -403,6 +442,7 @@ impl Sink for Screen {
             seconds: line.interval_s.max(0.001),
             drops_other: &other,
             unattributed: t.unattributed(),
+            unresolved: &unresolved,
             footer: self.footer(view),
             width: terminal_width(),
         };
@@ -439,6 +479,7 @@ pub fn print_summary(
         seconds: s.duration_s.max(0.001),
         drops_other: &s.drops_other,
         unattributed: s.unattributed,
+        unresolved: &s.unresolved,
         footer: Vec::new(),
         width,
     };
@@ -486,6 +527,7 @@ mod tests {
             seconds: 1.0,
             drops_other: &BTreeMap::new(),
             unattributed: Unattributed::default(),
+            unresolved: &[],
             footer: Vec::new(),
             width: 80,
         };

@@ -97,6 +97,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         devices: planned.plan.vxlan.clone(),
         underlays: planned.plan.underlays.clone(),
         ports: planned.plan.ports.clone(),
+        mismatch_ports: recognised_mismatch_ports(&planned.plan),
         attached: tracer.attachments.clone(),
         probes: probes.clone(),
         netns: planned.netns.clone(),
@@ -196,6 +197,8 @@ async fn plan_stage(args: &WatchArgs) -> Result<Planned> {
 fn load_stage(args: &WatchArgs, p: &Planned, btf: LoaderBtf) -> Result<Tracer> {
     let cfg = TracerConfig {
         ports: p.plan.ports.clone(),
+        foreign_ports: p.plan.foreign_ports.clone(),
+        reason_too_big: p.kinfo.reasons.id("PKT_TOO_BIG"),
         local_addrs: p.plan.local_addrs.clone(),
         gbp: p.plan.gbp,
         filter_vni: p.plan.filter_vni,
@@ -349,9 +352,7 @@ fn new_tables(
     let mut peers = PeerTable::new((args.max_peers as usize) * 2);
     peers.select(args.peers.iter().map(discovery::peer_key));
     let mut drops = DropTable::new(65_536);
-    if !p.kinfo.raw_tp_has_reason {
-        drops.infer_reasons_from_locations();
-    }
+    drops.infer_reasons_from_locations(p.kinfo.reasons.id("NOT_SPECIFIED"));
     // A PAWS kprobe attached where the kernel also names the reason
     // (`--paws-kprobes always`) counts the same segments: keep one.
     for k in probes
@@ -380,7 +381,21 @@ fn new_tables(
         selected: args.peers.clone(),
         reasons: p.kinfo.reasons.clone(),
         syms,
+        port_mismatch: Default::default(),
+        too_big: Default::default(),
+        local_ports: p.plan.vxlan.iter().map(|d| d.port).collect(),
+        unresolved: p.snap.unresolved_subnets(),
     }
+}
+
+/// The mismatch ports the kernel programs recognise: those that fit in the
+/// port slots the watched ports leave.
+fn recognised_mismatch_ports(plan: &Plan) -> Vec<u16> {
+    plan.foreign_ports
+        .iter()
+        .copied()
+        .take(vxtrace_common::MAX_PORTS.saturating_sub(plan.ports.len()))
+        .collect()
 }
 
 /// The first line of every recording file: what produced it, where.

@@ -9,12 +9,20 @@ use anyhow::{Result, bail};
 use super::args::WatchArgs;
 use crate::discovery::{Snapshot, VxlanDevice};
 
+/// VXLAN's ports in the field: IANA's, and the Linux default flannel
+/// uses.
+pub const WELL_KNOWN_VXLAN_PORTS: [u16; 2] = [4789, 8472];
+
 /// What to attach to.
 #[derive(Debug)]
 pub struct Plan {
     pub vxlan: Vec<VxlanDevice>,
     pub underlays: Vec<String>,
     pub ports: Vec<u16>,
+    /// Ports where VXLAN means a port mismatch between nodes: the
+    /// well-known VXLAN ports none of `ports`, and `--port` extras that no
+    /// watched device uses.
+    pub foreign_ports: Vec<u16>,
     /// The local VTEP addresses the kernel programs filter on (empty: any).
     pub local_addrs: Vec<IpAddr>,
     pub gbp: bool,
@@ -57,10 +65,12 @@ pub fn plan(args: &WatchArgs, snap: &Snapshot) -> Result<Plan> {
             "no VXLAN device watched: rx_decap and tx_dev are not measured, any VNI counts".into(),
         );
     }
+    let (ports, foreign_ports) = split_foreign_ports(ports, &vxlan);
     Ok(Plan {
         vxlan,
         underlays,
         ports,
+        foreign_ports,
         local_addrs,
         gbp,
         filter_vni,
@@ -177,6 +187,28 @@ fn underlay_of(snap: &Snapshot, dev: &VxlanDevice, notes: &mut Vec<String>) -> R
     Ok(candidates)
 }
 
+/// Splits the chosen ports into those carrying this node's VXLAN and
+/// those where VXLAN is a peer sending to the wrong port. With a watched
+/// device's port among them, `--port` ports that no watched device uses are
+/// of the second kind (watch 8472 and also recognise a peer sending to
+/// 4790); otherwise (`--iface` without devices, or `--port` replacing the
+/// devices' ports) every chosen port carries traffic.
+fn split_foreign_ports(ports: Vec<u16>, vxlan: &[VxlanDevice]) -> (Vec<u16>, Vec<u16>) {
+    let used: BTreeSet<u16> = vxlan.iter().map(|d| d.port).collect();
+    let (traffic, extras): (Vec<u16>, Vec<u16>) = if ports.iter().any(|p| used.contains(p)) {
+        ports.into_iter().partition(|p| used.contains(p))
+    } else {
+        (ports, Vec::new())
+    };
+    let foreign = sorted(
+        WELL_KNOWN_VXLAN_PORTS
+            .into_iter()
+            .filter(|p| !traffic.contains(p))
+            .chain(extras),
+    );
+    (traffic, foreign)
+}
+
 /// The ports given with --port, or the devices' own.
 fn choose_ports(args: &WatchArgs, vxlan: &[VxlanDevice]) -> Result<Vec<u16>> {
     if !args.ports.is_empty() {
@@ -231,5 +263,51 @@ impl Plan {
             .collect();
         parts.push(format!("underlay {}", self.underlays.join(", ")));
         parts.join(" · ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(port: u16) -> VxlanDevice {
+        VxlanDevice {
+            name: "flannel.1".into(),
+            ifindex: 3,
+            vni: Some(1),
+            port,
+            local: None,
+            link_ifindex: None,
+            mac: None,
+            mtu: Some(1450),
+            gbp: false,
+            learning: false,
+            fills_on_demand: false,
+            bridged: false,
+        }
+    }
+
+    #[test]
+    fn foreign_ports() {
+        // The device's port: the other well-known one is a mismatch.
+        assert_eq!(
+            split_foreign_ports(vec![8472], &[device(8472)]),
+            (vec![8472], vec![4789])
+        );
+        // An extra --port beside the device's: a mismatch port too.
+        assert_eq!(
+            split_foreign_ports(vec![4790, 8472], &[device(8472)]),
+            (vec![8472], vec![4789, 4790])
+        );
+        // --port replacing the device's port: watched as traffic.
+        assert_eq!(
+            split_foreign_ports(vec![4789], &[device(8472)]),
+            (vec![4789], vec![8472])
+        );
+        // No device (--iface): every chosen port is traffic.
+        assert_eq!(
+            split_foreign_ports(vec![4789, 8472], &[]),
+            (vec![4789, 8472], vec![])
+        );
     }
 }

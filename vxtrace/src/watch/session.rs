@@ -62,7 +62,14 @@ impl Session {
         let now = Instant::now();
         Self {
             devices: DeviceWatch::new(&run.plan, &run.snap),
-            netstat: netstat::Baseline::take(&run.netns_specs),
+            netstat: netstat::Baseline::take(
+                &run.netns_specs,
+                &run.plan
+                    .vxlan
+                    .iter()
+                    .map(|d| d.name.clone())
+                    .collect::<Vec<_>>(),
+            ),
             run,
             start: now,
             last_tick: now,
@@ -184,6 +191,7 @@ impl Session {
         // Filters of re-attached devices must be cleaned up after a
         // SIGKILL too.
         hand_filters_to_watchdog(&mut self.run.reaper, &self.run.tracer)?;
+        self.run.tables.unresolved = fresh.unresolved_subnets();
         self.run.snap = fresh;
         Ok(events)
     }

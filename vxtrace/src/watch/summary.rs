@@ -51,6 +51,13 @@ pub fn build(
         retired_peers,
         drops_other: other.by_reason.clone(),
         drop_locations_other: other.top_locations(),
+        unresolved: t.unresolved_vteps(&drops),
+        device_errors: netstat.device_deltas(),
+        netstat_udp: netstat
+            .udp_deltas()
+            .into_iter()
+            .filter(|(_, v)| *v > 0)
+            .collect(),
         drop_map: DropMapStats {
             inserted: g.drop_keys_inserted,
             seen: g.drops_seen,

@@ -8,7 +8,7 @@ use std::{
     net::IpAddr,
 };
 
-use vxtrace_common::{GlobalStats, PeerKey, PeerStats};
+use vxtrace_common::{DIR_TX, GlobalStats, PeerKey, PeerStats, PortKey, TooBig};
 
 use crate::{
     diagnosis,
@@ -20,8 +20,10 @@ use crate::{
     probes::Readout,
     schema::{
         Finding, Interval, PeerCounters, PeerGroup, PeerInterval, PeerSummary, Percentiles,
-        RatePercentiles, Rates, SelfCost, TcpOutcome, Traffic, Unattributed, round3, unix_now,
+        PortMismatch, RatePercentiles, Rates, SelfCost, TcpOutcome, TooBigDrops, Traffic,
+        Unattributed, UnresolvedVtep, round3, unix_now,
     },
+    side_counts::Totals,
 };
 
 /// Drops since the previous interval: per peer (the zero key: no peer),
@@ -37,6 +39,15 @@ pub struct Tables {
     pub selected: Vec<IpAddr>,
     pub reasons: DropReasons,
     pub syms: Option<Kallsyms>,
+    /// VXLAN on foreign ports, per (peer, port, direction).
+    pub port_mismatch: Totals<PortKey, u64>,
+    /// Too-big drops per peer.
+    pub too_big: Totals<PeerKey, TooBig>,
+    /// The VXLAN ports this node's devices use.
+    pub local_ports: Vec<u16>,
+    /// Pod subnets routed to VTEPs that cannot be reached: their drops are
+    /// counted under the VTEP's address, which is no peer.
+    pub unresolved: Vec<crate::discovery::Unresolved>,
 }
 
 impl Tables {
@@ -46,6 +57,8 @@ impl Tables {
         self.global = readout.global;
         self.peers.update(readout, seconds);
         self.drops.update(&readout.drops, self.syms.as_ref());
+        self.port_mismatch.update(&readout.port_mismatch);
+        self.too_big.update(&readout.too_big);
         self.drops.interval_deltas(&self.reasons)
     }
 
@@ -63,21 +76,90 @@ impl Tables {
         }
         let mut v: Vec<IpAddr> = self.peers.peers.values().map(|p| p.addr).collect();
         v.extend(drop_peers(drops));
+        v.retain(|a| !self.unresolved.iter().any(|u| u.vtep == *a));
         v.sort();
         v.dedup();
         v
     }
 
+    /// VTEPs pod subnets are routed to that cannot be reached, with the
+    /// drops of frames sent to them (counted under the VTEP's address) and
+    /// what to do.
+    pub fn unresolved_vteps(&self, drops: &HashMap<PeerKey, PeerDrops>) -> Vec<UnresolvedVtep> {
+        let mut by_vtep: BTreeMap<IpAddr, UnresolvedVtep> = BTreeMap::new();
+        for u in &self.unresolved {
+            let entry = by_vtep.entry(u.vtep).or_insert_with(|| UnresolvedVtep {
+                vtep: u.vtep,
+                device: u.device.clone(),
+                subnets: Vec::new(),
+                mac: u.mac.as_ref().map(crate::discovery::format_mac),
+                missing: u.missing,
+                drops: drops
+                    .get(&peer_key(&u.vtep))
+                    .map(|d| d.by_reason.clone())
+                    .unwrap_or_default(),
+                finding: None,
+            });
+            entry.subnets.push(format!("{}/{}", u.subnet, u.prefix_len));
+        }
+        by_vtep
+            .into_values()
+            .map(|mut v| {
+                v.finding = diagnosis::diagnose_unresolved(&v);
+                v
+            })
+            .collect()
+    }
+
     /// A peer's summary over the run so far, findings included.
     pub fn peer_summary(&self, addr: IpAddr, drops: &PeerDrops) -> PeerSummary {
+        let mut s = self.peer_view(addr, drops);
+        s.findings = diagnosis::diagnose_summary(&s, &self.local_ports);
+        s.hints = s.findings.iter().map(|f| f.hint()).collect();
+        s
+    }
+
+    /// A peer's findings (the metrics ask for every peer every interval).
+    pub fn findings(&self, addr: IpAddr, drops: Option<&PeerDrops>) -> Vec<Finding> {
+        let none = PeerDrops::default();
+        let s = self.peer_view(addr, drops.unwrap_or(&none));
+        diagnosis::diagnose_summary(&s, &self.local_ports)
+    }
+
+    /// What the run knows of a peer, without findings.
+    fn peer_view(&self, addr: IpAddr, drops: &PeerDrops) -> PeerSummary {
         let key = peer_key(&addr);
         let peer = self.peers.get(&addr);
         let mut counters = PeerCounters::from(&peer.map(Peer::total).unwrap_or_default());
         counters.tcp.outcome = Some(tcp_outcome(peer, drops));
-        let mut s = PeerSummary {
+        let mut by_port: BTreeMap<u16, PortMismatch> = BTreeMap::new();
+        for (k, n) in self.port_mismatch.get(|k| k.peer == key) {
+            let m = by_port.entry(k.port).or_insert(PortMismatch {
+                port: k.port,
+                ..Default::default()
+            });
+            match k.dir {
+                DIR_TX => m.tx += n,
+                _ => m.rx += n,
+            }
+        }
+        let port_mismatch = by_port.into_values().collect();
+        let too_big = self
+            .too_big
+            .get(|k| *k == key)
+            .first()
+            .map(|(_, t)| TooBigDrops {
+                packets: t.count,
+                largest_bytes: t.max_len,
+            });
+        PeerSummary {
             counters,
             drops: drops.by_reason.clone(),
             drop_locations: drops.top_locations(),
+            drops_outer: drops.outer_by_reason.clone(),
+            drops_not_loss: drops.not_loss.clone(),
+            port_mismatch,
+            too_big,
             rates_pps: peer
                 .and_then(|p| p.rates.as_ref())
                 .map(|r| RatePercentiles {
@@ -88,27 +170,7 @@ impl Tables {
             silences: self.outages.silences(&key),
             hints: Vec::new(),
             findings: Vec::new(),
-        };
-        s.findings = diagnosis::diagnose_summary(&s);
-        s.hints = s.findings.iter().map(|f| f.hint()).collect();
-        s
-    }
-
-    /// A peer's findings, without building its whole summary (the
-    /// metrics ask for every peer every interval).
-    pub fn findings(&self, addr: IpAddr, drops: Option<&PeerDrops>) -> Vec<Finding> {
-        let none = PeerDrops::default();
-        let drops = drops.unwrap_or(&none);
-        let peer = self.peers.get(&addr);
-        let counters = PeerCounters::from(&peer.map(Peer::total).unwrap_or_default());
-        let tcp = tcp_outcome(peer, drops);
-        let silences = self.outages.silences(&peer_key(&addr));
-        diagnosis::diagnose(&diagnosis::Observation {
-            counters: &counters,
-            drops: &drops.by_reason,
-            tcp: &tcp,
-            outages: &silences.outages,
-        })
+        }
     }
 
     /// Every shown peer's summary.

@@ -93,6 +93,31 @@ const FEATURES: &[Feature] = &[
         name: "masquerade_of_pod_traffic_on_the_peer",
     },
     Feature {
+        label: "bad outer UDP checksums",
+        target: "failure_modes",
+        name: "bad_outer_udp_checksums",
+    },
+    Feature {
+        label: "port mismatch between nodes",
+        target: "failure_modes",
+        name: "port_mismatch_between_nodes",
+    },
+    Feature {
+        label: "missing FDB entry for a peer",
+        target: "failure_modes",
+        name: "missing_fdb_entry_for_a_peer",
+    },
+    Feature {
+        label: "VXLAN driver drop reasons",
+        target: "failure_modes",
+        name: "vxlan_driver_drop_reasons",
+    },
+    Feature {
+        label: "pod MTU above the VXLAN device",
+        target: "failure_modes",
+        name: "pod_mtu_above_the_vxlan_device",
+    },
+    Feature {
         label: "PAWS established",
         target: "tcp",
         name: "paws_rejects_on_an_established_connection",

@@ -1,0 +1,89 @@
+//! Totals of the small per-peer maps beside the main counters (VXLAN on a
+//! foreign port, too-big drops), kept so that they never go backwards when
+//! the kernel's LRU evicts a key: what a vanished key had counted moves
+//! into a base that its next incarnation adds to.
+
+use std::hash::Hash;
+
+use rustc_hash::FxHashMap;
+
+/// How two values of a map add up.
+pub trait Tally: Copy + Default {
+    fn tally(&mut self, other: &Self);
+}
+
+impl Tally for u64 {
+    fn tally(&mut self, other: &Self) {
+        *self = self.wrapping_add(*other);
+    }
+}
+
+impl Tally for vxtrace_common::TooBig {
+    fn tally(&mut self, other: &Self) {
+        self.count = self.count.wrapping_add(other.count);
+        self.max_len = self.max_len.max(other.max_len);
+    }
+}
+
+/// A map's totals since start.
+pub struct Totals<K, V> {
+    base: FxHashMap<K, V>,
+    current: FxHashMap<K, V>,
+}
+
+impl<K, V> Default for Totals<K, V> {
+    fn default() -> Self {
+        Self {
+            base: FxHashMap::default(),
+            current: FxHashMap::default(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash, V: Tally> Totals<K, V> {
+    /// Folds one read of the map in.
+    pub fn update(&mut self, now: &[(K, V)]) {
+        let now: FxHashMap<K, V> = now.iter().copied().collect();
+        for (k, v) in &self.current {
+            if !now.contains_key(k) {
+                self.base.entry(*k).or_default().tally(v);
+            }
+        }
+        self.current = now;
+    }
+
+    /// Every key's total.
+    pub fn totals(&self) -> FxHashMap<K, V> {
+        let mut t = self.base.clone();
+        for (k, v) in &self.current {
+            t.entry(*k).or_default().tally(v);
+        }
+        t
+    }
+
+    /// The total of the keys `wanted` picks.
+    pub fn get(&self, wanted: impl Fn(&K) -> bool) -> Vec<(K, V)> {
+        let mut out: FxHashMap<K, V> = FxHashMap::default();
+        for (k, v) in self.base.iter().chain(&self.current) {
+            if wanted(k) {
+                out.entry(*k).or_default().tally(v);
+            }
+        }
+        out.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_survive_eviction() {
+        let mut t: Totals<u32, u64> = Totals::default();
+        t.update(&[(1, 5)]);
+        t.update(&[]); // evicted
+        t.update(&[(1, 2)]); // back, from zero
+        assert_eq!(t.totals()[&1], 7);
+        assert_eq!(t.get(|k| *k == 1), vec![(1, 7)]);
+    }
+}
