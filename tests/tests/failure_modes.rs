@@ -222,18 +222,16 @@ fn missing_fdb_entry_for_a_peer() {
     assert_eq!(f.kind, Cause::MissingFdbEntry);
     assert!(f.headline.contains("6 frames"), "{}", f.headline);
     assert!(f.fix.contains("bridge fdb append"), "{}", f.fix);
-    // Every kernel counts them on the device too, with the device's own
-    // multicast (IPv6 neighbour discovery) that has nowhere to go either.
-    let multicast = sa.drops_other.get(reason).copied().unwrap_or(0);
-    assert_eq!(
-        sa.device_errors
-            .get("flannel.1")
-            .and_then(|d| d.get("tx_dropped"))
-            .copied(),
-        Some(6 + multicast),
-        "{}",
-        json(&sa)
-    );
+    // Every kernel counts them on the device too (kernels without drop
+    // reasons only there); the device's own multicast (IPv6 neighbour
+    // discovery, which has no remote either) may add to it.
+    let tx_dropped = sa
+        .device_errors
+        .get("flannel.1")
+        .and_then(|d| d.get("tx_dropped"))
+        .copied()
+        .unwrap_or(0);
+    assert!(tx_dropped >= 6, "{}", json(&sa));
     // The VTEP address is no peer of its own.
     assert!(!sa.peers.contains_key(&IpAddr::V4(vtep_b)), "{}", json(&sa));
 }

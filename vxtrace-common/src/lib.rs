@@ -22,13 +22,27 @@ pub const DEFAULT_MAX_MACS: u32 = 65_536;
 /// An underlay peer: its IP address in IPv6 form (IPv4 as `::ffff:a.b.c.d`).
 ///
 /// The all-zero address is never a real peer; it is not used as a key.
-#[repr(C)]
+///
+/// Aligned to 8 bytes: the kernel programs copy and compare keys as two
+/// words; at byte alignment every copy would be sixteen byte moves.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerKey {
     pub addr: [u8; 16],
 }
 
 impl PeerKey {
+    /// An IPv4 address as read from a packet: its four bytes as one
+    /// native-order word. Built from words, as the programs copy it.
+    #[inline(always)]
+    pub fn from_v4_word(word: u32) -> Self {
+        let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        // SAFETY: [u32; 4] and [u8; 16] have the same size, and any bytes
+        // are a valid [u8; 16].
+        let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([0, 0, mapped, word]) };
+        Self { addr }
+    }
+
     pub const fn from_v4(octets: [u8; 4]) -> Self {
         let mut addr = [0u8; 16];
         addr[10] = 0xff;
@@ -41,6 +55,14 @@ impl PeerKey {
     }
 
     pub const fn from_v6(addr: [u8; 16]) -> Self {
+        Self { addr }
+    }
+
+    /// An IPv6 address as read from a packet, as four native-order words.
+    #[inline(always)]
+    pub fn from_v6_words(words: [u32; 4]) -> Self {
+        // SAFETY: as in `from_v4_word`.
+        let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) };
         Self { addr }
     }
 }
@@ -131,6 +153,9 @@ pub struct PeerStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LookupMemo {
+    /// Inner source address last checked (`MEMO_INNER`), and whether it is
+    /// the peer's own VTEP address (`MEMO_INNER_VTEP`).
+    pub inner_src: PeerKey,
     /// Packets that used the memo since it was last checked.
     pub uses: u32,
     /// `MEMO_*` bits: which parts below are valid.
@@ -141,9 +166,6 @@ pub struct LookupMemo {
     pub vni_mac: [u8; 6],
     /// Inner source MAC known to map to this peer on `vni` (`MEMO_MAC`).
     pub mac: [u8; 6],
-    /// Inner source address last checked (`MEMO_INNER`), and whether it is
-    /// the peer's own VTEP address (`MEMO_INNER_VTEP`).
-    pub inner_src: PeerKey,
     pub _pad: [u32; 3],
 }
 
@@ -302,6 +324,35 @@ pub struct DropKey {
     pub kind: u32,
     pub location: u64,
 }
+
+/// The drop program's per-CPU memo of its last answers: drops come in
+/// runs (a firewall rule dropping a flow, a storm), and a run repeats the
+/// device and the addresses, so most drops need no map lookup to find
+/// their namespace and peer. Rechecked every [`MEMO_RECHECK`] uses, like
+/// the peers' memo.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropMemo {
+    /// The last device (kernel address) whose namespace was looked up,
+    /// and whether its drops count; `dev_uses` counts uses since.
+    pub dev: u64,
+    pub dev_in_scope: u32,
+    pub dev_uses: u32,
+    /// The last (source, destination) attributed, its peer, and whether
+    /// one was found (`DROP_MEMO_*`).
+    pub src: PeerKey,
+    pub dst: PeerKey,
+    pub peer: PeerKey,
+    pub attr_state: u32,
+    pub attr_uses: u32,
+}
+
+/// `DropMemo::attr_state`: nothing memoized.
+pub const DROP_MEMO_EMPTY: u32 = 0;
+/// The addresses belong to `DropMemo::peer`.
+pub const DROP_MEMO_PEER: u32 = 1;
+/// The addresses belong to no peer.
+pub const DROP_MEMO_NO_PEER: u32 = 2;
 
 /// Any dropped packet.
 pub const DROP_KIND_PACKET: u32 = 0;

@@ -25,6 +25,9 @@ pub mod programs {
     pub const PAWS_TIME_WAIT: &str = "vxtrace_paws_time_wait";
     /// A classifier that does nothing: the benchmark's floor.
     pub const EMPTY: &str = "vxtrace_empty";
+    /// A raw tracepoint program on `kfree_skb` that does nothing: the
+    /// benchmark's floor for the drop program.
+    pub const EMPTY_DROPS: &str = "vxtrace_empty_drops";
 
     /// Every program in the object.
     pub const ALL: &[&str] = &[
@@ -37,6 +40,7 @@ pub mod programs {
         PAWS_ESTABLISHED,
         PAWS_TIME_WAIT,
         EMPTY,
+        EMPTY_DROPS,
     ];
 }
 
@@ -60,6 +64,9 @@ pub mod maps {
     pub const POD_SUBNETS: &str = "POD_SUBNETS";
     /// Kernel drops by (peer, reason, location), per CPU.
     pub const DROPS: &str = "DROPS";
+    /// The drop program's memo of its last namespace and peer answers
+    /// (`DropMemo`), per CPU.
+    pub const DROP_MEMO: &str = "DROP_MEMO";
     /// Open TCP handshakes (SYN seen, SYN-ACK not yet).
     pub const HANDSHAKES: &str = "HANDSHAKES";
     /// Ring buffer of completed handshakes' latencies.
@@ -84,6 +91,7 @@ pub mod maps {
         INNER_ADDRS,
         POD_SUBNETS,
         DROPS,
+        DROP_MEMO,
         HANDSHAKES,
         HANDSHAKE_EVENTS,
         NETNS_SCOPE,
@@ -125,8 +133,8 @@ mod tests {
 
     #[test]
     fn counts() {
-        assert_eq!(programs::ALL.len(), 9);
-        assert_eq!(maps::ALL.len(), 14);
+        assert_eq!(programs::ALL.len(), 10);
+        assert_eq!(maps::ALL.len(), 15);
     }
 
     #[test]

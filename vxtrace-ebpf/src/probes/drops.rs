@@ -13,20 +13,26 @@
 
 use aya_ebpf::{
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruPerCpuHashMap, lpm_trie::Key},
+    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
     programs::{RawTracePointContext, TracePointContext},
 };
 use vxtrace_common::{
-    DROP_KIND_OUTER, DROP_KIND_PACKET, DROP_KIND_SYNACK, DropKey, NO_FIELD, PeerKey,
-    REASON_UNKNOWN, TooBig,
+    DROP_KIND_OUTER, DROP_KIND_PACKET, DROP_KIND_SYNACK, DROP_MEMO_EMPTY, DROP_MEMO_NO_PEER,
+    DROP_MEMO_PEER, DropKey, DropMemo, MEMO_RECHECK, NO_FIELD, PeerKey, REASON_UNKNOWN, TooBig,
 };
 
 use crate::{
     config::config,
     kernel_mem::{field, kread},
     maps::{INNER_ADDRS, PEERS, POD_SUBNETS, update_global},
-    packet::{ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, is_local_vtep, is_vxlan_port},
+    packet::{
+        ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, is_local_vtep, is_vxlan_port, same_addr,
+    },
 };
+
+/// The drop program's memo (index 0, per CPU). Name: `names::maps::DROP_MEMO`.
+#[map]
+pub static DROP_MEMO: PerCpuArray<DropMemo> = PerCpuArray::with_max_entries(1, 0);
 
 /// Drops by (peer, reason, location). Name: `names::maps::DROPS`.
 #[map]
@@ -93,27 +99,42 @@ fn tp_field<T>(ctx: &TracePointContext, off: u32, missing: T) -> T {
     unsafe { ctx.read_at(off as usize) }.unwrap_or(missing)
 }
 
-/// The network namespace (inode number) of the skb: its device's, else
-/// its socket's; 0 when neither is known.
+/// Whether a drop of the skb counts: its device's namespace (else its
+/// socket's) is in scope. A device's answer is memoized: drops come in
+/// runs through one device.
 #[inline(always)]
-fn netns_of(skb: u64, rx_sk: u64) -> u32 {
+fn in_scope(skb: u64, rx_sk: u64, memo: &mut DropMemo) -> bool {
     let o = config!(offsets);
     let dev: u64 = field(o.skb_dev).and_then(|f| kread(skb + f)).unwrap_or(0);
-    let net: u64 = if dev != 0 {
-        field(o.dev_nd_net)
-            .and_then(|f| kread(dev + f))
-            .unwrap_or(0)
-    } else {
-        // TCP clears skb->dev on receive; the socket tells the namespace.
-        let mut sk: u64 = field(o.skb_sk).and_then(|f| kread(skb + f)).unwrap_or(0);
-        if sk == 0 {
-            sk = rx_sk;
+    if dev != 0 {
+        memo.dev_uses = memo.dev_uses.wrapping_add(1);
+        if memo.dev == dev && memo.dev_uses & (MEMO_RECHECK - 1) != 0 {
+            return memo.dev_in_scope != 0;
         }
-        field(o.sk_net).and_then(|f| kread(sk + f)).unwrap_or(0)
-    };
-    field(o.net_ns_inum)
+        let net: u64 = field(o.dev_nd_net)
+            .and_then(|f| kread(dev + f))
+            .unwrap_or(0);
+        let scope = scope_has(net);
+        memo.dev = dev;
+        memo.dev_in_scope = scope as u32;
+        return scope;
+    }
+    // TCP clears skb->dev on receive; the socket tells the namespace.
+    let mut sk: u64 = field(o.skb_sk).and_then(|f| kread(skb + f)).unwrap_or(0);
+    if sk == 0 {
+        sk = rx_sk;
+    }
+    let net: u64 = field(o.sk_net).and_then(|f| kread(sk + f)).unwrap_or(0);
+    scope_has(net)
+}
+
+/// Whether the namespace at `net` (a `struct net`) is one whose drops count.
+#[inline(always)]
+fn scope_has(net: u64) -> bool {
+    let inum = field(config!(offsets).net_ns_inum)
         .and_then(|f| kread::<u32>(net + f))
-        .unwrap_or(0)
+        .unwrap_or(0);
+    NETNS_SCOPE.get_ptr(inum).is_some()
 }
 
 /// The peer that owns an inner address: a known address first, else the
@@ -130,48 +151,107 @@ fn owner_of_inner(addr: &PeerKey) -> Option<PeerKey> {
     POD_SUBNETS.get(&key).copied()
 }
 
+/// The peer behind an inner packet's source (else destination), through
+/// the memo when the addresses repeat.
+#[inline(always)]
+fn owner_of_packet(src: &PeerKey, dst: &PeerKey, memo: &mut DropMemo) -> Option<PeerKey> {
+    memo.attr_uses = memo.attr_uses.wrapping_add(1);
+    if memo.attr_state != DROP_MEMO_EMPTY
+        && memo.attr_uses & (MEMO_RECHECK - 1) != 0
+        && same_addr(&memo.src, src)
+        && same_addr(&memo.dst, dst)
+    {
+        return (memo.attr_state == DROP_MEMO_PEER).then_some(memo.peer);
+    }
+    let owner = owner_of_inner(src).or_else(|| owner_of_inner(dst));
+    memo.src = *src;
+    memo.dst = *dst;
+    match owner {
+        Some(p) => {
+            memo.peer = p;
+            memo.attr_state = DROP_MEMO_PEER;
+        }
+        None => memo.attr_state = DROP_MEMO_NO_PEER,
+    }
+    owner
+}
+
+/// The skb's protocol and network header offset. Both are 16-bit fields
+/// of the same header group, next to each other in every kernel: one read
+/// takes both when they are within 8 bytes.
+#[inline(always)]
+fn proto_and_network_header(skb: u64) -> Option<(u16, u16)> {
+    let o = config!(offsets);
+    let (p, n) = (field(o.skb_protocol)?, field(o.skb_network_header)?);
+    let lo = if p < n { p } else { n };
+    let hi = if p < n { n } else { p };
+    if hi - lo <= 6 {
+        // As one word, taken apart by shifts (the program runs little
+        // endian): indexing a stack array by a computed offset is not
+        // something the verifier accepts.
+        let w: u64 = kread(skb + lo)?;
+        let at = |off: u64| (w >> ((off - lo) * 8)) as u16;
+        Some((u16::from_be(at(p)), at(n)))
+    } else {
+        Some((u16::from_be(kread::<u16>(skb + p)?), kread(skb + n)?))
+    }
+}
+
 /// The peer a dropped packet belongs to, if any, and what kind of packet
 /// it was.
 #[inline(always)]
-fn attribute(skb: u64) -> Option<(PeerKey, u32)> {
+fn attribute(skb: u64, memo: &mut DropMemo) -> Option<(PeerKey, u32)> {
     let o = config!(offsets);
     if o.valid == 0 {
         return None;
     }
-    let head: u64 = kread(skb + field(o.skb_head)?)?;
-    let nh: u16 = kread(skb + field(o.skb_network_header)?)?;
-    if nh == 0xffff {
+    let (proto, nh) = proto_and_network_header(skb)?;
+    if nh == 0xffff || (proto != ETH_P_IP && proto != ETH_P_IPV6) {
         return None;
     }
-    let proto = u16::from_be(kread::<u16>(skb + field(o.skb_protocol)?)?);
+    let head: u64 = kread(skb + field(o.skb_head)?)?;
     let ip = head + nh as u64;
-    let (src, dst, l4_proto, l4_off) = if proto == ETH_P_IP {
-        let h: [u8; 20] = kread(ip)?;
-        if h[0] >> 4 != 4 {
+    // The IP header and the first 20 bytes after it in one read, as
+    // words (the program runs little endian: byte i of a word is bits
+    // 8i..8i+8): ports and TCP flags come with it when the IPv4 header has
+    // no options. `dport` and `tcp_flags` are then read from fixed places.
+    let byte = |w: u32, i: u32| (w >> (8 * i)) as u8;
+    let (src, dst, l4_proto, dport, tcp_flags) = if proto == ETH_P_IP {
+        let h: [u32; 10] = kread(ip)?;
+        let ver_ihl = byte(h[0], 0);
+        if ver_ihl >> 4 != 4 {
             return None;
         }
-        let frag = u16::from_be_bytes([h[6], h[7]]);
-        let l4 = if frag & 0x1fff == 0 { h[9] } else { 0 };
+        // Fragment offset (bytes 6-7, network order, 13 bits).
+        let frag = u16::from_be((h[1] >> 16) as u16);
+        let l4_proto = if frag & 0x1fff == 0 { byte(h[2], 1) } else { 0 };
+        let ihl = ((ver_ihl & 0x0f) as u64) * 4;
+        let (dport, flags) = if ihl == 20 {
+            (u16::from_be((h[5] >> 16) as u16), byte(h[8], 1))
+        } else if l4_proto == IPPROTO_UDP || l4_proto == IPPROTO_TCP {
+            let l4: [u32; 4] = kread(ip + ihl)?;
+            (u16::from_be((l4[0] >> 16) as u16), byte(l4[3], 1))
+        } else {
+            (0, 0)
+        };
         (
-            PeerKey::from_v4([h[12], h[13], h[14], h[15]]),
-            PeerKey::from_v4([h[16], h[17], h[18], h[19]]),
-            l4,
-            ((h[0] & 0x0f) as u64) * 4,
+            PeerKey::from_v4_word(h[3]),
+            PeerKey::from_v4_word(h[4]),
+            l4_proto,
+            dport,
+            flags,
         )
-    } else if proto == ETH_P_IPV6 {
-        let h: [u8; 40] = kread(ip)?;
-        let mut s = [0u8; 16];
-        let mut d = [0u8; 16];
-        s.copy_from_slice(&h[8..24]);
-        d.copy_from_slice(&h[24..40]);
-        (PeerKey::from_v6(s), PeerKey::from_v6(d), h[6], 40)
     } else {
-        return None;
+        let h: [u32; 14] = kread(ip)?;
+        (
+            PeerKey::from_v6_words([h[2], h[3], h[4], h[5]]),
+            PeerKey::from_v6_words([h[6], h[7], h[8], h[9]]),
+            byte(h[1], 2),
+            u16::from_be((h[10] >> 16) as u16),
+            byte(h[13], 1),
+        )
     };
-    if l4_proto == IPPROTO_UDP
-        && let Some(ports) = kread::<[u16; 2]>(ip + l4_off)
-        && is_vxlan_port(u16::from_be(ports[1]))
-    {
+    if l4_proto == IPPROTO_UDP && is_vxlan_port(dport) {
         // Outer VXLAN: the peer is the address that is not ours.
         let outer = if config!(local_addr_count) > 0 {
             if is_local_vtep(&src) {
@@ -190,16 +270,12 @@ fn attribute(skb: u64) -> Option<(PeerKey, u32)> {
         };
         return outer.map(|p| (p, DROP_KIND_OUTER));
     }
-    let mut kind = DROP_KIND_PACKET;
-    if l4_proto == IPPROTO_TCP
-        && let Some(flags) = kread::<u8>(ip + l4_off + 13)
-        && flags & 0x16 == 0x12
-    {
-        kind = DROP_KIND_SYNACK;
-    }
-    owner_of_inner(&src)
-        .or_else(|| owner_of_inner(&dst))
-        .map(|p| (p, kind))
+    let kind = if l4_proto == IPPROTO_TCP && tcp_flags & 0x16 == 0x12 {
+        DROP_KIND_SYNACK
+    } else {
+        DROP_KIND_PACKET
+    };
+    owner_of_packet(&src, &dst, memo).map(|p| (p, kind))
 }
 
 /// Records the size of a packet dropped as too big (rare: only these drops
@@ -235,14 +311,21 @@ fn count_too_big(skb: u64, peer: &PeerKey) {
 /// for `reason`; `rx_sk` is the receiving socket when the caller knows it.
 #[inline(always)]
 pub fn count(skb: u64, location: u64, reason: u32, rx_sk: u64) {
-    if config!(netns_scope_all) == 0 {
-        let inum = netns_of(skb, rx_sk);
-        if NETNS_SCOPE.get_ptr(inum).is_none() {
-            update_global(|g| g.drops_out_of_scope += 1);
-            return;
-        }
+    let Some(memo) = DROP_MEMO.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array: aligned and never freed.
+    // Its fields are plain integers. A drop traced while this run is
+    // interrupted (the kernel skips nested runs of a program on most
+    // kernels) could leave a memo mixing two runs' answers: at worst the
+    // next drops of those addresses go to the wrong peer until the memo's
+    // recheck, at most MEMO_RECHECK - 1 of them.
+    let memo = unsafe { &mut *memo };
+    if config!(netns_scope_all) == 0 && !in_scope(skb, rx_sk, memo) {
+        update_global(|g| g.drops_out_of_scope += 1);
+        return;
     }
-    let (peer, kind) = attribute(skb).unwrap_or_default();
+    let (peer, kind) = attribute(skb, memo).unwrap_or_default();
     if reason == config!(reason_too_big) {
         count_too_big(skb, &peer);
     }

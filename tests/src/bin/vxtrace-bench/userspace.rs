@@ -1,0 +1,234 @@
+//! vxtrace's own cost in userspace with many live peers, and the series a
+//! node serves on /metrics.
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead as _, BufReader},
+    net::IpAddr,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use vxtrace::schema::Line;
+use vxtrace_tests::{LabGuard, bin};
+
+use crate::{Report, kernel_cost::frame, median, stop, watcher};
+
+/// Sends one VXLAN packet from each of `n` source addresses per second to
+/// node 1's underlay address, from node 2's namespace, for `secs`.
+pub fn spray(lab: &LabGuard, n: u32, secs: u64) -> std::thread::JoinHandle<()> {
+    let ns = lab.node_ns(2);
+    let dst = match lab.underlay_ip(1) {
+        IpAddr::V4(v) => v,
+        _ => unreachable!(),
+    };
+    std::thread::spawn(move || {
+        let _ = vxtrace::netns::run_in(&ns, || {
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+            assert!(fd >= 0);
+            let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            addr.sin_family = libc::AF_INET as u16;
+            addr.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+            let base = frame(true);
+            let end = Instant::now() + Duration::from_secs(secs);
+            while Instant::now() < end {
+                let second = Instant::now();
+                for i in 0..n {
+                    let mut p = base[14..].to_vec();
+                    // 198.18.0.0/15: room for 131,072 peers.
+                    p[12..16].copy_from_slice(&[
+                        198,
+                        18 + (i >> 16) as u8,
+                        (i >> 8) as u8,
+                        i as u8,
+                    ]);
+                    // Each peer its own inner source MAC, as each node's
+                    // VTEP has: decapsulated frames are then attributed
+                    // to their peer (healthy peers, no findings).
+                    p[42..48].copy_from_slice(&[
+                        0x0e,
+                        0x77,
+                        0,
+                        (i >> 16) as u8,
+                        (i >> 8) as u8,
+                        i as u8,
+                    ]);
+                    p[16..20].copy_from_slice(&dst.octets());
+                    unsafe {
+                        libc::sendto(
+                            fd,
+                            p.as_ptr() as *const _,
+                            p.len(),
+                            0,
+                            &addr as *const _ as *const _,
+                            std::mem::size_of::<libc::sockaddr_in>() as u32,
+                        );
+                    }
+                }
+                if let Some(left) = Duration::from_secs(1).checked_sub(second.elapsed()) {
+                    std::thread::sleep(left);
+                }
+            }
+            unsafe { libc::close(fd) };
+            Ok(())
+        });
+    })
+}
+
+pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32) {
+    let node = lab.node_ns(1);
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node])
+        .arg(bin())
+        // As an operator runs it: one peer on screen, all of them counted.
+        .args([
+            "watch",
+            "--json",
+            "--netns",
+            "self",
+            "--interval",
+            "1s",
+            "--max-peers",
+            &(peers + peers / 4).max(16384).to_string(),
+            "--peer",
+        ])
+        .arg(lab.underlay_ip(2).to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("vxtrace");
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut read_ms = Vec::new();
+        let mut known = 0u64;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(Line::Interval(i)) = Line::parse(&line) {
+                read_ms.push(i.cost.read_ms);
+                known = i.cost.peers_known;
+            }
+        }
+        (read_ms, known)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let sender = spray(lab, peers, secs + 5);
+    std::thread::sleep(Duration::from_secs(5)); // every peer seen, histograms allocated
+    let (cpu0, _) = crate::proc_stat(pid);
+    let t0 = Instant::now();
+    // Resident size while running with every peer live (sampled), beside
+    // the whole life's peak (VmHWM: start-up included).
+    let mut rss_kib = 0;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(250));
+        rss_kib = rss_kib.max(crate::status_kib(pid, "VmRSS:"));
+    }
+    let (cpu1, hwm_kib) = crate::proc_stat(pid);
+    let wall = t0.elapsed().as_secs_f64();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let _ = sender.join();
+    let (mut read_ms, known) = reader.join().unwrap();
+    let steady: Vec<f64> = read_ms.iter().copied().skip(7).collect();
+    let read_med = if steady.is_empty() {
+        median(&mut read_ms)
+    } else {
+        median(&mut steady.clone())
+    };
+    let cpu_pct = (cpu1 - cpu0) / wall * 100.0;
+    let _ = writeln!(
+        r.md,
+        "\n### {peers} live peers ({secs} s, interval 1 s, `watch --json --peer B`: every peer counted, one shown)\n\n| figure | value |\n|---|---|\n| peers known to vxtrace | {known} |\n| CPU seconds per wall second | {:.4} ({cpu_pct:.2} % of one core) |\n| peak RSS while running (VmRSS sampled every 250 ms) | {:.1} MiB |\n| peak RSS of the whole life, start-up included (VmHWM) | {:.1} MiB |\n| time to read all maps once (median) | {read_med:.1} ms |",
+        cpu_pct / 100.0,
+        rss_kib as f64 / 1024.0,
+        hwm_kib as f64 / 1024.0
+    );
+    r.figure(json!({"figure": "userspace", "peers": peers, "peers_known": known, "cpu_core_fraction": cpu_pct / 100.0, "running_rss_kib": rss_kib, "peak_rss_kib": hwm_kib, "map_read_ms": read_med}));
+}
+
+/// Sample lines on node 1's /metrics (no Accept header: classic text).
+fn scrape_series(lab: &LabGuard, port: u16) -> (usize, usize) {
+    let addr = match lab.underlay_ip(1) {
+        IpAddr::V4(v) => v,
+        _ => unreachable!(),
+    };
+    let text = vxtrace::netns::run_in(&lab.node_ns(1), || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect((addr, port))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })
+    .unwrap_or_default();
+    let samples: Vec<&str> = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let with_peer = samples
+        .iter()
+        .filter(|l| l.contains("peer=\"198.18."))
+        .count();
+    (samples.len(), with_peer)
+}
+
+/// How many series one node serves with 1, 100 and 10,000 live peers, by
+/// default (per-peer series for the 16 busiest, and those with findings)
+/// and with every peer given its own (--metrics-peers 100000); and what
+/// that makes for clusters of 1,000 and 5,000 nodes.
+pub fn metrics_series(r: &mut Report, lab: &LabGuard) {
+    let _ = writeln!(
+        r.md,
+        "\n## 5. Series per node on /metrics\n\nOne node with N live peers (VXLAN packets from N addresses every second), `watch --metrics`: sample lines served.\n\n| live peers | default (16 busiest + peers with findings) | of which per-peer | every peer its own series | of which per-peer |\n|---|---|---|---|---|"
+    );
+    let port = 9479;
+    let metrics = format!("{}:{port}", lab.underlay_ip(1));
+    let mut per_node = Vec::new();
+    for peers in [1u32, 100, 10_000] {
+        let mut row = Vec::new();
+        for cap in ["16", "100000"] {
+            let (w, _, _) = watcher(
+                &lab.node_ns(1),
+                &[
+                    "--metrics",
+                    &metrics,
+                    "--metrics-peers",
+                    cap,
+                    "--max-peers",
+                    "16384",
+                ],
+            );
+            let sender = spray(lab, peers, 6);
+            std::thread::sleep(Duration::from_secs(5));
+            row.push(scrape_series(lab, port));
+            let _ = sender.join();
+            stop(w);
+        }
+        let _ = writeln!(
+            r.md,
+            "| {peers} | {} | {} | {} | {} |",
+            row[0].0, row[0].1, row[1].0, row[1].1
+        );
+        r.figure(json!({"figure": "metrics_series", "peers": peers, "default": row[0].0, "default_per_peer": row[0].1, "uncapped": row[1].0, "uncapped_per_peer": row[1].1}));
+        per_node.push((peers, row));
+    }
+    // A full mesh of N nodes: every node has N - 1 peers.
+    let (_, big) = &per_node[2];
+    let (_, small) = &per_node[1];
+    let per_peer_uncapped = (big[1].1 - small[1].1) as f64 / (10_000.0 - 100.0);
+    let _ = writeln!(
+        r.md,
+        "\nA full mesh of N nodes (each node N − 1 live peers), series in Prometheus:\n\n| nodes | default | every peer its own series |\n|---|---|---|"
+    );
+    for nodes in [1_000u64, 5_000] {
+        let default = nodes * big[0].0 as u64;
+        let uncapped =
+            nodes as f64 * (small[1].0 as f64 + per_peer_uncapped * (nodes as f64 - 1.0 - 100.0));
+        let _ = writeln!(r.md, "| {nodes} | {default} | {:.0} |", uncapped);
+        r.figure(json!({"figure": "cluster_series", "nodes": nodes, "default": default, "uncapped": uncapped.round()}));
+    }
+}
