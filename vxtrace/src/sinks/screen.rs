@@ -439,7 +439,14 @@ pub fn print_summary(
         seconds: s.duration_s.max(0.001),
         drops_other: &s.drops_other,
         unattributed: s.unattributed,
-        footer: Vec::new(),
+        footer: s
+            .peer_nodes
+            .iter()
+            .map(|n| {
+                let peers: Vec<String> = n.peers.iter().map(|p| p.to_string()).collect();
+                format!("\none node: {} ({})", peers.join(" and "), n.evidence)
+            })
+            .collect(),
         width,
     };
     let mut out = std::io::stdout().lock();
