@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use vxtrace::lab::Lab;
+pub use vxtrace::lab::{Lab, Layout};
+
+pub mod scenarios;
 use vxtrace::schema::{Attached, Line, Summary};
 
 /// The vxtrace binary under test (`cargo xtask test` sets VXTRACE_BIN).
@@ -36,15 +38,17 @@ pub struct LabGuard {
 }
 
 impl LabGuard {
+    /// A lab in flannel's layout.
     pub fn new(name: &str, nodes: u8, ipv6: bool, port: u16) -> Self {
-        let lab = Lab {
-            name: name.to_string(),
-            nodes,
+        Self::build(Lab {
             ipv6,
             port,
-            vni: 1,
-            dev: "flannel.1".into(),
-        };
+            ..Lab::new(name, nodes, Layout::Flannel)
+        })
+    }
+
+    /// Builds `lab` (any layout).
+    pub fn build(lab: Lab) -> Self {
         lab.up().expect("building the lab");
         Self { lab }
     }
@@ -253,6 +257,8 @@ pub fn outer_frame_len(inner_ip_len: u64, ipv6_underlay: bool) -> u64 {
 
 /// Size of one ICMP echo the lab sends, as an inner IP packet (20 + 8 + 56).
 pub const ICMP_IP_LEN: u64 = 84;
+/// Size of one ICMPv6 echo the lab sends, as an inner IPv6 packet (40 + 8 + 56).
+pub const ICMP6_IP_LEN: u64 = 104;
 
 /// A TCP segment built by hand, for what a socket never sends: an old
 /// timestamp on a live connection, or a SYN from a client whose clock is

@@ -3,82 +3,13 @@
 
 use std::time::Duration;
 
-use vxtrace::schema::SizeDistribution;
-use vxtrace_tests::{ICMP_IP_LEN, LabGuard, Watcher, json, outer_frame_len, peer_names, sh};
+use vxtrace_tests::{LabGuard, Watcher, json, peer_names, scenarios, sh};
 
-/// 200 echoes A->B and 50 datagrams A->C, watched on A and B at once.
+/// 200 echoes A->B and 50 datagrams A->C, watched on A and B at once
+/// (see [`scenarios::three_nodes`]).
 fn three_nodes(name: &str, ipv6: bool, port: u16) {
     let lab = LabGuard::new(name, 3, ipv6, port);
-    let (a, b, c) = (
-        lab.underlay_ip(1).to_string(),
-        lab.underlay_ip(2).to_string(),
-        lab.underlay_ip(3).to_string(),
-    );
-    let on_a = Watcher::start(&lab.node_ns(1), &[]);
-    let on_b = Watcher::start(&lab.node_ns(2), &[]);
-    assert_eq!(on_a.attached.ports, vec![port]);
-
-    assert_eq!(lab.ping(1, 2, 200, Duration::ZERO).unwrap(), 200);
-    assert_eq!(lab.udp(1, 3, 50, 100).unwrap(), 50);
-
-    let sa = on_a.stop();
-    let sb = on_b.stop();
-
-    // A's view.
-    let (a_b, a_c) = (sa.peer(&b).counters, sa.peer(&c).counters);
-    assert_eq!(a_b.tx_encap.packets, 200, "{}", json(&sa));
-    assert_eq!(a_c.tx_encap.packets, 50, "{}", json(&sa));
-    assert_eq!(a_b.tx_dev.packets, 200, "{}", json(&sa));
-    assert_eq!(a_c.tx_dev.packets, 50, "{}", json(&sa));
-    assert_eq!(a_b.rx_nic.packets, 200, "{}", json(&sa));
-    assert_eq!(a_b.rx_decap.packets, 200, "{}", json(&sa));
-    assert_eq!(a_c.rx_nic.packets, 0, "{}", json(&sa));
-    assert_eq!(a_c.rx_decap.packets, 0, "{}", json(&sa));
-    let echo = outer_frame_len(ICMP_IP_LEN, ipv6);
-    assert_eq!(a_b.tx_encap.bytes, 200 * echo);
-    assert_eq!(a_b.rx_nic.bytes, 200 * echo);
-    assert_eq!(a_b.rx_decap.bytes, 200 * (ICMP_IP_LEN + 14));
-    let udp_ip_len = 100 + 8 + 20;
-    assert_eq!(a_c.tx_encap.bytes, 50 * outer_frame_len(udp_ip_len, ipv6));
-    // Outer IP sizes: 84 + 50 (IPv4) or + 70 (IPv6) bytes for the echoes,
-    // all in the bucket "<=256".
-    let echo_ip = ICMP_IP_LEN + if ipv6 { 70 } else { 50 };
-    assert!(echo_ip <= 256);
-    let le256 = (0..vxtrace_common::SIZE_BUCKETS)
-        .find(|i| SizeDistribution::label(*i) == "<=256")
-        .unwrap();
-    let (tx, rx) = (&a_b.outer_size.tx, &a_b.outer_size.rx);
-    assert_eq!(tx.counts[le256], 200, "{}", json(&sa));
-    assert_eq!(
-        tx.quantile_bucket(0.99)
-            .map(SizeDistribution::label)
-            .as_deref(),
-        Some("<=256"),
-        "{}",
-        json(tx)
-    );
-    assert_eq!(rx.total(), 200);
-    let mut peers = peer_names(&sa);
-    peers.sort();
-    let mut expect = vec![b.clone(), c.clone()];
-    expect.sort();
-    assert_eq!(
-        peers,
-        expect,
-        "A saw peers it never talked to: {}",
-        json(&sa)
-    );
-    assert_eq!(a_b.malformed, 0);
-    assert_eq!(sa.peer_map.evictions, 0);
-
-    // B's view: the mirror image, and nothing about C.
-    let b_a = sb.peer(&a);
-    assert_eq!(b_a.counters.rx_nic.packets, 200, "{}", json(&sb));
-    assert_eq!(b_a.counters.rx_decap.packets, 200, "{}", json(&sb));
-    assert_eq!(b_a.counters.tx_encap.packets, 200, "{}", json(&sb));
-    assert_eq!(b_a.counters.tx_dev.packets, 200, "{}", json(&sb));
-    assert_eq!(peer_names(&sb), vec![a.clone()], "{}", json(&sb));
-    assert!(b_a.hints.is_empty(), "{}", json(&sb));
+    scenarios::three_nodes(&lab);
 }
 
 #[test]

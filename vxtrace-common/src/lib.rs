@@ -281,7 +281,15 @@ pub const MAC_SOURCE_FDB: u32 = 2;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VxlanDevice {
     pub vni: u32,
-    pub _pad: u32,
+    /// `VxlanDevice::*` bits.
+    pub flags: u32,
+}
+
+impl VxlanDevice {
+    /// A metadata (`external`, collect_metadata) device: each packet's
+    /// remote and VNI travel in the skb's tunnel metadata, not in an FDB,
+    /// and `vni` is 0.
+    pub const METADATA: u32 = 1;
 }
 
 /// A watched VNI (value of the VNI map, keyed by VNI).
@@ -617,6 +625,7 @@ mod tests {
         assert_eq!(size_of::<TooBig>(), 16);
         assert_eq!(size_of::<DropKey>(), 32);
         assert_eq!(size_of::<VniInfo>(), 16);
+        assert_eq!(size_of::<VxlanDevice>(), 8);
         assert_eq!(size_of::<InnerAddr>(), 24);
         assert_eq!(
             size_of::<Config>(),

@@ -17,7 +17,10 @@ use netlink_packet_route::{
     address::AddressAttribute,
     link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute},
-    route::{RouteAddress, RouteAttribute, RouteMessage},
+    route::{
+        RouteAddress, RouteAttribute, RouteIp6Tunnel, RouteIpTunnel, RouteLwTunnelEncap,
+        RouteMessage,
+    },
 };
 
 /// A network interface, as much of it as vxtrace needs.
@@ -33,6 +36,24 @@ pub struct Link {
     /// The bridge (or other master) this device is enslaved to.
     pub master: Option<u32>,
     vxlan: Option<Vec<InfoVxlan>>,
+}
+
+#[cfg(test)]
+impl Link {
+    /// A link with just a name, an index and a kind (unit tests).
+    pub(crate) fn for_test(name: &str, ifindex: u32, kind: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            ifindex,
+            kind: Some(kind.to_string()),
+            up: true,
+            loopback: false,
+            mac: None,
+            mtu: Some(1500),
+            master: None,
+            vxlan: (kind == "vxlan").then(Vec::new),
+        }
+    }
 }
 
 /// A forwarding-database entry of a VXLAN device: inner MAC -> remote VTEP.
@@ -52,7 +73,7 @@ pub fn format_mac(m: &[u8; 6]) -> String {
     )
 }
 
-/// An IP neighbour entry (ARP / NDP) of a VXLAN device.
+/// An IP neighbour entry (ARP / NDP) with a link-layer address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Neighbour {
     pub ifindex: u32,
@@ -68,6 +89,11 @@ pub struct OverlayRoute {
     pub dst: IpAddr,
     pub prefix_len: u8,
     pub gateway: Option<IpAddr>,
+    /// The remote of a lightweight-tunnel route (`encap ip id VNI dst
+    /// REMOTE`), as metadata (`external`) VXLAN devices are routed.
+    pub encap_dst: Option<IpAddr>,
+    /// That route's VNI.
+    pub encap_vni: Option<u32>,
 }
 
 /// A snapshot of what netlink says about this namespace.
@@ -77,7 +103,10 @@ pub struct Snapshot {
     /// Addresses by ifindex.
     pub addrs: BTreeMap<u32, Vec<IpAddr>>,
     pub fdb: Vec<FdbEntry>,
+    /// Neighbour entries of the VXLAN devices (VTEP addresses).
     pub neighbours: Vec<Neighbour>,
+    /// Neighbour entries of every other device (the underlay's ARP / NDP).
+    pub link_neighbours: Vec<Neighbour>,
     pub routes: Vec<OverlayRoute>,
     /// Unicast routes of the main table (any device), for reachability.
     pub all_routes: Vec<OverlayRoute>,
@@ -192,7 +221,7 @@ fn link_from_msg(msg: LinkMessage) -> Link {
     link
 }
 
-/// Reads links, addresses, the VXLAN devices' FDB and neighbour entries,
+/// Reads links, addresses, the VXLAN devices' FDB, the neighbour entries,
 /// and the routes of the current network namespace.
 pub async fn snapshot() -> Result<Snapshot> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
@@ -260,7 +289,8 @@ async fn dump_fdb(handle: &rtnetlink::Handle, snap: &mut Snapshot) -> Result<()>
     Ok(())
 }
 
-/// The VXLAN devices' neighbour entries (VTEP address to MAC).
+/// Neighbour entries with a link-layer address: the VXLAN devices' (VTEP
+/// address to MAC) apart from the others' (the underlay's ARP / NDP).
 async fn dump_neighbours(
     handle: &rtnetlink::Handle,
     family: AddressFamily,
@@ -273,19 +303,21 @@ async fn dump_neighbours(
         .execute();
     while let Some(msg) = neigh.try_next().await.context("dumping neighbours")? {
         let ifindex = msg.header.ifindex;
-        if !snap.is_vxlan(ifindex) {
-            continue;
-        }
         let permanent =
             msg.header.state == netlink_packet_route::neighbour::NeighbourState::Permanent;
         let (mac, addr, _) = neighbour_fields(msg.attributes);
         if let (Some(mac), Some(addr)) = (mac, addr) {
-            snap.neighbours.push(Neighbour {
+            let n = Neighbour {
                 ifindex,
                 addr,
                 mac,
                 permanent,
-            });
+            };
+            if snap.is_vxlan(ifindex) {
+                snap.neighbours.push(n);
+            } else {
+                snap.link_neighbours.push(n);
+            }
         }
     }
     Ok(())
@@ -305,11 +337,13 @@ async fn dump_routes(
         let mut oif = None;
         let mut dst = None;
         let mut gateway = None;
+        let (mut encap_dst, mut encap_vni) = (None, None);
         for attr in &msg.attributes {
             match attr {
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 RouteAttribute::Destination(a) => dst = route_ip(a),
                 RouteAttribute::Gateway(a) => gateway = route_ip(a),
+                RouteAttribute::Encap(encap) => (encap_dst, encap_vni) = tunnel_encap(encap),
                 _ => {}
             }
         }
@@ -325,6 +359,8 @@ async fn dump_routes(
                 dst: dst.unwrap_or(unspecified),
                 prefix_len,
                 gateway,
+                encap_dst,
+                encap_vni,
             });
         }
         if let Some(dst) = dst
@@ -335,6 +371,8 @@ async fn dump_routes(
                 dst,
                 prefix_len,
                 gateway,
+                encap_dst,
+                encap_vni,
             });
         }
     }
@@ -412,6 +450,21 @@ fn neighbour_fields(
     (mac, addr, vni)
 }
 
+/// Remote and VNI of an `encap ip` / `encap ip6` route.
+fn tunnel_encap(encap: &[RouteLwTunnelEncap]) -> (Option<IpAddr>, Option<u32>) {
+    let (mut dst, mut vni) = (None, None);
+    for e in encap {
+        match e {
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(a)) => dst = Some(IpAddr::V4(*a)),
+            RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Destination(a)) => dst = Some(IpAddr::V6(*a)),
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(id))
+            | RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Id(id)) => vni = u32::try_from(*id).ok(),
+            _ => {}
+        }
+    }
+    (dst.filter(|a| !a.is_unspecified()), vni)
+}
+
 fn main_table(msg: &RouteMessage) -> bool {
     let table = msg
         .attributes
@@ -441,12 +494,77 @@ impl Snapshot {
             .map(|e| e.dst)
     }
 
-    /// Overlay (VTEP) addresses of peers: neighbour IP -> MAC -> FDB -> peer.
+    /// Overlay (VTEP) addresses of peers: neighbour IP -> MAC -> FDB -> peer,
+    /// or (metadata devices) the remote of the routes via that address.
     /// Returns (VXLAN ifindex, VTEP address, peer).
     pub fn vtep_addrs(&self) -> Vec<(u32, IpAddr, IpAddr)> {
         self.neighbours
             .iter()
-            .filter_map(|n| Some((n.ifindex, n.addr, self.fdb_dst(n.ifindex, &n.mac)?)))
+            .filter_map(|n| {
+                let peer = self
+                    .fdb_dst(n.ifindex, &n.mac)
+                    .or_else(|| self.encap_via(n.ifindex, &n.addr))?;
+                Some((n.ifindex, n.addr, peer))
+            })
+            .collect()
+    }
+
+    /// The remote of the lightweight-tunnel routes via `gw` on device
+    /// `ifindex`, if they agree on one.
+    fn encap_via(&self, ifindex: u32, gw: &IpAddr) -> Option<IpAddr> {
+        let mut remotes = self
+            .routes
+            .iter()
+            .filter(|r| r.ifindex == ifindex && r.gateway.as_ref() == Some(gw))
+            .filter_map(|r| r.encap_dst);
+        let first = remotes.next()?;
+        remotes.all(|r| r == first).then_some(first)
+    }
+
+    /// The most specific main-table route to `addr`.
+    pub fn route_to(&self, addr: &IpAddr) -> Option<&OverlayRoute> {
+        self.all_routes
+            .iter()
+            .filter(|r| prefix_contains(&r.dst, r.prefix_len, addr))
+            .max_by_key(|r| r.prefix_len)
+    }
+
+    /// Peers that are one node as this node's underlay shows it: directly
+    /// connected (their routes have no gateway) and resolved by the
+    /// neighbour table (ARP / NDP) of the device that reaches them to one
+    /// MAC. Returns each group of two or more, sorted, with the MAC.
+    /// Peers behind a router all resolve to the router's MAC, so they are
+    /// never grouped; nor are peers without a neighbour entry (no traffic
+    /// lately, or a point-to-point underlay).
+    pub fn same_node_peers(&self, peers: &[IpAddr]) -> Vec<(Vec<IpAddr>, [u8; 6])> {
+        let mut by_mac: BTreeMap<(u32, [u8; 6]), Vec<IpAddr>> = BTreeMap::new();
+        for peer in peers {
+            let Some(route) = self.route_to(peer) else {
+                continue;
+            };
+            if route.gateway.is_some() || self.is_vxlan(route.ifindex) {
+                continue;
+            }
+            let Some(n) = self
+                .link_neighbours
+                .iter()
+                .find(|n| n.ifindex == route.ifindex && n.addr == *peer)
+            else {
+                continue;
+            };
+            if is_group_mac(&n.mac) {
+                continue;
+            }
+            by_mac.entry((n.ifindex, n.mac)).or_default().push(*peer);
+        }
+        by_mac
+            .into_iter()
+            .filter(|(_, peers)| peers.len() > 1)
+            .map(|((_, mac), mut peers)| {
+                peers.sort();
+                peers.dedup();
+                (peers, mac)
+            })
             .collect()
     }
 
@@ -478,11 +596,15 @@ impl Snapshot {
     }
 
     /// Pod subnets behind peers: route via a VTEP address -> its neighbour
-    /// MAC -> FDB -> peer. Returns (VXLAN ifindex, subnet, prefix length, peer).
+    /// MAC -> FDB -> peer, or (metadata devices) the route's own remote.
+    /// Returns (VXLAN ifindex, subnet, prefix length, peer).
     pub fn pod_subnets(&self) -> Vec<(u32, IpAddr, u8, IpAddr)> {
         self.routes
             .iter()
             .filter_map(|r| {
+                if let Some(remote) = r.encap_dst {
+                    return Some((r.ifindex, r.dst, r.prefix_len, remote));
+                }
                 let gw = r.gateway?;
                 let n = self
                     .neighbours
@@ -629,6 +751,115 @@ mod tests {
         assert!(prefix_contains(&ip("0.0.0.0"), 0, &ip("192.0.2.1")));
         assert!(prefix_contains(&ip("fd00::"), 64, &ip("fd00::5")));
         assert!(!prefix_contains(&ip("fd00::"), 64, &ip("10.0.0.1")));
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn route(ifindex: u32, net: &str, len: u8, gw: Option<&str>) -> OverlayRoute {
+        OverlayRoute {
+            ifindex,
+            dst: ip(net),
+            prefix_len: len,
+            gateway: gw.map(ip),
+            encap_dst: None,
+            encap_vni: None,
+        }
+    }
+
+    fn neighbour(ifindex: u32, addr: &str, mac: [u8; 6]) -> Neighbour {
+        Neighbour {
+            ifindex,
+            addr: ip(addr),
+            mac,
+            permanent: false,
+        }
+    }
+
+    /// A dual-stack peer's two addresses resolve to one MAC on the
+    /// underlay: one node. Peers behind a router resolve to nothing of
+    /// their own (the router's MAC is the gateway's entry): never grouped.
+    #[test]
+    fn same_node_peers_by_underlay_mac() {
+        let mut snap = Snapshot::default();
+        snap.links.insert(2, Link::for_test("eth0", 2, "veth"));
+        let (node2, node3, router) = (
+            [0x0e, 0, 0, 0, 0, 2],
+            [0x0e, 0, 0, 0, 0, 3],
+            [0x0e, 0, 0, 0, 0, 0xfe],
+        );
+        snap.all_routes = vec![
+            route(2, "192.0.2.0", 24, None),
+            route(2, "2001:db8:1::", 64, None),
+            route(2, "0.0.0.0", 0, Some("192.0.2.1")),
+            route(2, "::", 0, Some("2001:db8:1::1")),
+        ];
+        snap.link_neighbours = vec![
+            neighbour(2, "192.0.2.12", node2),
+            neighbour(2, "2001:db8:1::12", node2),
+            neighbour(2, "192.0.2.13", node3),
+            neighbour(2, "192.0.2.1", router),
+            neighbour(2, "2001:db8:1::1", router),
+        ];
+        let peers = [
+            "2001:db8:1::12",
+            "192.0.2.12",
+            "192.0.2.13",
+            "198.51.100.7",
+            "2001:db8:2::7",
+        ]
+        .map(ip);
+        assert_eq!(
+            snap.same_node_peers(&peers),
+            vec![(vec![ip("192.0.2.12"), ip("2001:db8:1::12")], node2)]
+        );
+        // A neighbour entry on another device than the route's is no evidence.
+        snap.link_neighbours[1].ifindex = 7;
+        assert!(snap.same_node_peers(&peers).is_empty());
+    }
+
+    /// A metadata device's routes name their remotes: pod subnets and
+    /// VTEP addresses belong to them without an FDB.
+    #[test]
+    fn lightweight_tunnel_routes_name_their_remotes() {
+        let mut snap = Snapshot::default();
+        snap.links.insert(2, Link::for_test("eth0", 2, "veth"));
+        snap.links.insert(3, Link::for_test("vxm", 3, "vxlan"));
+        let mut r = route(3, "10.244.1.0", 24, Some("10.244.1.0"));
+        r.encap_dst = Some(ip("192.0.2.12"));
+        r.encap_vni = Some(61);
+        snap.routes = vec![r];
+        snap.neighbours = vec![neighbour(3, "10.244.1.0", [0x0e, 0x6d, 0x64, 0, 0, 2])];
+        assert_eq!(
+            snap.pod_subnets(),
+            vec![(3, ip("10.244.1.0"), 24, ip("192.0.2.12"))]
+        );
+        assert_eq!(
+            snap.vtep_addrs(),
+            vec![(3, ip("10.244.1.0"), ip("192.0.2.12"))]
+        );
+        assert_eq!(
+            snap.inner_owners().owner(&ip("10.244.1.9")),
+            Some(ip("192.0.2.12"))
+        );
+    }
+
+    #[test]
+    fn tunnel_encap_attributes() {
+        let v4 = [
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(61)),
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination("192.0.2.12".parse().unwrap())),
+        ];
+        assert_eq!(tunnel_encap(&v4), (Some(ip("192.0.2.12")), Some(61)));
+        let v6 = [
+            RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Destination(
+                "2001:db8:1::12".parse().unwrap(),
+            )),
+            RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Id(7)),
+        ];
+        assert_eq!(tunnel_encap(&v6), (Some(ip("2001:db8:1::12")), Some(7)));
+        assert_eq!(tunnel_encap(&[]), (None, None));
     }
 
     #[test]

@@ -198,9 +198,12 @@ fn check_fdb_entry(t: &DeviceTables<'_>, e: &discovery::FdbEntry, out: &mut Vec<
 fn check_neighbours(t: &DeviceTables<'_>, out: &mut Vec<Finding>) {
     let (fdb, dev) = (&t.fdb, t.dev);
     let mut macs_seen: BTreeMap<[u8; 6], Vec<IpAddr>> = BTreeMap::new();
+    // A metadata (`external`) device has no FDB (each route names its
+    // remote); others may learn or flood what they lack.
+    let resolves = t.snap.resolves_on_its_own(dev);
     for n in &t.neigh {
         macs_seen.entry(n.mac).or_default().push(n.addr);
-        if !t.snap.resolves_on_its_own(dev) && !fdb.iter().any(|e| e.mac == n.mac) {
+        if !resolves && !fdb.iter().any(|e| e.mac == n.mac) {
             out.push(finding(
                 Check::NeighbourWithoutFdb,
                 if n.permanent { Severity::Error } else { Severity::Warning },
@@ -262,6 +265,10 @@ fn check_mtu(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: &mu
         snap.fdb
             .iter()
             .any(|e| e.ifindex == dev.ifindex && e.dst.is_ipv6())
+            || snap
+                .routes
+                .iter()
+                .any(|r| r.ifindex == dev.ifindex && r.encap_dst.is_some_and(|a| a.is_ipv6()))
     });
     let overhead = if v6 { 70 } else { 50 };
     if let Some(ul) = underlay.and_then(|i| snap.links.get(&i))

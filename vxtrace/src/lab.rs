@@ -1,14 +1,28 @@
-//! `vxtrace lab`: a VXLAN overlay in flannel's layout, built from network
-//! namespaces on this machine, with a traffic generator.
+//! `vxtrace lab`: a VXLAN overlay built from network namespaces on this
+//! machine, in one of three layouts, with a traffic generator.
 //!
 //! Per node N (1-based): a node namespace `<name>-nN` with an underlay veth
-//! `eth0` into a shared bridge namespace `<name>-br`, a VXLAN device
-//! (`flannel.1`, VNI 1, port 8472, nolearning) with flannel's routes
-//! (`10.244.M.0/24 via 10.244.M.0 dev flannel.1 onlink`), PERMANENT
-//! neighbour entries and `bridge fdb append` entries for every other node,
-//! and a pod namespace `<name>-pN` behind a `cni0` bridge. Underlay
-//! addresses come from the documentation ranges (192.0.2.0/24,
-//! 2001:db8:1::/64) and exist only inside the lab's namespaces.
+//! `eth0` into a shared bridge namespace `<name>-br`, a VXLAN device with
+//! routes and PERMANENT neighbour entries for every other node, and a pod
+//! namespace `<name>-pN`. Underlay addresses come from the documentation
+//! ranges (192.0.2.0/24, 2001:db8:1::/64) and exist only inside the lab's
+//! namespaces. The layouts ([`Layout`]):
+//!
+//! - **flannel**: `flannel.1` (VNI 1, port 8472, nolearning) with
+//!   `10.244.M.0/24 via 10.244.M.0 dev flannel.1 onlink` routes and
+//!   `bridge fdb append` entries, the pod behind a `cni0` bridge. With
+//!   `dual_stack`, also `flannel-v6.1` (IPv6 underlay, same VNI and port)
+//!   with `fd00:10:244:M::/64 via fd00:10:244:M:: dev flannel-v6.1 onlink`,
+//!   and every pod has an IPv4 and an IPv6 address.
+//! - **calico**: `vxlan.calico` (VNI 4096, port 4789), a /26 block per
+//!   node whose first address is the tunnel address, `10.244.M.64/26 via
+//!   10.244.M.64 dev vxlan.calico onlink`, FDB entries as Calico programs
+//!   them, and the pod on a `cali` veth with a /32 address and the
+//!   169.254.1.1 gateway.
+//! - **metadata**: an `external` (collect_metadata) device, as Cilium and
+//!   OVS use, with no FDB: each route carries the remote and the VNI
+//!   (`10.244.M.0/24 encap ip id VNI dst REMOTE via 10.244.M.0 dev vxm
+//!   onlink`); the pod behind `cni0`.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
@@ -21,6 +35,47 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::netns;
 
+/// How the lab's overlay is built (see the module documentation).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// flannel's VXLAN backend: `flannel.1`, VNI 1, port 8472, a /24 per node.
+    #[default]
+    Flannel,
+    /// Calico's VXLAN: `vxlan.calico`, VNI 4096, port 4789, /26 blocks.
+    Calico,
+    /// A metadata (`external`) device with lightweight-tunnel routes.
+    Metadata,
+}
+
+impl Layout {
+    pub fn default_port(self) -> u16 {
+        match self {
+            Layout::Calico => 4789,
+            Layout::Flannel | Layout::Metadata => 8472,
+        }
+    }
+    pub fn default_vni(self) -> u32 {
+        match self {
+            Layout::Calico => 4096,
+            Layout::Flannel | Layout::Metadata => 1,
+        }
+    }
+    pub fn default_dev(self) -> &'static str {
+        match self {
+            Layout::Flannel => "flannel.1",
+            Layout::Calico => "vxlan.calico",
+            Layout::Metadata => "vxm",
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Flannel => "flannel",
+            Layout::Calico => "calico",
+            Layout::Metadata => "metadata",
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct LabOpts {
     /// Prefix of the lab's namespaces.
@@ -29,18 +84,32 @@ pub struct LabOpts {
     /// Number of nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=50))]
     pub nodes: u8,
+    /// The overlay's layout.
+    #[arg(long, value_enum, default_value_t = Layout::Flannel)]
+    pub layout: Layout,
+    /// Short for `--layout calico`.
+    #[arg(long, conflicts_with_all = ["layout", "metadata"])]
+    pub calico: bool,
+    /// Short for `--layout metadata`.
+    #[arg(long, conflicts_with = "layout")]
+    pub metadata: bool,
     /// IPv6 underlay instead of IPv4.
     #[arg(long)]
     pub ipv6_underlay: bool,
-    /// VXLAN UDP port (flannel 8472, IANA 4789).
-    #[arg(long, default_value_t = 8472)]
-    pub port: u16,
-    /// VNI.
-    #[arg(long, default_value_t = 1)]
-    pub vni: u32,
-    /// Name of the VXLAN device in each node.
-    #[arg(long, default_value = "flannel.1")]
-    pub dev: String,
+    /// flannel's dual-stack: `flannel.1` over IPv4 and `flannel-v6.1` over
+    /// IPv6 side by side, pods with an IPv4 and an IPv6 address.
+    #[arg(long, conflicts_with_all = ["ipv6_underlay", "calico", "metadata"])]
+    pub dual_stack: bool,
+    /// VXLAN UDP port [default: the layout's: 8472, Calico 4789].
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// VNI [default: the layout's: 1, Calico 4096].
+    #[arg(long)]
+    pub vni: Option<u32>,
+    /// Name of the VXLAN device in each node [default: flannel.1,
+    /// vxlan.calico, vxm].
+    #[arg(long)]
+    pub dev: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -78,6 +147,9 @@ pub struct TrafficArgs {
     /// ICMP echo requests to send (one at a time, each waiting for its reply).
     #[arg(long, default_value_t = 0)]
     pub icmp: u32,
+    /// ICMPv6 echo requests to send, to the pod's IPv6 address (dual-stack).
+    #[arg(long, default_value_t = 0)]
+    pub icmp6: u32,
     /// UDP datagrams to send (to a receiver the lab starts in the target pod).
     #[arg(long, default_value_t = 0)]
     pub udp: u32,
@@ -91,29 +163,64 @@ pub fn run(cmd: LabCommand) -> Result<()> {
         LabCommand::Up(opts) => {
             let lab = Lab::from(&opts);
             lab.up()?;
+            let mut pods: Vec<String> = Vec::new();
+            for i in 1..=lab.nodes {
+                let mut p = format!("{}={}", lab.pod_ns(i), lab.pod_ip(i));
+                if lab.dual_stack {
+                    p.push_str(&format!(",{}", lab.pod_ip6(i)));
+                }
+                pods.push(p);
+            }
             println!(
-                "lab {} up: {} nodes, {} underlay, port {}, VNI {}; pods {}",
+                "lab {} up: {} nodes, {} layout, {} underlay, device {}{}, port {}, VNI {}; pods {}",
                 lab.name,
                 lab.nodes,
-                if lab.ipv6 { "IPv6" } else { "IPv4" },
+                lab.layout.as_str(),
+                if lab.dual_stack {
+                    "IPv4 + IPv6"
+                } else if lab.ipv6 {
+                    "IPv6"
+                } else {
+                    "IPv4"
+                },
+                lab.dev,
+                if lab.dual_stack {
+                    format!(" + {}", lab.dev6())
+                } else {
+                    String::new()
+                },
                 lab.port,
                 lab.vni,
-                (1..=lab.nodes)
-                    .map(|i| format!("{}={}", lab.pod_ns(i), lab.pod_ip(i)))
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                pods.join(" ")
             );
             Ok(())
         }
         LabCommand::Down { name } => down(&name),
         LabCommand::Traffic(t) => {
             let lab = Lab::named(&t.name);
+            let (v4, v6) = pod_addrs(&lab.pod_ns(t.to))?;
             if t.icmp > 0 {
-                let replies = lab.ping(t.from, t.to, t.icmp, Duration::ZERO)?;
+                let Some(dst) = v4 else {
+                    bail!("pod {} has no IPv4 address", lab.pod_ns(t.to));
+                };
+                let replies = ping_from(&lab.pod_ns(t.from), dst, t.icmp, Duration::ZERO)?;
                 println!("icmp sent={} replies={replies}", t.icmp);
             }
+            if t.icmp6 > 0 {
+                let Some(dst) = v6 else {
+                    bail!(
+                        "pod {} has no IPv6 address (build the lab with --dual-stack)",
+                        lab.pod_ns(t.to)
+                    );
+                };
+                let replies = ping6_from(&lab.pod_ns(t.from), dst, t.icmp6, Duration::ZERO)?;
+                println!("icmp6 sent={} replies={replies}", t.icmp6);
+            }
             if t.udp > 0 {
-                let got = lab.udp(t.from, t.to, t.udp, t.size)?;
+                let Some(dst) = v4 else {
+                    bail!("pod {} has no IPv4 address", lab.pod_ns(t.to));
+                };
+                let got = udp_between(&lab.pod_ns(t.from), &lab.pod_ns(t.to), dst, t.udp, t.size)?;
                 println!("udp sent={} received={got}", t.udp);
             }
             Ok(())
@@ -127,36 +234,60 @@ pub fn run(cmd: LabCommand) -> Result<()> {
 pub struct Lab {
     pub name: String,
     pub nodes: u8,
+    /// IPv6 underlay (the one device's; with `dual_stack`, false: the IPv6
+    /// device comes on top).
     pub ipv6: bool,
     pub port: u16,
     pub vni: u32,
     pub dev: String,
+    pub layout: Layout,
+    /// flannel's dual-stack: a second device, `flannel-v6.<vni>`.
+    pub dual_stack: bool,
 }
 
 impl From<&LabOpts> for Lab {
     fn from(o: &LabOpts) -> Self {
+        let layout = if o.calico {
+            Layout::Calico
+        } else if o.metadata {
+            Layout::Metadata
+        } else {
+            o.layout
+        };
         Self {
             name: o.name.clone(),
             nodes: o.nodes,
             ipv6: o.ipv6_underlay,
-            port: o.port,
-            vni: o.vni,
-            dev: o.dev.clone(),
+            port: o.port.unwrap_or(layout.default_port()),
+            vni: o.vni.unwrap_or(layout.default_vni()),
+            dev: o
+                .dev
+                .clone()
+                .unwrap_or_else(|| layout.default_dev().to_string()),
+            layout,
+            dual_stack: o.dual_stack && layout == Layout::Flannel,
         }
     }
 }
 
 impl Lab {
-    /// A lab handle for commands that only need names and pod addresses.
-    pub fn named(name: &str) -> Self {
+    /// A lab of `layout` with its defaults (IPv4 underlay, single stack).
+    pub fn new(name: &str, nodes: u8, layout: Layout) -> Self {
         Self {
             name: name.to_string(),
-            nodes: 0,
+            nodes,
             ipv6: false,
-            port: 8472,
-            vni: 1,
-            dev: "flannel.1".into(),
+            port: layout.default_port(),
+            vni: layout.default_vni(),
+            dev: layout.default_dev().to_string(),
+            layout,
+            dual_stack: false,
         }
+    }
+
+    /// A lab handle for commands that only need names.
+    pub fn named(name: &str) -> Self {
+        Self::new(name, 0, Layout::Flannel)
     }
 
     pub fn bridge_ns(&self) -> String {
@@ -168,25 +299,103 @@ impl Lab {
     pub fn pod_ns(&self, i: u8) -> String {
         format!("{}-p{i}", self.name)
     }
+    /// Node i's underlay address (of the one VXLAN device; with
+    /// `dual_stack`, the IPv4 one).
     pub fn underlay_ip(&self, i: u8) -> IpAddr {
         if self.ipv6 {
-            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + i as u16))
+            IpAddr::V6(self.underlay_v6(i))
         } else {
-            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10 + i))
+            IpAddr::V4(self.underlay_v4(i))
         }
+    }
+    pub fn underlay_v4(&self, i: u8) -> Ipv4Addr {
+        Ipv4Addr::new(192, 0, 2, 10 + i)
+    }
+    pub fn underlay_v6(&self, i: u8) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + i as u16)
     }
     fn underlay_prefix(&self) -> u8 {
         if self.ipv6 { 64 } else { 24 }
     }
     pub fn vtep_mac(&self, i: u8) -> String {
-        format!("0e:76:78:00:00:{i:02x}")
+        match self.layout {
+            Layout::Flannel => format!("0e:76:78:00:00:{i:02x}"),
+            Layout::Calico => format!("66:63:61:00:00:{i:02x}"),
+            Layout::Metadata => format!("0e:6d:64:00:00:{i:02x}"),
+        }
     }
-    /// Node i's flannel.1 address (x.x.x.0, as flannel assigns).
+    /// MAC of node i's `flannel-v6.1` (dual-stack).
+    pub fn vtep_mac6(&self, i: u8) -> String {
+        format!("0e:76:36:00:00:{i:02x}")
+    }
+    /// Node i's VXLAN device address: flannel's x.x.x.0, or Calico's tunnel
+    /// address, the first of the node's block.
     pub fn vtep_ip(&self, i: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 244, i - 1, 0)
+        let (net, _) = self.pod_subnet(i);
+        net
     }
+    /// Node i's pod network: flannel's /24, or Calico's /26 block.
+    pub fn pod_subnet(&self, i: u8) -> (Ipv4Addr, u8) {
+        match self.layout {
+            Layout::Calico => (Ipv4Addr::new(10, 244, i - 1, 64), 26),
+            Layout::Flannel | Layout::Metadata => (Ipv4Addr::new(10, 244, i - 1, 0), 24),
+        }
+    }
+    /// Node i's pod network as text (`10.244.0.0/24`).
+    pub fn pod_cidr(&self, i: u8) -> String {
+        let (net, len) = self.pod_subnet(i);
+        format!("{net}/{len}")
+    }
+    /// Node i's pod: the first address after the VTEP's (`.2` behind
+    /// flannel's `cni0` at `.1`; Calico's first pod address after the
+    /// tunnel address).
     pub fn pod_ip(&self, i: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 244, i - 1, 2)
+        let (net, _) = self.pod_subnet(i);
+        let [a, b, c, d] = net.octets();
+        match self.layout {
+            Layout::Calico => Ipv4Addr::new(a, b, c, d + 1),
+            Layout::Flannel | Layout::Metadata => Ipv4Addr::new(a, b, c, d + 2),
+        }
+    }
+    /// Node i's IPv6 pod network (dual-stack): `fd00:10:244:N::/64`.
+    pub fn pod_subnet6(&self, i: u8) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x10, 0x244, (i - 1) as u16, 0, 0, 0, 0)
+    }
+    /// Node i's `flannel-v6.1` address (the subnet's first, as flannel assigns).
+    pub fn vtep_ip6(&self, i: u8) -> Ipv6Addr {
+        self.pod_subnet6(i)
+    }
+    /// Node i's pod's IPv6 address (dual-stack).
+    pub fn pod_ip6(&self, i: u8) -> Ipv6Addr {
+        let s = self.pod_subnet6(i).segments();
+        Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 2)
+    }
+    /// The IPv6 VXLAN device of a dual-stack node, as flannel names it.
+    pub fn dev6(&self) -> String {
+        format!("flannel-v6.{}", self.vni)
+    }
+    /// MTU of a VXLAN device over an IPv4 (50 bytes of headers) or IPv6
+    /// (70) underlay of MTU 1500.
+    fn vxlan_mtu(ipv6: bool) -> u32 {
+        if ipv6 { 1430 } else { 1450 }
+    }
+    /// The pods' MTU: that of the device(s) they are routed through.
+    fn pod_mtu(&self) -> String {
+        Self::vxlan_mtu(self.ipv6 || self.dual_stack).to_string()
+    }
+
+    /// The MAC of node i's underlay device (`eth0`).
+    pub fn underlay_mac(&self, i: u8) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.node_ns(i), "-o", "link", "show", "eth0"])
+            .output()
+            .context("running ip link")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_string)
+            .with_context(|| format!("no MAC in `ip link show eth0` of {}", self.node_ns(i)))
     }
 
     pub fn up(&self) -> Result<()> {
@@ -199,6 +408,9 @@ impl Lab {
     }
 
     fn build(&self) -> Result<()> {
+        if self.dual_stack && (self.layout != Layout::Flannel || self.ipv6) {
+            bail!("dual-stack is flannel's layout over an IPv4 and an IPv6 underlay");
+        }
         let br = self.bridge_ns();
         ip(&["netns", "add", &br])?;
         ipn(&br, &["link", "set", "lo", "up"])?;
@@ -211,6 +423,9 @@ impl Lab {
             for j in 1..=self.nodes {
                 if i != j {
                     self.connect(i, j)?;
+                    if self.dual_stack {
+                        self.connect6(i, j)?;
+                    }
                 }
             }
         }
@@ -221,6 +436,21 @@ impl Lab {
         let (br, node, pod) = (self.bridge_ns(), self.node_ns(i), self.pod_ns(i));
         ip(&["netns", "add", &node])?;
         ip(&["netns", "add", &pod])?;
+        if self.dual_stack {
+            // Nothing else in a lab's namespace could hold its addresses:
+            // skip duplicate address detection, which keeps a new link-local
+            // address tentative for a second, and with it the neighbour
+            // solicitations (and the first IPv6 packets) of the node.
+            for ns in [&node, &pod] {
+                netns::run_in(ns, || {
+                    for conf in ["all", "default"] {
+                        std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad"), "0")
+                            .context("turning off IPv6 duplicate address detection")?;
+                    }
+                    Ok(())
+                })?;
+            }
+        }
         let port = format!("veth{i}");
         ipn(
             &br,
@@ -231,72 +461,191 @@ impl Lab {
         ipn(&br, &["link", "set", &port, "master", "br0", "up"])?;
         ipn(&node, &["link", "set", "lo", "up"])?;
         ipn(&node, &["link", "set", "eth0", "up"])?;
-        let ul = format!("{}/{}", self.underlay_ip(i), self.underlay_prefix());
         if self.ipv6 {
+            let ul = format!("{}/{}", self.underlay_ip(i), self.underlay_prefix());
             ipn(&node, &["addr", "add", &ul, "dev", "eth0", "nodad"])?;
         } else {
+            let ul = format!("{}/{}", self.underlay_ip(i), self.underlay_prefix());
             ipn(&node, &["addr", "add", &ul, "dev", "eth0"])?;
         }
+        if self.dual_stack {
+            let ul6 = format!("{}/64", self.underlay_v6(i));
+            ipn(&node, &["addr", "add", &ul6, "dev", "eth0", "nodad"])?;
+        }
         self.add_vxlan(i)?;
-        let mtu = if self.ipv6 { "1430" } else { "1450" };
-        // The pod behind cni0.
+        if self.dual_stack {
+            self.add_vxlan6(i)?;
+        }
+        match self.layout {
+            Layout::Calico => self.add_calico_pod(i)?,
+            Layout::Flannel | Layout::Metadata => self.add_bridged_pod(i)?,
+        }
+        let v6 = self.dual_stack;
+        netns::run_in(&node, || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling ip_forward")?;
+            if v6 {
+                std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+                    .context("enabling IPv6 forwarding")?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// The pod behind `cni0`, as flannel's bridge CNI plugs it.
+    fn add_bridged_pod(&self, i: u8) -> Result<()> {
+        let (node, pod) = (self.node_ns(i), self.pod_ns(i));
+        let mtu = self.pod_mtu();
+        let (net, len) = self.pod_subnet(i);
+        let [a, b, c, d] = net.octets();
+        let gw = Ipv4Addr::new(a, b, c, d + 1);
         ipn(&node, &["link", "add", "cni0", "type", "bridge"])?;
-        let gw = Ipv4Addr::new(10, 244, i - 1, 1);
-        ipn(&node, &["addr", "add", &format!("{gw}/24"), "dev", "cni0"])?;
-        ipn(&node, &["link", "set", "cni0", "mtu", mtu, "up"])?;
+        ipn(
+            &node,
+            &["addr", "add", &format!("{gw}/{len}"), "dev", "cni0"],
+        )?;
+        ipn(&node, &["link", "set", "cni0", "mtu", &mtu, "up"])?;
         ipn(
             &node,
             &[
-                "link", "add", "veth0", "mtu", mtu, "type", "veth", "peer", "name", "eth0",
+                "link", "add", "veth0", "mtu", &mtu, "type", "veth", "peer", "name", "eth0",
                 "netns", &pod,
             ],
         )?;
         ipn(&node, &["link", "set", "veth0", "master", "cni0", "up"])?;
         ipn(&pod, &["link", "set", "lo", "up"])?;
-        ipn(&pod, &["link", "set", "eth0", "mtu", mtu, "up"])?;
-        ipn(
-            &pod,
-            &[
-                "addr",
-                "add",
-                &format!("{}/24", self.pod_ip(i)),
-                "dev",
-                "eth0",
-            ],
-        )?;
+        ipn(&pod, &["link", "set", "eth0", "mtu", &mtu, "up"])?;
+        let addr = format!("{}/{len}", self.pod_ip(i));
+        ipn(&pod, &["addr", "add", &addr, "dev", "eth0"])?;
         ipn(&pod, &["route", "add", "default", "via", &gw.to_string()])?;
-        netns::run_in(&node, || {
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling ip_forward")
-        })?;
+        if self.dual_stack {
+            let s = self.pod_subnet6(i).segments();
+            let gw6 = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 1);
+            let gw6_cidr = format!("{gw6}/64");
+            ipn(&node, &["addr", "add", &gw6_cidr, "dev", "cni0", "nodad"])?;
+            let pod6 = format!("{}/64", self.pod_ip6(i));
+            ipn(&pod, &["addr", "add", &pod6, "dev", "eth0", "nodad"])?;
+            ipn(
+                &pod,
+                &["-6", "route", "add", "default", "via", &gw6.to_string()],
+            )?;
+        }
         Ok(())
     }
 
-    /// Node i's VXLAN device, as flannel creates it (address, MAC, MTU).
+    /// The pod as Calico's CNI plugs it: a /32 address, a default route
+    /// via 169.254.1.1, and on the node a `cali` veth with the MAC
+    /// ee:ee:ee:ee:ee:ee, proxy ARP, and a /32 route to the pod. Calico's
+    /// nodes answer the pod's ARP for 169.254.1.1 by proxy ARP, which needs
+    /// a route to that address on the node (its default route); the lab's
+    /// nodes have none, so the pod gets the answer as a permanent entry.
+    fn add_calico_pod(&self, i: u8) -> Result<()> {
+        let (node, pod) = (self.node_ns(i), self.pod_ns(i));
+        let mtu = self.pod_mtu();
+        let host_veth = "cali0";
+        let host_mac = "ee:ee:ee:ee:ee:ee";
+        ipn(
+            &node,
+            &[
+                "link", "add", host_veth, "mtu", &mtu, "type", "veth", "peer", "name", "eth0",
+                "netns", &pod,
+            ],
+        )?;
+        ipn(
+            &node,
+            &["link", "set", host_veth, "address", host_mac, "up"],
+        )?;
+        netns::run_in(&node, || {
+            std::fs::write(
+                format!("/proc/sys/net/ipv4/conf/{host_veth}/proxy_arp"),
+                "1",
+            )
+            .context("enabling proxy ARP")?;
+            std::fs::write(
+                format!("/proc/sys/net/ipv4/neigh/{host_veth}/proxy_delay"),
+                "0",
+            )
+            .context("setting the proxy ARP delay")
+        })?;
+        let pod_ip = self.pod_ip(i).to_string();
+        ipn(
+            &node,
+            &[
+                "route",
+                "add",
+                &format!("{pod_ip}/32"),
+                "dev",
+                host_veth,
+                "scope",
+                "link",
+            ],
+        )?;
+        // Calico's route for the node's own block: what is not a pod here
+        // goes nowhere.
+        ipn(&node, &["route", "add", "blackhole", &self.pod_cidr(i)])?;
+        ipn(&pod, &["link", "set", "lo", "up"])?;
+        ipn(&pod, &["link", "set", "eth0", "mtu", &mtu, "up"])?;
+        ipn(
+            &pod,
+            &["addr", "add", &format!("{pod_ip}/32"), "dev", "eth0"],
+        )?;
+        let gw = "169.254.1.1";
+        ipn(&pod, &["route", "add", gw, "dev", "eth0", "scope", "link"])?;
+        ipn(&pod, &["route", "add", "default", "via", gw, "dev", "eth0"])?;
+        ipn(
+            &pod,
+            &[
+                "neigh",
+                "add",
+                gw,
+                "lladdr",
+                host_mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )
+    }
+
+    /// Node i's VXLAN device, as the layout's agent creates it (address,
+    /// MAC, MTU).
     fn add_vxlan(&self, i: u8) -> Result<()> {
         let node = self.node_ns(i);
         let local = self.underlay_ip(i).to_string();
         let vni = self.vni.to_string();
         let port_s = self.port.to_string();
-        ipn(
-            &node,
-            &[
-                "link",
-                "add",
-                &self.dev,
-                "type",
-                "vxlan",
-                "id",
-                &vni,
-                "local",
-                &local,
-                "dev",
-                "eth0",
-                "dstport",
-                &port_s,
-                "nolearning",
-            ],
-        )?;
-        let mtu = if self.ipv6 { "1430" } else { "1450" };
+        match self.layout {
+            Layout::Flannel | Layout::Calico => ipn(
+                &node,
+                &[
+                    "link",
+                    "add",
+                    &self.dev,
+                    "type",
+                    "vxlan",
+                    "id",
+                    &vni,
+                    "local",
+                    &local,
+                    "dev",
+                    "eth0",
+                    "dstport",
+                    &port_s,
+                    "nolearning",
+                ],
+            )?,
+            // No VNI, no local address, no underlay device: each route
+            // says where and with which VNI (Cilium creates its
+            // `cilium_vxlan` like this).
+            Layout::Metadata => ipn(
+                &node,
+                &[
+                    "link", "add", &self.dev, "type", "vxlan", "dstport", &port_s, "external",
+                ],
+            )?,
+        }
+        let mtu = Self::vxlan_mtu(self.ipv6).to_string();
         ipn(
             &node,
             &[
@@ -306,12 +655,56 @@ impl Lab {
                 "address",
                 &self.vtep_mac(i),
                 "mtu",
-                mtu,
+                &mtu,
             ],
         )?;
         let addr = format!("{}/32", self.vtep_ip(i));
         ipn(&node, &["addr", "add", &addr, "dev", &self.dev])?;
         ipn(&node, &["link", "set", &self.dev, "up"])
+    }
+
+    /// Node i's `flannel-v6.1` (dual-stack): IPv6 underlay, the same VNI
+    /// and port as `flannel.1`.
+    fn add_vxlan6(&self, i: u8) -> Result<()> {
+        let node = self.node_ns(i);
+        let dev = self.dev6();
+        let local = self.underlay_v6(i).to_string();
+        let (vni, port) = (self.vni.to_string(), self.port.to_string());
+        ipn(
+            &node,
+            &[
+                "link",
+                "add",
+                &dev,
+                "type",
+                "vxlan",
+                "id",
+                &vni,
+                "local",
+                &local,
+                "dev",
+                "eth0",
+                "dstport",
+                &port,
+                "nolearning",
+            ],
+        )?;
+        let mtu = Self::vxlan_mtu(true).to_string();
+        ipn(
+            &node,
+            &[
+                "link",
+                "set",
+                &dev,
+                "address",
+                &self.vtep_mac6(i),
+                "mtu",
+                &mtu,
+            ],
+        )?;
+        let addr = format!("{}/128", self.vtep_ip6(i));
+        ipn(&node, &["addr", "add", &addr, "dev", &dev, "nodad"])?;
+        ipn(&node, &["link", "set", &dev, "up"])
     }
 
     /// Deletes node i's VXLAN device and creates it again with its routes,
@@ -327,17 +720,34 @@ impl Lab {
         Ok(())
     }
 
-    /// Node i learns how to reach node j, exactly as flannel programs it.
+    /// Node i learns how to reach node j, exactly as the layout's agent
+    /// programs it.
     fn connect(&self, i: u8, j: u8) -> Result<()> {
         let node = self.node_ns(i);
         let vtep = self.vtep_ip(j).to_string();
-        let subnet = format!("10.244.{}.0/24", j - 1);
-        ipn(
-            &node,
-            &[
-                "route", "add", &subnet, "via", &vtep, "dev", &self.dev, "onlink",
-            ],
-        )?;
+        let subnet = self.pod_cidr(j);
+        let remote = self.underlay_ip(j).to_string();
+        match self.layout {
+            Layout::Flannel | Layout::Calico => ipn(
+                &node,
+                &[
+                    "route", "add", &subnet, "via", &vtep, "dev", &self.dev, "onlink",
+                ],
+            )?,
+            Layout::Metadata => {
+                let vni = self.vni.to_string();
+                let mut args = vec!["route", "add", &subnet, "encap"];
+                if self.ipv6 {
+                    // With a checksum: receivers refuse zero UDP checksums
+                    // over IPv6 (the device's default noudp6zerocsumrx).
+                    args.extend(["ip6", "id", &vni, "dst", &remote, "csum"]);
+                } else {
+                    args.extend(["ip", "id", &vni, "dst", &remote]);
+                }
+                args.extend(["via", &vtep, "dev", &self.dev, "onlink"]);
+                ipn(&node, &args)?
+            }
+        }
         ipn(
             &node,
             &[
@@ -352,6 +762,63 @@ impl Lab {
                 "permanent",
             ],
         )?;
+        let mac = self.vtep_mac(j);
+        match self.layout {
+            Layout::Flannel => run_cmd(
+                "bridge",
+                &[
+                    "-n", &node, "fdb", "append", &mac, "dev", &self.dev, "dst", &remote,
+                ],
+            ),
+            // Calico sets its entries (replacing what was there) as permanent.
+            Layout::Calico => run_cmd(
+                "bridge",
+                &[
+                    "-n",
+                    &node,
+                    "fdb",
+                    "replace",
+                    &mac,
+                    "dev",
+                    &self.dev,
+                    "dst",
+                    &remote,
+                    "self",
+                    "permanent",
+                ],
+            ),
+            Layout::Metadata => Ok(()),
+        }
+    }
+
+    /// Node i's IPv6 route, neighbour and FDB entry for node j on
+    /// `flannel-v6.1` (dual-stack).
+    fn connect6(&self, i: u8, j: u8) -> Result<()> {
+        let node = self.node_ns(i);
+        let dev = self.dev6();
+        let vtep = self.vtep_ip6(j).to_string();
+        let subnet = format!("{}/64", self.pod_subnet6(j));
+        ipn(
+            &node,
+            &[
+                "-6", "route", "add", &subnet, "via", &vtep, "dev", &dev, "onlink",
+            ],
+        )?;
+        ipn(
+            &node,
+            &[
+                "-6",
+                "neigh",
+                "add",
+                &vtep,
+                "lladdr",
+                &self.vtep_mac6(j),
+                "dev",
+                &dev,
+                "nud",
+                "permanent",
+            ],
+        )?;
         run_cmd(
             "bridge",
             &[
@@ -359,11 +826,11 @@ impl Lab {
                 &node,
                 "fdb",
                 "append",
-                &self.vtep_mac(j),
+                &self.vtep_mac6(j),
                 "dev",
-                &self.dev,
+                &dev,
                 "dst",
-                &self.underlay_ip(j).to_string(),
+                &self.underlay_v6(j).to_string(),
             ],
         )
     }
@@ -374,38 +841,87 @@ impl Lab {
         ping_from(&self.pod_ns(from), self.pod_ip(to), count, gap)
     }
 
+    /// ICMPv6 echoes from pod `from` to pod `to`'s IPv6 address
+    /// (dual-stack), one at a time; returns the number of replies.
+    pub fn ping6(&self, from: u8, to: u8, count: u32, gap: Duration) -> Result<u32> {
+        ping6_from(&self.pod_ns(from), self.pod_ip6(to), count, gap)
+    }
+
     /// UDP datagrams from pod `from` to a receiver in pod `to`; returns how
     /// many arrived. The receiver exists so no ICMP errors come back.
     pub fn udp(&self, from: u8, to: u8, count: u32, size: usize) -> Result<u32> {
-        let dst = SocketAddr::new(IpAddr::V4(self.pod_ip(to)), 5555);
-        let receiver = netns::run_in(&self.pod_ns(to), || {
-            let s = UdpSocket::bind("0.0.0.0:5555").context("binding the UDP receiver")?;
-            s.set_read_timeout(Some(Duration::from_millis(200)))?;
-            Ok(s)
-        })?;
-        let counter = std::thread::spawn(move || {
-            let mut buf = [0u8; 65536];
-            let mut got = 0u32;
-            let mut idle_since = Instant::now();
-            while got < count && idle_since.elapsed() < Duration::from_secs(2) {
-                if receiver.recv(&mut buf).is_ok() {
-                    got += 1;
-                    idle_since = Instant::now();
+        udp_between(
+            &self.pod_ns(from),
+            &self.pod_ns(to),
+            self.pod_ip(to),
+            count,
+            size,
+        )
+    }
+}
+
+/// The global IPv4 and IPv6 address of a pod's `eth0`.
+fn pod_addrs(ns: &str) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
+    let out = Command::new("ip")
+        .args([
+            "-n", ns, "-o", "addr", "show", "dev", "eth0", "scope", "global",
+        ])
+        .output()
+        .context("running ip addr")?;
+    if !out.status.success() {
+        bail!(
+            "no pod namespace {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let (mut v4, mut v6) = (None, None);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut words = line.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "inet" || w == "inet6" {
+                let addr = words.next().and_then(|a| a.split('/').next());
+                match addr.and_then(|a| a.parse::<IpAddr>().ok()) {
+                    Some(IpAddr::V4(a)) => v4 = v4.or(Some(a)),
+                    Some(IpAddr::V6(a)) => v6 = v6.or(Some(a)),
+                    None => {}
                 }
             }
-            got
-        });
-        netns::run_in(&self.pod_ns(from), || {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
-            let payload = vec![0x5a; size];
-            for _ in 0..count {
-                s.send_to(&payload, dst).context("sending UDP")?;
-                std::thread::sleep(Duration::from_micros(500));
-            }
-            Ok(())
-        })?;
-        Ok(counter.join().unwrap_or(0))
+        }
     }
+    Ok((v4, v6))
+}
+
+/// UDP datagrams from namespace `from_ns` to a receiver on `dst` in
+/// `to_ns`; returns how many arrived.
+fn udp_between(from_ns: &str, to_ns: &str, dst: Ipv4Addr, count: u32, size: usize) -> Result<u32> {
+    let dst = SocketAddr::new(IpAddr::V4(dst), 5555);
+    let receiver = netns::run_in(to_ns, || {
+        let s = UdpSocket::bind("0.0.0.0:5555").context("binding the UDP receiver")?;
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        Ok(s)
+    })?;
+    let counter = std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        let mut got = 0u32;
+        let mut idle_since = Instant::now();
+        while got < count && idle_since.elapsed() < Duration::from_secs(2) {
+            if receiver.recv(&mut buf).is_ok() {
+                got += 1;
+                idle_since = Instant::now();
+            }
+        }
+        got
+    });
+    netns::run_in(from_ns, || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let payload = vec![0x5a; size];
+        for _ in 0..count {
+            s.send_to(&payload, dst).context("sending UDP")?;
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        Ok(())
+    })?;
+    Ok(counter.join().unwrap_or(0))
 }
 
 /// ICMP echoes to `dst` from network namespace `ns`, one at a time;
@@ -510,6 +1026,96 @@ fn ping(dst: Ipv4Addr, count: u32, gap: Duration) -> Result<u32> {
             std::thread::sleep(gap);
         }
     }
+    unsafe { libc::close(fd) };
+    Ok(replies)
+}
+
+/// ICMPv6 echoes to `dst` from network namespace `ns`, one at a time;
+/// returns the number of replies.
+pub fn ping6_from(ns: &str, dst: Ipv6Addr, count: u32, gap: Duration) -> Result<u32> {
+    netns::run_in(ns, || ping6(dst, count, gap))
+}
+
+/// Sends `count` ICMPv6 echo requests (56 bytes of data, like `ping -6`)
+/// to `dst` from the current namespace on a raw ICMPv6 socket, each
+/// waiting up to 1 s for its reply. The kernel fills in the checksum of
+/// raw ICMPv6 sockets and hands them packets without the IPv6 header.
+fn ping6(dst: Ipv6Addr, count: u32, gap: Duration) -> Result<u32> {
+    // SAFETY: plain socket syscalls on a descriptor we own.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+    if fd < 0 {
+        bail!(
+            "opening a raw ICMPv6 socket: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let ident = (std::process::id() as u16) ^ 0x6789;
+    // SAFETY: all-zero bytes are a valid sockaddr_in6.
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    addr.sin6_family = libc::AF_INET6 as u16;
+    addr.sin6_addr.s6_addr = dst.octets();
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: a valid descriptor and a timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+    let mut replies = 0;
+    for seq in 0..count {
+        let seq = seq as u16;
+        let mut pkt = [0u8; 64];
+        pkt[0] = 128; // echo request
+        pkt[4..6].copy_from_slice(&ident.to_be_bytes());
+        pkt[6..8].copy_from_slice(&seq.to_be_bytes());
+        for (k, b) in pkt[8..].iter_mut().enumerate() {
+            *b = k as u8;
+        }
+        // SAFETY: the buffer and address outlive the call; sizes match.
+        let sent = unsafe {
+            libc::sendto(
+                fd,
+                pkt.as_ptr() as *const libc::c_void,
+                pkt.len(),
+                0,
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in6>() as u32,
+            )
+        };
+        if sent < 0 {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: our descriptor, closed once.
+            unsafe { libc::close(fd) };
+            bail!("sending ICMPv6 echo to {dst}: {e}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut buf = [0u8; 1500];
+        while Instant::now() < deadline {
+            // SAFETY: the buffer is valid for its length.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+            if n < 8 {
+                continue;
+            }
+            let is_reply = buf[0] == 129
+                && u16::from_be_bytes([buf[4], buf[5]]) == ident
+                && u16::from_be_bytes([buf[6], buf[7]]) == seq;
+            if is_reply {
+                replies += 1;
+                break;
+            }
+        }
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
+    }
+    // SAFETY: our descriptor, closed once.
     unsafe { libc::close(fd) };
     Ok(replies)
 }

@@ -29,7 +29,8 @@ enum Command {
     Doctor(vxtrace::doctor::DoctorArgs),
     /// Read recordings (`watch --record`) and name the likely causes.
     Report(report::ReportArgs),
-    /// A built-in VXLAN lab in network namespaces (flannel's layout).
+    /// A built-in VXLAN lab in network namespaces (flannel's layout, its
+    /// dual-stack, Calico's, or a metadata device's).
     Lab {
         #[command(subcommand)]
         command: lab::LabCommand,

@@ -4,20 +4,26 @@
 //! (`tx_dev`). Neither has an outer header, so the peer comes from
 //! `MAC_PEERS`: the inner source MAC on ingress, the destination MAC on
 //! egress (the same MAC in flannel's layout: the peer VTEP's).
+//! Metadata (`external`) devices have no FDB to seed that map; their
+//! frames carry the remote in the skb's tunnel metadata instead, which is
+//! read first (`tunnel_peer`).
 //!
 //! Inner TCP handshakes are tracked here too: SYNs open an entry in
 //! `HANDSHAKES`, the SYN-ACK closes it, and our own clients' handshake
 //! latency goes to userspace through `HANDSHAKE_EVENTS`.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    bindings::{BPF_F_TUNINFO_IPV6, bpf_tunnel_key},
+    helpers::{bpf_ktime_get_ns, bpf_skb_get_tunnel_key},
     macros::{classifier, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use vxtrace_common::{
     Counter, FlowKey, HANDSHAKE_IN, HANDSHAKE_OUT, Handshake, HandshakeEvent, MAC_MEMO_SLOTS,
-    MEMO_RECHECK, MacKey, MacMemo, PeerKey, PeerStats,
+    MEMO_RECHECK, MacKey, MacMemo, PeerKey, PeerStats, VxlanDevice,
 };
 
 use super::TC_NEXT;
@@ -89,7 +95,7 @@ fn handle(ctx: &TcContext, dir: Direction) {
     let Some(mac) = read::<[u8; 6]>(ctx, mac_off) else {
         return;
     };
-    let Ok(owner) = mac_owner(ifindex, mac) else {
+    let Ok(owner) = frame_owner(ctx, dir, ifindex, mac) else {
         return; // not a watched device
     };
     let bytes = ctx.len() as u64;
@@ -119,11 +125,17 @@ fn handle(ctx: &TcContext, dir: Direction) {
     });
 }
 
-/// The peer that owns `mac` on the device `ifindex`: from the memo, or
-/// from the device and MAC maps (then remembered). `Err` for a device
-/// vxtrace does not watch, `None` for a MAC no peer owns.
+/// The peer a frame on the device `ifindex` belongs to: from the memo;
+/// for a metadata device from the skb's tunnel metadata; else from the
+/// device and MAC maps (then remembered). `Err` for a device vxtrace does
+/// not watch, `None` for a MAC no peer owns.
 #[inline(always)]
-fn mac_owner(ifindex: u32, mac: [u8; 6]) -> Result<Option<PeerKey>, ()> {
+fn frame_owner(
+    ctx: &TcContext,
+    dir: Direction,
+    ifindex: u32,
+    mac: [u8; 6],
+) -> Result<Option<PeerKey>, ()> {
     let slot = (mac[5] as u32 ^ mac[4] as u32) & (MAC_MEMO_SLOTS - 1);
     // SAFETY: this CPU's slot of a per-CPU array: non-null, aligned, never
     // freed, and written only by programs on this CPU. One that interrupts
@@ -139,18 +151,20 @@ fn mac_owner(ifindex: u32, mac: [u8; 6]) -> Result<Option<PeerKey>, ()> {
         m.uses = m.uses.wrapping_add(1);
         return Ok(Some(m.peer));
     }
-    // SAFETY: the entry is read right away (its VNI). The loader may
-    // replace it meanwhile; an integer read mid-update is a stale answer,
-    // never an invalid value.
+    // SAFETY: the entry is read right away (its VNI and flags). The loader
+    // may replace it meanwhile; an integer read mid-update is a stale
+    // answer, never an invalid value.
     let Some(dev) = (unsafe { VXLAN_DEVICES.get(ifindex) }) else {
         return Err(());
     };
-    let owner = MAC_PEERS
-        .get_ptr(&MacKey::new(dev.vni, mac))
-        // SAFETY: a map value, valid until the program returns; a
-        // concurrent rewrite gives a stale peer (integers), never an
-        // invalid one.
-        .map(|o| unsafe { (*o).peer });
+    let (vni, flags) = (dev.vni, dev.flags);
+    if flags & VxlanDevice::METADATA != 0 {
+        // Never memoised: the MAC says nothing about the remote here.
+        // Without tunnel metadata (a frame that reached the device some
+        // other way) the MAC map is all there is.
+        return Ok(tunnel_peer(ctx, dir).or_else(|| mac_peer(vni, mac)));
+    }
+    let owner = mac_peer(vni, mac);
     if let Some(m) = memo {
         // Only answers are remembered: an unknown MAC may be learned any
         // moment by the underlay program.
@@ -163,6 +177,84 @@ fn mac_owner(ifindex: u32, mac: [u8; 6]) -> Result<Option<PeerKey>, ()> {
         }
     }
     Ok(owner)
+}
+
+/// The peer that owns `mac` on `vni`, from `MAC_PEERS`.
+#[inline(always)]
+fn mac_peer(vni: u32, mac: [u8; 6]) -> Option<PeerKey> {
+    MAC_PEERS
+        .get_ptr(&MacKey::new(vni, mac))
+        // SAFETY: a map value, valid until the program returns; a
+        // concurrent rewrite gives a stale peer (integers), never an
+        // invalid one.
+        .map(|o| unsafe { (*o).peer })
+}
+
+/// The helper's error for tunnel metadata of the other address family.
+const EPROTO: i64 = 71;
+const TUNNEL_KEY_SIZE: u32 = core::mem::size_of::<bpf_tunnel_key>() as u32;
+
+/// The remote underlay address in the skb's tunnel metadata, if it has
+/// any. On ingress the metadata is what the VXLAN device found in the
+/// outer headers, and the helper's `remote` field is the outer source. On
+/// egress it is what a lightweight-tunnel route (`encap ip ... dst R`)
+/// attached to the skb's route, or what a BPF program set, and the
+/// destination R comes back in the `local` field: the helper copies the
+/// key's source to `remote` and its destination to `local`, as suits
+/// received packets. (Seen on 6.18: the route's metadata is still on the
+/// skb at the device's TC egress hook; a frame without it falls back to
+/// the MAC map.) IPv4 first; only an IPv6 tunnel answers EPROTO to that.
+#[inline(always)]
+fn tunnel_peer(ctx: &TcContext, dir: Direction) -> Option<PeerKey> {
+    let mut key = MaybeUninit::<bpf_tunnel_key>::uninit();
+    // SAFETY: the context pointer of this run and a stack buffer of exactly
+    // TUNNEL_KEY_SIZE bytes, which the helper fills (or zeroes on error).
+    let rc = unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, key.as_mut_ptr(), TUNNEL_KEY_SIZE, 0) };
+    if rc == 0 {
+        // SAFETY: the helper filled the whole key; a u32 member of a union
+        // of integers takes any bits.
+        let addr = unsafe {
+            let key = key.assume_init_ref();
+            match dir {
+                Direction::Decap => key.__bindgen_anon_1.remote_ipv4,
+                Direction::Encap => key.__bindgen_anon_3.local_ipv4,
+            }
+        };
+        // Host byte order, as the helper converts it.
+        return (addr != 0).then(|| PeerKey::from_v4(addr.to_be_bytes()));
+    }
+    if rc != -EPROTO {
+        return None;
+    }
+    // SAFETY: as above, asking for the IPv6 form.
+    let rc = unsafe {
+        bpf_skb_get_tunnel_key(
+            ctx.skb.skb,
+            key.as_mut_ptr(),
+            TUNNEL_KEY_SIZE,
+            BPF_F_TUNINFO_IPV6.into(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: the helper filled the whole key; a [u32; 4] member of a
+    // union of integers takes any bits.
+    let words = unsafe {
+        let key = key.assume_init_ref();
+        match dir {
+            Direction::Decap => key.__bindgen_anon_1.remote_ipv6,
+            Direction::Encap => key.__bindgen_anon_3.local_ipv6,
+        }
+    };
+    if words[0] | words[1] | words[2] | words[3] == 0 {
+        return None;
+    }
+    // SAFETY: [u32; 4] and [u8; 16] have the same size and any bits are
+    // valid for both. The helper copied the address's bytes in network
+    // order, so the words' memory is the address.
+    let addr: [u8; 16] = unsafe { core::mem::transmute(words) };
+    Some(PeerKey::from_v6(addr))
 }
 
 /// Counts handshake packets and keeps the open-handshake map: a SYN opens

@@ -38,6 +38,7 @@ pub mod vxlan_dev;
 
 pub use paws::{PAWS_KPROBES, PawsKprobe, PawsKprobes};
 pub use tc::{AttachPolicy, ClsactFilter};
+pub use vxlan_dev::shares_vni;
 
 /// The kernel programs, built by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vxtrace"));

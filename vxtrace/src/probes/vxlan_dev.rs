@@ -17,25 +17,43 @@ use crate::{discovery::VxlanDevice, schema::Hook};
 /// bpf_map_update_elem flag: update only.
 const BPF_EXIST: u64 = 2;
 
+/// Whether another watched device (by name: a device that came back has a
+/// new ifindex) uses `dev`'s VNI with a different MAC.
+pub fn shares_vni(dev: &VxlanDevice, watched: &[VxlanDevice]) -> bool {
+    dev.vni.is_some()
+        && watched
+            .iter()
+            .any(|o| o.name != dev.name && o.vni == dev.vni && o.mac != dev.mac)
+}
+
 impl Tracer {
     /// Tells the kernel programs about `dev` (its ifindex, VNI, and for a
     /// routed device the MAC decapsulated frames must be addressed to).
-    pub fn register_vxlan(&mut self, dev: &VxlanDevice) -> Result<()> {
-        let check_mac = if dev.bridged { None } else { dev.mac };
+    /// `watched`: every watched device. Devices that share a VNI (flannel's
+    /// `flannel.1` and `flannel-v6.1` in a dual-stack cluster) share one
+    /// entry of the VNI map, which holds one MAC: the check of the inner
+    /// destination MAC is then off for that VNI (see [`shares_vni`]).
+    pub fn register_vxlan(&mut self, dev: &VxlanDevice, watched: &[VxlanDevice]) -> Result<()> {
+        let check_mac = if dev.bridged || shares_vni(dev, watched) {
+            None
+        } else {
+            dev.mac
+        };
         self.register_device(dev.ifindex, dev.vni, check_mac)
     }
 
     /// Registers `dev` (again: a device that came back has a new ifindex)
     /// and attaches to it.
-    pub fn attach_vxlan(&mut self, dev: &VxlanDevice) -> Result<()> {
-        self.register_vxlan(dev)?;
+    pub fn attach_vxlan(&mut self, dev: &VxlanDevice, watched: &[VxlanDevice]) -> Result<()> {
+        self.register_vxlan(dev, watched)?;
         self.attach_tc(programs::VXLAN_INGRESS, &dev.name, Hook::Ingress)?;
         self.attach_tc(programs::VXLAN_EGRESS, &dev.name, Hook::Egress)
     }
 
     /// Tells the kernel programs that `ifindex` is a VXLAN device with `vni`
-    /// (`None`: a metadata device, registered under VNI 0; its FDB entries
-    /// carry their own VNIs).
+    /// (`None`: a metadata device, registered under VNI 0 and flagged
+    /// [`vxtrace_common::VxlanDevice::METADATA`]: its programs take each
+    /// frame's remote from the tunnel metadata).
     /// `own_mac`: the device's MAC, when decapsulated frames must be
     /// addressed to it (routed devices; not bridged ones).
     pub fn register_device(
@@ -48,7 +66,11 @@ impl Tracer {
             HashMap::try_from(self.map_mut(maps::VXLAN_DEVICES)?)?;
         let device = vxtrace_common::VxlanDevice {
             vni: vni.unwrap_or(0),
-            _pad: 0,
+            flags: if vni.is_none() {
+                vxtrace_common::VxlanDevice::METADATA
+            } else {
+                0
+            },
         };
         devices
             .insert(ifindex, device, 0)
@@ -117,5 +139,48 @@ impl Tracer {
             let _ = map.remove(&k);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(name: &str, vni: Option<u32>, mac: u8) -> VxlanDevice {
+        VxlanDevice {
+            name: name.into(),
+            ifindex: u32::from(mac),
+            vni,
+            port: 8472,
+            local: None,
+            link_ifindex: None,
+            mac: Some([0x0e, 0, 0, 0, 0, mac]),
+            mtu: Some(1450),
+            gbp: false,
+            learning: false,
+            bridged: false,
+        }
+    }
+
+    #[test]
+    fn devices_sharing_a_vni() {
+        let v4 = dev("flannel.1", Some(1), 1);
+        let v6 = dev("flannel-v6.1", Some(1), 2);
+        let other = dev("vx42", Some(42), 3);
+        assert!(shares_vni(&v4, &[v4.clone(), v6.clone()]));
+        assert!(shares_vni(&v6, &[v4.clone(), v6.clone(), other.clone()]));
+        assert!(!shares_vni(
+            &other,
+            &[v4.clone(), v6.clone(), other.clone()]
+        ));
+        // The same device come back (new ifindex): not another device.
+        let back = VxlanDevice {
+            ifindex: 9,
+            ..v4.clone()
+        };
+        assert!(!shares_vni(&back, std::slice::from_ref(&v4)));
+        // Metadata devices have no VNI of their own.
+        let md = dev("vxm", None, 4);
+        assert!(!shares_vni(&md, &[md.clone(), dev("vxm2", None, 5)]));
     }
 }

@@ -129,6 +129,16 @@ pub struct Node {
     pub vteps: Vec<IpAddr>,
 }
 
+/// Peer addresses that are one node, as far as this node's own kernel
+/// state shows it (a dual-stack node's IPv4 and IPv6 VTEP addresses are
+/// two peers): `{"peers":["192.0.2.12","2001:db8:1::12"],"evidence":"same
+/// underlay MAC 0e:…"}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    pub peers: Vec<IpAddr>,
+    pub evidence: String,
+}
+
 /// The first line of every recording file: what produced it, where.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Header {
@@ -476,6 +486,10 @@ pub struct Summary {
     pub interval_s: f64,
     pub intervals: u64,
     pub peers: BTreeMap<IpAddr, PeerSummary>,
+    /// Peers that are one node (see [`PeerNode`]), from the neighbour
+    /// entries of the underlay devices at exit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_nodes: Vec<PeerNode>,
     /// With `--peer`: everyone else, summed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub other_peers: Option<PeerGroup>,

@@ -480,7 +480,14 @@ pub fn print_summary(
         drops_other: &s.drops_other,
         unattributed: s.unattributed,
         unresolved: &s.unresolved,
-        footer: Vec::new(),
+        footer: s
+            .peer_nodes
+            .iter()
+            .map(|n| {
+                let peers: Vec<String> = n.peers.iter().map(|p| p.to_string()).collect();
+                format!("\none node: {} ({})", peers.join(" and "), n.evidence)
+            })
+            .collect(),
         width,
     };
     let mut out = std::io::stdout().lock();

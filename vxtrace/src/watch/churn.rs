@@ -79,11 +79,12 @@ impl DeviceWatch {
     ) -> Vec<Line> {
         let mut events = Vec::new();
         let current = snap.vxlan_devices();
+        let watched = plan.vxlan.clone();
         for dev in plan.vxlan.iter_mut() {
             let was = self.known.get(&dev.name).copied().flatten();
             match current.iter().find(|d| d.name == dev.name) {
                 Some(d) if Some(d.ifindex) != was => {
-                    let result = tracer.attach_vxlan(d);
+                    let result = tracer.attach_vxlan(d, &watched);
                     events.push(self.came_back("VXLAN device", &d.name, d.ifindex, result));
                     *dev = d.clone();
                 }

@@ -127,7 +127,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         netns_specs: args.netns.clone(),
     });
     session.run(&mut sinks, args.duration).await?;
-    session.finish(&mut sinks)
+    session.finish(&mut sinks).await
 }
 
 /// Stage 1: what the kernel offers, what netlink shows, what to watch.
@@ -224,7 +224,7 @@ fn load_stage(args: &WatchArgs, p: &Planned, btf: LoaderBtf) -> Result<Tracer> {
 fn seed_stage(tracer: &mut Tracer, p: &Planned) -> Result<()> {
     for dev in &p.plan.vxlan {
         tracer
-            .register_vxlan(dev)
+            .register_vxlan(dev, &p.plan.vxlan)
             .with_context(|| format!("registering VXLAN device {}", dev.name))?;
     }
     let seeded = tracer.seed_from(&p.snap, &p.plan.vxlan)?;
@@ -239,7 +239,7 @@ fn seed_stage(tracer: &mut Tracer, p: &Planned) -> Result<()> {
 fn attach_stage(tracer: &mut Tracer, args: &WatchArgs, p: &mut Planned) -> Result<Probes> {
     for dev in &p.plan.vxlan {
         tracer
-            .attach_vxlan(dev)
+            .attach_vxlan(dev, &p.plan.vxlan)
             .with_context(|| format!("attaching to VXLAN device {}", dev.name))?;
     }
     for iface in &p.plan.underlays {

@@ -2,12 +2,18 @@
 //! decided from the flags and what netlink shows, before anything is
 //! loaded. Every way this can fail is a user error with what to do.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use anyhow::{Result, bail};
 
 use super::args::WatchArgs;
-use crate::discovery::{Snapshot, VxlanDevice};
+use crate::{
+    discovery::{Snapshot, VxlanDevice},
+    probes::shares_vni,
+};
 
 /// VXLAN's ports in the field: IANA's, and the Linux default flannel
 /// uses.
@@ -59,6 +65,16 @@ pub fn plan(args: &WatchArgs, snap: &Snapshot) -> Result<Plan> {
             Vec::new()
         };
     let filter_vni = !vxlan.is_empty() && vxlan.iter().all(|d| d.vni.is_some());
+    let mut shared: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+    for d in vxlan.iter().filter(|d| shares_vni(d, &vxlan)) {
+        shared.entry(d.vni.unwrap_or(0)).or_default().push(&d.name);
+    }
+    for (vni, names) in shared {
+        notes.push(format!(
+            "{} share VNI {vni}: frames arriving with it are not checked for a stale destination MAC (inner_dst_mac_mismatch)",
+            names.join(" and ")
+        ));
+    }
     let gbp = vxlan.iter().any(|d| d.gbp);
     if vxlan.is_empty() {
         notes.push(
@@ -147,7 +163,9 @@ fn choose_underlays(
 }
 
 /// The device that carries `dev`'s encapsulated traffic: its `dev`, the
-/// owner of its `local` address, or (neither) every device with an address.
+/// owner of its `local` address, the devices that reach the remotes of
+/// its lightweight-tunnel routes (a metadata device), or (none of these)
+/// every device with an address.
 fn underlay_of(snap: &Snapshot, dev: &VxlanDevice, notes: &mut Vec<String>) -> Result<Vec<String>> {
     let by_link = dev
         .link_ifindex
@@ -160,6 +178,17 @@ fn underlay_of(snap: &Snapshot, dev: &VxlanDevice, notes: &mut Vec<String>) -> R
         .map(|l| l.name.clone());
     if let Some(name) = by_link.or(by_local) {
         return Ok(vec![name]);
+    }
+    let by_remotes = sorted(
+        snap.routes
+            .iter()
+            .filter(|r| r.ifindex == dev.ifindex)
+            .filter_map(|r| snap.route_dev(&r.encap_dst?))
+            .filter(|i| !snap.is_vxlan(*i))
+            .filter_map(|i| snap.links.get(&i).map(|l| l.name.clone())),
+    );
+    if !by_remotes.is_empty() {
+        return Ok(by_remotes);
     }
     // No `dev` and no `local`: the kernel routes by destination, so any
     // device with an address may carry it.
@@ -269,6 +298,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::{Link, OverlayRoute};
 
     fn device(port: u16) -> VxlanDevice {
         VxlanDevice {
@@ -309,5 +339,58 @@ mod tests {
             split_foreign_ports(vec![4789, 8472], &[]),
             (vec![4789, 8472], vec![])
         );
+    }
+
+    /// A metadata device names no underlay device and no local address:
+    /// the device that reaches its routes' remotes carries its traffic.
+    #[test]
+    fn metadata_device_underlay_from_route_remotes() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut snap = Snapshot::default();
+        snap.links.insert(2, Link::for_test("eth0", 2, "veth"));
+        snap.links.insert(3, Link::for_test("vxm", 3, "vxlan"));
+        snap.links.insert(4, Link::for_test("cni0", 4, "bridge"));
+        snap.addrs.insert(2, vec![ip("192.0.2.11")]);
+        snap.addrs.insert(4, vec![ip("10.244.0.1")]);
+        snap.all_routes.push(OverlayRoute {
+            ifindex: 2,
+            dst: ip("192.0.2.0"),
+            prefix_len: 24,
+            gateway: None,
+            encap_dst: None,
+            encap_vni: None,
+        });
+        snap.routes.push(OverlayRoute {
+            ifindex: 3,
+            dst: ip("10.244.1.0"),
+            prefix_len: 24,
+            gateway: Some(ip("10.244.1.0")),
+            encap_dst: Some(ip("192.0.2.12")),
+            encap_vni: Some(61),
+        });
+        let dev = VxlanDevice {
+            name: "vxm".into(),
+            ifindex: 3,
+            vni: None,
+            port: 8472,
+            local: None,
+            link_ifindex: None,
+            mac: None,
+            mtu: Some(1450),
+            gbp: false,
+            learning: false,
+            fills_on_demand: false,
+            bridged: false,
+        };
+        let mut notes = Vec::new();
+        assert_eq!(underlay_of(&snap, &dev, &mut notes).unwrap(), vec!["eth0"]);
+        assert!(notes.is_empty(), "{notes:?}");
+        // Without such routes: every device with an address, said so.
+        snap.routes.clear();
+        assert_eq!(
+            underlay_of(&snap, &dev, &mut notes).unwrap(),
+            vec!["eth0", "cni0"]
+        );
+        assert_eq!(notes.len(), 1);
     }
 }

@@ -16,7 +16,7 @@ use super::{
     tables::Tables,
 };
 use crate::{
-    discovery::Snapshot,
+    discovery::{self, Snapshot},
     netstat,
     probes::{Readout, Tracer},
     reaper::Reaper,
@@ -199,7 +199,7 @@ impl Session {
     /// The last sample, then the summary to every sink. The programs are
     /// detached before anything is printed: nothing of ours stays in the
     /// kernel a moment longer than needed.
-    pub fn finish(mut self, sinks: &mut Sinks) -> Result<()> {
+    pub async fn finish(mut self, sinks: &mut Sinks) -> Result<()> {
         let sample = self.sample()?;
         // A short remainder adds to the totals but not to the rate
         // histograms.
@@ -219,10 +219,19 @@ impl Session {
             node: &self.run.node,
             peer_map_capacity: self.run.tracer.max_peers,
         };
+        // Neighbour entries change as traffic flows: the end's are asked for.
+        let at_exit = match discovery::snapshot().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!("reading netlink at exit failed: {e:#}");
+                None
+            }
+        };
         let line = Line::Summary(Box::new(summary::build(
             &self.run.tables,
             &facts,
             &self.run.snap,
+            at_exit.as_ref(),
             &self.netstat,
         )));
         drop(self.run.tracer);

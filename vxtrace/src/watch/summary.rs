@@ -10,11 +10,11 @@ use vxtrace_common::PeerKey;
 use super::{plan::Plan, tables::Tables};
 use crate::{
     conntrack,
-    discovery::Snapshot,
+    discovery::{Snapshot, format_mac},
     netstat,
     schema::{
-        Attachment, ConntrackStatus, DoctorFinding, DropMapStats, Node, PeerMapStats, Probes,
-        Summary, round3,
+        Attachment, ConntrackStatus, DoctorFinding, DropMapStats, Node, PeerMapStats, PeerNode,
+        Probes, Summary, round3,
     },
 };
 
@@ -30,10 +30,13 @@ pub struct RunFacts<'a> {
     pub peer_map_capacity: u32,
 }
 
+/// `snap` is what netlink showed at start (or at the last device
+/// refresh); `at_exit`, when it could be read, what it shows now.
 pub fn build(
     t: &Tables,
     facts: &RunFacts<'_>,
     snap: &Snapshot,
+    at_exit: Option<&Snapshot>,
     netstat: &netstat::Baseline,
 ) -> Summary {
     let drops = t.drops_by_peer();
@@ -47,6 +50,7 @@ pub fn build(
         interval_s: facts.interval_s,
         intervals: t.peers.intervals,
         peers: t.peer_summaries(&drops),
+        peer_nodes: Vec::new(),
         other_peers,
         retired_peers,
         drops_other: other.by_reason.clone(),
@@ -84,7 +88,20 @@ pub fn build(
         attached: facts.attached.to_vec(),
     };
     add_conntrack(&mut summary, snap);
+    summary.peer_nodes = peer_nodes(at_exit.unwrap_or(snap), &summary);
     summary
+}
+
+/// The summary's peers that are one node, by their underlay MAC.
+fn peer_nodes(snap: &Snapshot, summary: &Summary) -> Vec<PeerNode> {
+    let peers: Vec<IpAddr> = summary.peers.keys().copied().collect();
+    snap.same_node_peers(&peers)
+        .into_iter()
+        .map(|(peers, mac)| PeerNode {
+            peers,
+            evidence: format!("same underlay MAC {}", format_mac(&mac)),
+        })
+        .collect()
 }
 
 /// Conntrack's half-open TCP flows, per peer (the peer that owns the

@@ -1,0 +1,219 @@
+//! The overlay layouts besides flannel's single stack, each on a real
+//! kernel with exact counts: flannel's dual-stack (two VXLAN devices, an
+//! IPv4 and an IPv6 peer per node), metadata (`external`) devices whose
+//! frames are attributed from the tunnel metadata, and Calico's VXLAN
+//! (with the incident checks of `drops.rs`, run on this layout).
+
+use std::{net::IpAddr, time::Duration};
+
+use vxtrace::schema::{PeerNode, Summary};
+use vxtrace_tests::{
+    ICMP_IP_LEN, ICMP6_IP_LEN, Lab, LabGuard, Layout, Watcher, json, outer_frame_len, peer_names,
+    scenarios,
+};
+
+/// Packets and bytes of one peer: (tx_encap, rx_nic, rx_decap, tx_dev)
+/// packets, each frame `inner` bytes of IP over an IPv4 or IPv6 underlay.
+fn assert_exact(s: &Summary, peer: &str, sent: u64, received: u64, inner: u64, ipv6: bool) {
+    let p = s.peer(peer).counters;
+    let outer = outer_frame_len(inner, ipv6);
+    let frame = inner + 14;
+    let what = format!("peer {peer}: {}", json(s));
+    assert_eq!(p.tx_encap.packets, sent, "tx_encap {what}");
+    assert_eq!(p.tx_encap.bytes, sent * outer, "tx_encap bytes {what}");
+    assert_eq!(p.tx_dev.packets, sent, "tx_dev {what}");
+    assert_eq!(p.tx_dev.bytes, sent * frame, "tx_dev bytes {what}");
+    assert_eq!(p.rx_nic.packets, received, "rx_nic {what}");
+    assert_eq!(p.rx_nic.bytes, received * outer, "rx_nic bytes {what}");
+    assert_eq!(p.rx_decap.packets, received, "rx_decap {what}");
+    assert_eq!(p.rx_decap.bytes, received * frame, "rx_decap bytes {what}");
+    assert_eq!(p.inner_dst_mac_mismatch, 0, "{what}");
+    assert_eq!(p.malformed, 0, "{what}");
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// The groups of a summary's `peer_nodes`, sorted.
+fn groups(s: &Summary) -> Vec<PeerNode> {
+    let mut g = s.peer_nodes.clone();
+    g.sort_by(|a, b| a.peers.cmp(&b.peers));
+    g
+}
+
+fn addr(a: impl Into<IpAddr>) -> IpAddr {
+    a.into()
+}
+
+/// flannel's dual-stack: `flannel.1` over IPv4 and `flannel-v6.1` over
+/// IPv6 (same VNI and port) on one underlay device. Each node is two
+/// peers, one per family, counted apart, with bytes from the header sizes
+/// (outer IPv4 = inner + 50, IPv6 = inner + 70); both VTEP addresses are
+/// the node's; and each node's two peer addresses are grouped as one node
+/// by their underlay MAC.
+#[test]
+fn dual_stack_flannel() {
+    let lab = LabGuard::build(Lab {
+        dual_stack: true,
+        ..Lab::new("vt-lds", 3, Layout::Flannel)
+    });
+    let v4 = |i| lab.underlay_v4(i).to_string();
+    let v6 = |i| lab.underlay_v6(i).to_string();
+    let on_a = Watcher::start(&lab.node_ns(1), &[]);
+    let on_b = Watcher::start(&lab.node_ns(2), &[]);
+    let mut devices: Vec<String> = on_a
+        .attached
+        .devices
+        .iter()
+        .map(|d| d.name.clone())
+        .collect();
+    devices.sort();
+    assert_eq!(devices, vec!["flannel-v6.1", "flannel.1"]);
+    assert_eq!(on_a.attached.underlays, vec!["eth0"]);
+    assert_eq!(on_a.attached.ports, vec![8472]);
+    let notes = on_a.attached.notes.join("\n");
+    assert!(notes.contains("share VNI 1"), "{notes}");
+
+    assert_eq!(lab.ping(1, 2, 100, Duration::ZERO).unwrap(), 100);
+    assert_eq!(lab.ping6(1, 2, 60, Duration::ZERO).unwrap(), 60);
+    assert_eq!(lab.ping(1, 3, 20, Duration::ZERO).unwrap(), 20);
+    assert_eq!(lab.ping6(1, 3, 30, Duration::ZERO).unwrap(), 30);
+
+    let sa = on_a.stop();
+    let sb = on_b.stop();
+
+    // A: four peers, two per node, each with its own family's traffic.
+    assert_eq!(
+        sorted(peer_names(&sa)),
+        sorted(vec![v4(2), v6(2), v4(3), v6(3)]),
+        "{}",
+        json(&sa)
+    );
+    assert_exact(&sa, &v4(2), 100, 100, ICMP_IP_LEN, false);
+    assert_exact(&sa, &v6(2), 60, 60, ICMP6_IP_LEN, true);
+    assert_exact(&sa, &v4(3), 20, 20, ICMP_IP_LEN, false);
+    assert_exact(&sa, &v6(3), 30, 30, ICMP6_IP_LEN, true);
+    let node = sa.node.as_ref().expect("the summary names its node");
+    assert_eq!(
+        node.vteps,
+        vec![addr(lab.underlay_v4(1)), addr(lab.underlay_v6(1))]
+    );
+    assert_eq!(
+        groups(&sa),
+        vec![
+            PeerNode {
+                peers: vec![addr(lab.underlay_v4(2)), addr(lab.underlay_v6(2))],
+                evidence: format!("same underlay MAC {}", lab.underlay_mac(2).unwrap()),
+            },
+            PeerNode {
+                peers: vec![addr(lab.underlay_v4(3)), addr(lab.underlay_v6(3))],
+                evidence: format!("same underlay MAC {}", lab.underlay_mac(3).unwrap()),
+            },
+        ],
+        "{}",
+        json(&sa)
+    );
+
+    // B: the mirror image of A's traffic with it, and A as one node.
+    assert_eq!(
+        sorted(peer_names(&sb)),
+        sorted(vec![v4(1), v6(1)]),
+        "{}",
+        json(&sb)
+    );
+    assert_exact(&sb, &v4(1), 100, 100, ICMP_IP_LEN, false);
+    assert_exact(&sb, &v6(1), 60, 60, ICMP6_IP_LEN, true);
+    assert_eq!(
+        sb.node.as_ref().map(|n| n.vteps.clone()),
+        Some(vec![addr(lab.underlay_v4(2)), addr(lab.underlay_v6(2))])
+    );
+    assert_eq!(
+        groups(&sb),
+        vec![PeerNode {
+            peers: vec![addr(lab.underlay_v4(1)), addr(lab.underlay_v6(1))],
+            evidence: format!("same underlay MAC {}", lab.underlay_mac(1).unwrap()),
+        }],
+        "{}",
+        json(&sb)
+    );
+}
+
+/// Metadata (`external`) devices: no VNI, no FDB, routes that carry the
+/// remote and the VNI. Decapsulated and about-to-be-encapsulated frames
+/// are attributed from the tunnel metadata (the MAC map has nothing for
+/// them: learned MACs are keyed by the packets' VNI, and there is no FDB
+/// to seed it), with the same exact counts as flannel's layout.
+fn metadata_device(name: &str, ipv6: bool) {
+    let lab = LabGuard::build(Lab {
+        ipv6,
+        vni: 61,
+        ..Lab::new(name, 3, Layout::Metadata)
+    });
+    let (sa, _) = scenarios::three_nodes(&lab);
+    let dev = sa
+        .devices
+        .iter()
+        .find(|d| d.name == lab.dev)
+        .unwrap_or_else(|| panic!("{} not watched: {}", lab.dev, json(&sa)));
+    assert_eq!(dev.vni, None, "{}", json(&sa));
+    // The underlay is the device that reaches the routes' remotes.
+    assert_eq!(sa.underlays, vec!["eth0"], "{}", json(&sa));
+    assert_eq!(
+        sa.node.as_ref().map(|n| n.vteps.clone()),
+        Some(vec![lab.underlay_ip(1)])
+    );
+    // Every decapsulated frame carried its remote.
+    assert_eq!(sa.unattributed.rx_decap.packets, 0, "{}", json(&sa));
+    let b = lab.underlay_ip(2).to_string();
+    assert_eq!(sa.peer(&b).counters.unknown_vni, 0, "{}", json(&sa));
+}
+
+#[test]
+fn metadata_device_ipv4_underlay() {
+    metadata_device("vt-lmd4", false);
+}
+
+#[test]
+fn metadata_device_ipv6_underlay() {
+    metadata_device("vt-lmd6", true);
+}
+
+fn calico(name: &str, nodes: u8) -> LabGuard {
+    LabGuard::build(Lab::new(name, nodes, Layout::Calico))
+}
+
+/// Calico's VXLAN (`vxlan.calico`, VNI 4096, port 4789, /26 blocks, the
+/// tunnel address from the node's block): exact counts as for flannel.
+#[test]
+fn calico_exact_counts() {
+    let lab = calico("vt-lcal", 3);
+    assert_eq!(lab.port, 4789);
+    let (sa, _) = scenarios::three_nodes(&lab);
+    let dev = &sa.devices[0];
+    assert_eq!(
+        (dev.name.as_str(), dev.vni, dev.port),
+        ("vxlan.calico", Some(4096), 4789)
+    );
+}
+
+/// Calico: a host firewall on the VXLAN port (NETFILTER_DROP attributed to
+/// the peer, finding host_firewall).
+#[test]
+fn calico_host_firewall() {
+    scenarios::host_firewall(&calico("vt-lcfw", 2));
+}
+
+/// Calico: a stale neighbour MAC on the peer (inner_dst_mac_mismatch,
+/// OTHERHOST, finding stale_neighbour).
+#[test]
+fn calico_stale_neighbour() {
+    scenarios::stale_neighbour(&calico("vt-lcmac", 3));
+}
+
+/// Calico: the peer masquerades its pods' traffic (inner_src_vtep).
+#[test]
+fn calico_masquerade() {
+    scenarios::masquerade(&calico("vt-lcmasq", 3));
+}
