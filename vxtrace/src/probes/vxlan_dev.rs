@@ -158,6 +158,7 @@ mod tests {
             mtu: Some(1450),
             gbp: false,
             learning: false,
+            fills_on_demand: false,
             bridged: false,
         }
     }
