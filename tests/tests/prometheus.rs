@@ -272,7 +272,7 @@ fn path_loss_of_one_direction_fires_its_alert() {
         "nft",
         "add table bridge vtcut; add chain bridge vtcut fw { type filter hook forward priority 0 ; }; add rule bridge vtcut fw iifname \"veth2\" oifname \"veth1\" udp dport 8472 drop",
     ]);
-    let until = Instant::now() + Duration::from_secs(20);
+    let until = Instant::now() + Duration::from_secs(30);
     let senders = traffic(&lab, &[(1, 2), (2, 1), (1, 3), (3, 1)], until);
     let b_to_a = link("vxtrace:link_path_loss:ratio_rate1m", "node2", "node1");
     let a_to_b = link("vxtrace:link_path_loss:ratio_rate1m", "node1", "node2");
@@ -282,8 +282,12 @@ fn path_loss_of_one_direction_fires_its_alert() {
                 .values("ALERTS{alertname=\"VxtraceLinkPathLoss\",alertstate=\"firing\",from_node=\"node2\",to_node=\"node1\"}")
                 .is_empty()
     });
-    let ab = prom.value(&a_to_b).expect("A -> B has a path-loss series");
-    assert!(ab < 0.05, "A -> B path loss {ab}");
+    // A -> B loses nothing: its ratio settles near 0. (Right after start
+    // the two ends' rates can cover windows a scrape apart, so a value
+    // above that for a few seconds is no loss.)
+    prom.wait_until("A -> B path loss < 0.05", Duration::from_secs(10), |p| {
+        p.value(&a_to_b).is_some_and(|v| v < 0.05)
+    });
     // The alert names B -> A only, with both VTEPs.
     let firing = prom.values("ALERTS{alertname=\"VxtraceLinkPathLoss\",alertstate=\"firing\"}");
     assert_eq!(firing.len(), 1, "{firing:?}");
