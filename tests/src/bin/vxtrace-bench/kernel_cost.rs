@@ -305,8 +305,8 @@ fn nft_dropped(ns: &str) -> u64 {
         .sum()
 }
 
-/// A drop storm: pod A floods pod B with UDP and node A's forward rule
-/// drops every datagram. The drop program's cost per drop beside an empty
+/// A drop storm: pod A floods pod B with UDP and a rule on node A drops
+/// every datagram as it arrives. The drop program's cost per drop beside an empty
 /// raw tracepoint under the same storm, vxtrace's own CPU during it, and
 /// whether every drop was counted.
 pub fn drop_storm(r: &mut Report, lab: &LabGuard) {
@@ -319,7 +319,7 @@ pub fn drop_storm(r: &mut Report, lab: &LabGuard) {
         &node,
         "nft",
         &format!(
-            "add table inet storm; add chain inet storm fw {{ type filter hook forward priority 0 ; }}; add rule inet storm fw ip daddr {} udp dport 9 counter drop",
+            "add table inet storm; add chain inet storm fw {{ type filter hook prerouting priority -300 ; }}; add rule inet storm fw ip daddr {} udp dport 9 counter drop",
             lab.pod_ip(2)
         ),
     ]);
@@ -371,7 +371,7 @@ pub fn drop_storm(r: &mut Report, lab: &LabGuard) {
     let cpu = (cpu1 - cpu0) / wall;
     let _ = writeln!(
         r.md,
-        "\n### A drop storm\n\nPod A floods pod B with 18-byte UDP datagrams (64 per `sendmmsg`) for {secs:.0} s; a forward rule on node A drops each one (`NETFILTER_DROP`). First with only an empty raw tracepoint on `kfree_skb`, then with vxtrace on node A.\n\n| figure | empty raw tracepoint | vxtrace |\n|---|---|---|\n| datagrams sent | {sent_floor} | {sent} |\n| dropped by the rule (nft counter) | {dropped_floor} | {dropped} |\n| drops per second | {:.0} | {:.0} |\n| drop program runs (all drops of the kernel) | {runs_floor} | {runs} |\n| ns per run | {per_floor:.1} | {per:.1} ({:.2}× the empty one) |\n| instructions verified | | {} |\n| vxtrace's CPU during the storm | | {:.2} % of one core |\n| NETFILTER_DROP counted for pod B's node | | {counted} (the rule: {dropped}; {}) |",
+        "\n### A drop storm\n\nPod A floods pod B with 18-byte UDP datagrams (64 per `sendmmsg`) for {secs:.0} s; a rule on node A drops each one as it arrives from the pod (prerouting, before any routing; `NETFILTER_DROP`). First with only an empty raw tracepoint on `kfree_skb`, then with vxtrace on node A.\n\n| figure | empty raw tracepoint | vxtrace |\n|---|---|---|\n| datagrams sent | {sent_floor} | {sent} |\n| dropped by the rule (nft counter) | {dropped_floor} | {dropped} |\n| drops per second | {:.0} | {:.0} |\n| drop program runs (all drops of the kernel) | {runs_floor} | {runs} |\n| ns per run | {per_floor:.1} | {per:.1} ({:.2}× the empty one) |\n| instructions verified | | {} |\n| vxtrace's CPU during the storm | | {:.2} % of one core |\n| NETFILTER_DROP counted for pod B's node | | {counted} (the rule: {dropped}; {}) |",
         dropped_floor as f64 / secs,
         dropped as f64 / wall,
         per / per_floor.max(1.0),

@@ -320,6 +320,9 @@ fn main() {
     }
     drop(lab);
     targets(&mut r);
+    // What the figures mean and what was tried: kept with the code, so a
+    // new run keeps it.
+    r.md.push_str(include_str!("analysis.md"));
     if only.is_some() {
         // A subset: shown, BENCHMARKS.md left as it is.
         println!("{}", r.md);
