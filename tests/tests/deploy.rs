@@ -302,7 +302,7 @@ fn image_port_probe_and_scrape_annotations_agree() {
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations["prometheus.io/port"], "9478");
     let r = &c["resources"];
-    assert_eq!(r["requests"]["cpu"], "20m");
+    assert_eq!(r["requests"]["cpu"], "30m");
     assert_eq!(r["requests"]["memory"], "64Mi");
     assert!(r["limits"]["memory"].is_string(), "{r}");
     assert!(ds["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].is_u64());
