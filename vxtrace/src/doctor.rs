@@ -800,20 +800,7 @@ mod tests {
 
     #[test]
     fn nft_rules_are_recognised() {
-        let dev = VxlanDevice {
-            name: "flannel.1".into(),
-            ifindex: 3,
-            vni: Some(1),
-            port: 8472,
-            local: None,
-            link_ifindex: None,
-            mac: None,
-            mtu: Some(1450),
-            gbp: false,
-            learning: false,
-            fills_on_demand: false,
-            bridged: false,
-        };
+        let dev = VxlanDevice::for_test("flannel.1", 3, Some(1), 8472);
         let ruleset = serde_json::json!({"nftables": [
             {"chain": {"family": "inet", "table": "t", "name": "in", "hook": "input"}},
             {"rule": {"family": "inet", "table": "t", "chain": "in", "expr": [

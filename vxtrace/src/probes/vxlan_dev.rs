@@ -148,18 +148,8 @@ mod tests {
 
     fn dev(name: &str, vni: Option<u32>, mac: u8) -> VxlanDevice {
         VxlanDevice {
-            name: name.into(),
-            ifindex: u32::from(mac),
-            vni,
-            port: 8472,
-            local: None,
-            link_ifindex: None,
             mac: Some([0x0e, 0, 0, 0, 0, mac]),
-            mtu: Some(1450),
-            gbp: false,
-            learning: false,
-            fills_on_demand: false,
-            bridged: false,
+            ..VxlanDevice::for_test(name, u32::from(mac), vni, 8472)
         }
     }
 

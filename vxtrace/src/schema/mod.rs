@@ -93,6 +93,28 @@ pub struct VxlanDevice {
     pub bridged: bool,
 }
 
+#[cfg(test)]
+impl VxlanDevice {
+    /// A flannel-like device for unit tests (no local address, underlay,
+    /// MAC; MTU 1450; no options).
+    pub fn for_test(name: &str, ifindex: u32, vni: Option<u32>, port: u16) -> Self {
+        Self {
+            name: name.into(),
+            ifindex,
+            vni,
+            port,
+            local: None,
+            link_ifindex: None,
+            mac: None,
+            mtu: Some(1450),
+            gbp: false,
+            learning: false,
+            fills_on_demand: false,
+            bridged: false,
+        }
+    }
+}
+
 /// A MAC address as text.
 mod mac_text {
     use serde::{Deserialize, Deserializer, Serializer};

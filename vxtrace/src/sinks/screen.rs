@@ -16,7 +16,10 @@ use anyhow::Result;
 use super::{IntervalView, Sink, SummaryView, events};
 use crate::{
     discovery::peer_key,
-    schema::{Interval, PeerSummary, Percentiles, Traffic, Unattributed, UnresolvedVtep, unix_now},
+    schema::{
+        Finding, Interval, PeerSummary, Percentiles, Traffic, Unattributed, UnresolvedVtep,
+        unix_now,
+    },
 };
 
 /// Peers on one screen; the rest are counted in a line.
@@ -111,13 +114,7 @@ pub fn render(f: &Frame<'_>) -> String {
         peer_rows(&mut s, f, addr, peer);
         peer_details(&mut s, f, addr, peer);
         for finding in &peer.findings {
-            wrapped(&mut s, f.width, "! ", &finding.headline);
-            wrapped(
-                &mut s,
-                f.width,
-                "  ",
-                &format!("{}; fix: {}", finding.cause, finding.fix),
-            );
+            finding_lines(&mut s, f.width, finding);
         }
     }
     if f.hidden > 0 {
@@ -129,13 +126,7 @@ pub fn render(f: &Frame<'_>) -> String {
     }
     for finding in f.unresolved.iter().filter_map(|u| u.finding.as_ref()) {
         let _ = writeln!(s);
-        wrapped(&mut s, f.width, "! ", &finding.headline);
-        wrapped(
-            &mut s,
-            f.width,
-            "  ",
-            &format!("{}; fix: {}", finding.cause, finding.fix),
-        );
+        finding_lines(&mut s, f.width, finding);
     }
     if !f.drops_other.is_empty() {
         let _ = writeln!(s, "\ndrops of no peer: {}", top(f.drops_other, 6));
@@ -152,6 +143,17 @@ pub fn render(f: &Frame<'_>) -> String {
         let _ = writeln!(s, "{line}");
     }
     s
+}
+
+/// A finding: its headline marked, then what it means and the fix.
+fn finding_lines(s: &mut String, width: usize, finding: &Finding) {
+    wrapped(s, width, "! ", &finding.headline);
+    wrapped(
+        s,
+        width,
+        "  ",
+        &format!("{}; fix: {}", finding.cause, finding.fix),
+    );
 }
 
 /// The three direction rows of a peer.

@@ -301,20 +301,7 @@ mod tests {
     use crate::discovery::{Link, OverlayRoute};
 
     fn device(port: u16) -> VxlanDevice {
-        VxlanDevice {
-            name: "flannel.1".into(),
-            ifindex: 3,
-            vni: Some(1),
-            port,
-            local: None,
-            link_ifindex: None,
-            mac: None,
-            mtu: Some(1450),
-            gbp: false,
-            learning: false,
-            fills_on_demand: false,
-            bridged: false,
-        }
+        VxlanDevice::for_test("flannel.1", 3, Some(1), port)
     }
 
     #[test]
@@ -368,20 +355,7 @@ mod tests {
             encap_dst: Some(ip("192.0.2.12")),
             encap_vni: Some(61),
         });
-        let dev = VxlanDevice {
-            name: "vxm".into(),
-            ifindex: 3,
-            vni: None,
-            port: 8472,
-            local: None,
-            link_ifindex: None,
-            mac: None,
-            mtu: Some(1450),
-            gbp: false,
-            learning: false,
-            fills_on_demand: false,
-            bridged: false,
-        };
+        let dev = VxlanDevice::for_test("vxm", 3, None, 8472);
         let mut notes = Vec::new();
         assert_eq!(underlay_of(&snap, &dev, &mut notes).unwrap(), vec!["eth0"]);
         assert!(notes.is_empty(), "{notes:?}");
