@@ -262,6 +262,14 @@ pub fn masquerade(lab: &Lab) {
     let on_a = Watcher::start(&lab.node_ns(1), &["--netns", "self"]);
     assert_eq!(lab.ping(2, 1, 7, Duration::ZERO).unwrap(), 7);
     assert_eq!(lab.ping(3, 1, 3, Duration::ZERO).unwrap(), 3);
+    // The nodes' own traffic to a pod (host network) leaves with their VTEP
+    // address as source too, unforwarded: not masquerade.
+    for node in [2, 3] {
+        assert_eq!(
+            vxtrace::lab::ping_from(&lab.node_ns(node), lab.pod_ip(1), 4, Duration::ZERO).unwrap(),
+            4
+        );
+    }
     let sa = on_a.stop();
     let (a_b, a_c) = (sa.peer(&b), sa.peer(&c));
     assert_eq!(a_b.counters.inner_src_vtep, 7, "{}", json(&sa));

@@ -123,7 +123,9 @@ pub struct PeerStats {
     /// is not this VTEP's: the peer holds a stale neighbour entry for us.
     pub inner_dst_mac_mismatch: u64,
     /// Frames whose inner source address is the peer's own VTEP address
-    /// rather than a pod's: the peer masquerades pod traffic.
+    /// rather than a pod's, on packets the peer forwarded (a TTL below a
+    /// host's initial one): the peer masquerades pod traffic. The peer's
+    /// own traffic (host network, its ICMP errors) is not counted.
     pub inner_src_vtep: u64,
     /// Inner TCP over the overlay, seen on the VXLAN device: SYNs (no ACK)
     /// and SYN-ACKs sent to / received from the peer's pods.

@@ -254,18 +254,45 @@ pub fn segments(ctx: &TcContext) -> u32 {
     if segs > 1 { segs } else { 1 }
 }
 
-/// The inner IPv4/IPv6 source address; `type_off` is the offset of the
-/// inner Ethernet type field.
+/// The inner IPv4/IPv6 source address of a decapsulated frame, and the
+/// TTL / hop limit it arrived with.
+pub struct InnerSource {
+    pub addr: PeerKey,
+    pub ttl: u8,
+}
+
+impl InnerSource {
+    /// Whether the sender's own stack sent the packet: its TTL is one a
+    /// host starts with (64 on Linux, 128, 255). A pod's packet is routed
+    /// by its node before it is encapsulated, which takes one off.
+    #[inline(always)]
+    pub fn from_the_host_itself(&self) -> bool {
+        matches!(self.ttl, 64 | 128 | 255)
+    }
+}
+
+/// The inner source of a frame; `type_off` is the offset of the inner
+/// Ethernet type field.
 #[inline(always)]
-pub fn inner_src_addr(ctx: &TcContext, type_off: usize) -> Option<PeerKey> {
+pub fn inner_source(ctx: &TcContext, type_off: usize) -> Option<InnerSource> {
     let proto = u16::from_be(read::<u16>(ctx, type_off)?);
     let ip = type_off + 2;
     if proto == ETH_P_IP {
-        let a: [u8; 4] = read(ctx, ip + 12)?;
-        Some(PeerKey::from_v4(a))
+        // TTL, protocol, checksum, source address: one read.
+        let h: [u8; 8] = read(ctx, ip + 8)?;
+        Some(InnerSource {
+            addr: PeerKey::from_v4([h[4], h[5], h[6], h[7]]),
+            ttl: h[0],
+        })
     } else if proto == ETH_P_IPV6 {
+        // Next header and hop limit: a one-byte read compiles to a bounds
+        // check that older verifiers do not accept.
+        let h: [u8; 2] = read(ctx, ip + 6)?;
         let a: [u8; 16] = read(ctx, ip + 8)?;
-        Some(PeerKey::from_v6(a))
+        Some(InnerSource {
+            addr: PeerKey::from_v6(a),
+            ttl: h[1],
+        })
     } else {
         None
     }

@@ -24,7 +24,7 @@ use crate::{
     config::config,
     maps::{INNER_ADDRS, MAC_PEERS, VXLAN_DEVICES_BY_VNI, peer_stats},
     packet::{
-        ETH_HLEN, Outer, VXLAN_HLEN, Vxlan, inner_src_addr, is_local_vtep, parse_outer,
+        ETH_HLEN, InnerSource, Outer, VXLAN_HLEN, Vxlan, inner_source, is_local_vtep, parse_outer,
         parse_vxlan, read, same_addr, same_mac, segments,
     },
 };
@@ -136,7 +136,7 @@ fn handle(ctx: &TcContext, dir: Direction) {
                 {
                     stats.inner_dst_mac_mismatch += 1;
                 }
-                if let Some(src) = inner_src_addr(ctx, inner_off + ETH_HLEN - 2) {
+                if let Some(src) = inner_source(ctx, inner_off + ETH_HLEN - 2) {
                     inspect_inner_src(stats, &src, peer);
                 }
             }
@@ -182,13 +182,17 @@ fn vni_known(stats: &mut PeerStats, vni: u32) -> bool {
 }
 
 /// The inner source address of a packet from `peer`: the peer's own VTEP
-/// address means it masquerades pod traffic; anything else is learned as
+/// address on a packet the peer forwarded means it masquerades pod traffic
+/// (the peer's own traffic, host network or its ICMP errors, carries that
+/// address too, with a host's initial TTL); anything else is learned as
 /// living behind the peer (for attributing dropped inner packets).
 #[inline(always)]
-fn inspect_inner_src(stats: &mut PeerStats, src: &PeerKey, peer: &PeerKey) {
+fn inspect_inner_src(stats: &mut PeerStats, inner: &InnerSource, peer: &PeerKey) {
+    let src = &inner.addr;
+    let masqueraded = !inner.from_the_host_itself();
     let m = &mut stats.memo;
     if m.state & MEMO_INNER != 0 && same_addr(&m.inner_src, src) {
-        if m.state & MEMO_INNER_VTEP != 0 {
+        if m.state & MEMO_INNER_VTEP != 0 && masqueraded {
             stats.inner_src_vtep += 1;
         }
         return;
@@ -204,7 +208,9 @@ fn inspect_inner_src(stats: &mut PeerStats, src: &PeerKey, peer: &PeerKey) {
         if same_addr(&known.peer, peer) {
             if known.kind == INNER_VTEP {
                 m.state |= MEMO_INNER_VTEP;
-                stats.inner_src_vtep += 1;
+                if masqueraded {
+                    stats.inner_src_vtep += 1;
+                }
             }
             return;
         }
