@@ -79,6 +79,12 @@ fn each_misconfiguration_is_found() {
             Check::RpFilterStrict,
             "\"device\":\"eth0\"",
         ),
+        (
+            "forwarding off on a node that routes pod subnets through the overlay",
+            vec![vec!["ip".into(), "netns".into(), "exec".into(), a.clone(), "sh".into(), "-c".into(), "echo 0 > /proc/sys/net/ipv4/ip_forward".into()]],
+            Check::IpForwardOff,
+            "\"ip_forward\":0",
+        ),
     ];
     for (what, cmds, check, evidence) in cases {
         for c in &cmds {

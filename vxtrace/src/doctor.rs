@@ -608,6 +608,16 @@ fn sysctl(path: &str) -> Option<i64> {
         .ok()
 }
 
+/// Whether some route of the address family sends a subnet through a
+/// VXLAN device via a peer's VTEP (a gateway, or a lightweight-tunnel
+/// remote): the node then forwards traffic between the overlay and its
+/// pods.
+fn routes_subnets_through_overlay(snap: &Snapshot, v6: bool) -> bool {
+    snap.routes
+        .iter()
+        .any(|r| r.dst.is_ipv6() == v6 && (r.gateway.is_some() || r.encap_dst.is_some()))
+}
+
 fn check_sysctls(
     snap: &Snapshot,
     devs: &[VxlanDevice],
@@ -624,7 +634,10 @@ fn check_sysctls(
             evidence!({"tcp_tw_recycle": 1}),
             "sysctl -w net.ipv4.tcp_tw_recycle=0".into()));
     }
-    if sysctl("net/ipv4/ip_forward") == Some(0) {
+    // Only a node that routes subnets through the overlay (pods behind
+    // it, as flannel and Calico lay it out) must forward; a VXLAN device
+    // used as one layer-2 segment between hosts needs no forwarding.
+    if routes_subnets_through_overlay(snap, false) && sysctl("net/ipv4/ip_forward") == Some(0) {
         out.push(finding(
             Check::IpForwardOff,
             Severity::Error,
@@ -633,6 +646,19 @@ fn check_sysctls(
                 .into(),
             evidence!({"ip_forward": 0}),
             "sysctl -w net.ipv4.ip_forward=1".into(),
+        ));
+    }
+    if routes_subnets_through_overlay(snap, true)
+        && sysctl("net/ipv6/conf/all/forwarding") == Some(0)
+    {
+        out.push(finding(
+            Check::IpForwardOff,
+            Severity::Error,
+            dev0,
+            "net.ipv6.conf.all.forwarding=0: this node does not forward IPv6 pod traffic to and from the overlay"
+                .into(),
+            evidence!({"ipv6_forwarding": 0}),
+            "sysctl -w net.ipv6.conf.all.forwarding=1".into(),
         ));
     }
     let all = sysctl("net/ipv4/conf/all/rp_filter").unwrap_or(0);
@@ -797,6 +823,30 @@ pub fn run(args: DoctorArgs) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Forwarding matters where subnets are routed through the overlay
+    /// (flannel's `via VTEP onlink`, a metadata device's encap routes),
+    /// per address family; a device that is one L2 segment needs none.
+    #[test]
+    fn forwarding_is_needed_only_for_routed_subnets() {
+        let route = |dst: &str, prefix_len, gateway: Option<&str>| discovery::OverlayRoute {
+            ifindex: 3,
+            dst: dst.parse().unwrap(),
+            prefix_len,
+            gateway: gateway.map(|g| g.parse().unwrap()),
+            encap_dst: None,
+            encap_vni: None,
+        };
+        let mut snap = Snapshot::default();
+        snap.routes = vec![route("10.50.0.0", 24, None)];
+        assert!(!routes_subnets_through_overlay(&snap, false));
+        snap.routes
+            .push(route("10.244.1.0", 24, Some("10.244.1.0")));
+        assert!(routes_subnets_through_overlay(&snap, false));
+        assert!(!routes_subnets_through_overlay(&snap, true));
+        snap.routes.push(route("fd00:1::", 64, Some("fd00:1::")));
+        assert!(routes_subnets_through_overlay(&snap, true));
+    }
 
     #[test]
     fn nft_rules_are_recognised() {
