@@ -266,7 +266,7 @@ impl InnerSource {
     /// host starts with (64 on Linux, 128, 255). A pod's packet is routed
     /// by its node before it is encapsulated, which takes one off.
     #[inline(always)]
-    pub fn from_the_host_itself(&self) -> bool {
+    pub fn sent_by_the_host_itself(&self) -> bool {
         matches!(self.ttl, 64 | 128 | 255)
     }
 }

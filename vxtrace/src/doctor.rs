@@ -837,8 +837,10 @@ mod tests {
             encap_dst: None,
             encap_vni: None,
         };
-        let mut snap = Snapshot::default();
-        snap.routes = vec![route("10.50.0.0", 24, None)];
+        let mut snap = Snapshot {
+            routes: vec![route("10.50.0.0", 24, None)],
+            ..Default::default()
+        };
         assert!(!routes_subnets_through_overlay(&snap, false));
         snap.routes
             .push(route("10.244.1.0", 24, Some("10.244.1.0")));

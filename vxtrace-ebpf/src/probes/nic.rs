@@ -189,7 +189,7 @@ fn vni_known(stats: &mut PeerStats, vni: u32) -> bool {
 #[inline(always)]
 fn inspect_inner_src(stats: &mut PeerStats, inner: &InnerSource, peer: &PeerKey) {
     let src = &inner.addr;
-    let masqueraded = !inner.from_the_host_itself();
+    let masqueraded = !inner.sent_by_the_host_itself();
     let m = &mut stats.memo;
     if m.state & MEMO_INNER != 0 && same_addr(&m.inner_src, src) {
         if m.state & MEMO_INNER_VTEP != 0 && masqueraded {
