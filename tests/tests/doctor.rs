@@ -122,3 +122,51 @@ fn doctor_without_vxlan_cannot_run() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no VXLAN device to check"), "{err}");
 }
+
+/// A VXLAN device used as one layer-2 segment between two hosts (learning
+/// on, a default remote): the MACs it learned behind the peer need no
+/// neighbour entry here and may be several behind one address. Nothing to
+/// report; the programmed entries of flannel's device are still checked.
+#[test]
+fn layer2_learning_device_is_clean() {
+    let lab = LabGuard::new("vt-doc3", 2, false, 8472);
+    let (a, b) = (lab.node_ns(1), lab.node_ns(2));
+    for (ns, me, other, addr) in [(&a, 1, 2, "192.168.42.1/24"), (&b, 2, 1, "192.168.42.2/24")] {
+        let (local, remote) = (
+            lab.underlay_ip(me).to_string(),
+            lab.underlay_ip(other).to_string(),
+        );
+        sh(&[
+            "ip", "-n", ns, "link", "add", "vx42", "type", "vxlan", "id", "42", "dstport", "4790",
+            "local", &local, "remote", &remote, "dev", "eth0",
+        ]);
+        sh(&["ip", "-n", ns, "addr", "add", addr, "dev", "vx42"]);
+        sh(&["ip", "-n", ns, "link", "set", "vx42", "up"]);
+    }
+    let to_a: std::net::Ipv4Addr = "192.168.42.1".parse().unwrap();
+    assert_eq!(
+        vxtrace::lab::ping_from(&b, to_a, 2, std::time::Duration::ZERO).unwrap(),
+        2
+    );
+    // A second MAC behind B's address (as a bridged host would add).
+    sh(&[
+        "ip",
+        "-n",
+        &b,
+        "link",
+        "set",
+        "vx42",
+        "address",
+        "02:42:00:00:00:02",
+    ]);
+    let _ = vxtrace::lab::ping_from(&b, to_a, 1, std::time::Duration::ZERO);
+    let (_, fdb, _) = run(Command::new("bridge").args(["-n", &a, "fdb", "show", "dev", "vx42"]));
+    let learned: Vec<&str> = fdb
+        .lines()
+        .filter(|l| !l.starts_with("00:00:00:00:00:00") && !l.contains("permanent"))
+        .collect();
+    assert!(learned.len() >= 2, "two learned MACs behind B: {fdb}");
+    let (code, v) = doctor(&a);
+    assert!(v.findings.is_empty(), "{}", json(&v));
+    assert_eq!(code, 0);
+}

@@ -64,6 +64,9 @@ pub struct FdbEntry {
     pub dst: IpAddr,
     /// Per-entry VNI (metadata devices); `None` means the device's own.
     pub vni: Option<u32>,
+    /// Learned from traffic (a device with learning on) rather than
+    /// programmed by an agent or an administrator (permanent / static).
+    pub learned: bool,
 }
 
 pub fn format_mac(m: &[u8; 6]) -> String {
@@ -264,6 +267,10 @@ async fn dump_addrs(handle: &rtnetlink::Handle, snap: &mut Snapshot) -> Result<(
     Ok(())
 }
 
+/// Neighbour and FDB entry states (`ndm_state`), a bit set.
+const NUD_NOARP: u16 = 0x40;
+const NUD_PERMANENT: u16 = 0x80;
+
 /// The VXLAN devices' forwarding databases.
 async fn dump_fdb(handle: &rtnetlink::Handle, snap: &mut Snapshot) -> Result<()> {
     let mut neigh = handle
@@ -276,6 +283,9 @@ async fn dump_fdb(handle: &rtnetlink::Handle, snap: &mut Snapshot) -> Result<()>
         if !snap.is_vxlan(ifindex) {
             continue;
         }
+        // The state is a bit set (`bridge fdb add` gives NOARP | PERMANENT):
+        // either bit means programmed, not learned.
+        let learned = u16::from(msg.header.state) & (NUD_NOARP | NUD_PERMANENT) == 0;
         let (mac, dst, vni) = neighbour_fields(msg.attributes);
         if let (Some(mac), Some(dst)) = (mac, dst) {
             snap.fdb.push(FdbEntry {
@@ -283,6 +293,7 @@ async fn dump_fdb(handle: &rtnetlink::Handle, snap: &mut Snapshot) -> Result<()>
                 mac,
                 dst,
                 vni,
+                learned,
             });
         }
     }
@@ -303,8 +314,7 @@ async fn dump_neighbours(
         .execute();
     while let Some(msg) = neigh.try_next().await.context("dumping neighbours")? {
         let ifindex = msg.header.ifindex;
-        let permanent =
-            msg.header.state == netlink_packet_route::neighbour::NeighbourState::Permanent;
+        let permanent = u16::from(msg.header.state) & NUD_PERMANENT != 0;
         let (mac, addr, _) = neighbour_fields(msg.attributes);
         if let (Some(mac), Some(addr)) = (mac, addr) {
             let n = Neighbour {

@@ -107,7 +107,9 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
 fn check_fdb_duplicates(t: &DeviceTables<'_>, out: &mut Vec<Finding>) {
     let (fdb, dev) = (&t.fdb, t.dev);
     let mut by_dst: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-    for e in fdb.iter() {
+    // Learned entries are MACs seen behind a peer (layer-2 use of the
+    // device): many behind one address is normal there.
+    for e in fdb.iter().filter(|e| !e.learned) {
         by_dst.entry(e.dst).or_default().push(format_mac(&e.mac));
     }
     for (dst, macs) in &by_dst {
@@ -181,7 +183,9 @@ fn check_fdb_entry(t: &DeviceTables<'_>, e: &discovery::FdbEntry, out: &mut Vec<
             _ => {}
         }
     }
-    if !neigh.iter().any(|n| n.mac == e.mac) {
+    // A learned entry is a MAC seen behind the peer (layer-2 use of the
+    // device), which no neighbour entry here needs to name.
+    if !e.learned && !neigh.iter().any(|n| n.mac == e.mac) {
         out.push(finding(
             Check::FdbWithoutNeighbour,
             Severity::Warning,
