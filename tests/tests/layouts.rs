@@ -217,3 +217,196 @@ fn calico_stale_neighbour() {
 fn calico_masquerade() {
     scenarios::masquerade(&calico("vt-lcmasq", 3));
 }
+
+/// Namespaces this test made, deleted however it ends.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+/// A routed underlay: every node's VTEP address on its loopback (as BGP
+/// fabrics announce it), node A reaching B and C through a NIC each, the
+/// VXLAN device with a `local` address and no `dev`. The packets leave
+/// through the NIC of each peer's route, not through `lo`: vxtrace
+/// watches those NICs and counts each peer exactly.
+#[test]
+fn routed_underlay_vtep_on_loopback() {
+    use vxtrace_tests::sh;
+    let ns = |n: &str| format!("vt-rt-{n}");
+    let guard = Namespaces(["a", "b", "c"].iter().map(|n| ns(n)).collect());
+    for n in &guard.0 {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", n])
+            .status();
+        sh(&["ip", "netns", "add", n]);
+        sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+    }
+    let (a, b, c) = (ns("a"), ns("b"), ns("c"));
+    // A's NIC to each peer, a /30 per link, routes to the loopback VTEPs.
+    for (peer, nic, far, net) in [(&b, "up1", "dn1", 1), (&c, "up2", "dn2", 2)] {
+        sh(&[
+            "ip", "link", "add", nic, "netns", &a, "type", "veth", "peer", "name", far, "netns",
+            peer,
+        ]);
+        sh(&["ip", "-n", &a, "link", "set", nic, "up"]);
+        sh(&["ip", "-n", peer, "link", "set", far, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &a,
+            "addr",
+            "add",
+            &format!("169.254.{net}.1/30"),
+            "dev",
+            nic,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            peer,
+            "addr",
+            "add",
+            &format!("169.254.{net}.2/30"),
+            "dev",
+            far,
+        ]);
+        let vtep = format!("10.9.9.{}/32", net + 1);
+        sh(&[
+            "ip",
+            "-n",
+            &a,
+            "route",
+            "add",
+            &vtep,
+            "via",
+            &format!("169.254.{net}.2"),
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            peer,
+            "route",
+            "add",
+            "10.9.9.1/32",
+            "via",
+            &format!("169.254.{net}.1"),
+        ]);
+    }
+    let nodes = [(&a, 1u8), (&b, 2), (&c, 3)];
+    for (n, i) in nodes {
+        sh(&[
+            "ip",
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("10.9.9.{i}/32"),
+            "dev",
+            "lo",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            n,
+            "link",
+            "add",
+            "vxr",
+            "type",
+            "vxlan",
+            "id",
+            "5005",
+            "dstport",
+            "4789",
+            "local",
+            &format!("10.9.9.{i}"),
+            "nolearning",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            n,
+            "link",
+            "set",
+            "vxr",
+            "address",
+            &format!("02:00:00:00:05:0{i}"),
+            "mtu",
+            "1450",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("10.200.0.{i}/24"),
+            "dev",
+            "vxr",
+        ]);
+        sh(&["ip", "-n", n, "link", "set", "vxr", "up"]);
+    }
+    // A knows both peers; each peer knows A.
+    let program = |n: &str, i: u8| {
+        sh(&[
+            "ip",
+            "-n",
+            n,
+            "neigh",
+            "add",
+            &format!("10.200.0.{i}"),
+            "lladdr",
+            &format!("02:00:00:00:05:0{i}"),
+            "dev",
+            "vxr",
+            "nud",
+            "permanent",
+        ]);
+        sh(&[
+            "bridge",
+            "-n",
+            n,
+            "fdb",
+            "append",
+            &format!("02:00:00:00:05:0{i}"),
+            "dev",
+            "vxr",
+            "dst",
+            &format!("10.9.9.{i}"),
+        ]);
+    };
+    program(&a, 2);
+    program(&a, 3);
+    program(&b, 1);
+    program(&c, 1);
+
+    let on_a = Watcher::start(&a, &["--netns", "self"]);
+    let notes = on_a.attached.notes.join("\n");
+    assert!(notes.contains("up1, up2"), "{notes}");
+    let ping = |dst: &str, n| {
+        vxtrace::lab::ping_from(&a, dst.parse().unwrap(), n, Duration::ZERO).unwrap()
+    };
+    assert_eq!(ping("10.200.0.2", 9), 9);
+    assert_eq!(ping("10.200.0.3", 5), 5);
+    let sa = on_a.stop();
+    assert_exact(&sa, "10.9.9.2", 9, 9, ICMP_IP_LEN, false);
+    assert_exact(&sa, "10.9.9.3", 5, 5, ICMP_IP_LEN, false);
+    for peer in ["10.9.9.2", "10.9.9.3"] {
+        assert!(sa.peer(peer).findings.is_empty(), "{}", json(&sa));
+    }
+    // Nor is the route through another NIC than the VTEP address's a fault.
+    let (code, out, err) = vxtrace_tests::run(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &a])
+            .arg(vxtrace_tests::bin())
+            .arg("doctor"),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    drop(guard);
+}

@@ -138,6 +138,22 @@ impl Snapshot {
             .and_then(|(idx, _)| self.links.get(idx))
     }
 
+    /// The one device that carries `dev`'s encapsulated traffic, when the
+    /// configuration names it: the VXLAN device's `dev`, else the owner of
+    /// its `local` address. An address on loopback or a dummy device (a
+    /// routed underlay: the VTEP address on `lo`, peers reached through
+    /// several NICs) names none: packets leave wherever the route to each
+    /// peer goes.
+    pub fn named_underlay(&self, dev: &VxlanDevice) -> Option<&Link> {
+        let by_link = dev.link_ifindex.and_then(|i| self.links.get(&i));
+        by_link.or_else(|| {
+            dev.local
+                .as_ref()
+                .and_then(|a| self.owner_of(a))
+                .filter(|l| !l.loopback && l.kind.as_deref() != Some("dummy"))
+        })
+    }
+
     pub fn is_vxlan(&self, ifindex: u32) -> bool {
         self.links
             .get(&ifindex)

@@ -714,12 +714,7 @@ pub fn check_snapshot(snap: &Snapshot, devs: &[VxlanDevice]) -> (Vec<Finding>, V
     let mut notes = Vec::new();
     let mut underlays = Vec::new();
     for dev in devs {
-        let underlay = dev.link_ifindex.or_else(|| {
-            dev.local
-                .as_ref()
-                .and_then(|a| snap.owner_of(a))
-                .map(|l| l.ifindex)
-        });
+        let underlay = snap.named_underlay(dev).map(|l| l.ifindex);
         if let Some(u) = underlay {
             underlays.push(u);
         }

@@ -162,32 +162,42 @@ fn choose_underlays(
     Ok(sorted(underlays))
 }
 
-/// The device that carries `dev`'s encapsulated traffic: its `dev`, the
-/// owner of its `local` address, the devices that reach the remotes of
-/// its lightweight-tunnel routes (a metadata device), or (none of these)
-/// every device with an address.
+/// The devices that carry `dev`'s encapsulated traffic: its `dev`, the
+/// owner of its `local` address, else the devices that reach its remotes
+/// (its FDB entries' and lightweight-tunnel routes' destinations: a
+/// metadata device, or a VTEP address on loopback with the peers behind
+/// several NICs), else every device with an address.
 fn underlay_of(snap: &Snapshot, dev: &VxlanDevice, notes: &mut Vec<String>) -> Result<Vec<String>> {
-    let by_link = dev
-        .link_ifindex
-        .and_then(|i| snap.links.get(&i))
-        .map(|l| l.name.clone());
-    let by_local = dev
-        .local
-        .as_ref()
-        .and_then(|a| snap.owner_of(a))
-        .map(|l| l.name.clone());
-    if let Some(name) = by_link.or(by_local) {
-        return Ok(vec![name]);
+    if let Some(link) = snap.named_underlay(dev) {
+        return Ok(vec![link.name.clone()]);
     }
+    let route_remotes = snap
+        .routes
+        .iter()
+        .filter(|r| r.ifindex == dev.ifindex)
+        .filter_map(|r| r.encap_dst);
+    let fdb_remotes = snap
+        .fdb
+        .iter()
+        .filter(|e| e.ifindex == dev.ifindex && !e.dst.is_multicast() && !e.dst.is_unspecified())
+        .map(|e| e.dst);
     let by_remotes = sorted(
-        snap.routes
-            .iter()
-            .filter(|r| r.ifindex == dev.ifindex)
-            .filter_map(|r| snap.route_dev(&r.encap_dst?))
+        route_remotes
+            .chain(fdb_remotes)
+            .filter_map(|a| snap.route_dev(&a))
             .filter(|i| !snap.is_vxlan(*i))
-            .filter_map(|i| snap.links.get(&i).map(|l| l.name.clone())),
+            .filter_map(|i| snap.links.get(&i))
+            .filter(|l| !l.loopback)
+            .map(|l| l.name.clone()),
     );
     if !by_remotes.is_empty() {
+        if dev.local.is_some() {
+            notes.push(format!(
+                "{}'s local address is on no device that sends (a routed underlay): watching the devices that reach its peers: {} (peers reached later through another device are not seen there)",
+                dev.name,
+                by_remotes.join(", ")
+            ));
+        }
         return Ok(by_remotes);
     }
     // No `dev` and no `local`: the kernel routes by destination, so any
