@@ -249,56 +249,34 @@ fn routed_underlay_vtep_on_loopback() {
         sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
     }
     let (a, b, c) = (ns("a"), ns("b"), ns("c"));
-    // A's NIC to each peer, a /30 per link, routes to the loopback VTEPs.
-    for (peer, nic, far, net) in [(&b, "up1", "dn1", 1), (&c, "up2", "dn2", 2)] {
+    let ip = |ns: &str, args: &str| {
+        let mut all = vec!["ip", "-n", ns];
+        all.extend(args.split_whitespace());
+        sh(&all);
+    };
+    // A's links, a /30 each: two to B (ECMP, as a node with two uplinks),
+    // one to C; routes to the loopback VTEPs.
+    for (peer, nic, far, net) in [
+        (&b, "up1", "dn1", 1),
+        (&b, "up1b", "dn1b", 3),
+        (&c, "up2", "dn2", 2),
+    ] {
         sh(&[
             "ip", "link", "add", nic, "netns", &a, "type", "veth", "peer", "name", far, "netns",
             peer,
         ]);
-        sh(&["ip", "-n", &a, "link", "set", nic, "up"]);
-        sh(&["ip", "-n", peer, "link", "set", far, "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &a,
-            "addr",
-            "add",
-            &format!("169.254.{net}.1/30"),
-            "dev",
-            nic,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            peer,
-            "addr",
-            "add",
-            &format!("169.254.{net}.2/30"),
-            "dev",
-            far,
-        ]);
-        let vtep = format!("10.9.9.{}/32", net + 1);
-        sh(&[
-            "ip",
-            "-n",
-            &a,
-            "route",
-            "add",
-            &vtep,
-            "via",
-            &format!("169.254.{net}.2"),
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            peer,
-            "route",
-            "add",
-            "10.9.9.1/32",
-            "via",
-            &format!("169.254.{net}.1"),
-        ]);
+        ip(&a, &format!("link set {nic} up"));
+        ip(peer, &format!("link set {far} up"));
+        ip(&a, &format!("addr add 169.254.{net}.1/30 dev {nic}"));
+        ip(peer, &format!("addr add 169.254.{net}.2/30 dev {far}"));
     }
+    ip(
+        &a,
+        "route add 10.9.9.2/32 nexthop via 169.254.1.2 nexthop via 169.254.3.2",
+    );
+    ip(&a, "route add 10.9.9.3/32 via 169.254.2.2");
+    ip(&b, "route add 10.9.9.1/32 via 169.254.1.1");
+    ip(&c, "route add 10.9.9.1/32 via 169.254.2.1");
     let nodes = [(&a, 1u8), (&b, 2), (&c, 3)];
     for (n, i) in nodes {
         sh(&[
@@ -388,7 +366,7 @@ fn routed_underlay_vtep_on_loopback() {
 
     let on_a = Watcher::start(&a, &["--netns", "self"]);
     let notes = on_a.attached.notes.join("\n");
-    assert!(notes.contains("up1, up2"), "{notes}");
+    assert!(notes.contains("up1, up1b, up2"), "{notes}");
     let ping = |dst: &str, n| {
         vxtrace::lab::ping_from(&a, dst.parse().unwrap(), n, Duration::ZERO).unwrap()
     };

@@ -363,6 +363,7 @@ async fn dump_routes(
         let mut oif = None;
         let mut dst = None;
         let mut gateway = None;
+        let mut multipath = Vec::new();
         let (mut encap_dst, mut encap_vni) = (None, None);
         for attr in &msg.attributes {
             match attr {
@@ -370,36 +371,55 @@ async fn dump_routes(
                 RouteAttribute::Destination(a) => dst = route_ip(a),
                 RouteAttribute::Gateway(a) => gateway = route_ip(a),
                 RouteAttribute::Encap(encap) => (encap_dst, encap_vni) = tunnel_encap(encap),
+                RouteAttribute::MultiPath(hops) => multipath = hops.clone(),
                 _ => {}
             }
         }
-        let Some(ifindex) = oif else { continue };
+        // An ECMP route (two uplinks of a routed fabric) names its devices
+        // per next hop: one entry per device.
+        let next_hops: Vec<(u32, Option<IpAddr>)> = match oif {
+            Some(i) => vec![(i, gateway)],
+            None => multipath
+                .iter()
+                .map(|h| {
+                    let gw = h.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Gateway(g) => route_ip(g),
+                        _ => None,
+                    });
+                    (h.interface_index, gw)
+                })
+                .collect(),
+        };
         let prefix_len = msg.header.destination_prefix_length;
-        if msg.header.kind == netlink_packet_route::route::RouteType::Unicast && main_table(&msg) {
-            let unspecified = match family {
-                AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            };
-            snap.all_routes.push(OverlayRoute {
-                ifindex,
-                dst: dst.unwrap_or(unspecified),
-                prefix_len,
-                gateway,
-                encap_dst,
-                encap_vni,
-            });
-        }
-        if let Some(dst) = dst
-            && snap.is_vxlan(ifindex)
-        {
-            snap.routes.push(OverlayRoute {
-                ifindex,
-                dst,
-                prefix_len,
-                gateway,
-                encap_dst,
-                encap_vni,
-            });
+        let unicast_main =
+            msg.header.kind == netlink_packet_route::route::RouteType::Unicast && main_table(&msg);
+        for (ifindex, gateway) in next_hops {
+            if unicast_main {
+                let unspecified = match family {
+                    AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                };
+                snap.all_routes.push(OverlayRoute {
+                    ifindex,
+                    dst: dst.unwrap_or(unspecified),
+                    prefix_len,
+                    gateway,
+                    encap_dst,
+                    encap_vni,
+                });
+            }
+            if let Some(dst) = dst
+                && snap.is_vxlan(ifindex)
+            {
+                snap.routes.push(OverlayRoute {
+                    ifindex,
+                    dst,
+                    prefix_len,
+                    gateway,
+                    encap_dst,
+                    encap_vni,
+                });
+            }
         }
     }
     Ok(())
@@ -596,6 +616,23 @@ impl Snapshot {
 
     /// The device the main table routes `addr` through (longest prefix;
     /// local addresses are not in the main table and give None).
+    /// Every device of the longest route to `addr` (several for an ECMP
+    /// route).
+    pub fn route_devs(&self, addr: &IpAddr) -> Vec<u32> {
+        let matching = || {
+            self.all_routes
+                .iter()
+                .filter(|r| prefix_contains(&r.dst, r.prefix_len, addr))
+        };
+        let Some(longest) = matching().map(|r| r.prefix_len).max() else {
+            return Vec::new();
+        };
+        matching()
+            .filter(|r| r.prefix_len == longest)
+            .map(|r| r.ifindex)
+            .collect()
+    }
+
     pub fn route_dev(&self, addr: &IpAddr) -> Option<u32> {
         self.all_routes
             .iter()

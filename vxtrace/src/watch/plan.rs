@@ -184,7 +184,7 @@ fn underlay_of(snap: &Snapshot, dev: &VxlanDevice, notes: &mut Vec<String>) -> R
     let by_remotes = sorted(
         route_remotes
             .chain(fdb_remotes)
-            .filter_map(|a| snap.route_dev(&a))
+            .flat_map(|a| snap.route_devs(&a))
             .filter(|i| !snap.is_vxlan(*i))
             .filter_map(|i| snap.links.get(&i))
             .filter(|l| !l.loopback)
