@@ -180,6 +180,55 @@ fn a_host_firewall_is_named_on_the_receiver() {
     assert!(l.evidence.contains("NETFILTER_DROP 6"), "{}", l.evidence);
 }
 
+/// A firewall on B's output dropping the VXLAN packets B sends to A: B
+/// receives A's echoes and answers, and drops its own answers after
+/// encapsulating them. B counts those drops for A; they are B→A's loss on
+/// B (the sending host), not A→B's on B.
+#[test]
+fn an_output_firewall_is_named_on_the_sender() {
+    let lab = LabGuard::new("vt-clo", 2, false, 8472);
+    let dir = Dir::new("vt-clo");
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &lab.node_ns(2),
+        "nft",
+        &format!(
+            "add table inet vt; add chain inet vt out {{ type filter hook output priority 0 ; }}; add rule inet vt out ip daddr {} udp dport 8472 drop",
+            lab.underlay_ip(1)
+        ),
+    ]);
+    let watchers = record_all(&lab, &dir.0);
+    assert_eq!(lab.ping(1, 2, 6, Duration::ZERO).unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(1200));
+    for w in watchers {
+        w.stop();
+    }
+    let r = cluster_report(&dir.0);
+    let there = link(&r, "node1", "node2");
+    assert_eq!(
+        (there.tx_dev, there.tx_encap, there.rx_nic, there.rx_decap),
+        (6, 6, 6, 6),
+        "{there:#?}"
+    );
+    assert_eq!(there.loss_segment, Segment::None, "{there:#?}");
+    assert_eq!(there.cause, None, "{there:#?}");
+    let back = link(&r, "node2", "node1");
+    assert_eq!(
+        (back.tx_dev, back.tx_encap, back.rx_nic, back.rx_decap),
+        (6, 0, 0, 0),
+        "{back:#?}"
+    );
+    assert_eq!(back.loss_segment, Segment::SenderHost, "{back:#?}");
+    assert_eq!(back.cause, Some(Cause::LostWhileEncapsulating), "{back:#?}");
+    assert!(
+        back.evidence.contains("NETFILTER_DROP 6"),
+        "{}",
+        back.evidence
+    );
+}
+
 /// One node's traffic to both others cut for a few seconds while they
 /// still reach each other: one blackhole event naming both peers.
 #[test]

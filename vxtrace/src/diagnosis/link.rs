@@ -87,7 +87,8 @@ pub fn diagnose_link(o: &LinkObservation<'_>) -> LinkDiagnosis {
         Direction::FromPeer,
     );
     if decap_lost > 0 || (o.receiver_drops > 0 && !receiver.is_empty()) {
-        let lost = decap_lost.max(o.receiver_drops);
+        // No more than arrived can be lost here.
+        let lost = decap_lost.max(o.receiver_drops).min(o.rx_nic);
         let found = if receiver.is_empty() {
             vec![decap_loss(o, decap_lost)]
         } else {

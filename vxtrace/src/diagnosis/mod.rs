@@ -423,11 +423,45 @@ fn host_firewall(o: &Observation<'_>) -> Option<Seen> {
 /// Outer drops that explain packets that reached the underlay device and
 /// were not decapsulated.
 fn explained_outer_drops(o: &Observation<'_>) -> u64 {
-    o.drops_outer
+    inbound_outer_drops(o.drops_outer, o.counters)
+}
+
+/// Loss-class drops of outer VXLAN packets, by reason: this node's own
+/// packets to the peer and the peer's packets to this node alike.
+fn outer_loss_drops(drops_outer: &BTreeMap<String, u64>) -> impl Iterator<Item = (&String, u64)> {
+    drops_outer
         .iter()
         .filter(|(r, _)| reasons::class(r, true) == reasons::DropClass::Loss)
+        .map(|(r, n)| (r, *n))
+}
+
+/// How many of the outer loss drops can be the peer's incoming packets: an
+/// incoming packet dies between the underlay device and the VXLAN device,
+/// so at most `rx_nic - rx_decap` of them are.
+pub fn inbound_outer_drops(drops_outer: &BTreeMap<String, u64>, c: &PeerCounters) -> u64 {
+    let between = c.rx_nic.packets.saturating_sub(c.rx_decap.packets);
+    outer_loss_drops(drops_outer)
         .map(|(_, n)| n)
-        .sum()
+        .sum::<u64>()
+        .min(between)
+}
+
+/// The rest, by reason: this node's own encapsulated packets to the peer,
+/// dropped on this node before they left (an output rule, a full queue).
+pub fn outbound_outer_drops(
+    drops_outer: &BTreeMap<String, u64>,
+    c: &PeerCounters,
+) -> BTreeMap<String, u64> {
+    let mut inbound = inbound_outer_drops(drops_outer, c);
+    let mut out = BTreeMap::new();
+    for (reason, n) in outer_loss_drops(drops_outer) {
+        let taken = inbound.min(n);
+        inbound -= taken;
+        if n > taken {
+            out.insert(reason.clone(), n - taken);
+        }
+    }
+    out
 }
 
 fn bad_checksum(o: &Observation<'_>) -> Option<Seen> {
@@ -577,7 +611,9 @@ fn kernel_drops(o: &Observation<'_>) -> Option<Seen> {
 
 fn pod_traffic_firewall(o: &Observation<'_>) -> Option<Seen> {
     let c = o.counters;
-    let nf = nf_drops(o);
+    // Pod traffic is the inner packets; drops of VXLAN packets themselves
+    // are the host firewall's or this host's sending path's.
+    let nf = nf_drops(o).saturating_sub(reasons::count(o.drops_outer, reasons::NETFILTER_DROP));
     (nf > 0 && c.rx_nic.packets <= c.rx_decap.packets).then_some(())?;
     Some(Seen {
         headline: format!(
@@ -647,10 +683,37 @@ fn lost_while_encapsulating(o: &Observation<'_>) -> Option<Seen> {
     let c = o.counters;
     let (dev, encap) = (c.tx_dev.packets, c.tx_encap.packets);
     (dev >= MIN_PACKETS && encap * 10 < dev * 9).then_some(())?;
-    seen(
-        format!("handed to the VXLAN device {dev}, left the underlay device {encap}"),
-        evidence(&[("tx_dev", dev), ("tx_encap", encap)]),
-    )
+    let headline = format!("handed to the VXLAN device {dev}, left the underlay device {encap}");
+    let outbound = outbound_outer_drops(o.drops_outer, c);
+    if outbound.is_empty() {
+        return seen(headline, evidence(&[("tx_dev", dev), ("tx_encap", encap)]));
+    }
+    // The encapsulated packets were made and then dropped here: the drop
+    // reasons say by what.
+    let listed = outbound
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let words = if outbound.contains_key(reasons::NETFILTER_DROP) {
+        (
+            "a firewall rule on this host (output or postrouting) drops the VXLAN packets it sends to this peer".to_string(),
+            "find the output / postrouting rule that matches the VXLAN port towards this peer (`nft list ruleset`, `iptables -S OUTPUT`) and let the overlay's packets through".to_string(),
+        )
+    } else {
+        (
+            "this host dropped the VXLAN packets after encapsulating them (a queue, a route, a firewall)".to_string(),
+            "look at the drop reasons and the route to the peer's underlay address".to_string(),
+        )
+    };
+    Some(Seen {
+        headline: format!(
+            "{headline}; this host dropped its own encapsulated packets to the peer: {listed}"
+        ),
+        evidence: format!("tx_dev {dev}, tx_encap {encap}, {listed}"),
+        place: None,
+        words: Some(words),
+    })
 }
 
 fn malformed(o: &Observation<'_>) -> Option<Seen> {
@@ -883,6 +946,25 @@ mod tests {
                 headline_starts: "handed to the VXLAN device 200, left the underlay device 100",
                 evidence: "tx_dev 200, tx_encap 100",
                 fix_mentions: "bridge fdb show",
+            },
+            Case {
+                name: "an output rule drops our own VXLAN packets to the peer",
+                setup: |c, d, _| {
+                    healthy(c);
+                    c.tx_encap.packets = 0;
+                    d.insert("NETFILTER_DROP".into(), 200);
+                },
+                // All outer: they cannot be the peer's packets, every one
+                // of which was decapsulated.
+                extra: |p| {
+                    p.drops_outer.insert("NETFILTER_DROP".into(), 200);
+                },
+                outages: vec![],
+                cause: Cause::LostWhileEncapsulating,
+                segment: Segment::SenderHost,
+                headline_starts: "handed to the VXLAN device 200, left the underlay device 0; this host dropped its own encapsulated packets to the peer: NETFILTER_DROP 200",
+                evidence: "tx_dev 200, tx_encap 0, NETFILTER_DROP 200",
+                fix_mentions: "output / postrouting rule",
             },
             Case {
                 name: "stale neighbour",

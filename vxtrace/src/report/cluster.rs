@@ -14,7 +14,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use super::read::{Recording, Sample};
 use crate::{
-    diagnosis::link::{LinkObservation, diagnose_link},
+    diagnosis::{
+        link::{LinkObservation, diagnose_link},
+        outbound_outer_drops,
+    },
     schema::{
         Blackhole, ClusterReport, Link, Node, NodeReport, PeerSummary, Report, SizeDistribution,
     },
@@ -189,9 +192,23 @@ fn link(nodes: &[ClusterNode], p: &Pair, timing: &Timing, blackholes: &[Blackhol
     let b_view = nb.report.peers.get(&p.from);
     let drops = b_view.map(|v| v.drops.clone()).unwrap_or_default();
     // What B dropped of A's traffic that loses it (not a closed port
-    // answering, not a socket filter).
+    // answering, not a socket filter). B's drops "for A" also hold B's
+    // own encapsulated packets to A that died on B: those belong to B→A.
     let not_loss: u64 = b_view.map(|v| v.drops_not_loss.values().sum()).unwrap_or(0);
-    let receiver_drops = drops.values().sum::<u64>().saturating_sub(not_loss);
+    let b_own: u64 = nb
+        .peers
+        .get(&p.from)
+        .map(|s| {
+            outbound_outer_drops(&s.drops_outer, &s.counters)
+                .values()
+                .sum()
+        })
+        .unwrap_or(0);
+    let receiver_drops = drops
+        .values()
+        .sum::<u64>()
+        .saturating_sub(not_loss)
+        .saturating_sub(b_own);
     let sizes = |n: &ClusterNode, peer: &IpAddr, tx: bool| -> SizeDistribution {
         n.peers
             .get(peer)
