@@ -388,3 +388,78 @@ fn routed_underlay_vtep_on_loopback() {
     assert_eq!(code, 0, "{out}{err}");
     drop(guard);
 }
+
+/// A device that floods to a multicast group (`group 239.1.1.1`, learning
+/// on, as plain VXLAN segments are set up): what it has no entry for goes
+/// to the group, members answer from their own addresses. The group is
+/// counted like a peer but its silence is no outage and no one-way link;
+/// the member is counted exactly.
+#[test]
+fn multicast_group_is_not_a_silent_peer() {
+    use vxtrace_tests::sh;
+    let guard = Namespaces(vec!["vt-mc-a".into(), "vt-mc-b".into()]);
+    let (a, b) = (&guard.0[0], &guard.0[1]);
+    for n in [a, b] {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", n])
+            .status();
+        sh(&["ip", "netns", "add", n]);
+        sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+    }
+    sh(&[
+        "ip", "link", "add", "mc0", "netns", a, "type", "veth", "peer", "name", "mc0", "netns", b,
+    ]);
+    for (n, i) in [(a, 1), (b, 2)] {
+        let ip = |args: &str| {
+            let mut all = vec!["ip", "-n", n];
+            all.extend(args.split_whitespace());
+            sh(&all);
+        };
+        ip("link set mc0 up");
+        ip(&format!("addr add 172.31.77.{i}/24 dev mc0"));
+        ip("link add vxg type vxlan id 300 dstport 4789 group 239.1.1.1 dev mc0 ttl 5");
+        // No IPv6 on the overlay: its multicast chatter would blur the counts.
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            n,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.vxg.disable_ipv6=1",
+        ]);
+        ip(&format!("addr add 192.168.77.{i}/24 dev vxg"));
+        ip("link set vxg up");
+    }
+    let on_a = Watcher::start(a, &["--netns", "self"]);
+    // Addresses nobody has: their ARP requests are flooded to the group.
+    vxtrace::netns::run_in(a, || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for host in 10..16 {
+            let _ = s.send_to(b"x", format!("192.168.77.{host}:9"));
+        }
+        Ok(())
+    })
+    .unwrap();
+    let member = "192.168.77.2".parse().unwrap();
+    assert_eq!(
+        vxtrace::lab::ping_from(a, member, 5, Duration::ZERO).unwrap(),
+        5
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let sa = on_a.stop();
+    let group = sa.peer("239.1.1.1");
+    assert!(group.counters.tx_encap.packets >= 6, "{}", json(&sa));
+    assert!(group.findings.is_empty(), "{}", json(&sa));
+    assert!(
+        !group.silences.one_way && group.silences.outages_total == 0,
+        "{}",
+        json(&sa)
+    );
+    // B: its ARP reply and 5 echo replies in, 5 echoes out.
+    let b_peer = sa.peer("172.31.77.2").counters;
+    assert_eq!(b_peer.tx_encap.packets, 5, "{}", json(&sa));
+    assert_eq!(b_peer.rx_nic.packets, 6, "{}", json(&sa));
+    assert_eq!(b_peer.rx_decap.packets, 6, "{}", json(&sa));
+    drop(guard);
+}

@@ -201,7 +201,9 @@ impl OutageTracker {
             epoch: self.epoch,
         };
         for (key, addr, tx, rx) in packets {
-            if tx == 0 && rx == 0 && !self.peers.contains_key(&key) {
+            // A multicast group (a device's flooding destination) never
+            // answers from its own address: no silence to track.
+            if addr.is_multicast() || (tx == 0 && rx == 0 && !self.peers.contains_key(&key)) {
                 continue;
             }
             let s = self.peers.entry(key).or_default();

@@ -7,7 +7,7 @@
 //! Every rule needs a few packets before it speaks ([`MIN_PACKETS`]), so a
 //! packet in flight at the moment of reading raises nothing.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 pub mod link;
 
@@ -86,6 +86,22 @@ pub fn diagnose(o: &Observation<'_>) -> Vec<Finding> {
 pub fn diagnose_summary(p: &PeerSummary, local_ports: &[u16]) -> Vec<Finding> {
     let tcp = p.tcp_outcome();
     diagnose(&Observation::of_summary(p, &tcp, local_ports))
+}
+
+/// The findings for the peer at `addr`. A multicast group is where a
+/// device floods what it has no entry for: the members answer from their
+/// own addresses, so silence from the group itself says nothing.
+pub fn diagnose_peer(addr: &IpAddr, p: &PeerSummary, local_ports: &[u16]) -> Vec<Finding> {
+    let mut found = diagnose_summary(p, local_ports);
+    if addr.is_multicast() {
+        found.retain(|f| {
+            !matches!(
+                f.kind,
+                Cause::OneWay | Cause::PathMtu | Cause::GroupedOutage | Cause::IntermittentOutage
+            )
+        });
+    }
+    found
 }
 
 /// The finding for a VTEP that pod subnets are routed to and that cannot

@@ -3,7 +3,7 @@
 //! with their evidence and fix, through the same diagnosis engine as the
 //! live screen.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 
@@ -52,7 +52,7 @@ pub fn report(rec: &Recording) -> Report {
                 .filter(|o| o.peer == addr)
                 .cloned()
                 .collect();
-            (addr, report_peer(&p, outages, &ports))
+            (addr, report_peer(&addr, &p, outages, &ports))
         })
         .collect();
     Report {
@@ -70,7 +70,12 @@ pub fn report(rec: &Recording) -> Report {
     }
 }
 
-fn report_peer(p: &PeerSummary, outages: Vec<crate::schema::Outage>, ports: &[u16]) -> ReportPeer {
+fn report_peer(
+    addr: &IpAddr,
+    p: &PeerSummary,
+    outages: Vec<crate::schema::Outage>,
+    ports: &[u16],
+) -> ReportPeer {
     let c = &p.counters;
     ReportPeer {
         tx_encap: c.tx_encap,
@@ -81,7 +86,7 @@ fn report_peer(p: &PeerSummary, outages: Vec<crate::schema::Outage>, ports: &[u1
         drops_not_loss: p.drops_not_loss.clone(),
         tcp: c.tcp.clone(),
         outages,
-        causes: diagnosis::diagnose_summary(p, ports),
+        causes: diagnosis::diagnose_peer(addr, p, ports),
     }
 }
 

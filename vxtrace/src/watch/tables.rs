@@ -114,7 +114,7 @@ impl Tables {
     /// A peer's summary over the run so far, findings included.
     pub fn peer_summary(&self, addr: IpAddr, drops: &PeerDrops) -> PeerSummary {
         let mut s = self.peer_view(addr, drops);
-        s.findings = diagnosis::diagnose_summary(&s, &self.local_ports);
+        s.findings = diagnosis::diagnose_peer(&addr, &s, &self.local_ports);
         s.hints = s.findings.iter().map(|f| f.hint()).collect();
         s
     }
@@ -123,7 +123,7 @@ impl Tables {
     pub fn findings(&self, addr: IpAddr, drops: Option<&PeerDrops>) -> Vec<Finding> {
         let none = PeerDrops::default();
         let s = self.peer_view(addr, drops.unwrap_or(&none));
-        diagnosis::diagnose_summary(&s, &self.local_ports)
+        diagnosis::diagnose_peer(&addr, &s, &self.local_ports)
     }
 
     /// What the run knows of a peer, without findings.
