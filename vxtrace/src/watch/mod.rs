@@ -309,7 +309,7 @@ fn open_sinks(args: &WatchArgs, p: &mut Planned, tracer: &Tracer) -> Result<Sink
             busiest: args.metrics_peers,
             selected: args.peers.clone(),
         })?;
-        eprintln!("vxtrace: Prometheus metrics on http://{bound}/metrics");
+        // Said with the other notes when the programs are attached.
         p.plan
             .notes
             .push(format!("Prometheus metrics on http://{bound}/metrics"));
