@@ -295,8 +295,16 @@ impl OutageTracker {
             outages: s
                 .closed
                 .iter()
-                .chain(&s.open)
                 .map(OutageRecord::from)
+                .chain(s.open.as_ref().map(|o| {
+                    // Still silent: how long so far (to the last interval).
+                    let mut r = OutageRecord::from(o);
+                    r.duration_s = s
+                        .history
+                        .back()
+                        .map(|(now, ..)| round3((self.epoch + now - o.start).max(0.0)));
+                    r
+                }))
                 .collect(),
             outages_total: s.closed_total + u64::from(s.open.is_some()),
             one_way: s.ever_one_way,
@@ -373,6 +381,22 @@ mod tests {
         assert_eq!(ends[0].sent_into_silence, 60);
         assert_eq!(ends[0].tx_pps_before, 20.0);
         assert!(!ev.iter().any(|e| matches!(e, Line::OutageGroup(_))));
+    }
+
+    /// An outage still open when the summary is made says how long it has
+    /// lasted so far: last rx at 1.75 s (the middle of the fourth
+    /// interval), last interval read at 5.0 s.
+    #[test]
+    fn an_ongoing_outage_has_its_length_so_far() {
+        let mut t = OutageTracker::new(1.0, 10.0, 0.0, 100);
+        let mut steps = vec![(5, 5); 4];
+        steps.extend(vec![(0, 5); 6]);
+        run(&mut t, &steps);
+        let (kb, _) = key("192.0.2.12");
+        let s = t.silences(&kb);
+        assert_eq!(s.outages.len(), 1);
+        assert!(s.outages[0].ongoing);
+        assert_eq!(s.outages[0].duration_s, Some(3.25));
     }
 
     #[test]

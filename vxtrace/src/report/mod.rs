@@ -170,12 +170,18 @@ pub fn text(r: &Report, rec: &Recording) -> String {
             );
         }
         for o in &p.outages {
-            let _ = writeln!(
-                s,
-                "  outage: {:.1} s, {} packets sent into the silence",
-                o.duration_s.unwrap_or(0.0),
-                o.sent_into_silence
-            );
+            let _ = match o.duration_s {
+                Some(d) => writeln!(
+                    s,
+                    "  outage: {d:.1} s, {} packets sent into the silence",
+                    o.sent_into_silence
+                ),
+                None => writeln!(
+                    s,
+                    "  outage: still going on at the end of the recording, {} packets sent into the silence",
+                    o.sent_into_silence
+                ),
+            };
         }
         if p.causes.is_empty() {
             let _ = writeln!(s, "  no problem found");
