@@ -9,7 +9,7 @@ use std::{
 };
 
 use vxtrace::schema::{Cause, ClusterReport, Link, Segment};
-use vxtrace_tests::{LabGuard, Watcher, bin, run, sh};
+use vxtrace_tests::{LabGuard, Watcher, bin, run, scenarios::nft, sh};
 
 /// A directory for one test's recordings, removed at the end.
 struct Dir(PathBuf);
@@ -151,27 +151,29 @@ fn a_path_cut_is_named_on_its_link_only() {
     );
 }
 
+/// Every node records while node 1's pod sends `count` echoes to node 2's
+/// pod, none answered; then the cluster report of the recordings.
+fn unanswered_echoes_recorded(lab: &LabGuard, dir: &Path, count: u32) -> ClusterReport {
+    let watchers = record_all(lab, dir);
+    assert_eq!(lab.ping(1, 2, count, Duration::ZERO).unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(1200));
+    for w in watchers {
+        w.stop();
+    }
+    cluster_report(dir)
+}
+
 /// The receiver's host firewall drops VXLAN: the link A -> B is lost on
 /// the receiving host, with the drop reason.
 #[test]
 fn a_host_firewall_is_named_on_the_receiver() {
     let lab = LabGuard::new("vt-clf", 2, false, 8472);
     let dir = Dir::new("vt-clf");
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
+    nft(
         &lab.node_ns(2),
-        "nft",
         "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop",
-    ]);
-    let watchers = record_all(&lab, &dir.0);
-    assert_eq!(lab.ping(1, 2, 6, Duration::ZERO).unwrap(), 0);
-    std::thread::sleep(Duration::from_millis(1200));
-    for w in watchers {
-        w.stop();
-    }
-    let r = cluster_report(&dir.0);
+    );
+    let r = unanswered_echoes_recorded(&lab, &dir.0, 6);
     let l = link(&r, "node1", "node2");
     assert_eq!((l.tx_encap, l.rx_nic, l.rx_decap), (6, 6, 0), "{l:#?}");
     assert_eq!(l.loss_segment, Segment::ReceiverHost, "{l:#?}");
@@ -188,24 +190,14 @@ fn a_host_firewall_is_named_on_the_receiver() {
 fn an_output_firewall_is_named_on_the_sender() {
     let lab = LabGuard::new("vt-clo", 2, false, 8472);
     let dir = Dir::new("vt-clo");
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
+    nft(
         &lab.node_ns(2),
-        "nft",
         &format!(
             "add table inet vt; add chain inet vt out {{ type filter hook output priority 0 ; }}; add rule inet vt out ip daddr {} udp dport 8472 drop",
             lab.underlay_ip(1)
         ),
-    ]);
-    let watchers = record_all(&lab, &dir.0);
-    assert_eq!(lab.ping(1, 2, 6, Duration::ZERO).unwrap(), 0);
-    std::thread::sleep(Duration::from_millis(1200));
-    for w in watchers {
-        w.stop();
-    }
-    let r = cluster_report(&dir.0);
+    );
+    let r = unanswered_echoes_recorded(&lab, &dir.0, 6);
     let there = link(&r, "node1", "node2");
     assert_eq!(
         (there.tx_dev, there.tx_encap, there.rx_nic, there.rx_decap),
