@@ -19,6 +19,32 @@ pub fn nft(ns: &str, rules: &str) {
     sh(&["ip", "netns", "exec", ns, "nft", rules]);
 }
 
+/// Node `node`'s host firewall drops everything to the lab's VXLAN port
+/// (an nft input rule).
+pub fn drop_vxlan_at_input(lab: &Lab, node: u8) {
+    nft(
+        &lab.node_ns(node),
+        &format!(
+            "add table inet vt; add chain inet vt in {{ type filter hook input priority 0 ; }}; add rule inet vt in udp dport {} drop",
+            lab.port
+        ),
+    );
+}
+
+/// Drops the VXLAN packets that enter the underlay bridge from node
+/// `from`'s port and leave by node `to`'s: one direction of one link, cut
+/// on the path as a security group would (everything else, ARP included,
+/// passes).
+pub fn cut_path(lab: &Lab, from: u8, to: u8) {
+    nft(
+        &lab.bridge_ns(),
+        &format!(
+            "add table bridge vtcut; add chain bridge vtcut fw {{ type filter hook forward priority 0 ; }}; add rule bridge vtcut fw iifname \"veth{from}\" oifname \"veth{to}\" udp dport {} drop",
+            lab.port
+        ),
+    );
+}
+
 /// 200 echoes A->B and 50 datagrams A->C, watched on A and B at once:
 /// exact packets and bytes per peer and direction, outer sizes, and no
 /// peer that was never talked to. Needs 3 nodes. Returns A's and B's
@@ -109,13 +135,7 @@ pub fn host_firewall(lab: &Lab) {
         lab.underlay_ip(1).to_string(),
         lab.underlay_ip(2).to_string(),
     );
-    nft(
-        &lab.node_ns(2),
-        &format!(
-            "add table inet vt; add chain inet vt in {{ type filter hook input priority 0 ; }}; add rule inet vt in udp dport {} drop",
-            lab.port
-        ),
-    );
+    drop_vxlan_at_input(lab, 2);
     let on_b = Watcher::start(&lab.node_ns(2), &["--netns", "self"]);
     let on_a_self = Watcher::start(&lab.node_ns(1), &["--netns", "self"]);
     let on_a_all = Watcher::start(&lab.node_ns(1), &["--netns", "all"]);

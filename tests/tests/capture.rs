@@ -6,7 +6,11 @@ use std::{
 };
 
 use vxtrace::schema::{Line, Outage, Report, ReportPeer};
-use vxtrace_tests::{LabGuard, Watcher, bin, connect_from, json, listen_in, run, sh};
+use vxtrace_tests::{
+    LabGuard, Watcher, bin, connect_from, json, listen_in, run,
+    scenarios::{drop_vxlan_at_input, nft},
+    sh,
+};
 
 /// Steady traffic from pod 1 to `to`, until `until`.
 fn steady(lab: &LabGuard, to: u8, until: Instant) -> std::thread::JoinHandle<()> {
@@ -21,43 +25,24 @@ fn steady(lab: &LabGuard, to: u8, until: Instant) -> std::thread::JoinHandle<()>
 /// Drops frames between two bridge ports of the underlay (both ways).
 fn block(lab: &LabGuard, ports: &[&str]) {
     let br = lab.bridge_ns();
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
+    nft(
         &br,
-        "nft",
         "add table bridge vtblock; add chain bridge vtblock fw { type filter hook forward priority 0 ; }",
-    ]);
+    );
     for p in ports {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
+        nft(
             &br,
-            "nft",
             &format!("add rule bridge vtblock fw iifname \"{p}\" drop"),
-        ]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
+        );
+        nft(
             &br,
-            "nft",
             &format!("add rule bridge vtblock fw oifname \"{p}\" drop"),
-        ]);
+        );
     }
 }
 
 fn unblock(lab: &LabGuard) {
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.bridge_ns(),
-        "nft",
-        "delete table bridge vtblock",
-    ]);
+    nft(&lab.bridge_ns(), "delete table bridge vtblock");
 }
 
 fn events(w: &mut Watcher, until: Instant) -> Vec<Line> {
@@ -237,14 +222,7 @@ fn report_names_a_host_firewall() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("b.ndjson");
     let _ = std::fs::remove_file(&file);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.node_ns(2),
-        "nft",
-        "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop",
-    ]);
+    drop_vxlan_at_input(&lab, 2);
     let w = Watcher::start(&lab.node_ns(2), &["--record", file.to_str().unwrap()]);
     assert_eq!(lab.ping(1, 2, 4, Duration::ZERO).unwrap(), 0);
     let s = w.stop();
@@ -332,7 +310,7 @@ fn metric(text: &str, name: &str, labels: &str) -> u64 {
 #[test]
 fn metrics_endpoint_matches_the_summary() {
     let lab = LabGuard::new("vt-prom", 3, false, 8472);
-    nft_input_drop(&lab, 3);
+    drop_vxlan_at_input(&lab, 3);
     let w = Watcher::start(
         &lab.node_ns(1),
         &["--metrics", "127.0.0.1:9478", "--netns", "all"],
@@ -393,15 +371,4 @@ fn metrics_endpoint_matches_the_summary() {
         1
     );
     assert_eq!(sb.tcp_outcome().handshake_us.count, Some(1));
-}
-
-fn nft_input_drop(lab: &LabGuard, node: u8) {
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.node_ns(node),
-        "nft",
-        "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop",
-    ]);
 }

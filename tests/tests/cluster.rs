@@ -9,7 +9,10 @@ use std::{
 };
 
 use vxtrace::schema::{Cause, ClusterReport, Link, Segment};
-use vxtrace_tests::{LabGuard, Watcher, bin, run, scenarios::nft, sh};
+use vxtrace_tests::{
+    LabGuard, Watcher, bin, run,
+    scenarios::{cut_path, drop_vxlan_at_input, nft},
+};
 
 /// A directory for one test's recordings, removed at the end.
 struct Dir(PathBuf);
@@ -65,23 +68,6 @@ fn link<'a>(r: &'a ClusterReport, from: &str, to: &str) -> &'a Link {
         .unwrap_or_else(|| panic!("no link {from} -> {to}: {:#?}", r.links))
 }
 
-/// Drops the VXLAN packets that enter the underlay bridge from node
-/// `from`'s port and leave by node `to`'s: one direction of one link, cut
-/// on the path as a security group would (everything else, ARP included,
-/// passes).
-fn cut(lab: &LabGuard, from: u8, to: u8) {
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.bridge_ns(),
-        "nft",
-        &format!(
-            "add table bridge vtcut; add chain bridge vtcut fw {{ type filter hook forward priority 0 ; }}; add rule bridge vtcut fw iifname \"veth{from}\" oifname \"veth{to}\" udp dport 8472 drop"
-        ),
-    ]);
-}
-
 /// One direction cut on the path: that link is lost on the path, with
 /// exact counts from both ends; every other link loses nothing.
 #[test]
@@ -89,7 +75,7 @@ fn a_path_cut_is_named_on_its_link_only() {
     let lab = LabGuard::new("vt-clp", 3, false, 8472);
     let dir = Dir::new("vt-clp");
     let watchers = record_all(&lab, &dir.0);
-    cut(&lab, 2, 1);
+    cut_path(&lab, 2, 1);
     // 20 echoes 1 -> 2: the requests arrive, the 20 replies 2 -> 1 die.
     assert_eq!(lab.ping(1, 2, 20, Duration::ZERO).unwrap(), 0);
     assert_eq!(lab.ping(1, 3, 10, Duration::ZERO).unwrap(), 10);
@@ -169,10 +155,7 @@ fn unanswered_echoes_recorded(lab: &LabGuard, dir: &Path, count: u32) -> Cluster
 fn a_host_firewall_is_named_on_the_receiver() {
     let lab = LabGuard::new("vt-clf", 2, false, 8472);
     let dir = Dir::new("vt-clf");
-    nft(
-        &lab.node_ns(2),
-        "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop",
-    );
+    drop_vxlan_at_input(&lab, 2);
     let r = unanswered_echoes_recorded(&lab, &dir.0, 6);
     let l = link(&r, "node1", "node2");
     assert_eq!((l.tx_encap, l.rx_nic, l.rx_decap), (6, 6, 0), "{l:#?}");
@@ -242,23 +225,12 @@ fn a_blackholed_node_is_one_event() {
         .collect();
     std::thread::sleep(Duration::from_secs(3));
     // Everything node 1 sends into the underlay, gone for 3 s.
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
+    nft(
         &lab.bridge_ns(),
-        "nft",
         "add table bridge vtbh; add chain bridge vtbh fw { type filter hook forward priority 0 ; }; add rule bridge vtbh fw iifname \"veth1\" drop",
-    ]);
+    );
     std::thread::sleep(Duration::from_secs(3));
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.bridge_ns(),
-        "nft",
-        "delete table bridge vtbh",
-    ]);
+    nft(&lab.bridge_ns(), "delete table bridge vtbh");
     for s in senders {
         s.join().unwrap();
     }

@@ -63,10 +63,7 @@ fn masquerade_of_pod_traffic_on_the_peer() {
 #[test]
 fn without_btf_drops_are_counted_by_reason() {
     let lab = LabGuard::new("vt-nobtf", 2, false, 8472);
-    nft(
-        &lab.node_ns(2),
-        "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop",
-    );
+    scenarios::drop_vxlan_at_input(&lab, 2);
     let on_b = Watcher::start(&lab.node_ns(2), &["--btf", "none", "--netns", "self"]);
     let notes = on_b.attached.notes.join("\n");
     assert!(notes.contains("not attributed to peers"), "{notes}");

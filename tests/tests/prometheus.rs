@@ -14,7 +14,11 @@ use std::{
 };
 
 use serde_json::Value;
-use vxtrace_tests::{LabGuard, Watcher, run, sh};
+use vxtrace_tests::{
+    LabGuard, Watcher, run,
+    scenarios::{cut_path, drop_vxlan_at_input},
+    sh,
+};
 
 const METRICS_PORT: u16 = 9478;
 const PROMETHEUS_ADDR: &str = "192.0.2.200/24";
@@ -264,14 +268,7 @@ fn path_loss_of_one_direction_fires_its_alert() {
     let lab = LabGuard::new("vt-pp", 3, false, 8472);
     let _agents = agents(&lab, &[]);
     let prom = Prometheus::start(&lab);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.bridge_ns(),
-        "nft",
-        "add table bridge vtcut; add chain bridge vtcut fw { type filter hook forward priority 0 ; }; add rule bridge vtcut fw iifname \"veth2\" oifname \"veth1\" udp dport 8472 drop",
-    ]);
+    cut_path(&lab, 2, 1);
     let until = Instant::now() + Duration::from_secs(30);
     let senders = traffic(&lab, &[(1, 2), (2, 1), (1, 3), (3, 1)], until);
     let b_to_a = link("vxtrace:link_path_loss:ratio_rate1m", "node2", "node1");
@@ -316,14 +313,7 @@ fn path_loss_of_one_direction_fires_its_alert() {
 #[test]
 fn a_host_firewall_is_receiver_loss_not_path_loss() {
     let lab = LabGuard::new("vt-pf", 2, false, 8472);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &lab.node_ns(2),
-        "nft",
-        "add table inet vt; add chain inet vt in { type filter hook input priority 0 ; }; add rule inet vt in udp dport 8472 drop",
-    ]);
+    drop_vxlan_at_input(&lab, 2);
     let _agents = agents(&lab, &[]);
     let prom = Prometheus::start(&lab);
     let until = Instant::now() + Duration::from_secs(20);

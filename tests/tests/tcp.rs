@@ -9,7 +9,7 @@ use std::{
 use vxtrace::schema::{ProbeState, Probes, Summary};
 use vxtrace_tests::{
     LabGuard, RawTcp, TCP_PSH_ACK, TCP_SYN, Watcher, connect_from, json, kernel_has_reason,
-    listen_in, sh, tcp_timestamp,
+    listen_in, scenarios::nft, sh, tcp_timestamp,
 };
 
 /// Whether this kernel can attach kprobes at all.
@@ -54,23 +54,15 @@ fn dropped_synacks_leave_syns_unanswered() {
         lab.underlay_ip(2).to_string(),
         lab.underlay_ip(3).to_string(),
     );
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
+    nft(
         &lab.node_ns(2),
-        "nft",
         "add table inet vt; add chain inet vt fw { type filter hook forward priority 0 ; }; add rule inet vt fw tcp sport 7777 tcp flags & (syn|ack) == syn|ack drop",
-    ]);
+    );
     // Connection tracking on A's node (a ct rule is enough to enable it).
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
+    nft(
         &lab.node_ns(1),
-        "nft",
         "add table inet vtct; add chain inet vtct fw { type filter hook forward priority 0 ; }; add rule inet vtct fw ct state new accept",
-    ]);
+    );
     let _blocked = listen_in(&lab.pod_ns(2), 7777);
     let _open = listen_in(&lab.pod_ns(2), 7778);
     let on_a = Watcher::start(&lab.node_ns(1), &["--syn-timeout", "1s"]);
@@ -308,14 +300,10 @@ fn nat_and_time_wait_reuse_reject_syns() {
         "10.244.0.1",
     ]);
     // Node A hides its pods behind its VTEP address.
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
+    nft(
         &node_a,
-        "nft",
         "add table ip vtnat; add chain ip vtnat post { type nat hook postrouting priority 100 ; }; add rule ip vtnat post ip saddr 10.244.0.0/24 ip daddr 10.244.1.0/24 snat to 10.244.0.0",
-    ]);
+    );
     let listener = listen_in(&lab.pod_ns(2), 8080);
     let server_ns = lab.pod_ns(2);
     let on_a = Watcher::start(&node_a, &["--syn-timeout", "500ms", "--interval", "200ms"]);
