@@ -927,7 +927,13 @@ fn udp_between(from_ns: &str, to_ns: &str, dst: Ipv4Addr, count: u32, size: usiz
 /// ICMP echoes to `dst` from network namespace `ns`, one at a time;
 /// returns the number of replies.
 pub fn ping_from(ns: &str, dst: Ipv4Addr, count: u32, gap: Duration) -> Result<u32> {
-    netns::run_in(ns, || ping(dst, count, gap))
+    netns::run_in(ns, || ping(IpAddr::V4(dst), count, gap))
+}
+
+/// ICMPv6 echoes to `dst` from network namespace `ns`, one at a time;
+/// returns the number of replies.
+pub fn ping6_from(ns: &str, dst: Ipv6Addr, count: u32, gap: Duration) -> Result<u32> {
+    netns::run_in(ns, || ping(IpAddr::V6(dst), count, gap))
 }
 
 fn icmp_checksum(data: &[u8]) -> u16 {
@@ -946,114 +952,59 @@ fn icmp_checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// Sends `count` echo requests to `dst` from the current namespace, each
-/// waiting up to 1 s for its reply. Returns the replies received.
-fn ping(dst: Ipv4Addr, count: u32, gap: Duration) -> Result<u32> {
-    // SAFETY: plain socket syscalls on a descriptor we own.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
-    if fd < 0 {
-        bail!(
-            "opening a raw ICMP socket: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    let ident = (std::process::id() as u16) ^ 0x5678;
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    addr.sin_family = libc::AF_INET as u16;
-    addr.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 100_000,
+/// Sends `count` echo requests (56 bytes of data, like `ping`) to `dst`
+/// from the current namespace on a raw ICMP or ICMPv6 socket, each waiting
+/// up to 1 s for its reply. Returns the replies received. IPv4 raw sockets
+/// hand back the IP header and need our checksum; ICMPv6 ones do neither
+/// (the kernel fills in the checksum).
+fn ping(dst: IpAddr, count: u32, gap: Duration) -> Result<u32> {
+    let (domain, protocol, what, request, reply, tag) = match dst {
+        IpAddr::V4(_) => (
+            libc::AF_INET,
+            libc::IPPROTO_ICMP,
+            "ICMP",
+            8u8,
+            0u8,
+            0x5678u16,
+        ),
+        IpAddr::V6(_) => (
+            libc::AF_INET6,
+            libc::IPPROTO_ICMPV6,
+            "ICMPv6",
+            128,
+            129,
+            0x6789,
+        ),
     };
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
-    }
-    let mut replies = 0;
-    for seq in 0..count {
-        let seq = seq as u16;
-        let mut pkt = [0u8; 64];
-        pkt[0] = 8; // echo request
-        pkt[4..6].copy_from_slice(&ident.to_be_bytes());
-        pkt[6..8].copy_from_slice(&seq.to_be_bytes());
-        for (k, b) in pkt[8..].iter_mut().enumerate() {
-            *b = k as u8;
-        }
-        let ck = icmp_checksum(&pkt);
-        pkt[2..4].copy_from_slice(&ck.to_be_bytes());
-        let sent = unsafe {
-            libc::sendto(
-                fd,
-                pkt.as_ptr() as *const libc::c_void,
-                pkt.len(),
-                0,
-                &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        if sent < 0 {
-            let e = std::io::Error::last_os_error();
-            unsafe { libc::close(fd) };
-            bail!("sending ICMP echo to {dst}: {e}");
-        }
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let mut buf = [0u8; 1500];
-        while Instant::now() < deadline {
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-            if n <= 0 {
-                continue;
-            }
-            let n = n as usize;
-            let ihl = ((buf[0] & 0x0f) as usize) * 4;
-            if n < ihl + 8 {
-                continue;
-            }
-            let icmp = &buf[ihl..n];
-            let is_reply = icmp[0] == 0
-                && u16::from_be_bytes([icmp[4], icmp[5]]) == ident
-                && u16::from_be_bytes([icmp[6], icmp[7]]) == seq;
-            if is_reply {
-                replies += 1;
-                break;
-            }
-        }
-        if !gap.is_zero() {
-            std::thread::sleep(gap);
-        }
-    }
-    unsafe { libc::close(fd) };
-    Ok(replies)
-}
-
-/// ICMPv6 echoes to `dst` from network namespace `ns`, one at a time;
-/// returns the number of replies.
-pub fn ping6_from(ns: &str, dst: Ipv6Addr, count: u32, gap: Duration) -> Result<u32> {
-    netns::run_in(ns, || ping6(dst, count, gap))
-}
-
-/// Sends `count` ICMPv6 echo requests (56 bytes of data, like `ping -6`)
-/// to `dst` from the current namespace on a raw ICMPv6 socket, each
-/// waiting up to 1 s for its reply. The kernel fills in the checksum of
-/// raw ICMPv6 sockets and hands them packets without the IPv6 header.
-fn ping6(dst: Ipv6Addr, count: u32, gap: Duration) -> Result<u32> {
     // SAFETY: plain socket syscalls on a descriptor we own.
-    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+    let fd = unsafe { libc::socket(domain, libc::SOCK_RAW, protocol) };
     if fd < 0 {
         bail!(
-            "opening a raw ICMPv6 socket: {}",
+            "opening a raw {what} socket: {}",
             std::io::Error::last_os_error()
         );
     }
-    let ident = (std::process::id() as u16) ^ 0x6789;
-    // SAFETY: all-zero bytes are a valid sockaddr_in6.
-    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    addr.sin6_family = libc::AF_INET6 as u16;
-    addr.sin6_addr.s6_addr = dst.octets();
+    let ident = (std::process::id() as u16) ^ tag;
+    // SAFETY: all-zero bytes are a valid sockaddr_storage, large enough for
+    // either family's address, which is written through its own type.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let addr_len = match dst {
+        IpAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger and more aligned than
+            // sockaddr_in; nothing else borrows `addr` meanwhile.
+            let sin = unsafe { &mut *(&mut addr as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        IpAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut addr as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_addr.s6_addr = a.octets();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
     let tv = libc::timeval {
         tv_sec: 0,
         tv_usec: 100_000,
@@ -1072,11 +1023,15 @@ fn ping6(dst: Ipv6Addr, count: u32, gap: Duration) -> Result<u32> {
     for seq in 0..count {
         let seq = seq as u16;
         let mut pkt = [0u8; 64];
-        pkt[0] = 128; // echo request
+        pkt[0] = request;
         pkt[4..6].copy_from_slice(&ident.to_be_bytes());
         pkt[6..8].copy_from_slice(&seq.to_be_bytes());
         for (k, b) in pkt[8..].iter_mut().enumerate() {
             *b = k as u8;
+        }
+        if dst.is_ipv4() {
+            let ck = icmp_checksum(&pkt);
+            pkt[2..4].copy_from_slice(&ck.to_be_bytes());
         }
         // SAFETY: the buffer and address outlive the call; sizes match.
         let sent = unsafe {
@@ -1086,26 +1041,36 @@ fn ping6(dst: Ipv6Addr, count: u32, gap: Duration) -> Result<u32> {
                 pkt.len(),
                 0,
                 &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_in6>() as u32,
+                addr_len as u32,
             )
         };
         if sent < 0 {
             let e = std::io::Error::last_os_error();
             // SAFETY: our descriptor, closed once.
             unsafe { libc::close(fd) };
-            bail!("sending ICMPv6 echo to {dst}: {e}");
+            bail!("sending {what} echo to {dst}: {e}");
         }
         let deadline = Instant::now() + Duration::from_secs(1);
         let mut buf = [0u8; 1500];
         while Instant::now() < deadline {
             // SAFETY: the buffer is valid for its length.
             let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-            if n < 8 {
+            if n <= 0 {
                 continue;
             }
-            let is_reply = buf[0] == 129
-                && u16::from_be_bytes([buf[4], buf[5]]) == ident
-                && u16::from_be_bytes([buf[6], buf[7]]) == seq;
+            let n = n as usize;
+            let header = if dst.is_ipv4() {
+                ((buf[0] & 0x0f) as usize) * 4
+            } else {
+                0
+            };
+            if n < header + 8 {
+                continue;
+            }
+            let icmp = &buf[header..n];
+            let is_reply = icmp[0] == reply
+                && u16::from_be_bytes([icmp[4], icmp[5]]) == ident
+                && u16::from_be_bytes([icmp[6], icmp[7]]) == seq;
             if is_reply {
                 replies += 1;
                 break;
