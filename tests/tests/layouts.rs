@@ -221,14 +221,40 @@ fn calico_masquerade() {
 /// Namespaces this test made, deleted however it ends.
 struct Namespaces(Vec<String>);
 
+impl Namespaces {
+    /// Fresh namespaces of these names (a leftover of an earlier run is
+    /// deleted first), loopback up.
+    fn new(names: &[&str]) -> Self {
+        let made = Self(names.iter().map(|n| n.to_string()).collect());
+        for n in &made.0 {
+            del_netns(n);
+            vxtrace_tests::sh(&["ip", "netns", "add", n]);
+            ip(n, "link set lo up");
+        }
+        made
+    }
+}
+
+fn del_netns(name: &str) {
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", name])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 impl Drop for Namespaces {
     fn drop(&mut self) {
         for ns in &self.0 {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .status();
+            del_netns(ns);
         }
     }
+}
+
+/// `ip -n NS ARGS…` (ARGS split at spaces), which must succeed.
+fn ip(ns: &str, args: &str) {
+    let mut all = vec!["ip", "-n", ns];
+    all.extend(args.split_whitespace());
+    vxtrace_tests::sh(&all);
 }
 
 /// A routed underlay: every node's VTEP address on its loopback (as BGP
@@ -240,20 +266,8 @@ impl Drop for Namespaces {
 fn routed_underlay_vtep_on_loopback() {
     use vxtrace_tests::sh;
     let ns = |n: &str| format!("vt-rt-{n}");
-    let guard = Namespaces(["a", "b", "c"].iter().map(|n| ns(n)).collect());
-    for n in &guard.0 {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", n])
-            .status();
-        sh(&["ip", "netns", "add", n]);
-        sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
-    }
     let (a, b, c) = (ns("a"), ns("b"), ns("c"));
-    let ip = |ns: &str, args: &str| {
-        let mut all = vec!["ip", "-n", ns];
-        all.extend(args.split_whitespace());
-        sh(&all);
-    };
+    let _made = Namespaces::new(&[&a, &b, &c]);
     // A's links, a /30 each: two to B (ECMP, as a node with two uplinks),
     // one to C; routes to the loopback VTEPs.
     for (peer, nic, far, net) in [
@@ -277,82 +291,33 @@ fn routed_underlay_vtep_on_loopback() {
     ip(&a, "route add 10.9.9.3/32 via 169.254.2.2");
     ip(&b, "route add 10.9.9.1/32 via 169.254.1.1");
     ip(&c, "route add 10.9.9.1/32 via 169.254.2.1");
-    let nodes = [(&a, 1u8), (&b, 2), (&c, 3)];
-    for (n, i) in nodes {
-        sh(&[
-            "ip",
-            "-n",
+    for (n, i) in [(&a, 1u8), (&b, 2), (&c, 3)] {
+        ip(n, &format!("addr add 10.9.9.{i}/32 dev lo"));
+        ip(
             n,
-            "addr",
-            "add",
-            &format!("10.9.9.{i}/32"),
-            "dev",
-            "lo",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
+            &format!("link add vxr type vxlan id 5005 dstport 4789 local 10.9.9.{i} nolearning"),
+        );
+        ip(
             n,
-            "link",
-            "add",
-            "vxr",
-            "type",
-            "vxlan",
-            "id",
-            "5005",
-            "dstport",
-            "4789",
-            "local",
-            &format!("10.9.9.{i}"),
-            "nolearning",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            n,
-            "link",
-            "set",
-            "vxr",
-            "address",
-            &format!("02:00:00:00:05:0{i}"),
-            "mtu",
-            "1450",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("10.200.0.{i}/24"),
-            "dev",
-            "vxr",
-        ]);
-        sh(&["ip", "-n", n, "link", "set", "vxr", "up"]);
+            &format!("link set vxr address 02:00:00:00:05:0{i} mtu 1450"),
+        );
+        ip(n, &format!("addr add 10.200.0.{i}/24 dev vxr"));
+        ip(n, "link set vxr up");
     }
     // A knows both peers; each peer knows A.
     let program = |n: &str, i: u8| {
-        sh(&[
-            "ip",
-            "-n",
+        let mac = format!("02:00:00:00:05:0{i}");
+        ip(
             n,
-            "neigh",
-            "add",
-            &format!("10.200.0.{i}"),
-            "lladdr",
-            &format!("02:00:00:00:05:0{i}"),
-            "dev",
-            "vxr",
-            "nud",
-            "permanent",
-        ]);
+            &format!("neigh add 10.200.0.{i} lladdr {mac} dev vxr nud permanent"),
+        );
         sh(&[
             "bridge",
             "-n",
             n,
             "fdb",
             "append",
-            &format!("02:00:00:00:05:0{i}"),
+            &mac,
             "dev",
             "vxr",
             "dst",
@@ -386,7 +351,6 @@ fn routed_underlay_vtep_on_loopback() {
             .arg("doctor"),
     );
     assert_eq!(code, 0, "{out}{err}");
-    drop(guard);
 }
 
 /// A device that floods to a multicast group (`group 239.1.1.1`, learning
@@ -397,27 +361,18 @@ fn routed_underlay_vtep_on_loopback() {
 #[test]
 fn multicast_group_is_not_a_silent_peer() {
     use vxtrace_tests::sh;
-    let guard = Namespaces(vec!["vt-mc-a".into(), "vt-mc-b".into()]);
-    let (a, b) = (&guard.0[0], &guard.0[1]);
-    for n in [a, b] {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", n])
-            .status();
-        sh(&["ip", "netns", "add", n]);
-        sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
-    }
+    let (a, b) = ("vt-mc-a", "vt-mc-b");
+    let _made = Namespaces::new(&[a, b]);
     sh(&[
         "ip", "link", "add", "mc0", "netns", a, "type", "veth", "peer", "name", "mc0", "netns", b,
     ]);
     for (n, i) in [(a, 1), (b, 2)] {
-        let ip = |args: &str| {
-            let mut all = vec!["ip", "-n", n];
-            all.extend(args.split_whitespace());
-            sh(&all);
-        };
-        ip("link set mc0 up");
-        ip(&format!("addr add 172.31.77.{i}/24 dev mc0"));
-        ip("link add vxg type vxlan id 300 dstport 4789 group 239.1.1.1 dev mc0 ttl 5");
+        ip(n, "link set mc0 up");
+        ip(n, &format!("addr add 172.31.77.{i}/24 dev mc0"));
+        ip(
+            n,
+            "link add vxg type vxlan id 300 dstport 4789 group 239.1.1.1 dev mc0 ttl 5",
+        );
         // No IPv6 on the overlay: its multicast chatter would blur the counts.
         sh(&[
             "ip",
@@ -428,8 +383,8 @@ fn multicast_group_is_not_a_silent_peer() {
             "-qw",
             "net.ipv6.conf.vxg.disable_ipv6=1",
         ]);
-        ip(&format!("addr add 192.168.77.{i}/24 dev vxg"));
-        ip("link set vxg up");
+        ip(n, &format!("addr add 192.168.77.{i}/24 dev vxg"));
+        ip(n, "link set vxg up");
     }
     let on_a = Watcher::start(a, &["--netns", "self"]);
     // Addresses nobody has: their ARP requests are flooded to the group.
@@ -461,5 +416,4 @@ fn multicast_group_is_not_a_silent_peer() {
     assert_eq!(b_peer.tx_encap.packets, 5, "{}", json(&sa));
     assert_eq!(b_peer.rx_nic.packets, 6, "{}", json(&sa));
     assert_eq!(b_peer.rx_decap.packets, 6, "{}", json(&sa));
-    drop(guard);
 }
