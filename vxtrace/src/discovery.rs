@@ -575,6 +575,25 @@ impl Snapshot {
             .max_by_key(|r| r.prefix_len)
     }
 
+    /// The device of that route (local addresses are not in the main
+    /// table and give None).
+    pub fn route_dev(&self, addr: &IpAddr) -> Option<u32> {
+        self.route_to(addr).map(|r| r.ifindex)
+    }
+
+    /// Every device of the most specific routes to `addr`: several for an
+    /// ECMP route (one entry per next hop).
+    pub fn route_devs(&self, addr: &IpAddr) -> Vec<u32> {
+        let Some(longest) = self.route_to(addr).map(|r| r.prefix_len) else {
+            return Vec::new();
+        };
+        self.all_routes
+            .iter()
+            .filter(|r| r.prefix_len == longest && prefix_contains(&r.dst, r.prefix_len, addr))
+            .map(|r| r.ifindex)
+            .collect()
+    }
+
     /// Peers that are one node as this node's underlay shows it: directly
     /// connected (their routes have no gateway) and resolved by the
     /// neighbour table (ARP / NDP) of the device that reaches them to one
@@ -616,31 +635,6 @@ impl Snapshot {
 
     /// The device the main table routes `addr` through (longest prefix;
     /// local addresses are not in the main table and give None).
-    /// Every device of the longest route to `addr` (several for an ECMP
-    /// route).
-    pub fn route_devs(&self, addr: &IpAddr) -> Vec<u32> {
-        let matching = || {
-            self.all_routes
-                .iter()
-                .filter(|r| prefix_contains(&r.dst, r.prefix_len, addr))
-        };
-        let Some(longest) = matching().map(|r| r.prefix_len).max() else {
-            return Vec::new();
-        };
-        matching()
-            .filter(|r| r.prefix_len == longest)
-            .map(|r| r.ifindex)
-            .collect()
-    }
-
-    pub fn route_dev(&self, addr: &IpAddr) -> Option<u32> {
-        self.all_routes
-            .iter()
-            .filter(|r| prefix_contains(&r.dst, r.prefix_len, addr))
-            .max_by_key(|r| r.prefix_len)
-            .map(|r| r.ifindex)
-    }
-
     /// Who owns which inner (VTEP or pod) address, from the VXLAN devices'
     /// neighbour, FDB and route entries: built once, asked many times.
     pub fn inner_owners(&self) -> InnerOwners {

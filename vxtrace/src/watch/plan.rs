@@ -200,8 +200,9 @@ fn underlay_of(snap: &Snapshot, dev: &VxlanDevice, notes: &mut Vec<String>) -> R
         }
         return Ok(by_remotes);
     }
-    // No `dev` and no `local`: the kernel routes by destination, so any
-    // device with an address may carry it.
+    // No `dev`, no `local` that names a device, and no remote known yet:
+    // the kernel routes by destination, so any device with an address may
+    // carry it.
     let candidates: Vec<String> = snap
         .links
         .values()
