@@ -641,29 +641,33 @@ fn check_sysctls(
     // Only a node that routes subnets through the overlay (pods behind
     // it, as flannel and Calico lay it out) must forward; a VXLAN device
     // used as one layer-2 segment between hosts needs no forwarding.
-    if routes_subnets_through_overlay(snap, false) && sysctl("net/ipv4/ip_forward") == Some(0) {
-        out.push(finding(
-            Check::IpForwardOff,
-            Severity::Error,
-            dev0,
-            "net.ipv4.ip_forward=0: this node does not forward pod traffic to and from the overlay"
-                .into(),
-            evidence!({"ip_forward": 0}),
-            "sysctl -w net.ipv4.ip_forward=1".into(),
-        ));
-    }
-    if routes_subnets_through_overlay(snap, true)
-        && sysctl("net/ipv6/conf/all/forwarding") == Some(0)
-    {
-        out.push(finding(
-            Check::IpForwardOff,
-            Severity::Error,
-            dev0,
-            "net.ipv6.conf.all.forwarding=0: this node does not forward IPv6 pod traffic to and from the overlay"
-                .into(),
-            evidence!({"ipv6_forwarding": 0}),
-            "sysctl -w net.ipv6.conf.all.forwarding=1".into(),
-        ));
+    // Per family: whether it is IPv6, its sysctl, the evidence key, and
+    // the family in words.
+    for (v6, sysctl_name, key, family) in [
+        (false, "net.ipv4.ip_forward", "ip_forward", ""),
+        (
+            true,
+            "net.ipv6.conf.all.forwarding",
+            "ipv6_forwarding",
+            "IPv6 ",
+        ),
+    ] {
+        if routes_subnets_through_overlay(snap, v6)
+            && sysctl(&sysctl_name.replace('.', "/")) == Some(0)
+        {
+            let mut evidence = Evidence::new();
+            evidence.insert(key.to_string(), EvidenceValue::from(0));
+            out.push(finding(
+                Check::IpForwardOff,
+                Severity::Error,
+                dev0,
+                format!(
+                    "{sysctl_name}=0: this node does not forward {family}pod traffic to and from the overlay"
+                ),
+                evidence,
+                format!("sysctl -w {sysctl_name}=1"),
+            ));
+        }
     }
     let all = sysctl("net/ipv4/conf/all/rp_filter").unwrap_or(0);
     let mut names: Vec<(String, &str)> = devs
