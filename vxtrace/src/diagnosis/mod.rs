@@ -436,12 +436,6 @@ fn host_firewall(o: &Observation<'_>) -> Option<Seen> {
     )
 }
 
-/// Outer drops that explain packets that reached the underlay device and
-/// were not decapsulated.
-fn explained_outer_drops(o: &Observation<'_>) -> u64 {
-    inbound_outer_drops(o.drops_outer, o.counters)
-}
-
 /// Loss-class drops of outer VXLAN packets, by reason: this node's own
 /// packets to the peer and the peer's packets to this node alike.
 fn outer_loss_drops(drops_outer: &BTreeMap<String, u64>) -> impl Iterator<Item = (&String, u64)> {
@@ -454,7 +448,7 @@ fn outer_loss_drops(drops_outer: &BTreeMap<String, u64>) -> impl Iterator<Item =
 /// How many of the outer loss drops can be the peer's incoming packets: an
 /// incoming packet dies between the underlay device and the VXLAN device,
 /// so at most `rx_nic - rx_decap` of them are.
-pub fn inbound_outer_drops(drops_outer: &BTreeMap<String, u64>, c: &PeerCounters) -> u64 {
+fn inbound_outer_drops(drops_outer: &BTreeMap<String, u64>, c: &PeerCounters) -> u64 {
     let between = c.rx_nic.packets.saturating_sub(c.rx_decap.packets);
     outer_loss_drops(drops_outer)
         .map(|(_, n)| n)
@@ -687,7 +681,7 @@ fn lost_before_decap(o: &Observation<'_>) -> Option<Seen> {
     let (rx, decap) = (c.rx_nic.packets, c.rx_decap.packets);
     // Drops of the outer packets with a rule of their own (a firewall, bad
     // checksums, a closed port, the VXLAN driver) explain the gap.
-    let explained = nf_drops(o) + explained_outer_drops(o);
+    let explained = nf_drops(o) + inbound_outer_drops(o.drops_outer, c);
     (rx >= MIN_PACKETS && decap * 10 < rx * 9 && explained == 0).then_some(())?;
     seen(
         format!("arrived at the underlay device {rx}, decapsulated {decap}"),
@@ -1266,6 +1260,20 @@ mod tests {
         let mut p = PeerSummary::default();
         p.counters.tx_encap.packets = MIN_PACKETS - 1;
         assert!(diagnose_summary(&p, PORTS).is_empty());
+    }
+
+    /// Flooded traffic to a multicast group is never answered from the
+    /// group's address: no one-way finding for it, as there is for a peer.
+    #[test]
+    fn a_multicast_group_is_not_one_way() {
+        let mut p = PeerSummary::default();
+        p.counters.tx_encap.packets = 30;
+        let unicast: IpAddr = "192.0.2.12".parse().unwrap();
+        let kinds = |a: &IpAddr| -> Vec<Cause> {
+            diagnose_peer(a, &p, PORTS).iter().map(|f| f.kind).collect()
+        };
+        assert_eq!(kinds(&unicast), vec![Cause::OneWay]);
+        assert!(kinds(&"239.1.1.1".parse().unwrap()).is_empty());
     }
 
     /// The README's table of causes names every cause the engine has.
