@@ -374,15 +374,13 @@ fn multicast_group_is_not_a_silent_peer() {
             "link add vxg type vxlan id 300 dstport 4789 group 239.1.1.1 dev mc0 ttl 5",
         );
         // No IPv6 on the overlay: its multicast chatter would blur the counts.
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            n,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.vxg.disable_ipv6=1",
-        ]);
+        vxtrace::netns::run_in(n, || {
+            Ok(std::fs::write(
+                "/proc/sys/net/ipv6/conf/vxg/disable_ipv6",
+                "1",
+            )?)
+        })
+        .unwrap();
         ip(n, &format!("addr add 192.168.77.{i}/24 dev vxg"));
         ip(n, "link set vxg up");
     }
