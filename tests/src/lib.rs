@@ -14,6 +14,7 @@ use std::{
 
 pub use vxtrace::lab::{Lab, Layout};
 
+pub mod datapath;
 pub mod scenarios;
 use vxtrace::schema::{Attached, Line, Summary};
 

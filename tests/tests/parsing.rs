@@ -40,7 +40,7 @@ fn tracer() -> Tracer {
     };
     let mut t = Tracer::load(&cfg, &vxtrace::probes::LoaderBtf::None, AttachPolicy::Auto)
         .expect("loading the programs");
-    t.register_device(DEV_IFINDEX, Some(1), Some(LOCAL_MAC))
+    t.register_device(DEV_IFINDEX, Some(1), Some(LOCAL_MAC), false)
         .unwrap();
     t
 }

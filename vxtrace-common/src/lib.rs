@@ -140,6 +140,11 @@ pub struct PeerStats {
     /// Outer IP packet sizes per direction, by [`SIZE_BUCKET_BOUNDS`].
     pub tx_size: [u64; SIZE_BUCKETS],
     pub rx_size: [u64; SIZE_BUCKETS],
+    /// Flooded copies sent to the peer: broadcast, multicast and unknown
+    /// unicast that a layer-2 device replicates to every VTEP of its flood
+    /// list (or its group / default remote). Not counted in `tx_encap`:
+    /// nobody answers them, so they say nothing about loss.
+    pub tx_flood: Counter,
     /// The kernel programs' per-CPU memo of this peer's last lookups (not
     /// a counter: userspace ignores it).
     pub memo: LookupMemo,
@@ -168,7 +173,12 @@ pub struct LookupMemo {
     pub vni_mac: [u8; 6],
     /// Inner source MAC known to map to this peer on `vni` (`MEMO_MAC`).
     pub mac: [u8; 6],
-    pub _pad: [u32; 3],
+    /// Inner destination MAC of a packet sent to this peer that the MAC
+    /// map says lives behind it: a unicast copy (`MEMO_TX_MAC`).
+    pub tx_dst_mac: [u8; 6],
+    /// The VNI's device floods (`VniInfo::floods`, when `MEMO_VNI_KNOWN`).
+    pub vni_floods: u8,
+    pub _pad: [u8; 5],
 }
 
 pub const MEMO_VNI: u32 = 1;
@@ -176,6 +186,7 @@ pub const MEMO_VNI_KNOWN: u32 = 2;
 pub const MEMO_MAC: u32 = 4;
 pub const MEMO_INNER: u32 = 8;
 pub const MEMO_INNER_VTEP: u32 = 16;
+pub const MEMO_TX_MAC: u32 = 32;
 /// Packets between checks of the memo against the maps (a power of two).
 pub const MEMO_RECHECK: u32 = 64;
 
@@ -263,6 +274,14 @@ pub struct MacMemo {
 /// last bytes).
 pub const MAC_MEMO_SLOTS: u32 = 16;
 
+impl MacMemo {
+    /// The slot `mac` is remembered in.
+    #[inline(always)]
+    pub fn slot(mac: &[u8; 6]) -> u32 {
+        (mac[5] as u32 ^ mac[4] as u32) & (MAC_MEMO_SLOTS - 1)
+    }
+}
+
 /// Value of the map from inner MAC to peer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -304,7 +323,11 @@ pub struct VniInfo {
     pub check_dst_mac: u32,
     /// The VXLAN device's own MAC.
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// 1 when the device replicates frames to several VTEPs (a flood list,
+    /// a group or a default remote, or learning): a copy whose inner
+    /// destination MAC does not live behind the copy's VTEP is flooded.
+    pub floods: u8,
+    pub _pad: u8,
 }
 
 /// Value of the inner-address map: which peer an inner (pod / VTEP) address
@@ -615,7 +638,7 @@ mod tests {
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(
             size_of::<PeerStats>(),
-            4 * 16 + 18 * 8 + 2 * SIZE_BUCKETS * 8 + size_of::<LookupMemo>()
+            5 * 16 + 18 * 8 + 2 * SIZE_BUCKETS * 8 + size_of::<LookupMemo>()
         );
         assert_eq!(size_of::<LookupMemo>(), 56);
         assert_eq!(size_of::<MacMemo>(), 32);

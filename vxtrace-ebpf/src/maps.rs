@@ -14,8 +14,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use vxtrace_common::{
-    DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, GlobalStats, InnerAddr, MacKey, MacPeer, PeerKey,
-    PeerStats, VniInfo, VxlanDevice,
+    DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, GlobalStats, InnerAddr, MAC_MEMO_SLOTS, MacKey, MacMemo,
+    MacPeer, PeerKey, PeerStats, VniInfo, VxlanDevice,
 };
 
 /// A new peer's counters. It lives in read-only data because `PeerStats`
@@ -42,6 +42,24 @@ pub static GLOBAL: PerCpuArray<GlobalStats> = PerCpuArray::with_max_entries(1, 0
 #[map]
 pub static MAC_PEERS: LruHashMap<MacKey, MacPeer> =
     LruHashMap::with_max_entries(DEFAULT_MAX_MACS, 0);
+
+/// The VXLAN device programs' per-CPU memo of recent (device, MAC) -> peer
+/// answers (see [`MacMemo`]). The underlay program forgets a slot when it
+/// sees a MAC arrive from another peer (a host moved), and the loader
+/// clears them all when an FDB entry's destination changes.
+/// Name: `names::maps::MAC_MEMO`.
+#[map]
+pub static MAC_MEMO: PerCpuArray<MacMemo> = PerCpuArray::with_max_entries(MAC_MEMO_SLOTS, 0);
+
+/// Drops this CPU's memo of `mac`'s owner: the next frame looks it up.
+#[inline(always)]
+pub fn forget_mac_owner(mac: &[u8; 6]) {
+    if let Some(m) = MAC_MEMO.get_ptr_mut(MacMemo::slot(mac)) {
+        // SAFETY: this CPU's slot of a per-CPU array: non-null, aligned,
+        // never freed; a one-byte store of a valid value.
+        unsafe { (*m).valid = 0 };
+    }
+}
 
 /// Watched VXLAN devices by ifindex (filled by the loader).
 /// Name: `names::maps::VXLAN_DEVICES`.

@@ -15,7 +15,10 @@ use futures::TryStreamExt as _;
 use netlink_packet_route::{
     AddressFamily,
     address::AddressAttribute,
-    link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{
+        InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp,
+        XdpAttached,
+    },
     neighbour::{NeighbourAddress, NeighbourAttribute},
     route::{
         RouteAddress, RouteAttribute, RouteIp6Tunnel, RouteIpTunnel, RouteLwTunnelEncap,
@@ -35,7 +38,28 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// The bridge (or other master) this device is enslaved to.
     pub master: Option<u32>,
+    /// The XDP program attached to the device, if any: it sees packets
+    /// before any TC program and may drop, transmit or redirect them.
+    pub xdp: Option<XdpProgram>,
+    /// The kernel's own packet counters for the device.
+    pub stats: Option<LinkStats>,
     vxlan: Option<Vec<InfoVxlan>>,
+}
+
+/// An XDP program on a device, as netlink reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpProgram {
+    pub id: u32,
+    /// `native` (the driver), `generic` (the stack), `offloaded` (the NIC)
+    /// or `multi` (several modes at once).
+    pub mode: &'static str,
+}
+
+/// A device's packet counters (rtnetlink's link statistics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
 }
 
 #[cfg(test)]
@@ -51,6 +75,8 @@ impl Link {
             mac: None,
             mtu: Some(1500),
             master: None,
+            xdp: None,
+            stats: None,
             vxlan: (kind == "vxlan").then(Vec::new),
         }
     }
@@ -208,6 +234,8 @@ fn link_from_msg(msg: LinkMessage) -> Link {
         mac: None,
         mtu: None,
         master: None,
+        xdp: None,
+        stats: None,
         vxlan: None,
     };
     for attr in msg.attributes {
@@ -220,6 +248,13 @@ fn link_from_msg(msg: LinkMessage) -> Link {
             }
             LinkAttribute::Mtu(m) => link.mtu = Some(m),
             LinkAttribute::Controller(m) if m != 0 => link.master = Some(m),
+            LinkAttribute::Stats64(s) => {
+                link.stats = Some(LinkStats {
+                    rx_packets: s.rx_packets,
+                    tx_packets: s.tx_packets,
+                })
+            }
+            LinkAttribute::Xdp(xdp) => link.xdp = xdp_program(&xdp),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     match info {
@@ -238,6 +273,23 @@ fn link_from_msg(msg: LinkMessage) -> Link {
         }
     }
     link
+}
+
+/// The XDP program in a link's IFLA_XDP attributes, if one is attached.
+fn xdp_program(attrs: &[LinkXdp]) -> Option<XdpProgram> {
+    let mut id = None;
+    let mut mode = "native";
+    for a in attrs {
+        match a {
+            LinkXdp::ProgId(i) if *i != 0 => id = Some(*i),
+            LinkXdp::Attached(XdpAttached::SocketBuffer) => mode = "generic",
+            LinkXdp::Attached(XdpAttached::Hardware) => mode = "offloaded",
+            LinkXdp::Attached(XdpAttached::Multiple) => mode = "multi",
+            LinkXdp::Attached(XdpAttached::None) => return None,
+            _ => {}
+        }
+    }
+    Some(XdpProgram { id: id?, mode })
 }
 
 /// Reads links, addresses, the VXLAN devices' FDB, the neighbour entries,

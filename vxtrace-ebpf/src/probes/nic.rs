@@ -15,14 +15,14 @@ use aya_ebpf::{
 };
 use vxtrace_common::{
     DIR_RX, DIR_TX, INNER_LEARNED, INNER_VTEP, InnerAddr, MAC_SOURCE_LEARNED, MEMO_INNER,
-    MEMO_INNER_VTEP, MEMO_MAC, MEMO_RECHECK, MEMO_VNI, MEMO_VNI_KNOWN, MacKey, MacPeer, PeerKey,
-    PeerStats, PortKey,
+    MEMO_INNER_VTEP, MEMO_MAC, MEMO_RECHECK, MEMO_TX_MAC, MEMO_VNI, MEMO_VNI_KNOWN, MacKey,
+    MacPeer, PeerKey, PeerStats, PortKey,
 };
 
 use super::TC_NEXT;
 use crate::{
     config::config,
-    maps::{INNER_ADDRS, MAC_PEERS, VXLAN_DEVICES_BY_VNI, peer_stats},
+    maps::{INNER_ADDRS, MAC_PEERS, VXLAN_DEVICES_BY_VNI, forget_mac_owner, peer_stats},
     packet::{
         ETH_HLEN, InnerSource, Outer, VXLAN_HLEN, Vxlan, inner_source, is_local_vtep, parse_outer,
         parse_vxlan, read, same_addr, same_mac, segments,
@@ -124,10 +124,14 @@ fn handle(ctx: &TcContext, dir: Direction) {
                 stats.unknown_vni += 1;
                 return;
             }
+            let inner_off = outer.payload_off + VXLAN_HLEN;
+            if dir == Direction::Egress && is_flood_copy(ctx, stats, vni, known, peer, inner_off) {
+                stats.tx_flood.add(segments(ctx) as u64, ctx.len() as u64);
+                return;
+            }
             count_traffic(ctx, stats, &outer, dir);
             if dir == Direction::Ingress {
                 learn_mac(stats, vni, inner_src, peer);
-                let inner_off = outer.payload_off + VXLAN_HLEN;
                 if known
                     && stats.memo.vni_check_dst_mac != 0
                     && let Some(dst) = read::<[u8; 6]>(ctx, inner_off)
@@ -164,7 +168,7 @@ fn vni_known(stats: &mut PeerStats, vni: u32) -> bool {
     if m.state & MEMO_VNI != 0 && m.vni == vni {
         return m.state & MEMO_VNI_KNOWN != 0;
     }
-    m.state = (m.state & !(MEMO_VNI_KNOWN | MEMO_MAC)) | MEMO_VNI;
+    m.state = (m.state & !(MEMO_VNI_KNOWN | MEMO_MAC | MEMO_TX_MAC)) | MEMO_VNI;
     m.vni = vni;
     // SAFETY: the entry is copied into the memo right away. The loader may
     // replace it meanwhile (a device re-registered); the fields are plain
@@ -175,6 +179,7 @@ fn vni_known(stats: &mut PeerStats, vni: u32) -> bool {
             m.state |= MEMO_VNI_KNOWN;
             m.vni_check_dst_mac = info.check_dst_mac;
             m.vni_mac = info.mac;
+            m.vni_floods = info.floods;
             true
         }
         None => false,
@@ -302,4 +307,46 @@ fn learn_mac(stats: &mut PeerStats, vni: u32, mac: [u8; 6], peer: &PeerKey) {
         _pad: 0,
     };
     let _ = MAC_PEERS.insert(&key, &value, 0);
+    // The MAC is new, or arrives from another peer than before (a host
+    // moved behind another VTEP): this CPU's VXLAN device program, which
+    // decapsulates this very frame next, must not use its old answer.
+    forget_mac_owner(&mac);
+}
+
+/// Whether a VXLAN packet leaving for `peer` is a flooded copy: its inner
+/// frame goes to a broadcast or multicast MAC, or, on a device that
+/// floods, to a MAC that does not live behind `peer` (unknown unicast,
+/// replicated to every VTEP of the flood list). Unicast copies of a MAC
+/// known behind the peer are remembered, so a flow costs no lookup.
+#[inline(always)]
+fn is_flood_copy(
+    ctx: &TcContext,
+    stats: &mut PeerStats,
+    vni: u32,
+    known: bool,
+    peer: &PeerKey,
+    inner_off: usize,
+) -> bool {
+    let Some(dst) = read::<[u8; 6]>(ctx, inner_off) else {
+        return false;
+    };
+    if dst[0] & 1 != 0 {
+        return true;
+    }
+    let m = &mut stats.memo;
+    if !known || m.vni_floods == 0 {
+        return false;
+    }
+    if m.state & MEMO_TX_MAC != 0 && same_mac(&m.tx_dst_mac, &dst) {
+        return false;
+    }
+    let owner = MAC_PEERS.get_ptr(&MacKey::new(vni, dst));
+    // SAFETY: a map value, valid until the program returns; a concurrent
+    // rewrite gives a stale peer (integers), never an invalid one.
+    if owner.is_some_and(|o| same_addr(unsafe { &(*o).peer }, peer)) {
+        m.tx_dst_mac = dst;
+        m.state |= MEMO_TX_MAC;
+        return false;
+    }
+    true
 }

@@ -18,17 +18,17 @@ use aya_ebpf::{
     bindings::{BPF_F_TUNINFO_IPV6, bpf_tunnel_key},
     helpers::{bpf_ktime_get_ns, bpf_skb_get_tunnel_key},
     macros::{classifier, map},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, RingBuf},
     programs::TcContext,
 };
 use vxtrace_common::{
-    Counter, FlowKey, HANDSHAKE_IN, HANDSHAKE_OUT, Handshake, HandshakeEvent, MAC_MEMO_SLOTS,
-    MEMO_RECHECK, MacKey, MacMemo, PeerKey, PeerStats, VxlanDevice,
+    Counter, FlowKey, HANDSHAKE_IN, HANDSHAKE_OUT, Handshake, HandshakeEvent, MEMO_RECHECK, MacKey,
+    MacMemo, PeerKey, PeerStats, VxlanDevice,
 };
 
 use super::TC_NEXT;
 use crate::{
-    maps::{MAC_PEERS, VXLAN_DEVICES, peer_stats, update_global},
+    maps::{MAC_MEMO, MAC_PEERS, VXLAN_DEVICES, peer_stats, update_global},
     packet::{ETH_HLEN, parse_inner_tcp, read, same_mac, segments},
 };
 
@@ -43,11 +43,6 @@ pub static HANDSHAKES: LruHashMap<FlowKey, Handshake> = LruHashMap::with_max_ent
 /// Name: `names::maps::HANDSHAKE_EVENTS`.
 #[map]
 pub static HANDSHAKE_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
-
-/// The per-CPU memo of recent (device, MAC) -> peer answers (see
-/// [`MacMemo`]). Name: `names::maps::MAC_MEMO`.
-#[map]
-pub static MAC_MEMO: PerCpuArray<MacMemo> = PerCpuArray::with_max_entries(MAC_MEMO_SLOTS, 0);
 
 /// Frames a VXLAN device has just decapsulated.
 /// Name: `names::programs::VXLAN_INGRESS`.
@@ -136,7 +131,7 @@ fn frame_owner(
     ifindex: u32,
     mac: [u8; 6],
 ) -> Result<Option<PeerKey>, ()> {
-    let slot = (mac[5] as u32 ^ mac[4] as u32) & (MAC_MEMO_SLOTS - 1);
+    let slot = MacMemo::slot(&mac);
     // SAFETY: this CPU's slot of a per-CPU array: non-null, aligned, never
     // freed, and written only by programs on this CPU. One that interrupts
     // this program could rewrite the slot; every field is an integer, so

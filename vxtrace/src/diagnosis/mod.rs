@@ -59,9 +59,18 @@ impl<'a> Observation<'a> {
 }
 
 /// The findings for one peer, most telling first.
+///
+/// When the VXLAN device decapsulated clearly more of the peer's packets
+/// than arrived at the watched underlay devices, some of the peer's
+/// traffic crosses a device vxtrace does not see (a new uplink, a changed
+/// route, a program ahead of vxtrace): the underlay counts are a lower
+/// bound, so nothing is concluded from them (no one-way, no loss, no
+/// outage); the finding says so instead.
 pub fn diagnose(o: &Observation<'_>) -> Vec<Finding> {
+    let blind = unwatched_underlay(o).is_some();
     RULES
         .iter()
+        .filter(|rule| !(blind && rule.needs_the_underlay()))
         .filter_map(|rule| {
             let seen = (rule.matches)(o)?;
             let (segment, direction) = seen.place.unwrap_or((rule.segment, rule.direction));
@@ -169,6 +178,22 @@ pub struct Rule {
     matches: fn(&Observation<'_>) -> Option<Seen>,
 }
 
+impl Rule {
+    /// Whether the rule concludes from the underlay device's counts, which
+    /// a device vxtrace does not watch leaves short.
+    fn needs_the_underlay(&self) -> bool {
+        matches!(
+            self.cause,
+            Cause::OneWay
+                | Cause::LostBeforeDecap
+                | Cause::LostWhileEncapsulating
+                | Cause::PathMtu
+                | Cause::GroupedOutage
+                | Cause::IntermittentOutage
+        )
+    }
+}
+
 /// What a rule saw: the headline and the numbers; and, where the counters
 /// tell, another segment and direction than the rule's usual ones.
 struct Seen {
@@ -191,6 +216,14 @@ fn seen(headline: String, evidence: String) -> Option<Seen> {
 
 /// The rules, in the order their findings are shown.
 pub const RULES: &[Rule] = &[
+    Rule {
+        cause: Cause::UnwatchedUnderlay,
+        segment: Segment::None,
+        direction: Direction::Both,
+        meaning: "the VXLAN device decapsulated more of this peer's packets than vxtrace saw arrive at the underlay devices it watches: the peer's traffic crosses a device vxtrace does not watch (an uplink that came up later, a changed route), or a program ahead of vxtrace hides it. Nothing is lost; the underlay counts are a lower bound, so no loss is concluded from them",
+        fix: "name every underlay device with --iface (or restart vxtrace after the uplinks changed); check `ip route get <peer>` and programs ahead of vxtrace (`bpftool net show`)",
+        matches: unwatched_underlay,
+    },
     Rule {
         cause: Cause::PawsRejects,
         segment: Segment::ReceiverHost,
@@ -663,6 +696,18 @@ fn masquerade(o: &Observation<'_>) -> Option<Seen> {
             "masquerade: {n} packets from this peer carry the peer's own VTEP address as inner source instead of a pod address"
         ),
         evidence(&[("inner_src_vtep", n)]),
+    )
+}
+
+fn unwatched_underlay(o: &Observation<'_>) -> Option<Seen> {
+    let c = o.counters;
+    let (rx, decap) = (c.rx_nic.packets, c.rx_decap.packets);
+    (decap >= MIN_PACKETS && decap > rx + MIN_PACKETS.max(rx / 10)).then_some(())?;
+    seen(
+        format!(
+            "decapsulated {decap} from this peer, but only {rx} seen arriving at the watched underlay devices"
+        ),
+        evidence(&[("rx_nic", rx), ("rx_decap", decap)]),
     )
 }
 

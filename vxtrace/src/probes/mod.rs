@@ -30,6 +30,7 @@ use crate::{discovery::peer_key, schema::Attachment};
 
 pub mod batch;
 pub mod drops;
+pub mod hook_order;
 pub mod nic;
 pub mod overlay_maps;
 pub mod paws;
@@ -168,6 +169,12 @@ pub struct Tracer {
     /// clsact filters, owned here so that each is removed by its own
     /// priority and handle (dropping a link detaches it).
     clsact_links: Vec<aya::programs::tc::SchedClassifierLink>,
+    /// The low half of the next clsact filter handle (see `tc`).
+    clsact_serial: u16,
+    /// tcx links, so that one can be replaced by a link at the head.
+    tcx_links: hook_order::TcxLinks,
+    /// Hooks where another program is ahead and stays ahead (said once).
+    behind: std::collections::HashSet<(String, crate::schema::Hook)>,
     policy: AttachPolicy,
     pub max_peers: u32,
 }
@@ -216,6 +223,10 @@ impl Tracer {
             logger,
             attachments: Vec::new(),
             clsact_links: Vec::new(),
+            // Per process, so two vxtraces on one device pick apart.
+            clsact_serial: (std::process::id() as u16) << 8,
+            tcx_links: Default::default(),
+            behind: Default::default(),
             policy,
             max_peers: cfg.max_peers,
         })

@@ -39,7 +39,11 @@ impl Tracer {
         } else {
             dev.mac
         };
-        self.register_device(dev.ifindex, dev.vni, check_mac)
+        // A bridged or learning device replicates what it has no entry for
+        // to its flood list, group or default remote; a routed one (flannel,
+        // Calico) or a point-to-point tunnel sends each frame to one VTEP.
+        let floods = dev.bridged || dev.learning;
+        self.register_device(dev.ifindex, dev.vni, check_mac, floods)
     }
 
     /// Registers `dev` (again: a device that came back has a new ifindex)
@@ -55,12 +59,14 @@ impl Tracer {
     /// [`vxtrace_common::VxlanDevice::METADATA`]: its programs take each
     /// frame's remote from the tunnel metadata).
     /// `own_mac`: the device's MAC, when decapsulated frames must be
-    /// addressed to it (routed devices; not bridged ones).
+    /// addressed to it (routed devices; not bridged ones). `floods`: the
+    /// device replicates frames to several VTEPs.
     pub fn register_device(
         &mut self,
         ifindex: u32,
         vni: Option<u32>,
         own_mac: Option<[u8; 6]>,
+        floods: bool,
     ) -> Result<()> {
         let mut devices: HashMap<_, u32, vxtrace_common::VxlanDevice> =
             HashMap::try_from(self.map_mut(maps::VXLAN_DEVICES)?)?;
@@ -82,7 +88,8 @@ impl Tracer {
                 ifindex,
                 check_dst_mac: u32::from(own_mac.is_some()),
                 mac: own_mac.unwrap_or_default(),
-                _pad: [0; 2],
+                floods: u8::from(floods),
+                _pad: 0,
             };
             by_vni.insert(vni, info, 0).context("registering the VNI")?;
         }

@@ -99,7 +99,8 @@ impl Recording {
             Line::OneWay(_)
             | Line::DeviceGone(_)
             | Line::DeviceReattached(_)
-            | Line::DeviceError(_) => {}
+            | Line::DeviceError(_)
+            | Line::BlindSpot(_) => {}
         }
     }
 

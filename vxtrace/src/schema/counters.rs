@@ -45,6 +45,10 @@ pub struct PeerCounters {
     pub rx_decap: Traffic,
     /// Frames handed to the VXLAN device for the peer (before encapsulation).
     pub tx_dev: Traffic,
+    /// Flooded copies sent to the peer (broadcast, multicast, unknown
+    /// unicast on a layer-2 device): not in `tx_encap`, never loss.
+    #[serde(default)]
+    pub tx_flood: Traffic,
     /// `malformed_rx + malformed_tx`.
     pub malformed: u64,
     pub malformed_rx: u64,
@@ -258,6 +262,7 @@ impl From<&PeerStats> for PeerCounters {
             rx_nic: (&s.rx_nic).into(),
             rx_decap: (&s.rx_decap).into(),
             tx_dev: (&s.tx_dev).into(),
+            tx_flood: (&s.tx_flood).into(),
             malformed: s.malformed_rx + s.malformed_tx,
             malformed_rx: s.malformed_rx,
             malformed_tx: s.malformed_tx,
@@ -299,6 +304,7 @@ impl PeerCounters {
         self.rx_nic.add(&o.rx_nic);
         self.rx_decap.add(&o.rx_decap);
         self.tx_dev.add(&o.tx_dev);
+        self.tx_flood.add(&o.tx_flood);
         self.malformed += o.malformed;
         self.malformed_rx += o.malformed_rx;
         self.malformed_tx += o.malformed_tx;
@@ -387,6 +393,18 @@ pub const PEER_COUNTERS: &[CounterDef] = &[
         metric: None,
         help: "Bytes of frames handed to the VXLAN device for the peer",
         read: |c| c.tx_dev.bytes,
+    },
+    CounterDef {
+        json: "tx_flood.packets",
+        metric: Some("vxtrace_tx_flood_packets"),
+        help: "Flooded copies sent to the peer (broadcast, multicast, unknown unicast of a layer-2 device); not in tx_encap",
+        read: |c| c.tx_flood.packets,
+    },
+    CounterDef {
+        json: "tx_flood.bytes",
+        metric: None,
+        help: "Bytes of flooded copies sent to the peer",
+        read: |c| c.tx_flood.bytes,
     },
     CounterDef {
         json: "malformed",
@@ -557,6 +575,8 @@ mod tests {
             &mut s.rst_sent,
             &mut s.rst_received,
             &mut s.syn_retrans,
+            &mut s.tx_flood.packets,
+            &mut s.tx_flood.bytes,
         ];
         for (i, w) in words.into_iter().enumerate() {
             *w = 1000 + i as u64 * 7;

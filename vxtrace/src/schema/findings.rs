@@ -56,6 +56,10 @@ pub enum Cause {
     MissingFdbEntry,
     /// A pod subnet's route goes via a VTEP address with no neighbour entry.
     MissingNeighbour,
+    /// The VXLAN device decapsulated more of the peer's packets than
+    /// arrived at every watched underlay device: the peer's traffic
+    /// crosses a device vxtrace does not see (not loss).
+    UnwatchedUnderlay,
     /// Seen from both ends: packets leave the sender's underlay device and
     /// never reach the receiver's.
     PathLoss,
@@ -90,6 +94,7 @@ impl Cause {
             Cause::KernelDrops => "kernel_drops",
             Cause::MissingFdbEntry => "missing_fdb_entry",
             Cause::MissingNeighbour => "missing_neighbour",
+            Cause::UnwatchedUnderlay => "unwatched_underlay",
             Cause::PathLoss => "path_loss",
             Cause::SubnetBlackhole => "subnet_blackhole",
         }

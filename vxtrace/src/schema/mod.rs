@@ -39,6 +39,8 @@ pub enum Line {
     DeviceGone(DeviceChange),
     DeviceReattached(DeviceChange),
     DeviceError(DeviceChange),
+    /// vxtrace stopped seeing some packets, or sees them again.
+    BlindSpot(BlindSpot),
     /// Exactly once, at exit.
     Summary(Box<Summary>),
 }
@@ -197,6 +199,10 @@ pub struct Attached {
     #[serde(default)]
     pub doctor: Vec<DoctorFinding>,
     pub notes: Vec<String>,
+    /// What vxtrace cannot see from the start (programs ahead of it that
+    /// it cannot overtake, XDP programs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blind_spots: Vec<BlindSpot>,
 }
 
 /// Rates of the three directions that matter most, per second.
@@ -554,6 +560,10 @@ pub struct Summary {
     pub ports: Vec<u16>,
     #[serde(default)]
     pub attached: Vec<Attachment>,
+    /// What vxtrace did not see at some point of the run (see `BlindSpot`);
+    /// empty when it saw every packet on every watched device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blind_spots: Vec<BlindSpot>,
 }
 
 impl Summary {

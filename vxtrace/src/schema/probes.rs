@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The TC hook a program is on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
     Ingress,
@@ -64,6 +64,77 @@ impl fmt::Display for Attachment {
             self.hook.as_str(),
             self.mode.as_str()
         )
+    }
+}
+
+/// What vxtrace may not see, and changes to it: programs ahead of it on a
+/// hook, XDP programs, devices where the kernel counted more packets than
+/// vxtrace did. An empty table must never pass for "no traffic".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlindSpot {
+    pub device: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<Hook>,
+    pub kind: BlindSpotKind,
+    /// Packets the kernel counted on the device that vxtrace did not see,
+    /// so far (`unseen_packets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+    /// The cause, the evidence and what to do, in words.
+    pub message: String,
+}
+
+impl BlindSpot {
+    pub fn new(device: &str, hook: Option<Hook>, kind: BlindSpotKind, message: String) -> Self {
+        Self {
+            device: device.to_string(),
+            hook,
+            kind,
+            packets: None,
+            message,
+        }
+    }
+
+    /// Whether this says vxtrace misses packets (rather than that it sees
+    /// them again).
+    pub fn is_blind(&self) -> bool {
+        matches!(
+            self.kind,
+            BlindSpotKind::ProgramAhead | BlindSpotKind::Xdp | BlindSpotKind::UnseenPackets
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlindSpotKind {
+    /// Another program runs before vxtrace on a hook, and vxtrace cannot
+    /// get ahead of it.
+    ProgramAhead,
+    /// Another program was attached ahead of vxtrace; vxtrace moved back
+    /// to the head of the chain.
+    MovedBack,
+    /// vxtrace runs first again on a hook where it was behind.
+    First,
+    /// An XDP program on a watched device sees packets before TC and may
+    /// drop, transmit or redirect them.
+    Xdp,
+    /// The kernel counted clearly more packets on a device than vxtrace.
+    UnseenPackets,
+    /// The kernel's count and vxtrace's agree again.
+    SeenAgain,
+}
+
+impl BlindSpotKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlindSpotKind::ProgramAhead => "program_ahead",
+            BlindSpotKind::MovedBack => "moved_back",
+            BlindSpotKind::First => "first",
+            BlindSpotKind::Xdp => "xdp",
+            BlindSpotKind::UnseenPackets => "unseen_packets",
+            BlindSpotKind::SeenAgain => "seen_again",
+        }
     }
 }
 

@@ -50,6 +50,7 @@ pub fn describe(line: &Line) -> Option<String> {
             w.peer, w.sent, w.received, w.window_s
         ),
         Line::DeviceGone(d) | Line::DeviceReattached(d) | Line::DeviceError(d) => d.message.clone(),
+        Line::BlindSpot(b) => b.message.clone(),
         Line::Header(_) | Line::Attached(_) | Line::Interval(_) | Line::Summary(_) => return None,
     })
 }

@@ -80,6 +80,9 @@ struct Families {
     /// Per cause and segment, how many peers have the finding.
     peers_with_finding: Family<Labels, Gauge>,
     causes_seen: BTreeMap<(String, String), Gauge>,
+    /// Packets the kernel counted on the watched devices that vxtrace did
+    /// not see, by device and direction.
+    unseen: Family<Labels, Counter>,
 }
 
 pub struct Metrics {
@@ -160,6 +163,12 @@ impl Families {
                 Family::default(),
             ),
             causes_seen: BTreeMap::new(),
+            unseen: register(
+                r,
+                "vxtrace_unseen_packets",
+                "Packets the kernel counted on the watched devices (label device) that vxtrace did not see, by direction: a program ahead of vxtrace, XDP, or a device not watched; while this grows, the per-peer counters are a lower bound",
+                Family::default(),
+            ),
         }
     }
 }
@@ -374,6 +383,18 @@ impl Sink for Metrics {
                 .set(i64::from(t.outages.one_way_now(key)));
         }
         self.add_counters(&peer_label(OTHER_PEERS), &others);
+        for (device, direction, n) in t.visibility.unseen() {
+            let labels = vec![
+                ("device".to_string(), device),
+                ("direction".to_string(), direction.to_string()),
+            ];
+            let c = self.f.unseen.get_or_create(&labels);
+            // The count only grows; the counter follows it.
+            let had = c.get();
+            if n > had {
+                c.inc_by(n - had);
+            }
+        }
         for (peer, by_reason) in view.drop_deltas {
             self.add_drops(peer, by_reason);
         }

@@ -369,7 +369,14 @@ impl Screen {
 
     fn footer(&self, view: &IntervalView<'_>) -> Vec<String> {
         let t = view.tables;
-        let mut lines = Vec::new();
+        // What vxtrace cannot see comes first: it qualifies every number
+        // above.
+        let mut lines: Vec<String> = t
+            .visibility
+            .in_force()
+            .iter()
+            .map(|b| format!("NOT SEEN: {}", b.message))
+            .collect();
         for p in t.peers.peers.values() {
             if let Some(o) = t.outages.open(&peer_key(&p.addr)) {
                 lines.push(format!(
@@ -483,12 +490,13 @@ pub fn print_summary(
         unattributed: s.unattributed,
         unresolved: &s.unresolved,
         footer: s
-            .peer_nodes
+            .blind_spots
             .iter()
-            .map(|n| {
+            .map(|b| format!("\nNOT SEEN: {}", b.message))
+            .chain(s.peer_nodes.iter().map(|n| {
                 let peers: Vec<String> = n.peers.iter().map(|p| p.to_string()).collect();
                 format!("\none node: {} ({})", peers.join(" and "), n.evidence)
-            })
+            }))
             .collect(),
         width,
     };

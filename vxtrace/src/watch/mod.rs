@@ -49,6 +49,7 @@ pub mod plan;
 mod session;
 mod summary;
 pub mod tables;
+mod visibility;
 
 pub use args::WatchArgs;
 use kernel_info::{DEFAULT_BTF, KernelInfo, kernel_info, resolve_netns};
@@ -92,6 +93,16 @@ async fn run_async(args: WatchArgs) -> Result<()> {
     hand_filters_to_watchdog(&mut reaper, &tracer)?;
     let mut sinks = open_sinks(&args, &mut planned, &tracer)?;
     announce(&planned, &tracer, &probes);
+    // The kernel's device counters now, with our programs in place: what
+    // they count from here on, vxtrace should see too.
+    let after_attach = match discovery::snapshot().await {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("reading netlink after attaching failed: {e:#}");
+            discovery::Snapshot::default()
+        }
+    };
+    let visibility = visibility::Visibility::start(&mut tracer, &planned.plan, &after_attach);
     sinks.attached(&Line::Attached(Box::new(Attached {
         node: Some(planned.node.clone()),
         devices: planned.plan.vxlan.clone(),
@@ -103,6 +114,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         netns: planned.netns.clone(),
         doctor: planned.doctor.clone(),
         notes: planned.plan.notes.clone(),
+        blind_spots: visibility.said.clone(),
     })))?;
     let syms = match syms_loader.join() {
         Ok(Ok(s)) => Some(s),
@@ -112,7 +124,8 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         }
         Err(_) => None,
     };
-    let tables = new_tables(&args, &planned, &probes, syms);
+    let mut tables = new_tables(&args, &planned, &probes, syms);
+    tables.visibility = visibility;
     let mut session = Session::new(SessionStart {
         tracer,
         tables,
@@ -384,6 +397,7 @@ fn new_tables(
         port_mismatch: Default::default(),
         too_big: Default::default(),
         local_ports: p.plan.vxlan.iter().map(|d| d.port).collect(),
+        visibility: Default::default(),
         unresolved: p.snap.unresolved_subnets(),
     }
 }

@@ -14,6 +14,7 @@ use super::{
     plan::Plan,
     summary::{self, RunFacts},
     tables::Tables,
+    visibility::Counts,
 };
 use crate::{
     discovery::{self, Snapshot},
@@ -188,12 +189,29 @@ impl Session {
                 eprintln!("vxtrace: {words}");
             }
         }
-        // Filters of re-attached devices must be cleaned up after a
-        // SIGKILL too.
+        let mut events = events;
+        events.extend(self.look_for_blind_spots(&fresh));
+        // Filters of re-attached devices, and filters that moved back to
+        // the head of a chain, must be cleaned up after a SIGKILL too.
         hand_filters_to_watchdog(&mut self.run.reaper, &self.run.tracer)?;
         self.run.tables.unresolved = fresh.unresolved_subnets();
         self.run.snap = fresh;
         Ok(events)
+    }
+
+    /// Programs attached ahead of vxtrace, XDP programs, and devices where
+    /// the kernel counted packets vxtrace did not see (`visibility`).
+    fn look_for_blind_spots(&mut self, fresh: &Snapshot) -> Vec<Line> {
+        let t = &mut self.run.tables;
+        let mut spots = t.visibility.record(self.run.tracer.keep_first());
+        spots.extend(t.visibility.check_xdp(&self.run.plan, fresh));
+        if let Some(counts) = Counts::take(&self.run.plan, fresh, &t.peers, &t.global) {
+            spots.extend(t.visibility.check_counts(&self.run.plan, counts));
+        }
+        for s in &spots {
+            eprintln!("vxtrace: {}", s.message);
+        }
+        spots.into_iter().map(Line::BlindSpot).collect()
     }
 
     /// The last sample, then the summary to every sink. The programs are

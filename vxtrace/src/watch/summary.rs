@@ -68,6 +68,7 @@ pub fn build(
             out_of_scope: g.drops_out_of_scope,
         },
         unattributed: t.unattributed(),
+        blind_spots: t.visibility.in_force(),
         peer_map: PeerMapStats {
             capacity: facts.peer_map_capacity,
             entries,

@@ -48,6 +48,8 @@ pub struct Tables {
     /// Pod subnets routed to VTEPs that cannot be reached: their drops are
     /// counted under the VTEP's address, which is no peer.
     pub unresolved: Vec<crate::discovery::Unresolved>,
+    /// What vxtrace may not see (programs ahead, XDP, unseen packets).
+    pub visibility: super::visibility::Visibility,
 }
 
 impl Tables {

@@ -75,7 +75,7 @@ pub fn test_run(r: &mut Report) {
             raw_tp_has_rx_sk: false,
         };
         let mut t = Tracer::load(&cfg, &vxtrace::probes::LoaderBtf::None, AttachPolicy::Auto)?;
-        t.register_device(2, Some(1), Some([0x0e, 0x76, 0x78, 0, 0, 1]))?;
+        t.register_device(2, Some(1), Some([0x0e, 0x76, 0x78, 0, 0, 1]), false)?;
         let mut ctx = vec![0u8; 192];
         ctx[40..44].copy_from_slice(&2u32.to_ne_bytes());
         let mut out = Vec::new();

@@ -1,0 +1,184 @@
+//! Another eBPF datapath on the same devices (Cilium, Calico's eBPF mode):
+//! its TC programs end the chain for the packets they pass (TC_ACT_OK), so
+//! a program behind them sees nothing. vxtrace goes to the head of every
+//! chain, stays there, and where it cannot, says what it does not see.
+//! The stand-in datapath is a real program that passes every packet and
+//! ends the chain (`vxtrace_tests::datapath`).
+
+use std::time::Duration;
+
+use vxtrace::schema::{BlindSpotKind, Line, Summary};
+use vxtrace_tests::{
+    LabGuard, Watcher,
+    datapath::{Hook, StandIn},
+    json, sh,
+};
+
+/// The four hooks vxtrace uses on a flannel node.
+const HOOKS: [(&str, Hook); 4] = [
+    ("eth0", Hook::Ingress),
+    ("eth0", Hook::Egress),
+    ("flannel.1", Hook::Ingress),
+    ("flannel.1", Hook::Egress),
+];
+
+/// Pings node 1's pod -> node 2's pod `n` times and checks that node 1's
+/// vxtrace counted every one at every hook, with no finding.
+fn assert_exact(lab: &LabGuard, s: &Summary, n: u64) {
+    let peer = lab.underlay_ip(2).to_string();
+    let p = s.peer(&peer);
+    let c = &p.counters;
+    assert_eq!(
+        (
+            c.tx_dev.packets,
+            c.tx_encap.packets,
+            c.rx_nic.packets,
+            c.rx_decap.packets
+        ),
+        (n, n, n, n),
+        "{}",
+        json(s)
+    );
+    assert!(p.findings.is_empty(), "{}", json(s));
+    assert!(s.blind_spots.is_empty(), "{}", json(s));
+}
+
+fn ping(lab: &LabGuard, n: u32) {
+    assert_eq!(lab.ping(1, 2, n, Duration::ZERO).unwrap(), n);
+}
+
+/// Waits until the watcher says it moved back to the head of `count`
+/// chains.
+fn wait_moved_back(w: &mut Watcher, count: usize) {
+    for i in 0..count {
+        let line = w.next_matching(
+            |l| matches!(l, Line::BlindSpot(b) if b.kind == BlindSpotKind::MovedBack),
+            Duration::from_secs(15),
+        );
+        assert!(line.is_some(), "only {i} of {count} hooks moved back");
+    }
+}
+
+/// A pass-everything datapath attached through tcx on all four hooks
+/// before vxtrace starts: vxtrace goes ahead of it and counts every packet.
+#[test]
+fn tcx_datapath_attached_before_vxtrace() {
+    let lab = LabGuard::new("dp-tcx1", 2, false, 8472);
+    let ns = lab.node_ns(1);
+    let _datapath: Vec<StandIn> = HOOKS
+        .iter()
+        .map(|(d, h)| StandIn::tcx_first(&ns, d, *h))
+        .collect();
+    let w = Watcher::start(&ns, &["--attach", "tcx"]);
+    assert!(w.attached.blind_spots.is_empty(), "{}", json(&w.attached));
+    ping(&lab, 20);
+    assert_exact(&lab, &w.stop(), 20);
+}
+
+/// The datapath's agent restarts while vxtrace runs and attaches at the
+/// head of every chain: vxtrace notices within an interval, moves back to
+/// the head, says so, and counts exactly again.
+#[test]
+fn tcx_datapath_attached_ahead_while_vxtrace_runs() {
+    let lab = LabGuard::new("dp-tcx2", 2, false, 8472);
+    let ns = lab.node_ns(1);
+    let mut w = Watcher::start(&ns, &["--attach", "tcx"]);
+    ping(&lab, 10);
+    let _datapath: Vec<StandIn> = HOOKS
+        .iter()
+        .map(|(d, h)| StandIn::tcx_first(&ns, d, *h))
+        .collect();
+    wait_moved_back(&mut w, HOOKS.len());
+    ping(&lab, 20);
+    let s = w.stop();
+    assert_exact(&lab, &s, 30);
+}
+
+/// clsact kernels (before 6.6), or `--attach clsact`: a direct-action
+/// cls_bpf filter at priority 1 on every hook, before vxtrace starts and
+/// again while it runs (a new filter at a priority goes in front of those
+/// there): vxtrace counts every packet either way.
+#[test]
+fn clsact_filter_at_the_first_priority() {
+    let lab = LabGuard::new("dp-cls", 2, false, 8472);
+    let ns = lab.node_ns(1);
+    let before: Vec<StandIn> = HOOKS
+        .iter()
+        .map(|(d, h)| StandIn::clsact_first(&ns, d, *h))
+        .collect();
+    let mut w = Watcher::start(&ns, &["--attach", "clsact"]);
+    assert!(w.attached.blind_spots.is_empty(), "{}", json(&w.attached));
+    ping(&lab, 20);
+    // The agent restarts: its filters are replaced at the head.
+    drop(before);
+    let _after: Vec<StandIn> = HOOKS
+        .iter()
+        .map(|(d, h)| StandIn::clsact_first(&ns, d, *h))
+        .collect();
+    wait_moved_back(&mut w, HOOKS.len());
+    ping(&lab, 15);
+    assert_exact(&lab, &w.stop(), 35);
+}
+
+/// Never silently blind: a u32 classifier holds the first clsact priority
+/// on the underlay's ingress and ends the chain there; vxtrace (clsact)
+/// cannot get ahead of it. It says so at start, then finds the packets the
+/// kernel decapsulated that it never saw arrive, exactly as many as there
+/// were, and concludes no loss from the hole.
+#[test]
+fn blind_behind_a_classifier_it_cannot_overtake() {
+    let lab = LabGuard::new("dp-blind", 2, false, 8472);
+    let ns = lab.node_ns(1);
+    sh(&[
+        "ip", "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "clsact",
+    ]);
+    sh(&[
+        "ip", "netns", "exec", &ns, "tc", "filter", "add", "dev", "eth0", "ingress", "prio", "1",
+        "protocol", "all", "u32", "match", "u32", "0", "0", "classid", "1:1",
+    ]);
+    let mut w = Watcher::start(&ns, &["--attach", "clsact"]);
+    let ahead = &w.attached.blind_spots;
+    assert_eq!(ahead.len(), 1, "{}", json(&w.attached));
+    assert_eq!(ahead[0].kind, BlindSpotKind::ProgramAhead);
+    assert_eq!(ahead[0].device, "eth0");
+    assert!(
+        ahead[0].message.contains("u32 filter"),
+        "{}",
+        ahead[0].message
+    );
+    ping(&lab, 25);
+    let unseen = w
+        .next_matching(
+            |l| matches!(l, Line::BlindSpot(b) if b.kind == BlindSpotKind::UnseenPackets),
+            Duration::from_secs(15),
+        )
+        .expect("no unseen-packets report");
+    let Line::BlindSpot(unseen) = unseen else {
+        unreachable!()
+    };
+    assert_eq!(unseen.device, "eth0");
+    assert_eq!(unseen.packets, Some(25), "{}", json(&unseen));
+    let s = w.stop();
+    let peer = s.peer(&lab.underlay_ip(2).to_string());
+    let c = &peer.counters;
+    assert_eq!(
+        (c.tx_encap.packets, c.rx_nic.packets, c.rx_decap.packets),
+        (25, 0, 25),
+        "{}",
+        json(&s)
+    );
+    assert!(
+        peer.findings
+            .iter()
+            .all(|f| f.segment == vxtrace::schema::Segment::None),
+        "a loss concluded from a blind spot: {}",
+        json(&s)
+    );
+    let kinds: Vec<_> = s.blind_spots.iter().map(|b| b.kind).collect();
+    assert!(
+        kinds.contains(&BlindSpotKind::ProgramAhead)
+            && kinds.contains(&BlindSpotKind::UnseenPackets),
+        "{}",
+        json(&s)
+    );
+}
