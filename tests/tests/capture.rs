@@ -372,3 +372,84 @@ fn metrics_endpoint_matches_the_summary() {
     );
     assert_eq!(sb.tcp_outcome().handshake_us.count, Some(1));
 }
+
+/// GET `path` from `127.0.0.1:port` inside `ns`: the status line and body.
+fn http_get(ns: &str, port: u16, path: &str) -> String {
+    try_http_get(ns, port, path).unwrap()
+}
+
+fn try_http_get(ns: &str, port: u16, path: &str) -> anyhow::Result<String> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    vxtrace::netns::run_in(ns, move || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.write_all(request.as_bytes())?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })
+}
+
+/// A DaemonSet pod that starts before the overlay: the agent waits for the
+/// VXLAN device instead of exiting (no crash loop), says so in its log,
+/// on /metrics and as not ready, then attaches when the device appears
+/// and counts exactly.
+#[test]
+fn agent_waits_for_the_overlay() {
+    let lab = LabGuard::new("vt-wait", 2, false, 8472);
+    lab.remove_vxlan(1).unwrap();
+    let port = 19481;
+    let ns = lab.node_ns(1);
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(bin())
+        .args(["watch", "--agent", "--netns", "self", "--metrics"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut log = String::new();
+    use std::io::BufRead as _;
+    // The waiting line comes first; then the waiting endpoints answer.
+    while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+        log.push_str(&line);
+        if line.contains("waiting for a VXLAN device") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(log.contains("waiting for a VXLAN device"), "{log}");
+    let ready = http_get(&ns, port, "/ready");
+    assert!(ready.starts_with("HTTP/1.0 503") || ready.starts_with("HTTP/1.1 503"), "{ready}");
+    let metrics = http_get(&ns, port, "/metrics");
+    assert!(metrics.contains("vxtrace_waiting_for_vxlan_device 1"), "{metrics}");
+    assert!(child.try_wait().unwrap().is_none(), "the agent exited while waiting");
+    lab.restore_vxlan(1).unwrap();
+    line.clear();
+    while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+        log.push_str(&line);
+        if line.contains("appeared after") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(log.contains("flannel.1 appeared after"), "{log}");
+    // Attached and serving the real metrics once ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // (The port is closed for a moment while the real server takes over.)
+    while !try_http_get(&ns, port, "/ready").is_ok_and(|r| r.contains(" 200 ")) {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(lab.ping(1, 2, 12, Duration::ZERO).unwrap(), 12);
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = http_get(&ns, port, "/metrics");
+    let b = lab.underlay_ip(2).to_string();
+    let want = format!("vxtrace_tx_encap_packets_total{{peer=\"{b}\"}} 12");
+    assert!(m.contains(&want), "{want} not in {m}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}

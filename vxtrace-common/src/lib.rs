@@ -614,6 +614,7 @@ mod user {
     unsafe impl aya::Pod for GlobalStats {}
     unsafe impl aya::Pod for MacKey {}
     unsafe impl aya::Pod for MacPeer {}
+    unsafe impl aya::Pod for MacMemo {}
     unsafe impl aya::Pod for VxlanDevice {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for VniInfo {}

@@ -710,7 +710,19 @@ impl Lab {
     /// Deletes node i's VXLAN device and creates it again with its routes,
     /// neighbours and FDB entries: what a flannel DaemonSet restart does.
     pub fn recreate_vxlan(&self, i: u8) -> Result<()> {
-        ipn(&self.node_ns(i), &["link", "del", &self.dev])?;
+        self.remove_vxlan(i)?;
+        self.restore_vxlan(i)
+    }
+
+    /// Deletes node i's VXLAN device (its routes, neighbours and FDB
+    /// entries go with it).
+    pub fn remove_vxlan(&self, i: u8) -> Result<()> {
+        ipn(&self.node_ns(i), &["link", "del", &self.dev])
+    }
+
+    /// Creates node i's VXLAN device with its routes, neighbours and FDB
+    /// entries, as the layout's agent does when it starts.
+    pub fn restore_vxlan(&self, i: u8) -> Result<()> {
         self.add_vxlan(i)?;
         for j in 1..=self.nodes {
             if j != i {

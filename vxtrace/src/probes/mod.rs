@@ -173,6 +173,9 @@ pub struct Tracer {
     clsact_serial: u16,
     /// tcx links, so that one can be replaced by a link at the head.
     tcx_links: hook_order::TcxLinks,
+    /// The FDB destination each MAC was last seeded with: a changed one
+    /// is a move.
+    fdb_seeded: std::collections::HashMap<vxtrace_common::MacKey, IpAddr>,
     /// Hooks where another program is ahead and stays ahead (said once).
     behind: std::collections::HashSet<(String, crate::schema::Hook)>,
     policy: AttachPolicy,
@@ -226,6 +229,7 @@ impl Tracer {
             // Per process, so two vxtraces on one device pick apart.
             clsact_serial: (std::process::id() as u16) << 8,
             tcx_links: Default::default(),
+            fdb_seeded: Default::default(),
             behind: Default::default(),
             policy,
             max_peers: cfg.max_peers,

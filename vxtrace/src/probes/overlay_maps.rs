@@ -8,11 +8,12 @@ use std::net::IpAddr;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{
-    HashMap,
+    HashMap, PerCpuArray, PerCpuValues,
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use vxtrace_common::{
-    INNER_VTEP, InnerAddr, MAC_SOURCE_FDB, MacKey, MacPeer, PeerKey, names::maps,
+    INNER_VTEP, InnerAddr, MAC_MEMO_SLOTS, MAC_SOURCE_FDB, MacKey, MacMemo, MacPeer, PeerKey,
+    names::maps,
 };
 
 use super::Tracer;
@@ -26,6 +27,7 @@ impl Tracer {
     /// and route entries; returns how many MACs were seeded.
     pub fn seed_from(&mut self, snap: &Snapshot, watched: &[VxlanDevice]) -> Result<usize> {
         let mut macs = 0;
+        let mut moved = false;
         for entry in &snap.fdb {
             let Some(dev) = watched.iter().find(|d| d.ifindex == entry.ifindex) else {
                 continue;
@@ -34,8 +36,22 @@ impl Tracer {
                 continue;
             }
             let vni = entry.vni.or(dev.vni).unwrap_or(0);
-            self.seed_mac(vni, entry.mac, &entry.dst)?;
+            let key = MacKey::new(vni, entry.mac);
+            match self.fdb_seeded.insert(key, entry.dst) {
+                Some(before) if before == entry.dst => {}
+                // The control plane moved the MAC to another VTEP (EVPN MAC
+                // mobility, a migrated VM, a rescheduled pod): that is newer
+                // than anything learned from traffic before it.
+                Some(_) => {
+                    self.move_mac(key, &entry.dst)?;
+                    moved = true;
+                }
+                None => self.seed_mac(vni, entry.mac, &entry.dst)?,
+            }
             macs += 1;
+        }
+        if moved {
+            self.forget_mac_owners()?;
         }
         let is_watched = |i: u32| watched.iter().any(|d| d.ifindex == i);
         for (ifindex, addr, peer) in snap.vtep_addrs() {
@@ -83,6 +99,40 @@ impl Tracer {
             }
             Err(e) => Err(e).context("seeding the MAC-to-peer map"),
         }
+    }
+
+    /// `key`'s MAC now lives behind `peer`, whatever the map said.
+    fn move_mac(&mut self, key: MacKey, peer: &IpAddr) -> Result<()> {
+        let mut macs: HashMap<_, MacKey, MacPeer> =
+            HashMap::try_from(self.map_mut(maps::MAC_PEERS)?)?;
+        let value = MacPeer {
+            peer: peer_key(peer),
+            source: MAC_SOURCE_FDB,
+            _pad: 0,
+        };
+        macs.insert(key, value, 0)
+            .context("moving a MAC to its new peer")
+    }
+
+    /// Empties the VXLAN device programs' per-CPU memo of MAC owners, so
+    /// the next frame of a moved MAC is counted on its new peer. Twice, a
+    /// moment apart: a program that read the old owner just before the
+    /// move may write it back into its memo just after the first pass.
+    fn forget_mac_owners(&mut self) -> Result<()> {
+        for pass in 0..2 {
+            if pass > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            let mut memo: PerCpuArray<_, MacMemo> =
+                PerCpuArray::try_from(self.map_mut(maps::MAC_MEMO)?)?;
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+            for slot in 0..MAC_MEMO_SLOTS {
+                let zeros = PerCpuValues::try_from(vec![MacMemo::default(); cpus])?;
+                memo.set(slot, zeros, 0)
+                    .context("clearing the MAC owner memo")?;
+            }
+        }
+        Ok(())
     }
 
     /// `addr` is the VTEP (overlay) address of `peer` (from a neighbour entry).

@@ -504,6 +504,62 @@ fn classic(openmetrics: &str) -> String {
 }
 
 /// Serves `/metrics` from a background thread.
+/// Answers 200 once vxtrace counts, 503 while it waits for the overlay:
+/// what a readiness probe asks.
+pub const READY_PATH: &str = "/ready";
+
+/// What an agent serves while it waits for a VXLAN device to appear (the
+/// overlay agent has not created it yet): `/metrics` says it waits,
+/// `/ready` says not ready. Stopped when the device appears, before the
+/// real server takes the port.
+pub struct WaitingServer {
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WaitingServer {
+    pub fn serve(addr: &str) -> Result<Self> {
+        let addr = parse_addr(addr)?;
+        let server = Arc::new(
+            tiny_http::Server::http(addr)
+                .map_err(|e| anyhow!("{e}"))
+                .with_context(|| format!("serving metrics on {addr} (is the port in use?)"))?,
+        );
+        let serving = Arc::clone(&server);
+        let thread = std::thread::Builder::new()
+            .name("metrics-waiting".into())
+            .spawn(move || {
+                for req in serving.incoming_requests() {
+                    let (status, body) = match req.url() {
+                        "/metrics" => (
+                            200,
+                            "# HELP vxtrace_waiting_for_vxlan_device 1 while vxtrace waits for the overlay to create a VXLAN device\n# TYPE vxtrace_waiting_for_vxlan_device gauge\nvxtrace_waiting_for_vxlan_device 1\n",
+                        ),
+                        READY_PATH => (503, "waiting for a VXLAN device\n"),
+                        _ => (404, "vxtrace: see /metrics\n"),
+                    };
+                    let _ = req.respond(
+                        tiny_http::Response::from_string(body).with_status_code(status),
+                    );
+                }
+            })
+            .context("starting the metrics thread")?;
+        Ok(Self {
+            server,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for WaitingServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 fn spawn_server(addr: SocketAddr, registry: Registry) -> Result<SocketAddr> {
     let server = tiny_http::Server::http(addr)
         .map_err(|e| anyhow!("{e}"))
@@ -525,6 +581,8 @@ fn spawn_server(addr: SocketAddr, registry: Registry) -> Result<SocketAddr> {
                         Ok(body) => (200, body, format.content_type()),
                         Err(e) => (500, format!("{e:#}\n"), "text/plain; charset=utf-8"),
                     }
+                } else if req.url() == READY_PATH {
+                    (200, "ready\n".to_string(), "text/plain; charset=utf-8")
                 } else {
                     (
                         404,

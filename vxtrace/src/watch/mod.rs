@@ -16,6 +16,7 @@ use std::{
     collections::BTreeSet,
     io::IsTerminal as _,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -144,6 +145,65 @@ async fn run_async(args: WatchArgs) -> Result<()> {
 }
 
 /// Stage 1: what the kernel offers, what netlink shows, what to watch.
+/// How often an agent looks for the VXLAN device it waits for.
+const OVERLAY_POLL: Duration = Duration::from_secs(2);
+
+/// An agent may start before the overlay (a DaemonSet scheduled before
+/// flannel or FRR created the VXLAN device): it waits for one, saying so
+/// in the log, on /metrics and in /ready (503), instead of exiting and
+/// crash-looping. Returns the first snapshot with something to watch.
+async fn wait_for_overlay(args: &WatchArgs) -> Result<Snapshot> {
+    let has_something = |s: &Snapshot| {
+        !args.ifaces.is_empty()
+            || if args.vxlan_devs.is_empty() {
+                !s.vxlan_devices().is_empty()
+            } else {
+                args.vxlan_devs
+                    .iter()
+                    .all(|n| s.vxlan_devices().iter().any(|d| &d.name == n))
+            }
+    };
+    let snap = discovery::snapshot().await?;
+    if has_something(&snap) {
+        return Ok(snap);
+    }
+    let addr = args.metrics.as_deref().unwrap_or(DEFAULT_AGENT_METRICS);
+    let waiting = crate::sinks::metrics::WaitingServer::serve(addr)?;
+    let wanted = if args.vxlan_devs.is_empty() {
+        "a VXLAN device".to_string()
+    } else {
+        args.vxlan_devs.join(", ")
+    };
+    eprintln!(
+        "vxtrace: waiting for {wanted} to appear in this network namespace (the overlay agent has not created it yet); not ready until then (metrics on {addr})"
+    );
+    let started = std::time::Instant::now();
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(OVERLAY_POLL) => {}
+            _ = sigint.recv() => bail!("stopped while waiting for {wanted}; nothing was attached"),
+            _ = sigterm.recv() => bail!("stopped while waiting for {wanted}; nothing was attached"),
+        }
+        let snap = discovery::snapshot().await?;
+        if has_something(&snap) {
+            drop(waiting);
+            eprintln!(
+                "vxtrace: {} appeared after {:.0} s of waiting; attaching",
+                snap.vxlan_devices()
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(snap);
+        }
+    }
+}
+
 async fn plan_stage(args: &WatchArgs) -> Result<Planned> {
     let kinfo = kernel_info(args.btf.as_deref())?;
     // The running kernel's BTF is parsed by the loader itself; only a
@@ -160,7 +220,11 @@ async fn plan_stage(args: &WatchArgs) -> Result<Planned> {
         })
     });
     let mut netns = resolve_netns(&args.netns)?;
-    let snap = discovery::snapshot().await?;
+    let snap = if args.agent {
+        wait_for_overlay(args).await?
+    } else {
+        discovery::snapshot().await?
+    };
     let mut plan = plan(args, &snap)?;
     plan.notes.extend(kinfo.notes.iter().cloned());
     if netns.inodes().is_some() && kinfo.offsets.valid == 0 {
