@@ -346,7 +346,7 @@ pub fn recordings(paths: &[PathBuf]) -> Result<Vec<Vec<PathBuf>>> {
         .into_iter()
         .map(|(_, mut files)| {
             // Oldest first: FILE.N ... FILE.1, then FILE.
-            files.sort_by(|a, b| b.0.cmp(&a.0));
+            files.sort_by_key(|f| std::cmp::Reverse(f.0));
             files.into_iter().map(|(_, f)| f).collect()
         })
         .collect())
