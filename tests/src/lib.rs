@@ -181,6 +181,28 @@ impl Watcher {
         self.finish()
     }
 
+    /// SIGTERM, then every line written since the last one read, up to
+    /// and with the summary (what a recording of the run holds after its
+    /// header and `attached` line); asserts a clean exit.
+    pub fn stop_with_lines(mut self) -> (Summary, Vec<Line>) {
+        std::thread::sleep(Duration::from_millis(200));
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let mut lines = Vec::new();
+        let mut summary = None;
+        while let Some(line) = self.next_line(ATTACH_TIMEOUT) {
+            if let Line::Summary(s) = &line {
+                summary = Some((**s).clone());
+            }
+            lines.push(line);
+            if summary.is_some() {
+                break;
+            }
+        }
+        let stderr = self.exit_cleanly();
+        let summary = summary.unwrap_or_else(|| panic!("no summary line; stderr: {stderr}"));
+        (summary, lines)
+    }
+
     /// Waits for exit (e.g. after --duration) and returns the summary.
     pub fn finish(mut self) -> Summary {
         let summary = self
@@ -189,6 +211,12 @@ impl Watcher {
                 Line::Summary(s) => *s,
                 _ => unreachable!("matched a summary"),
             });
+        let stderr = self.exit_cleanly();
+        summary.unwrap_or_else(|| panic!("no summary line; stderr: {stderr}"))
+    }
+
+    /// Waits for exit, asserts it was clean; its stderr.
+    fn exit_cleanly(mut self) -> String {
         let status = self.child.wait().expect("waiting for vxtrace");
         let stderr = self.stderr_text();
         assert!(
@@ -196,7 +224,7 @@ impl Watcher {
             "vxtrace exited with {status}; stderr: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
-        summary.unwrap_or_else(|| panic!("no summary line; stderr: {stderr}"))
+        stderr
     }
 
     /// SIGKILL: no chance to clean up.

@@ -257,6 +257,111 @@ fn report_errors_are_clear() {
     assert_eq!(code, 2, "{err}");
 }
 
+/// A recording that rotated into several files (`--record-max-size`) is
+/// one run, and reads the same however its files are named: the file
+/// alone, a shell glob, the rotated files oldest first, the directory, the
+/// file twice, a mix. Exact counts from the lines the watcher wrote.
+#[test]
+fn a_rotated_recording_reads_once_however_named() {
+    let lab = LabGuard::new("vt-rot", 2, false, 8472);
+    let dir = std::env::temp_dir().join(format!("vt-rot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("r.ndjson");
+    let w = Watcher::start(
+        &lab.node_ns(1),
+        &[
+            "--record",
+            file.to_str().unwrap(),
+            "--record-max-size",
+            "6K",
+            "--record-keep",
+            "50",
+            "--interval",
+            "250ms",
+        ],
+    );
+    let end = Instant::now() + Duration::from_secs(8);
+    let traffic = steady(&lab, 2, end);
+    std::thread::sleep(Duration::from_secs(2));
+    // One outage of node 2, 3 s.
+    block(&lab, &["veth2"]);
+    std::thread::sleep(Duration::from_secs(3));
+    unblock(&lab);
+    traffic.join().unwrap();
+    let (_, lines) = w.stop_with_lines();
+    let intervals = lines
+        .iter()
+        .filter(|l| matches!(l, Line::Interval(_)))
+        .count() as u64;
+    let outages = lines
+        .iter()
+        .filter(|l| matches!(l, Line::OutageEnd(_)))
+        .count();
+    assert_eq!(outages, 1, "{lines:?}");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "rotated into {files:?}");
+    let on_disk = files.len() as u64;
+    let b = lab.underlay_ip(2).to_string();
+    let check = |way: &str, r: &Report| {
+        assert_eq!(
+            (
+                r.intervals,
+                report_peer(r, &b).outages.len(),
+                r.runs,
+                r.files
+            ),
+            (intervals, outages, 1, on_disk),
+            "named as {way}: {}",
+            json(r)
+        );
+    };
+    let one = report(&[&file]);
+    check("the file", &one);
+    let (code, out, err) = run(Command::new("sh").arg("-c").arg(format!(
+        "{} report --json {}/r.ndjson*",
+        bin().display(),
+        dir.display()
+    )));
+    assert_eq!(code, 0, "{err}");
+    let globbed: Report = serde_json::from_str(&out).unwrap();
+    check("a shell glob", &globbed);
+    assert_eq!(globbed, one);
+    let oldest_first: Vec<&std::path::Path> = files.iter().rev().map(|f| f.as_path()).collect();
+    let rotated_1 = dir.join("r.ndjson.1");
+    let roundabout = dir
+        .join("..")
+        .join(dir.file_name().unwrap())
+        .join("r.ndjson");
+    for (way, named) in [
+        ("oldest first", oldest_first),
+        ("the directory", vec![dir.as_path()]),
+        ("the file twice", vec![file.as_path(), file.as_path()]),
+        (
+            "a mix",
+            vec![dir.as_path(), rotated_1.as_path(), roundabout.as_path()],
+        ),
+    ] {
+        let r = report(&named);
+        check(way, &r);
+        assert_eq!(r, one, "named as {way}");
+    }
+    let (code, text, err) = run(Command::new(bin()).arg("report").args(&files));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.starts_with(&format!(
+            "recording: 1 run in {on_disk} files, {intervals} intervals"
+        )),
+        "{text}"
+    );
+    assert_eq!(text.matches("  outage: ").count(), outages, "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// flannel's DaemonSet restarts: the VXLAN device is deleted and created
 /// again (new ifindex). vxtrace notices, re-attaches, and keeps counting.
 #[test]

@@ -13,6 +13,8 @@ use crate::{
 };
 
 pub mod cluster;
+#[cfg(test)]
+mod lines;
 mod plot;
 pub mod read;
 
@@ -60,6 +62,7 @@ pub fn report(rec: &Recording) -> Report {
         intervals: rec.intervals,
         truncated_lines: rec.bad_lines,
         runs: rec.headers.len() as u64,
+        files: rec.files.len() as u64,
         peers,
         outage_groups: rec.outage_groups.clone(),
         unresolved: rec
@@ -90,8 +93,13 @@ fn report_peer(
     }
 }
 
+/// The recordings at `paths`, grouped by the node that wrote them.
+pub fn read_nodes(paths: &[PathBuf]) -> Result<Vec<cluster::ClusterNode>> {
+    Ok(cluster::nodes(read_each(paths)?))
+}
+
 pub fn run(args: ReportArgs) -> Result<()> {
-    let nodes = cluster::nodes(read_each(&args.files)?);
+    let nodes = read_nodes(&args.files)?;
     if nodes.len() > 1 {
         let r = cluster::cluster_report(&nodes, args.clock_skew);
         if let Some(svg) = &args.svg {
@@ -123,8 +131,9 @@ pub fn text(r: &Report, rec: &Recording) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "recording: {} run(s), {} intervals{}{}{}",
-        r.runs,
+        "recording: {} in {}, {} intervals{}{}{}",
+        counted(r.runs, "run"),
+        counted(r.files, "file"),
         r.intervals,
         if r.complete {
             ""
@@ -199,6 +208,11 @@ pub fn text(r: &Report, rec: &Recording) -> String {
     s
 }
 
+/// "1 run", "3 files".
+fn counted(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 fn write_cause(s: &mut String, indent: &str, c: &crate::schema::Finding) {
     use std::fmt::Write as _;
     let _ = writeln!(
@@ -214,8 +228,10 @@ fn write_cause(s: &mut String, indent: &str, c: &crate::schema::Finding) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
-    use crate::schema::Cause;
+    use crate::{schema::Cause, sinks::recorder::files_of};
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/recordings");
 
@@ -259,5 +275,155 @@ mod tests {
         let words = text(&r, &rec);
         assert!(words.contains("likely cause: host firewall"), "{words}");
         assert!(!words.contains("incident"), "{words}");
+    }
+
+    /// A directory of its own for one test, removed at the end.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            let p = std::env::temp_dir().join(format!("vxtrace-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Intervals one run writes in `rotated_run`, and the outages among
+    /// them (one in every 20 intervals).
+    const INTERVALS: u64 = 80;
+    const OUTAGES: u64 = 4;
+    const PEER: &str = "192.0.2.12";
+
+    /// One run of node1 through the recorder, rotated by size into several
+    /// files (a killed recorder: no summary, totals from the intervals):
+    /// 10 packets each way with the peer per interval, an outage every
+    /// 20 intervals. Returns the files, oldest first.
+    fn rotated_run(path: &Path, started: f64, intervals: u64) -> Vec<PathBuf> {
+        use crate::sinks::recorder::Recorder;
+        // 20 files kept: the rotation drops none of what is written.
+        let mut r = Recorder::open(
+            path,
+            20_000,
+            20,
+            lines::header("node1", "192.0.2.11", started),
+        )
+        .unwrap();
+        for i in 1..=intervals {
+            let ts = started + i as f64;
+            r.write(&lines::interval(
+                ts,
+                1.0,
+                &[(PEER, lines::Counts::both_ways(10, 10))],
+            ))
+            .unwrap();
+            if i % 20 == 10 {
+                r.write(&lines::outage_end(PEER, ts - 2.0, ts)).unwrap();
+            }
+            r.flush().unwrap();
+        }
+        files_of(path)
+    }
+
+    fn report_of(paths: &[PathBuf]) -> (Report, String) {
+        let nodes = read_nodes(paths).unwrap();
+        assert_eq!(nodes.len(), 1, "one node's recording");
+        let r = report(&nodes[0].rec);
+        let words = text(&r, &nodes[0].rec);
+        (r, words)
+    }
+
+    /// However a rotated recording's files are named, each is read once:
+    /// the same report, one run in as many files as are on the disk.
+    #[test]
+    fn a_rotated_recording_reads_once_however_its_files_are_named() {
+        let dir = TempDir::new("rotated");
+        let base = dir.0.join("r.ndjson");
+        let files = rotated_run(&base, 1_700_000_000.0, INTERVALS);
+        assert!(
+            files.len() >= 3,
+            "the run rotated into 3 files or more: {files:?}"
+        );
+        let on_disk = files.len() as u64;
+        let rotated_1 = files[files.len() - 2].clone();
+        let mut glob = files.clone();
+        glob.sort();
+        let link = dir.0.join("link.ndjson");
+        std::os::unix::fs::symlink(&base, &link).unwrap();
+        let (one_file, words) = report_of(std::slice::from_ref(&base));
+        let ways: Vec<(&str, Vec<PathBuf>)> = vec![
+            ("oldest first", files.clone()),
+            ("a shell glob", glob),
+            ("the directory", vec![dir.0.clone()]),
+            ("the file twice", vec![base.clone(), base.clone()]),
+            (
+                "a mix",
+                vec![
+                    dir.0.join("..").join(dir.0.file_name().unwrap()),
+                    rotated_1,
+                    base.clone(),
+                ],
+            ),
+        ];
+        assert_eq!(one_file.intervals, INTERVALS);
+        assert_eq!(one_file.runs, 1);
+        assert_eq!(one_file.files, on_disk);
+        let peer = &one_file.peers[&lines::ip(PEER)];
+        assert_eq!(peer.outages.len() as u64, OUTAGES);
+        assert_eq!(peer.tx_encap.packets, INTERVALS * 10);
+        assert_eq!(peer.rx_nic.packets, INTERVALS * 10);
+        assert!(
+            words.starts_with(&format!(
+                "recording: 1 run in {on_disk} files, {INTERVALS} intervals"
+            )),
+            "{words}"
+        );
+        assert_eq!(
+            words.matches("  outage: ").count() as u64,
+            OUTAGES,
+            "{words}"
+        );
+        for (way, paths) in ways {
+            let (r, w) = report_of(&paths);
+            let outages = r.peers[&lines::ip(PEER)].outages.len() as u64;
+            assert_eq!(
+                (r.intervals, outages, r.runs, r.files),
+                (INTERVALS, OUTAGES, 1, on_disk),
+                "named as {way}: {paths:?}"
+            );
+            assert_eq!(r, one_file, "named as {way}: {paths:?}");
+            assert_eq!(w, words, "named as {way}: {paths:?}");
+        }
+        // The symlink is the base file under another name (its rotated
+        // files are the base's, which it does not bring along).
+        let (r, _) = report_of(&[link, base.clone()]);
+        assert_eq!(r, one_file);
+    }
+
+    /// Two runs appended to one recording: two runs, their intervals
+    /// added up; each run's repeated header in its rotated files is no run.
+    #[test]
+    fn runs_are_counted_by_header_not_by_file() {
+        let dir = TempDir::new("runs");
+        let base = dir.0.join("r.ndjson");
+        rotated_run(&base, 1_700_000_000.0, 60);
+        let files = rotated_run(&base, 1_700_001_000.0, 60);
+        let (r, words) = report_of(std::slice::from_ref(&base));
+        assert_eq!(r.runs, 2);
+        assert_eq!(r.intervals, 120);
+        assert_eq!(r.files, files.len() as u64);
+        assert!(
+            words.starts_with(&format!(
+                "recording: 2 runs in {} files, 120 intervals",
+                files.len()
+            )),
+            "{words}"
+        );
     }
 }

@@ -54,6 +54,7 @@ impl Sample {
 pub struct Recording {
     /// The files it was read from.
     pub files: Vec<PathBuf>,
+    /// One per run: the header its files start with.
     pub headers: Vec<Header>,
     /// The node that wrote it (from its lines; for recordings of the first
     /// release, the host and the devices' local addresses).
@@ -81,11 +82,21 @@ pub struct Recording {
 }
 
 impl Recording {
+    /// A recording of these lines, as if read from a file.
+    #[cfg(test)]
+    pub fn of_lines(lines: impl IntoIterator<Item = Line>) -> Self {
+        let mut rec = Self::default();
+        for l in lines {
+            rec.add(l);
+        }
+        rec
+    }
+
     fn add(&mut self, line: Line) {
         match line {
             Line::Header(h) => {
                 self.learn_node(h.node.as_ref(), &h.host, &h.devices);
-                self.headers.push(*h);
+                self.add_header(*h);
             }
             Line::Summary(s) => {
                 self.learn_node(s.node.as_ref(), "", &s.devices);
@@ -104,11 +115,21 @@ impl Recording {
         }
     }
 
-    /// Adds another recording of the same node (another run, or a file
-    /// given twice under other names).
+    /// Every file of a run starts with the run's header: a header seen
+    /// before is the same run going on in a rotated file, not a new run.
+    fn add_header(&mut self, h: Header) {
+        if !self.headers.contains(&h) {
+            self.headers.push(h);
+        }
+    }
+
+    /// Adds another recording of the same node (another run, or the same
+    /// run's files named apart).
     pub fn absorb(&mut self, other: Recording) {
         self.files.extend(other.files);
-        self.headers.extend(other.headers);
+        for h in other.headers {
+            self.add_header(h);
+        }
         if other.summary.is_some() {
             self.summary = other.summary;
         }
@@ -257,49 +278,100 @@ impl Recording {
 
 /// Reads the recordings at `paths` (each with its rotated files) as one.
 pub fn read(paths: &[PathBuf]) -> Result<Recording> {
-    if paths.is_empty() {
-        bail!("no recording to read");
-    }
     let mut rec = Recording::default();
-    for p in paths {
-        read_into(&mut rec, p)?;
+    for files in recordings(paths)? {
+        read_into(&mut rec, &files)?;
     }
     Ok(rec)
 }
 
 /// Reads every recording at `paths`, each on its own: a file (with its
-/// rotated files), or a directory of them.
+/// rotated files), or a directory of them. However the files are named
+/// (one file, a shell glob, a directory, a file twice, a mix of these),
+/// each is read once.
 pub fn read_each(paths: &[PathBuf]) -> Result<Vec<Recording>> {
+    recordings(paths)?
+        .into_iter()
+        .map(|files| {
+            let mut rec = Recording::default();
+            read_into(&mut rec, &files)?;
+            Ok(rec)
+        })
+        .collect()
+}
+
+/// The files `paths` name, each once, grouped into recordings: a file
+/// `FILE` and its rotated `FILE.1` ... `FILE.N` are one recording, read
+/// oldest first. A file is named by its canonical path, so `r.ndjson`,
+/// `./r.ndjson` and a directory holding it are the same file; a glob names
+/// the rotated files the base file brings along anyway.
+pub fn recordings(paths: &[PathBuf]) -> Result<Vec<Vec<PathBuf>>> {
     if paths.is_empty() {
         bail!("no recording to read");
     }
-    let mut out = Vec::new();
+    let mut named = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let found = recordings_in(p)?;
+            let found = files_in(p)?;
             if found.is_empty() {
                 bail!(
                     "no recording in directory {}; give the files `vxtrace watch --record` wrote",
                     p.display()
                 );
             }
-            for f in found {
-                let mut rec = Recording::default();
-                read_into(&mut rec, &f)?;
-                out.push(rec);
-            }
+            named.extend(found);
         } else {
-            let mut rec = Recording::default();
-            read_into(&mut rec, p)?;
-            out.push(rec);
+            let files = files_of(p);
+            if files.is_empty() {
+                bail!(
+                    "recording {} not found; give the file `vxtrace watch --record` wrote",
+                    p.display()
+                );
+            }
+            named.extend(files);
         }
     }
-    Ok(out)
+    // Grouped in the order they were first named (the nodes of a cluster
+    // report are listed in that order).
+    let mut groups: Vec<(PathBuf, Vec<(u64, PathBuf)>)> = Vec::new();
+    for f in named {
+        let f = std::fs::canonicalize(&f).with_context(|| format!("opening {}", f.display()))?;
+        let (base, n) = rotation_of(&f);
+        match groups.iter_mut().find(|(b, _)| *b == base) {
+            Some((_, files)) if files.iter().any(|(_, g)| *g == f) => {}
+            Some((_, files)) => files.push((n, f)),
+            None => groups.push((base, vec![(n, f)])),
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(_, mut files)| {
+            // Oldest first: FILE.N ... FILE.1, then FILE.
+            files.sort_by_key(|f| std::cmp::Reverse(f.0));
+            files.into_iter().map(|(_, f)| f).collect()
+        })
+        .collect())
 }
 
-/// The recordings in a directory: every file that is not a rotated
-/// `FILE.N` of another one.
-fn recordings_in(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The recording a file belongs to and its place in the rotation:
+/// `FILE.3` is (FILE, 3), `FILE` is (FILE, 0).
+fn rotation_of(f: &Path) -> (PathBuf, u64) {
+    let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    match name.rsplit_once('.') {
+        Some((stem, n))
+            if !stem.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            match n.parse() {
+                Ok(n) => (f.with_file_name(stem), n),
+                Err(_) => (f.to_path_buf(), 0),
+            }
+        }
+        _ => (f.to_path_buf(), 0),
+    }
+}
+
+/// The files of a directory, by name.
+fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading directory {}", dir.display()))?
         .flatten()
@@ -307,25 +379,13 @@ fn recordings_in(dir: &Path) -> Result<Vec<PathBuf>> {
         .filter(|p| p.is_file())
         .collect();
     files.sort();
-    let is_rotated = |p: &Path| {
-        p.extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e.bytes().all(|b| b.is_ascii_digit()))
-            && p.with_extension("").exists()
-    };
-    Ok(files.into_iter().filter(|p| !is_rotated(p)).collect())
+    Ok(files)
 }
 
-fn read_into(rec: &mut Recording, p: &Path) -> Result<()> {
-    let files = files_of(p);
-    if files.is_empty() {
-        bail!(
-            "recording {} not found; give the file `vxtrace watch --record` wrote",
-            p.display()
-        );
-    }
+/// Reads one recording's files, oldest first.
+fn read_into(rec: &mut Recording, files: &[PathBuf]) -> Result<()> {
     for f in files {
-        let file = std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
+        let file = std::fs::File::open(f).with_context(|| format!("opening {}", f.display()))?;
         for line in std::io::BufReader::new(file).lines() {
             let Ok(line) = line else {
                 rec.bad_lines += 1;
@@ -342,7 +402,7 @@ fn read_into(rec: &mut Recording, p: &Path) -> Result<()> {
                 Err(_) => rec.bad_lines += 1,
             }
         }
-        rec.files.push(f);
+        rec.files.push(f.clone());
     }
     Ok(())
 }

@@ -14,8 +14,12 @@ pub struct Report {
     pub intervals: u64,
     /// Lines that were not JSON (cut short by a crash), skipped.
     pub truncated_lines: u64,
-    /// Runs (headers) read.
+    /// Runs read: each run's header counted once, however many files it
+    /// rotated into.
     pub runs: u64,
+    /// Files read (each once, however they were named).
+    #[serde(default)]
+    pub files: u64,
     pub peers: BTreeMap<IpAddr, ReportPeer>,
     pub outage_groups: Vec<OutageGroup>,
     /// VTEPs pod subnets were routed to that could not be reached (from
