@@ -90,9 +90,66 @@ pub struct FdbEntry {
     pub dst: IpAddr,
     /// Per-entry VNI (metadata devices); `None` means the device's own.
     pub vni: Option<u32>,
-    /// Learned from traffic (a device with learning on) rather than
-    /// programmed by an agent or an administrator (permanent / static).
-    pub learned: bool,
+    /// Who put the entry there.
+    pub origin: FdbOrigin,
+}
+
+impl FdbEntry {
+    /// Learned from traffic by a device with learning on.
+    pub fn learned(&self) -> bool {
+        self.origin == FdbOrigin::Learned
+    }
+
+    /// An all-zeros MAC: where the device sends what it has no entry for
+    /// (broadcast, multicast, unknown unicast). One per remote is a flood
+    /// list (BGP EVPN's head-end replication); a default `remote` or
+    /// `group` is one such entry.
+    pub fn is_flood(&self) -> bool {
+        self.mac == [0; 6]
+    }
+}
+
+/// Who put an FDB entry on a VXLAN device, as the kernel's state and flags
+/// tell (`bridge fdb show`: `permanent` / `static`, `extern_learn`,
+/// `sticky`, or none of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdbOrigin {
+    /// Learned by the device from arriving traffic (learning on): a MAC
+    /// seen behind a peer.
+    Learned,
+    /// Programmed permanent or static by an overlay agent (flannel, Calico)
+    /// or by hand (`bridge fdb append`), a default `remote` included.
+    Static,
+    /// Installed by a routing control plane from BGP EVPN routes
+    /// (`extern_learn`: FRR's zebra for each remote MAC).
+    ExternLearn,
+    /// `sticky`: a MAC that must not move. FRR installs EVPN's static MACs
+    /// and the default-gateway MACs of `advertise-default-gw` so (`static
+    /// sticky`), in place of `extern_learn`.
+    Sticky,
+}
+
+impl FdbOrigin {
+    /// From an FDB entry's `ndm_state` and `ndm_flags`: the control
+    /// plane's flags first (FRR's sticky entries are also static).
+    pub fn from_kernel(state: u16, flags: u8) -> Self {
+        if flags & NTF_EXT_LEARNED != 0 {
+            FdbOrigin::ExternLearn
+        } else if flags & NTF_STICKY != 0 {
+            FdbOrigin::Sticky
+        } else if state & (NUD_NOARP | NUD_PERMANENT) != 0 {
+            // `bridge fdb add` gives NOARP | PERMANENT: either bit means
+            // programmed, not learned.
+            FdbOrigin::Static
+        } else {
+            FdbOrigin::Learned
+        }
+    }
+
+    /// Installed by a BGP EVPN control plane.
+    pub fn control_plane(self) -> bool {
+        matches!(self, FdbOrigin::ExternLearn | FdbOrigin::Sticky)
+    }
 }
 
 pub fn format_mac(m: &[u8; 6]) -> String {
@@ -338,6 +395,9 @@ async fn dump_addrs(handle: &rtnetlink::Handle, snap: &mut Snapshot) -> Result<(
 /// Neighbour and FDB entry states (`ndm_state`), a bit set.
 const NUD_NOARP: u16 = 0x40;
 const NUD_PERMANENT: u16 = 0x80;
+/// FDB entry flags (`ndm_flags`).
+const NTF_EXT_LEARNED: u8 = 0x10;
+const NTF_STICKY: u8 = 0x40;
 
 /// The VXLAN devices' forwarding databases.
 async fn dump_fdb(handle: &rtnetlink::Handle, snap: &mut Snapshot) -> Result<()> {
@@ -351,9 +411,9 @@ async fn dump_fdb(handle: &rtnetlink::Handle, snap: &mut Snapshot) -> Result<()>
         if !snap.is_vxlan(ifindex) {
             continue;
         }
-        // The state is a bit set (`bridge fdb add` gives NOARP | PERMANENT):
-        // either bit means programmed, not learned.
-        let learned = u16::from(msg.header.state) & (NUD_NOARP | NUD_PERMANENT) == 0;
+        let origin = FdbOrigin::from_kernel(u16::from(msg.header.state), msg.header.flags.bits());
+        // Entries of the bridge the device is a port of (`master br0`)
+        // carry no remote and are left out.
         let (mac, dst, vni) = neighbour_fields(msg.attributes);
         if let (Some(mac), Some(dst)) = (mac, dst) {
             snap.fdb.push(FdbEntry {
@@ -361,7 +421,7 @@ async fn dump_fdb(handle: &rtnetlink::Handle, snap: &mut Snapshot) -> Result<()>
                 mac,
                 dst,
                 vni,
-                learned,
+                origin,
             });
         }
     }
@@ -754,6 +814,20 @@ impl Snapshot {
         dev.vni.is_none() || dev.fills_on_demand || self.fdb_dst(dev.ifindex, &[0; 6]).is_some()
     }
 
+    /// Whether `dev` carries one layer-2 segment rather than routed
+    /// subnets: enslaved to a bridge (hosts behind it, as on a BGP EVPN
+    /// leaf), or no route sends a subnet through it via a peer's VTEP (a
+    /// gateway, or a tunnel's remote). There the FDB holds hosts' MACs:
+    /// many behind one VTEP, none with a neighbour entry on the device
+    /// (neighbours live on the bridge or in the hosts).
+    pub fn is_layer2(&self, dev: &VxlanDevice) -> bool {
+        dev.bridged
+            || !self
+                .routes
+                .iter()
+                .any(|r| r.ifindex == dev.ifindex && (r.gateway.is_some() || r.encap_dst.is_some()))
+    }
+
     /// Pod subnets whose route goes via a VTEP with no neighbour entry, or
     /// whose neighbour's MAC has no FDB entry, on devices that do not
     /// resolve peers on their own.
@@ -969,6 +1043,68 @@ mod tests {
         ];
         assert_eq!(tunnel_encap(&v6), (Some(ip("2001:db8:1::12")), Some(7)));
         assert_eq!(tunnel_encap(&[]), (None, None));
+    }
+
+    /// Who installed an FDB entry, from its state and flags as FRR,
+    /// flannel, `bridge fdb append` and a learning device leave them.
+    #[test]
+    fn fdb_origin_from_state_and_flags() {
+        const REACHABLE: u16 = 0x02;
+        const NTF_SELF: u8 = 0x02;
+        let cases = [
+            // A MAC a learning device saw behind a peer.
+            (REACHABLE, NTF_SELF, FdbOrigin::Learned),
+            // `bridge fdb append` (NOARP | PERMANENT), flannel's and Calico's.
+            (NUD_NOARP | NUD_PERMANENT, NTF_SELF, FdbOrigin::Static),
+            (NUD_PERMANENT, 0, FdbOrigin::Static),
+            (NUD_NOARP, 0, FdbOrigin::Static),
+            // FRR's remote MACs: `self extern_learn`, no state.
+            (0, NTF_SELF | NTF_EXT_LEARNED, FdbOrigin::ExternLearn),
+            (REACHABLE, NTF_EXT_LEARNED, FdbOrigin::ExternLearn),
+            // FRR's static and default-gateway MACs: `self sticky static`.
+            (NUD_NOARP, NTF_SELF | NTF_STICKY, FdbOrigin::Sticky),
+            (
+                NUD_NOARP,
+                NTF_EXT_LEARNED | NTF_STICKY,
+                FdbOrigin::ExternLearn,
+            ),
+        ];
+        for (state, flags, origin) in cases {
+            assert_eq!(
+                FdbOrigin::from_kernel(state, flags),
+                origin,
+                "state {state:#x} flags {flags:#x}"
+            );
+        }
+        assert!(FdbOrigin::ExternLearn.control_plane());
+        assert!(FdbOrigin::Sticky.control_plane());
+        assert!(!FdbOrigin::Static.control_plane());
+        assert!(!FdbOrigin::Learned.control_plane());
+    }
+
+    /// A device enslaved to a bridge, or one no subnet is routed through
+    /// via a VTEP, is a layer-2 segment; flannel's and a metadata
+    /// device's routes make a routed one.
+    #[test]
+    fn layer2_devices() {
+        let mut snap = Snapshot::default();
+        let mut dev = VxlanDevice::for_test("vx", 3, Some(100), 4789);
+        // The device's own connected subnet routes nothing to a peer.
+        snap.routes = vec![route(3, "192.0.2.0", 24, None)];
+        assert!(snap.is_layer2(&dev));
+        snap.routes
+            .push(route(3, "10.244.1.0", 24, Some("10.244.1.0")));
+        assert!(!snap.is_layer2(&dev));
+        dev.bridged = true;
+        assert!(snap.is_layer2(&dev));
+        dev.bridged = false;
+        let mut encap = route(3, "10.244.2.0", 24, None);
+        encap.encap_dst = Some(ip("198.18.0.2"));
+        snap.routes = vec![encap];
+        assert!(!snap.is_layer2(&dev));
+        // Routes through another device do not count.
+        snap.routes = vec![route(4, "10.244.1.0", 24, Some("10.244.1.0"))];
+        assert!(snap.is_layer2(&dev));
     }
 
     #[test]

@@ -14,7 +14,9 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 
 use crate::{
-    discovery::{self, Snapshot, VxlanDevice, format_mac, is_group_mac, prefix_contains},
+    discovery::{
+        self, FdbOrigin, Snapshot, VxlanDevice, format_mac, is_group_mac, prefix_contains,
+    },
     schema::{Check, DoctorFinding, DoctorReport, Evidence, EvidenceValue, Severity},
 };
 
@@ -66,7 +68,13 @@ struct DeviceTables<'a> {
     snap: &'a Snapshot,
     dev: &'a VxlanDevice,
     underlay: Option<u32>,
+    /// A layer-2 device ([`Snapshot::is_layer2`]): its FDB holds hosts'
+    /// MACs, not one VTEP MAC per peer.
+    layer2: bool,
+    /// Entries of one unicast MAC each.
     fdb: Vec<&'a discovery::FdbEntry>,
+    /// Flood entries (all-zeros MAC): where what has no entry goes.
+    flood: Vec<&'a discovery::FdbEntry>,
     /// Multicast neighbour entries (IPv6 ND on the device) belong to no
     /// peer and are left out.
     neigh: Vec<&'a discovery::Neighbour>,
@@ -76,15 +84,14 @@ struct DeviceTables<'a> {
 
 /// FDB, neighbour and route checks of one VXLAN device.
 fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: &mut Vec<Finding>) {
+    let entries = || snap.fdb.iter().filter(|e| e.ifindex == dev.ifindex);
     let t = DeviceTables {
         snap,
         dev,
         underlay,
-        fdb: snap
-            .fdb
-            .iter()
-            .filter(|e| e.ifindex == dev.ifindex && !is_group_mac(&e.mac))
-            .collect(),
+        layer2: snap.is_layer2(dev),
+        fdb: entries().filter(|e| !is_group_mac(&e.mac)).collect(),
+        flood: entries().filter(|e| e.is_flood()).collect(),
         neigh: snap
             .neighbours
             .iter()
@@ -92,9 +99,16 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
             .collect(),
         own: snap.addrs.values().flatten().copied().collect(),
     };
-    check_fdb_duplicates(&t, out);
-    for e in &t.fdb {
-        check_fdb_entry(&t, e, out);
+    // On a layer-2 device many MACs behind one VTEP are normal, and a
+    // remote MAC needs no neighbour entry here.
+    if !t.layer2 {
+        check_fdb_duplicates(&t, out);
+        for e in &t.fdb {
+            check_fdb_neighbour(&t, e, out);
+        }
+    }
+    for e in t.fdb.iter().chain(&t.flood) {
+        check_fdb_dst(&t, e, out);
     }
     check_neighbours(&t, out);
     // Such a device learns or floods what it lacks: a missing entry is no fault.
@@ -103,13 +117,17 @@ fn check_tables(snap: &Snapshot, dev: &VxlanDevice, underlay: Option<u32>, out: 
     }
 }
 
-/// Several VTEP MACs behind one underlay address.
+/// Entries an overlay agent programs one per peer: its VTEP MAC. Learned
+/// MACs and a control plane's (BGP EVPN) are hosts' MACs behind a peer.
+fn vtep_entry(e: &discovery::FdbEntry) -> bool {
+    e.origin == FdbOrigin::Static
+}
+
+/// Several VTEP MACs behind one underlay address (routed devices).
 fn check_fdb_duplicates(t: &DeviceTables<'_>, out: &mut Vec<Finding>) {
     let (fdb, dev) = (&t.fdb, t.dev);
     let mut by_dst: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-    // Learned entries are MACs seen behind a peer (layer-2 use of the
-    // device): many behind one address is normal there.
-    for e in fdb.iter().filter(|e| !e.learned) {
+    for e in fdb.iter().filter(|e| vtep_entry(e)) {
         by_dst.entry(e.dst).or_default().push(format_mac(&e.mac));
     }
     for (dst, macs) in &by_dst {
@@ -135,44 +153,80 @@ fn check_fdb_duplicates(t: &DeviceTables<'_>, out: &mut Vec<Finding>) {
     }
 }
 
-/// Where one FDB entry sends, and whether a neighbour uses its MAC.
-fn check_fdb_entry(t: &DeviceTables<'_>, e: &discovery::FdbEntry, out: &mut Vec<Finding>) {
-    let (snap, dev, own, underlay, neigh) = (t.snap, t.dev, &t.own, t.underlay, &t.neigh);
+/// How a finding names an FDB entry: a flood entry, or a MAC's entry
+/// with who installed it.
+fn entry_text(e: &discovery::FdbEntry) -> String {
+    let by = match e.origin {
+        FdbOrigin::ExternLearn => " (extern_learn: BGP EVPN)",
+        FdbOrigin::Sticky => " (sticky: BGP EVPN)",
+        FdbOrigin::Learned | FdbOrigin::Static => "",
+    };
+    if e.is_flood() {
+        format!("flood entry 00:00:00:00:00:00{by}")
+    } else {
+        format!("FDB entry {}{by}", format_mac(&e.mac))
+    }
+}
+
+/// Where one FDB entry (a MAC's, or a flood entry) sends.
+fn check_fdb_dst(t: &DeviceTables<'_>, e: &discovery::FdbEntry, out: &mut Vec<Finding>) {
+    let (snap, dev, own, underlay) = (t.snap, t.dev, &t.own, t.underlay);
     let mac = format_mac(&e.mac);
+    let entry = entry_text(e);
     if own.contains(&e.dst) {
+        let fix = if e.origin.control_plane() {
+            "another VTEP announces this host's VTEP address as its own (two VTEPs with one address): give each VTEP its own address (the VXLAN device's `local`, announced by BGP)"
+            .to_string()
+        } else if t.layer2 {
+            format!(
+                "this host sends to itself: a list of VTEPs copied to every host names this one too; remove the entry (bridge fdb del {mac} dev {} dst {})",
+                dev.name, e.dst
+            )
+        } else {
+            "a peer registered this node's address as its own: fix that node's public address, then `bridge fdb del` the entry".to_string()
+        };
         out.push(finding(
             Check::FdbDstIsLocal,
             Severity::Error,
             &dev.name,
-            format!("FDB entry {mac} sends to {}, one of this host's own addresses", e.dst),
+            format!(
+                "{entry} sends to {}, one of this host's own addresses",
+                e.dst
+            ),
             evidence!({"mac": &mac, "dst": e.dst}),
-            "a peer registered this node's address as its own: fix that node's public address, then `bridge fdb del` the entry".into(),
+            fix,
         ));
     } else if e.dst.to_string() == VM_NAT_DEFAULT {
         out.push(finding(
             Check::FdbDstVmNat,
             Severity::Error,
             &dev.name,
-            format!("FDB entry {mac} sends to 10.0.2.15, the VM NAT default address"),
+            format!("{entry} sends to 10.0.2.15, the VM NAT default address"),
             evidence!({"mac": &mac, "dst": e.dst}),
             "the peer registered its NAT interface address: set its real node address (flannel --iface)".into(),
         ));
-    } else if let Some(ul) = underlay {
-        match snap.route_dev(&e.dst) {
-            None => out.push(finding(
-            Check::FdbDstUnreachable,
-            Severity::Error,
+    } else if e.dst.is_multicast() {
+        // A group is reached through the device's own `dev`, not by a route.
+    } else {
+        match (snap.route_dev(&e.dst), underlay) {
+            (None, _) => out.push(finding(
+                Check::FdbDstUnreachable,
+                Severity::Error,
                 &dev.name,
-                format!("FDB entry {mac} sends to {}, which no route reaches", e.dst),
+                format!("{entry} sends to {}, which no route reaches", e.dst),
                 evidence!({"mac": &mac, "dst": e.dst}),
-                "add a route to the peer's underlay address, or fix the peer's registered address".into(),
+                if e.origin.control_plane() {
+                    format!("the underlay does not carry VTEP {}'s address, though BGP EVPN announces MACs behind it: announce every VTEP address into the underlay (its loopback /32 in the fabric's routing) or add a route to it", e.dst)
+                } else {
+                    "add a route to the peer's underlay address, or fix the peer's registered address".into()
+                },
             )),
-            Some(i) if i != ul => out.push(finding(
-            Check::FdbDstWrongInterface,
-            Severity::Warning,
+            (Some(i), Some(ul)) if i != ul => out.push(finding(
+                Check::FdbDstWrongInterface,
+                Severity::Warning,
                 &dev.name,
                 format!(
-                    "FDB entry {mac} sends to {} through {}, not through the VXLAN device's underlay {}",
+                    "{entry} sends to {} through {}, not through the VXLAN device's underlay {}",
                     e.dst,
                     link_name(snap, i),
                     link_name(snap, ul)
@@ -183,18 +237,21 @@ fn check_fdb_entry(t: &DeviceTables<'_>, e: &discovery::FdbEntry, out: &mut Vec<
             _ => {}
         }
     }
-    // A learned entry is a MAC seen behind the peer (layer-2 use of the
-    // device), which no neighbour entry here needs to name.
-    if !e.learned && !neigh.iter().any(|n| n.mac == e.mac) {
-        out.push(finding(
-            Check::FdbWithoutNeighbour,
-            Severity::Warning,
-            &dev.name,
-            format!("FDB entry {mac} -> {} has no neighbour entry using that MAC", e.dst),
-            evidence!({"mac": &mac, "dst": e.dst}),
-            "a leftover of a removed peer, or a missing neighbour entry: `bridge fdb del` it or let the overlay agent re-sync".into(),
-        ));
+}
+
+/// Whether a neighbour entry uses a VTEP entry's MAC (routed devices).
+fn check_fdb_neighbour(t: &DeviceTables<'_>, e: &discovery::FdbEntry, out: &mut Vec<Finding>) {
+    if !vtep_entry(e) || t.neigh.iter().any(|n| n.mac == e.mac) {
+        return;
     }
+    out.push(finding(
+        Check::FdbWithoutNeighbour,
+        Severity::Warning,
+        &t.dev.name,
+        format!("FDB entry {} -> {} has no neighbour entry using that MAC", format_mac(&e.mac), e.dst),
+        evidence!({"mac": format_mac(&e.mac), "dst": e.dst}),
+        "a leftover of a removed peer, or a missing neighbour entry: `bridge fdb del` it or let the overlay agent re-sync".into(),
+    ));
 }
 
 /// Neighbours whose MAC no FDB entry sends anywhere; one MAC for several
@@ -851,6 +908,204 @@ mod tests {
         assert!(!routes_subnets_through_overlay(&snap, true));
         snap.routes.push(route("fd00:1::", 64, Some("fd00:1::")));
         assert!(routes_subnets_through_overlay(&snap, true));
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn mac(last: u8) -> [u8; 6] {
+        [0x0e, 0x65, 0x76, 0, 0, last]
+    }
+
+    fn entry(mac: [u8; 6], dst: &str, origin: FdbOrigin) -> discovery::FdbEntry {
+        discovery::FdbEntry {
+            ifindex: 3,
+            mac,
+            dst: ip(dst),
+            vni: None,
+            origin,
+        }
+    }
+
+    fn route(ifindex: u32, dst: &str, prefix_len: u8, gw: Option<&str>) -> discovery::OverlayRoute {
+        discovery::OverlayRoute {
+            ifindex,
+            dst: ip(dst),
+            prefix_len,
+            gateway: gw.map(ip),
+            encap_dst: None,
+            encap_vni: None,
+        }
+    }
+
+    /// A BGP EVPN leaf as FRR programs it: the VTEP address 198.18.0.1 on
+    /// `lo`, routes to the other VTEPs through `uplink`, `vxlan100` in a
+    /// bridge with remote hosts' MACs (`extern_learn`), static and
+    /// default-gateway MACs (`sticky`), and a flood list.
+    fn evpn_leaf() -> (Snapshot, VxlanDevice) {
+        let mut snap = Snapshot::default();
+        let mut lo = discovery::Link::for_test("lo", 1, "loopback");
+        lo.loopback = true;
+        snap.links.insert(1, lo);
+        snap.links
+            .insert(2, discovery::Link::for_test("uplink", 2, "veth"));
+        snap.links
+            .insert(3, discovery::Link::for_test("vxlan100", 3, "vxlan"));
+        snap.links
+            .insert(4, discovery::Link::for_test("br100", 4, "bridge"));
+        snap.addrs.insert(1, vec![ip("198.18.0.1")]);
+        snap.addrs.insert(2, vec![ip("198.18.1.1")]);
+        snap.addrs.insert(4, vec![ip("192.0.2.1")]);
+        snap.all_routes = vec![
+            route(2, "198.18.1.0", 31, None),
+            route(2, "198.18.0.2", 32, Some("198.18.1.0")),
+            route(2, "198.18.0.3", 32, Some("198.18.1.0")),
+            route(4, "192.0.2.0", 24, None),
+        ];
+        snap.fdb = vec![
+            entry(mac(0x21), "198.18.0.2", FdbOrigin::ExternLearn),
+            entry(mac(0x22), "198.18.0.2", FdbOrigin::ExternLearn),
+            entry(mac(0x23), "198.18.0.2", FdbOrigin::Sticky),
+            entry(mac(0x02), "198.18.0.2", FdbOrigin::Sticky),
+            entry(mac(0x31), "198.18.0.3", FdbOrigin::ExternLearn),
+            entry(mac(0x03), "198.18.0.3", FdbOrigin::Sticky),
+            entry([0; 6], "198.18.0.2", FdbOrigin::Static),
+            entry([0; 6], "198.18.0.3", FdbOrigin::Static),
+        ];
+        let mut dev = VxlanDevice::for_test("vxlan100", 3, Some(100), 4789);
+        dev.local = Some(ip("198.18.0.1"));
+        dev.bridged = true;
+        (snap, dev)
+    }
+
+    fn table_findings(snap: &Snapshot, dev: &VxlanDevice) -> Vec<Finding> {
+        let mut out = Vec::new();
+        check_tables(
+            snap,
+            dev,
+            snap.named_underlay(dev).map(|l| l.ifindex),
+            &mut out,
+        );
+        out
+    }
+
+    fn checks(out: &[Finding]) -> Vec<&str> {
+        out.iter().map(|f| f.check.as_str()).collect()
+    }
+
+    /// Many MACs behind one VTEP, none with a neighbour entry on the
+    /// device, sticky ones among them: a healthy EVPN leaf.
+    #[test]
+    fn evpn_leaf_is_clean() {
+        let (snap, dev) = evpn_leaf();
+        assert!(snap.is_layer2(&dev));
+        let out = table_findings(&snap, &dev);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    /// The same static entries on a routed device (flannel's: one VTEP MAC
+    /// per peer, each with a neighbour entry) are still a duplicate and
+    /// leftovers.
+    #[test]
+    fn routed_device_keeps_its_vtep_checks() {
+        let (mut snap, mut dev) = evpn_leaf();
+        dev.bridged = false;
+        snap.routes = vec![route(3, "10.244.1.0", 24, Some("10.244.1.0"))];
+        snap.neighbours = vec![discovery::Neighbour {
+            ifindex: 3,
+            addr: ip("10.244.1.0"),
+            mac: mac(0x21),
+            permanent: true,
+        }];
+        for e in &mut snap.fdb {
+            if !e.is_flood() {
+                e.origin = FdbOrigin::Static;
+            }
+        }
+        let out = table_findings(&snap, &dev);
+        let mut found = checks(&out);
+        found.sort();
+        // Four MACs behind 198.18.0.2, two behind 198.18.0.3; every MAC
+        // but the neighbour's has no neighbour entry.
+        assert_eq!(
+            found,
+            vec![
+                "fdb_duplicate_underlay",
+                "fdb_duplicate_underlay",
+                "fdb_without_neighbour",
+                "fdb_without_neighbour",
+                "fdb_without_neighbour",
+                "fdb_without_neighbour",
+                "fdb_without_neighbour",
+            ],
+            "{out:?}"
+        );
+        // A control plane's entries on such a device are no VTEP entries.
+        for e in &mut snap.fdb {
+            if e.mac != mac(0x21) && !e.is_flood() {
+                e.origin = FdbOrigin::ExternLearn;
+            }
+        }
+        assert!(table_findings(&snap, &dev).is_empty());
+    }
+
+    /// The underlay does not carry a VTEP's address: every entry behind it,
+    /// the flood entry included, is named, though no underlay device is
+    /// named (the VTEP address is on `lo`).
+    #[test]
+    fn unreachable_vtep_on_a_layer2_device() {
+        let (mut snap, dev) = evpn_leaf();
+        assert!(snap.named_underlay(&dev).is_none());
+        snap.all_routes.retain(|r| r.dst != ip("198.18.0.3"));
+        let out = table_findings(&snap, &dev);
+        assert_eq!(checks(&out), vec!["fdb_dst_unreachable"; 3], "{out:?}");
+        assert!(
+            out.iter()
+                .all(|f| f.evidence["dst"] == EvidenceValue::from(ip("198.18.0.3")))
+        );
+        let messages: Vec<&str> = out.iter().map(|f| f.message.as_str()).collect();
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.starts_with("flood entry 00:00:00:00:00:00 sends to 198.18.0.3")),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("(extern_learn: BGP EVPN)")),
+            "{messages:?}"
+        );
+        assert!(
+            out[0]
+                .fix
+                .contains("underlay does not carry VTEP 198.18.0.3"),
+            "{}",
+            out[0].fix
+        );
+    }
+
+    /// A flood list that names this host's own VTEP, and a multicast group
+    /// (reached through the device's `dev`, not a route), which is fine.
+    #[test]
+    fn flood_entries_are_checked() {
+        let (mut snap, dev) = evpn_leaf();
+        snap.fdb
+            .push(entry([0; 6], "198.18.0.1", FdbOrigin::Static));
+        snap.fdb.push(entry([0; 6], "239.1.1.1", FdbOrigin::Static));
+        let out = table_findings(&snap, &dev);
+        assert_eq!(checks(&out), vec!["fdb_dst_is_local"], "{out:?}");
+        assert!(
+            out[0].message.starts_with("flood entry"),
+            "{}",
+            out[0].message
+        );
+        assert!(
+            out[0].fix.contains("copied to every host"),
+            "{}",
+            out[0].fix
+        );
     }
 
     #[test]
