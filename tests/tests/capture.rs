@@ -528,10 +528,19 @@ fn agent_waits_for_the_overlay() {
     }
     assert!(log.contains("waiting for a VXLAN device"), "{log}");
     let ready = http_get(&ns, port, "/ready");
-    assert!(ready.starts_with("HTTP/1.0 503") || ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(
+        ready.starts_with("HTTP/1.0 503") || ready.starts_with("HTTP/1.1 503"),
+        "{ready}"
+    );
     let metrics = http_get(&ns, port, "/metrics");
-    assert!(metrics.contains("vxtrace_waiting_for_vxlan_device 1"), "{metrics}");
-    assert!(child.try_wait().unwrap().is_none(), "the agent exited while waiting");
+    assert!(
+        metrics.contains("vxtrace_waiting_for_vxlan_device 1"),
+        "{metrics}"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the agent exited while waiting"
+    );
     lab.restore_vxlan(1).unwrap();
     line.clear();
     while stderr.read_line(&mut line).unwrap_or(0) > 0 {

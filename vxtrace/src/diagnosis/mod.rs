@@ -1036,6 +1036,22 @@ mod tests {
                 fix_mentions: "ip neigh replace",
             },
             Case {
+                name: "unwatched underlay: decapsulated more than arrived",
+                setup: |c, _, _| {
+                    c.tx_dev.packets = 80;
+                    c.tx_encap.packets = 0;
+                    c.rx_nic.packets = 0;
+                    c.rx_decap.packets = 80;
+                },
+                extra: |_| {},
+                outages: vec![],
+                cause: Cause::UnwatchedUnderlay,
+                segment: Segment::None,
+                headline_starts: "decapsulated 80 from this peer, but only 0 seen arriving",
+                evidence: "rx_nic 0, rx_decap 80",
+                fix_mentions: "--iface",
+            },
+            Case {
                 name: "masquerade",
                 setup: |c, _, _| {
                     healthy(c);

@@ -622,6 +622,7 @@ mod tests {
             for p in peers.values_mut() {
                 if let Some(o) = p.as_object_mut() {
                     o.remove("findings");
+                    o.remove("tx_flood");
                     if let Some(outages) = o.get_mut("outages").and_then(|x| x.as_array_mut()) {
                         for out in outages {
                             out.as_object_mut().unwrap().remove("tx_pps_before");
