@@ -266,9 +266,12 @@ impl EvpnLab {
     /// Moves host `name` to leaf `to`: its port leaves its leaf's bridge
     /// (the bridge forgets its MAC and FRR withdraws it), moves to leaf
     /// `to`'s namespace and bridge, and the host sends until that bridge
-    /// has learned its MAC (bounded), so FRR announces it from there. Wait
-    /// for the other leaves with [`Self::wait_remote_mac`]. FRR freezes a
-    /// MAC that moves 5 times within 180 s (duplicate detection).
+    /// has learned its MAC (bounded), so FRR announces it from there with
+    /// MAC mobility's sequence number (`MM:1` in `show bgp l2vpn evpn
+    /// route`). Wait for the other leaves with [`Self::wait_remote_mac`].
+    /// The new leaf's `vxlan100` may keep FRR's entry to the old leaf: its
+    /// bridge, which sends the host's frames to the port, decides. FRR
+    /// freezes a MAC that moves 5 times within 180 s (duplicate detection).
     pub fn move_host(&mut self, name: &str, to: u8) {
         let h = self.host(name).clone();
         assert_ne!(h.leaf, to, "{name} is on leaf{to} already");
@@ -779,6 +782,11 @@ impl Capture {
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         }
         if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
             let _ = child.wait();
         }
         // Its closing counts: "N packets captured", "… dropped by kernel".

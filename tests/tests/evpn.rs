@@ -241,9 +241,9 @@ fn evpn_flooded_frames_counted_per_vtep() {
 }
 
 /// h22 moves from leaf2 to leaf3: FRR withdraws it from leaf2 and
-/// announces it from leaf3, and leaf1's `vxlan100` follows (one entry,
-/// `extern_learn`, to leaf3's VTEP). Echoes to it are then counted on
-/// leaf3's peer only: 30 each way.
+/// announces it from leaf3 with MAC mobility (`MM:1`), and leaf1's
+/// `vxlan100` follows (one entry, `extern_learn`, to leaf3's VTEP).
+/// Echoes to it are then counted on leaf3's peer only: 30 each way.
 #[test]
 fn evpn_host_move_follows_to_the_new_vtep() {
     const N: u64 = 30;
@@ -253,6 +253,19 @@ fn evpn_host_move_follows_to_the_new_vtep() {
     assert_eq!(lab.host("h22").leaf, 3);
     let entry = lab.wait_remote_mac(1, &mac, vtep(3));
     assert!(entry.has_flag("extern_learn"), "{entry:?}");
+    // leaf3 announced it as a move: MAC mobility, sequence number 1.
+    let routes = lab.vtysh("leaf1", "show bgp l2vpn evpn route type macip");
+    let lines: Vec<&str> = routes.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains(&format!("[{mac}]")))
+        .unwrap_or_else(|| panic!("no route for {mac}: {routes}"));
+    assert!(
+        lines[at..(at + 3).min(lines.len())]
+            .iter()
+            .any(|l| l.contains("MM:1")),
+        "{routes}"
+    );
     // leaf2 now sends it to leaf3 too; leaf3 has it on its bridge.
     lab.wait_remote_mac(2, &mac, vtep(3));
     // leaf3's bridge has it on the host's port. (Its `vxlan100` may keep
