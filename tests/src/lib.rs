@@ -1,5 +1,6 @@
-//! Helpers for the privileged integration tests: labs that always clean up,
-//! and a `vxtrace watch --json` child that is read line by line.
+//! Helpers for the privileged integration tests: labs that always clean up
+//! (flannel's and Calico's layouts, and a BGP EVPN fabric run by FRR:
+//! [`evpn`]), and a `vxtrace watch --json` child that is read line by line.
 //!
 //! Tests panic rather than return errors, and run one at a time
 //! (`--test-threads=1`): they share the kernel.
@@ -15,6 +16,7 @@ use std::{
 pub use vxtrace::lab::{Lab, Layout};
 
 pub mod datapath;
+pub mod evpn;
 pub mod scenarios;
 use vxtrace::schema::{Attached, Line, Summary};
 

@@ -942,7 +942,8 @@ mod tests {
     /// A BGP EVPN leaf as FRR programs it: the VTEP address 198.18.0.1 on
     /// `lo`, routes to the other VTEPs through `uplink`, `vxlan100` in a
     /// bridge with remote hosts' MACs (`extern_learn`), static and
-    /// default-gateway MACs (`sticky`), and a flood list.
+    /// default-gateway MACs (`sticky`), and a flood list; and two hosts'
+    /// MACs programmed by hand (static).
     fn evpn_leaf() -> (Snapshot, VxlanDevice) {
         let mut snap = Snapshot::default();
         let mut lo = discovery::Link::for_test("lo", 1, "loopback");
@@ -970,6 +971,9 @@ mod tests {
             entry(mac(0x02), "198.18.0.2", FdbOrigin::Sticky),
             entry(mac(0x31), "198.18.0.3", FdbOrigin::ExternLearn),
             entry(mac(0x03), "198.18.0.3", FdbOrigin::Sticky),
+            // Hosts behind leaf 2 programmed by hand.
+            entry(mac(0x24), "198.18.0.2", FdbOrigin::Static),
+            entry(mac(0x25), "198.18.0.2", FdbOrigin::Static),
             entry([0; 6], "198.18.0.2", FdbOrigin::Static),
             entry([0; 6], "198.18.0.3", FdbOrigin::Static),
         ];
@@ -995,7 +999,7 @@ mod tests {
     }
 
     /// Many MACs behind one VTEP, none with a neighbour entry on the
-    /// device, sticky ones among them: a healthy EVPN leaf.
+    /// device, sticky and static ones among them: a healthy EVPN leaf.
     #[test]
     fn evpn_leaf_is_clean() {
         let (snap, dev) = evpn_leaf();
@@ -1026,13 +1030,15 @@ mod tests {
         let out = table_findings(&snap, &dev);
         let mut found = checks(&out);
         found.sort();
-        // Four MACs behind 198.18.0.2, two behind 198.18.0.3; every MAC
+        // Six MACs behind 198.18.0.2, two behind 198.18.0.3; every MAC
         // but the neighbour's has no neighbour entry.
         assert_eq!(
             found,
             vec![
                 "fdb_duplicate_underlay",
                 "fdb_duplicate_underlay",
+                "fdb_without_neighbour",
+                "fdb_without_neighbour",
                 "fdb_without_neighbour",
                 "fdb_without_neighbour",
                 "fdb_without_neighbour",

@@ -88,9 +88,14 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     // Flushing the NAT's connection table in the TIME_WAIT test.
     "conntrack",
-    // The benchmark's load and its comparison.
+    // The benchmark's load and its comparison; tcpdump is also the EVPN
+    // tests' oracle on the underlay.
     "iperf3",
     "tcpdump",
+    // FRR (zebra, bgpd, vtysh): the BGP EVPN lab tests run it in each
+    // router's namespace, and it programs the leaves' VXLAN FDB (remote
+    // MACs, flood lists) as on a real fabric.
+    "frr",
     // Prometheus and promtool: the cluster tests scrape every lab node and
     // evaluate deploy/prometheus/vxtrace-rules.yaml for real.
     "prometheus",
