@@ -9,9 +9,10 @@
 use std::{
     net::{IpAddr, Ipv4Addr},
     process::Command,
+    time::Duration,
 };
 
-use vxtrace::schema::{Check, DoctorReport, Summary};
+use vxtrace::schema::{Check, DoctorReport, Line, Summary};
 use vxtrace_tests::{
     ICMP_IP_LEN, Watcher,
     evpn::{
@@ -196,8 +197,10 @@ fn evpn_unicast_pings_counted_exactly() {
 /// owns and 15 broadcasts (60-byte frames). leaf1's `vxlan100` takes each
 /// once (40 `tx_dev`, unattributed: no peer owns those MACs) and sends a
 /// copy to each VTEP of its flood list: 40 packets of 110 bytes (60 + 50)
-/// to leaf2 and to leaf3, as tcpdump counts them. leaf2 receives 40 and
-/// delivers 40, attributed to leaf1 by h11's MAC.
+/// to leaf2 and to leaf3, as tcpdump counts them, all of them flooded
+/// copies (`tx_flood`), none unicast (`tx_encap`). Nobody answers a
+/// flooded copy, so no peer gets a one-way, outage or loss finding. leaf2
+/// receives 40 and delivers 40, attributed to leaf1 by h11's MAC.
 #[test]
 fn evpn_flooded_frames_counted_per_vtep() {
     const UNKNOWN: u64 = 25;
@@ -218,10 +221,18 @@ fn evpn_flooded_frames_counted_per_vtep() {
     for leaf in [2, 3] {
         assert_eq!(
             counters(&s1, vtep(leaf)),
-            [(N, N * outer), (0, 0), (0, 0), (0, 0)],
+            [(0, 0), (0, 0), (0, 0), (0, 0)],
             "leaf{leaf}: {}",
             json(&s1)
         );
+        let p = s1.peer(&key(vtep(leaf)));
+        assert_eq!(
+            (p.counters.tx_flood.packets, p.counters.tx_flood.bytes),
+            (N, N * outer),
+            "leaf{leaf}: {}",
+            json(&s1)
+        );
+        assert!(p.findings.is_empty(), "leaf{leaf}: {}", json(&s1));
         assert_eq!(evpn::count(&wire, vtep(1), vtep(leaf)), N, "{wire:?}");
     }
     assert_eq!(wire.len() as u64, 2 * N, "{wire:?}");
@@ -240,15 +251,20 @@ fn evpn_flooded_frames_counted_per_vtep() {
     assert_eq!(s2.unattributed.rx_decap.packets, 0, "{}", json(&s2));
 }
 
-/// h22 moves from leaf2 to leaf3: FRR withdraws it from leaf2 and
-/// announces it from leaf3 with MAC mobility (`MM:1`), and leaf1's
-/// `vxlan100` follows (one entry, `extern_learn`, to leaf3's VTEP).
-/// Echoes to it are then counted on leaf3's peer only: 30 each way.
+/// h22 moves from leaf2 to leaf3 while vxtrace runs on leaf1: FRR
+/// withdraws it from leaf2 and announces it from leaf3 with MAC mobility
+/// (`MM:1`), and leaf1's `vxlan100` follows (one entry, `extern_learn`, to
+/// leaf3's VTEP). vxtrace says the MAC moved, and counts exactly: the 20
+/// echoes before the move on leaf2's peer, the 30 after it on leaf3's,
+/// each way, and neither peer gets a finding.
 #[test]
 fn evpn_host_move_follows_to_the_new_vtep() {
-    const N: u64 = 30;
+    const BEFORE: u64 = 20;
+    const AFTER: u64 = 30;
     let mut lab = EvpnLab::up("evpn-move");
     let mac = lab.host("h22").mac.clone();
+    let mut w = Watcher::start(&lab.leaf_ns(1), &[]);
+    assert_eq!(lab.ping("h11", "h22", BEFORE as u32), BEFORE as u32);
     lab.move_host("h22", 3);
     assert_eq!(lab.host("h22").leaf, 3);
     let entry = lab.wait_remote_mac(1, &mac, vtep(3));
@@ -280,24 +296,43 @@ fn evpn_host_move_follows_to_the_new_vtep() {
         &lab.host("h22").port,
     ]));
     assert!(port_fdb.contains(&mac), "{port_fdb}");
+    // vxtrace follows the FDB: the move is an event.
+    let moved = w
+        .next_matching(
+            |l| matches!(l, Line::MacMoved(m) if m.to == IpAddr::V4(vtep(3))),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|| panic!("no mac_moved event for {mac}"));
+    let Line::MacMoved(moved) = moved else {
+        unreachable!()
+    };
+    assert_eq!(moved.from, IpAddr::V4(vtep(2)));
+    assert_eq!(
+        moved.mac.map(|m| vxtrace::discovery::format_mac(&m)),
+        Some(mac.clone())
+    );
 
-    let w = Watcher::start(&lab.leaf_ns(1), &[]);
-    assert_eq!(lab.ping("h11", "h22", N as u32), N as u32);
+    assert_eq!(lab.ping("h11", "h22", AFTER as u32), AFTER as u32);
     let s = w.stop();
     let outer = outer_frame_len(ICMP_IP_LEN, false);
     let frame = ICMP_IP_LEN + 14;
-    assert_eq!(
-        counters(&s, vtep(3)),
+    let exact = |n: u64| {
         [
-            (N, N * outer),
-            (N, N * outer),
-            (N, N * frame),
-            (N, N * frame)
-        ],
-        "{}",
-        json(&s)
-    );
-    assert_eq!(counters(&s, vtep(2)), [(0, 0); 4], "{}", json(&s));
+            (n, n * outer),
+            (n, n * outer),
+            (n, n * frame),
+            (n, n * frame),
+        ]
+    };
+    assert_eq!(counters(&s, vtep(2)), exact(BEFORE), "{}", json(&s));
+    assert_eq!(counters(&s, vtep(3)), exact(AFTER), "{}", json(&s));
+    for leaf in [2, 3] {
+        assert!(
+            s.peer(&key(vtep(leaf))).findings.is_empty(),
+            "leaf{leaf}: {}",
+            json(&s)
+        );
+    }
 }
 
 /// `doctor` on FRR's leaves, whose `vxlan100` is a layer-2 device: many

@@ -17,17 +17,25 @@ use vxtrace_common::{
 };
 
 use super::Tracer;
-use crate::discovery::{Snapshot, VxlanDevice, is_group_mac, peer_key};
+use crate::{
+    discovery::{Snapshot, VxlanDevice, is_group_mac, peer_key},
+    schema::MacMove,
+};
 
 /// bpf_map_update_elem flag: create only.
 const BPF_NOEXIST: u64 = 1;
 
 impl Tracer {
     /// Seeds the attribution maps from the watched devices' FDB, neighbour
-    /// and route entries; returns how many MACs were seeded.
-    pub fn seed_from(&mut self, snap: &Snapshot, watched: &[VxlanDevice]) -> Result<usize> {
+    /// and route entries; returns how many MACs were seeded, and the MACs
+    /// whose FDB entry changed its VTEP since the last call.
+    pub fn seed_from(
+        &mut self,
+        snap: &Snapshot,
+        watched: &[VxlanDevice],
+    ) -> Result<(usize, Vec<MacMove>)> {
         let mut macs = 0;
-        let mut moved = false;
+        let mut moved = Vec::new();
         for entry in &snap.fdb {
             let Some(dev) = watched.iter().find(|d| d.ifindex == entry.ifindex) else {
                 continue;
@@ -42,15 +50,21 @@ impl Tracer {
                 // The control plane moved the MAC to another VTEP (EVPN MAC
                 // mobility, a migrated VM, a rescheduled pod): that is newer
                 // than anything learned from traffic before it.
-                Some(_) => {
+                Some(before) => {
                     self.move_mac(key, &entry.dst)?;
-                    moved = true;
+                    moved.push(MacMove {
+                        device: dev.name.clone(),
+                        mac: Some(entry.mac),
+                        vni,
+                        from: before,
+                        to: entry.dst,
+                    });
                 }
                 None => self.seed_mac(vni, entry.mac, &entry.dst)?,
             }
             macs += 1;
         }
-        if moved {
+        if !moved.is_empty() {
             self.forget_mac_owners()?;
         }
         let is_watched = |i: u32| watched.iter().any(|d| d.ifindex == i);
@@ -71,7 +85,7 @@ impl Tracer {
                 self.seed_pod_subnet(&u.subnet, u.prefix_len, &u.vtep)?;
             }
         }
-        Ok(macs)
+        Ok((macs, moved))
     }
 
     /// Tells the kernel programs that `mac` on `vni` lives behind `peer`

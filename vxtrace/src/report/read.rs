@@ -111,7 +111,8 @@ impl Recording {
             | Line::DeviceGone(_)
             | Line::DeviceReattached(_)
             | Line::DeviceError(_)
-            | Line::BlindSpot(_) => {}
+            | Line::BlindSpot(_)
+            | Line::MacMoved(_) => {}
         }
     }
 

@@ -41,6 +41,8 @@ pub enum Line {
     DeviceError(DeviceChange),
     /// vxtrace stopped seeing some packets, or sees them again.
     BlindSpot(BlindSpot),
+    /// An FDB entry's VTEP changed: a host moved behind another peer.
+    MacMoved(MacMove),
     /// Exactly once, at exit.
     Summary(Box<Summary>),
 }
@@ -296,6 +298,19 @@ pub struct DeviceChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifindex: Option<u32>,
     pub message: String,
+}
+
+/// A MAC whose FDB entry now sends it to another VTEP (EVPN MAC mobility,
+/// a migrated VM, a pod rescheduled with its MAC): counted on `to` from
+/// the next packet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacMove {
+    pub device: String,
+    #[serde(with = "mac_text")]
+    pub mac: Option<[u8; 6]>,
+    pub vni: u32,
+    pub from: IpAddr,
+    pub to: IpAddr,
 }
 
 /// One outage in a peer's summary.

@@ -51,6 +51,18 @@ pub fn describe(line: &Line) -> Option<String> {
         ),
         Line::DeviceGone(d) | Line::DeviceReattached(d) | Line::DeviceError(d) => d.message.clone(),
         Line::BlindSpot(b) => b.message.clone(),
+        Line::MacMoved(m) => format!(
+            "{} on {} (VNI {}) moved from VTEP {} to {}: counted on {} from now on",
+            m.mac
+                .as_ref()
+                .map(crate::discovery::format_mac)
+                .unwrap_or_default(),
+            m.device,
+            m.vni,
+            m.from,
+            m.to,
+            m.to
+        ),
         Line::Header(_) | Line::Attached(_) | Line::Interval(_) | Line::Summary(_) => return None,
     })
 }

@@ -64,9 +64,11 @@ impl DeviceWatch {
         };
         let mut events = self.vxlan_devices(tracer, plan, &fresh);
         events.extend(self.underlays(tracer, plan, &fresh));
-        // New peers join the FDB while we run; keep attribution current.
-        if let Err(e) = tracer.seed_from(&fresh, &plan.vxlan) {
-            log::warn!("seeding new FDB entries failed: {e:#}");
+        // New peers join the FDB while we run, hosts move between them;
+        // keep attribution current.
+        match tracer.seed_from(&fresh, &plan.vxlan) {
+            Ok((_, moved)) => events.extend(moved.into_iter().map(Line::MacMoved)),
+            Err(e) => log::warn!("seeding new FDB entries failed: {e:#}"),
         }
         Some((events, fresh))
     }

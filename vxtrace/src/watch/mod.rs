@@ -304,7 +304,7 @@ fn seed_stage(tracer: &mut Tracer, p: &Planned) -> Result<()> {
             .register_vxlan(dev, &p.plan.vxlan)
             .with_context(|| format!("registering VXLAN device {}", dev.name))?;
     }
-    let seeded = tracer.seed_from(&p.snap, &p.plan.vxlan)?;
+    let (seeded, _) = tracer.seed_from(&p.snap, &p.plan.vxlan)?;
     log::info!(
         "seeded {seeded} MAC-to-peer entries from the FDB ({} FDB entries seen)",
         p.snap.fdb.len()
