@@ -444,3 +444,33 @@ fn evpn_doctor_is_clean_and_names_real_faults() {
         json(f)
     );
 }
+
+/// Subnet broadcasts (192.0.2.255) that h21, behind leaf2, sends reach
+/// leaf1's bridge through the flood list. With no address on the bridge,
+/// leaf1's kernel drops each. They are leaf2's host's traffic, but nothing
+/// was lost: counted as "not loss" on leaf2's peer, never a finding.
+#[test]
+fn evpn_dropped_subnet_broadcasts_are_not_loss() {
+    const N: u64 = 12;
+    let lab = EvpnLab::up("evpn-bcast");
+    let leaf1 = lab.leaf_ns(1);
+    sh(&["ip", "-n", &leaf1, "addr", "flush", "dev", evpn::BRIDGE]);
+    let w = Watcher::start(&leaf1, &[]);
+    let h21 = lab.host("h21").ns.clone();
+    vxtrace::netns::run_in(&h21, move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.set_broadcast(true)?;
+        for _ in 0..N {
+            s.send_to(b"vxtrace", "192.0.2.255:9")?;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    })
+    .unwrap();
+    let s = w.stop();
+    let p = s.peer(&key(vtep(2)));
+    let dropped: u64 = p.drops.values().sum();
+    let not_loss: u64 = p.drops_not_loss.values().sum();
+    assert_eq!((dropped, not_loss), (N, N), "{}", json(&s));
+    assert!(p.findings.is_empty(), "{}", json(&s));
+}

@@ -394,6 +394,10 @@ pub const DROP_KIND_SYNACK: u32 = 1;
 /// An outer VXLAN packet (to or from a VXLAN port, the watched ones or
 /// another well-known one): its drop is the tunnel's, not a pod's.
 pub const DROP_KIND_OUTER: u32 = 2;
+/// An inner packet sent to a broadcast or multicast address (Ethernet or
+/// IP): a host that does not want it drops it, which loses nothing (a
+/// subnet broadcast reaching a bridge without an address, say).
+pub const DROP_KIND_GROUP: u32 = 3;
 
 /// Key of the port-mismatch map: VXLAN-shaped packets on a VXLAN port no
 /// watched device uses, per peer, port and direction.
@@ -493,6 +497,9 @@ pub struct KernelOffsets {
     pub valid: u32,
     pub skb_head: u32,
     pub skb_network_header: u32,
+    /// `sk_buff.mac_header`: a dropped inner packet's Ethernet destination
+    /// tells broadcast and multicast (nobody's loss) from unicast.
+    pub skb_mac_header: u32,
     pub skb_protocol: u32,
     pub skb_dev: u32,
     pub skb_sk: u32,
@@ -515,6 +522,7 @@ pub struct KernelOffsets {
     pub tcp_ts_recent_stamp: u32,
     pub tw_ts_recent: u32,
     pub tw_ts_recent_stamp: u32,
+    pub _pad: u32,
 }
 
 impl KernelOffsets {
@@ -523,6 +531,7 @@ impl KernelOffsets {
             valid: 0,
             skb_head: NO_FIELD,
             skb_network_header: NO_FIELD,
+            skb_mac_header: NO_FIELD,
             skb_protocol: NO_FIELD,
             skb_dev: NO_FIELD,
             skb_sk: NO_FIELD,
@@ -538,6 +547,7 @@ impl KernelOffsets {
             tcp_ts_recent_stamp: NO_FIELD,
             tw_ts_recent: NO_FIELD,
             tw_ts_recent_stamp: NO_FIELD,
+            _pad: 0,
         }
     }
 }
@@ -646,7 +656,7 @@ mod tests {
         assert_eq!(size_of::<GlobalStats>(), 6 * 8 + 2 * 16);
         assert_eq!(size_of::<MacKey>(), 12);
         assert_eq!(size_of::<MacPeer>(), 24);
-        assert_eq!(size_of::<KernelOffsets>(), 18 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 20 * 4);
         assert_eq!(size_of::<PortKey>(), 24);
         assert_eq!(size_of::<TooBig>(), 16);
         assert_eq!(size_of::<DropKey>(), 32);
@@ -655,7 +665,7 @@ mod tests {
         assert_eq!(size_of::<InnerAddr>(), 24);
         assert_eq!(
             size_of::<Config>(),
-            2 * MAX_PORTS + 8 + 16 * MAX_LOCAL_ADDRS + 4 * 4 + 18 * 4 + 8
+            2 * MAX_PORTS + 8 + 16 * MAX_LOCAL_ADDRS + 4 * 4 + 20 * 4 + 8
         );
     }
 

@@ -193,7 +193,10 @@ impl DropTable {
             if outer {
                 *d.outer_by_reason.entry(reason.clone()).or_default() += n;
             }
-            if reasons::class(&reason, outer) == reasons::DropClass::NotLoss {
+            // A packet to a broadcast or multicast address that a host did
+            // not want loses nothing, whatever the reason.
+            let group = k.kind == vxtrace_common::DROP_KIND_GROUP;
+            if group || reasons::class(&reason, outer) == reasons::DropClass::NotLoss {
                 *d.not_loss.entry(reason.clone()).or_default() += n;
             }
             let loc = match (k.location, syms) {

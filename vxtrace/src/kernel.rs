@@ -91,6 +91,9 @@ pub fn skb_offsets(btf: &Btf) -> Result<KernelOffsets> {
     let mut o = KernelOffsets::none();
     o.skb_head = offset_of(btf, "sk_buff", &["head"])?;
     o.skb_network_header = offset_of(btf, "sk_buff", &["network_header"])?;
+    // Only tells broadcast and multicast drops apart; without it they are
+    // counted like any other.
+    o.skb_mac_header = offset_of(btf, "sk_buff", &["mac_header"]).unwrap_or(NO_FIELD);
     o.skb_protocol = offset_of(btf, "sk_buff", &["protocol"])?;
     o.skb_dev = offset_of(btf, "sk_buff", &["dev"])?;
     o.skb_sk = offset_of(btf, "sk_buff", &["sk"])?;

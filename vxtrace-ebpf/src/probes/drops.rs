@@ -17,8 +17,9 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use vxtrace_common::{
-    DROP_KIND_OUTER, DROP_KIND_PACKET, DROP_KIND_SYNACK, DROP_MEMO_EMPTY, DROP_MEMO_NO_PEER,
-    DROP_MEMO_PEER, DropKey, DropMemo, MEMO_RECHECK, NO_FIELD, PeerKey, REASON_UNKNOWN, TooBig,
+    DROP_KIND_GROUP, DROP_KIND_OUTER, DROP_KIND_PACKET, DROP_KIND_SYNACK, DROP_MEMO_EMPTY,
+    DROP_MEMO_NO_PEER, DROP_MEMO_PEER, DropKey, DropMemo, MEMO_RECHECK, NO_FIELD, PeerKey,
+    REASON_UNKNOWN, TooBig,
 };
 
 use crate::{
@@ -176,13 +177,15 @@ fn owner_of_packet(src: &PeerKey, dst: &PeerKey, memo: &mut DropMemo) -> Option<
     owner
 }
 
-/// The skb's protocol and network header offset. Both are 16-bit fields
-/// of the same header group, next to each other in every kernel: one read
-/// takes both when they are within 8 bytes.
+/// The skb's protocol, network header and MAC header offsets (0xffff:
+/// unset or unknown). They are 16-bit fields of the same header group,
+/// next to each other in every kernel: one read takes them when they are
+/// within 8 bytes.
 #[inline(always)]
-fn proto_and_network_header(skb: u64) -> Option<(u16, u16)> {
+fn header_offsets(skb: u64) -> Option<(u16, u16, u16)> {
     let o = config!(offsets);
     let (p, n) = (field(o.skb_protocol)?, field(o.skb_network_header)?);
+    let m = field(o.skb_mac_header);
     let lo = if p < n { p } else { n };
     let hi = if p < n { n } else { p };
     if hi - lo <= 6 {
@@ -191,10 +194,35 @@ fn proto_and_network_header(skb: u64) -> Option<(u16, u16)> {
         // something the verifier accepts.
         let w: u64 = kread(skb + lo)?;
         let at = |off: u64| (w >> ((off - lo) * 8)) as u16;
-        Some((u16::from_be(at(p)), at(n)))
+        let mac = match m {
+            Some(m) if m >= lo && m - lo <= 6 => at(m),
+            Some(m) => kread(skb + m).unwrap_or(NO_HEADER),
+            None => NO_HEADER,
+        };
+        Some((u16::from_be(at(p)), at(n), mac))
     } else {
-        Some((u16::from_be(kread::<u16>(skb + p)?), kread(skb + n)?))
+        let mac = m.and_then(|m| kread(skb + m)).unwrap_or(NO_HEADER);
+        Some((u16::from_be(kread::<u16>(skb + p)?), kread(skb + n)?, mac))
     }
+}
+
+/// An unset header offset in an skb.
+const NO_HEADER: u16 = 0xffff;
+
+/// Whether an inner packet went to a group: a broadcast or multicast IP
+/// destination, or (a subnet broadcast) a group Ethernet destination.
+#[inline(always)]
+fn sent_to_a_group(dst: &PeerKey, v4: bool, head: u64, mac_header: u16) -> bool {
+    let a = &dst.addr;
+    let ip_group = if v4 {
+        a[12] >= 224 // multicast, and 255.255.255.255
+    } else {
+        a[0] == 0xff
+    };
+    if ip_group {
+        return true;
+    }
+    mac_header != NO_HEADER && kread::<u8>(head + mac_header as u64).is_some_and(|b| b & 1 != 0)
 }
 
 /// The peer a dropped packet belongs to, if any, and what kind of packet
@@ -205,8 +233,8 @@ fn attribute(skb: u64, memo: &mut DropMemo) -> Option<(PeerKey, u32)> {
     if o.valid == 0 {
         return None;
     }
-    let (proto, nh) = proto_and_network_header(skb)?;
-    if nh == 0xffff || (proto != ETH_P_IP && proto != ETH_P_IPV6) {
+    let (proto, nh, mh) = header_offsets(skb)?;
+    if nh == NO_HEADER || (proto != ETH_P_IP && proto != ETH_P_IPV6) {
         return None;
     }
     let head: u64 = kread(skb + field(o.skb_head)?)?;
@@ -270,12 +298,15 @@ fn attribute(skb: u64, memo: &mut DropMemo) -> Option<(PeerKey, u32)> {
         };
         return outer.map(|p| (p, DROP_KIND_OUTER));
     }
+    let owner = owner_of_packet(&src, &dst, memo)?;
     let kind = if l4_proto == IPPROTO_TCP && tcp_flags & 0x16 == 0x12 {
         DROP_KIND_SYNACK
+    } else if sent_to_a_group(&dst, proto == ETH_P_IP, head, mh) {
+        DROP_KIND_GROUP
     } else {
         DROP_KIND_PACKET
     };
-    owner_of_packet(&src, &dst, memo).map(|p| (p, kind))
+    Some((owner, kind))
 }
 
 /// Records the size of a packet dropped as too big (rare: only these drops
