@@ -419,3 +419,90 @@ fn multicast_group_is_not_a_silent_peer() {
     assert_eq!(b_peer.rx_nic.packets, 6, "{}", json(&sa));
     assert_eq!(b_peer.rx_decap.packets, 6, "{}", json(&sa));
 }
+
+/// A routed underlay whose uplinks change while vxtrace runs: node A
+/// reaches B through `up1` at start; then a second uplink comes up and the
+/// route to B's VTEP moves to it (as a fabric does when a link is added or
+/// a path changes). vxtrace watches the new uplink within a refresh, says
+/// so, and counts the echoes after the move exactly; no finding, where it
+/// used to report "lost while encapsulating" with rx_decap above rx_nic.
+#[test]
+fn routed_underlay_uplink_added_while_running() {
+    use vxtrace::schema::Line;
+    use vxtrace_tests::sh;
+    let ns = |n: &str| format!("vt-up-{n}");
+    let (a, b) = (ns("a"), ns("b"));
+    let _made = Namespaces::new(&[&a, &b]);
+    let link = |nic: &str, far: &str, net: u8| {
+        sh(&[
+            "ip", "link", "add", nic, "netns", &a, "type", "veth", "peer", "name", far, "netns", &b,
+        ]);
+        ip(&a, &format!("link set {nic} up"));
+        ip(&b, &format!("link set {far} up"));
+        ip(&a, &format!("addr add 169.254.{net}.1/30 dev {nic}"));
+        ip(&b, &format!("addr add 169.254.{net}.2/30 dev {far}"));
+    };
+    link("up1", "dn1", 1);
+    ip(&a, "route add 10.9.8.2/32 via 169.254.1.2");
+    ip(&b, "route add 10.9.8.1/32 via 169.254.1.1");
+    for (n, i) in [(&a, 1u8), (&b, 2)] {
+        ip(n, &format!("addr add 10.9.8.{i}/32 dev lo"));
+        ip(
+            n,
+            &format!("link add vxr type vxlan id 5006 dstport 4789 local 10.9.8.{i} nolearning"),
+        );
+        ip(
+            n,
+            &format!("link set vxr address 02:00:00:00:06:0{i} mtu 1450"),
+        );
+        ip(n, &format!("addr add 10.201.0.{i}/24 dev vxr"));
+        ip(n, "link set vxr up");
+    }
+    for (n, i) in [(&a, 2u8), (&b, 1)] {
+        let mac = format!("02:00:00:00:06:0{i}");
+        ip(
+            n,
+            &format!("neigh add 10.201.0.{i} lladdr {mac} dev vxr nud permanent"),
+        );
+        sh(&[
+            "bridge",
+            "-n",
+            n,
+            "fdb",
+            "append",
+            &mac,
+            "dev",
+            "vxr",
+            "dst",
+            &format!("10.9.8.{i}"),
+        ]);
+    }
+    let mut on_a = Watcher::start(&a, &["--netns", "self"]);
+    assert_eq!(on_a.attached.underlays, vec!["up1".to_string()]);
+    let ping = |n| vxtrace::lab::ping_from(&a, "10.201.0.2".parse().unwrap(), n, Duration::ZERO);
+    assert_eq!(ping(6).unwrap(), 6);
+    // The new uplink; both ends route through it from now on.
+    link("up2", "dn2", 2);
+    ip(&a, "route replace 10.9.8.2/32 via 169.254.2.2");
+    ip(&b, "route replace 10.9.8.1/32 via 169.254.2.1");
+    let added = on_a
+        .next_matching(
+            |l| matches!(l, Line::DeviceAdded(d) if d.device == "up2"),
+            Duration::from_secs(10),
+        )
+        .expect("no device_added event for up2");
+    let Line::DeviceAdded(added) = added else {
+        unreachable!()
+    };
+    assert!(added.message.contains("watching it"), "{}", added.message);
+    assert_eq!(ping(8).unwrap(), 8);
+    let sa = on_a.stop();
+    assert_exact(&sa, "10.9.8.2", 14, 14, ICMP_IP_LEN, false);
+    assert!(sa.peer("10.9.8.2").findings.is_empty(), "{}", json(&sa));
+    assert_eq!(
+        sa.underlays,
+        vec!["up1".to_string(), "up2".to_string()],
+        "{}",
+        json(&sa)
+    );
+}

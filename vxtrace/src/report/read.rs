@@ -111,6 +111,7 @@ impl Recording {
             | Line::DeviceGone(_)
             | Line::DeviceReattached(_)
             | Line::DeviceError(_)
+            | Line::DeviceAdded(_)
             | Line::BlindSpot(_)
             | Line::MacMoved(_) => {}
         }

@@ -39,6 +39,9 @@ pub enum Line {
     DeviceGone(DeviceChange),
     DeviceReattached(DeviceChange),
     DeviceError(DeviceChange),
+    /// A device that carries the overlay now (a new uplink) and is watched
+    /// from now on.
+    DeviceAdded(DeviceChange),
     /// vxtrace stopped seeing some packets, or sees them again.
     BlindSpot(BlindSpot),
     /// An FDB entry's VTEP changed: a host moved behind another peer.

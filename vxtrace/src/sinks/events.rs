@@ -49,7 +49,10 @@ pub fn describe(line: &Line) -> Option<String> {
             "{} is one-way: sent {}, received {} over {:.0} s",
             w.peer, w.sent, w.received, w.window_s
         ),
-        Line::DeviceGone(d) | Line::DeviceReattached(d) | Line::DeviceError(d) => d.message.clone(),
+        Line::DeviceGone(d)
+        | Line::DeviceReattached(d)
+        | Line::DeviceError(d)
+        | Line::DeviceAdded(d) => d.message.clone(),
         Line::BlindSpot(b) => b.message.clone(),
         Line::MacMoved(m) => format!(
             "{} on {} (VNI {}) moved from VTEP {} to {}: counted on {} from now on",

@@ -64,6 +64,7 @@ impl DeviceWatch {
         };
         let mut events = self.vxlan_devices(tracer, plan, &fresh);
         events.extend(self.underlays(tracer, plan, &fresh));
+        events.extend(self.new_underlays(tracer, plan, &fresh));
         // New peers join the FDB while we run, hosts move between them;
         // keep attribution current.
         match tracer.seed_from(&fresh, &plan.vxlan) {
@@ -108,6 +109,49 @@ impl DeviceWatch {
                 }
                 None if was.is_some() => events.push(self.gone("underlay device", name)),
                 _ => {}
+            }
+        }
+        events
+    }
+
+    /// Devices that carry the overlay now and did not at start (an uplink
+    /// that came up, a route moved to another NIC): watched from now on.
+    /// Devices no longer used stay watched (they may come back).
+    fn new_underlays(
+        &mut self,
+        tracer: &mut Tracer,
+        plan: &mut Plan,
+        snap: &Snapshot,
+    ) -> Vec<Line> {
+        if plan.underlays_named {
+            return Vec::new();
+        }
+        let mut events = Vec::new();
+        for name in super::plan::current_underlays(snap, &plan.vxlan) {
+            if plan.underlays.contains(&name) {
+                continue;
+            }
+            let ifindex = snap.link_by_name(&name).map(|l| l.ifindex);
+            plan.underlays.push(name.clone());
+            plan.underlays.sort();
+            match tracer.attach_underlay(&name) {
+                Ok(()) => {
+                    self.known.insert(name.clone(), ifindex);
+                    events.push(Line::DeviceAdded(DeviceChange {
+                        device: name.clone(),
+                        ifindex,
+                        message: format!(
+                            "underlay device {name} now carries the overlay's traffic (a route to a peer goes through it): watching it"
+                        ),
+                    }));
+                }
+                Err(e) => events.push(Line::DeviceError(DeviceChange {
+                    device: name.clone(),
+                    ifindex,
+                    message: format!(
+                        "{name} now carries the overlay's traffic but attaching to it failed: {e:#}; its packets are not counted (name it with --iface)"
+                    ),
+                })),
             }
         }
         events

@@ -34,6 +34,9 @@ pub struct Plan {
     pub gbp: bool,
     pub filter_vni: bool,
     pub notes: Vec<String>,
+    /// The underlay devices were named with --iface: they are not re-chosen
+    /// when routes change.
+    pub underlays_named: bool,
 }
 
 pub fn plan(args: &WatchArgs, snap: &Snapshot) -> Result<Plan> {
@@ -91,6 +94,7 @@ pub fn plan(args: &WatchArgs, snap: &Snapshot) -> Result<Plan> {
         gbp,
         filter_vni,
         notes,
+        underlays_named: !args.ifaces.is_empty(),
     })
 }
 
@@ -162,6 +166,18 @@ fn choose_underlays(
     Ok(sorted(underlays))
 }
 
+/// The underlay devices `vxlan`'s traffic uses now (routes change: an
+/// uplink comes up, a route moves to another NIC), as at start.
+pub fn current_underlays(snap: &Snapshot, vxlan: &[VxlanDevice]) -> Vec<String> {
+    let mut notes = Vec::new();
+    sorted(
+        vxlan
+            .iter()
+            .filter_map(|d| underlay_of(snap, d, &mut notes).ok())
+            .flatten(),
+    )
+}
+
 /// The devices that carry `dev`'s encapsulated traffic: its `dev`, the
 /// owner of its `local` address, else the devices that reach its remotes
 /// (its FDB entries' and lightweight-tunnel routes' destinations: a
@@ -193,7 +209,7 @@ fn underlay_of(snap: &Snapshot, dev: &VxlanDevice, notes: &mut Vec<String>) -> R
     if !by_remotes.is_empty() {
         if dev.local.is_some() {
             notes.push(format!(
-                "{}'s local address is on no device that sends (a routed underlay): watching the devices that reach its peers: {} (peers reached later through another device are not seen there)",
+                "{}'s local address is on no device that sends (a routed underlay): watching the devices that reach its peers: {} (and any device a route to a peer goes through later)",
                 dev.name,
                 by_remotes.join(", ")
             ));

@@ -402,6 +402,7 @@ mod tests {
             gbp: false,
             filter_vni: true,
             notes: Vec::new(),
+            underlays_named: false,
         }
     }
 
