@@ -12,9 +12,11 @@ use crate::{
     schema::{PeerSummary, Report, ReportPeer},
 };
 
+mod clock;
 pub mod cluster;
 #[cfg(test)]
 mod lines;
+pub mod matrix;
 mod plot;
 pub mod read;
 
@@ -108,7 +110,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         if args.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
-            print!("{}", cluster::text(&r));
+            print!("{}", matrix::text(&r));
         }
         return Ok(());
     }
