@@ -11,11 +11,15 @@
 //! flight at the window's edges are not counted as loss. Recordings that
 //! share no time, even so, are not judged: comparing them would read as
 //! "nothing lost" (or everything).
+//!
+//! A peer no recording given is from keeps its links, not judged, with
+//! the recorded end's counts and findings (`far_end`).
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use super::{
     clock::{self, Flow},
+    far_end,
     read::{Recording, Sample},
 };
 use crate::{
@@ -92,7 +96,8 @@ fn disambiguate(nodes: &mut [(Node, Recording)]) {
     }
 }
 
-/// Every directed link between recorded nodes, and the blackholes.
+/// Every directed link between recorded nodes, the links of peers no
+/// recording is from, and the blackholes.
 pub fn cluster_report(nodes: &[ClusterNode], skew: f64) -> ClusterReport {
     let pairs = link_pairs(nodes);
     let lineups = line_up(nodes, &pairs, skew);
@@ -105,7 +110,7 @@ pub fn cluster_report(nodes: &[ClusterNode], skew: f64) -> ClusterReport {
         })
         .collect();
     let blackholes = blackholes(nodes, &pairs, &lineups, &timings);
-    let links: Vec<Link> = pairs
+    let mut links: Vec<Link> = pairs
         .iter()
         .zip(&lineups)
         .zip(&timings)
@@ -114,6 +119,8 @@ pub fn cluster_report(nodes: &[ClusterNode], skew: f64) -> ClusterReport {
             _ => apart_link(nodes, p, lineup, skew),
         })
         .collect();
+    let unrecorded = far_end::unrecorded(nodes);
+    links.extend(far_end::links(nodes, &unrecorded));
     ClusterReport {
         nodes: nodes
             .iter()
@@ -131,6 +138,7 @@ pub fn cluster_report(nodes: &[ClusterNode], skew: f64) -> ClusterReport {
         clock_skew_s: skew,
         links,
         blackholes,
+        unrecorded,
     }
 }
 
@@ -701,9 +709,12 @@ fn others_reached(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{
-        lines::{Counts, header, interval, ip},
-        matrix,
+    use crate::{
+        report::{
+            lines::{Counts, header, interval, ip},
+            matrix,
+        },
+        schema::Cause,
     };
 
     const T0: f64 = 1_700_000_000.0;
@@ -751,6 +762,69 @@ mod tests {
             .iter()
             .find(|l| l.from_node == from && l.to_node == to)
             .unwrap_or_else(|| panic!("no link {from} -> {to}: {:#?}", r.links))
+    }
+
+    /// A peer no recording is from is a node of the report: its links
+    /// not judged, the recorded end's counts and its own one-way finding
+    /// as its single-node report names it. The recorded pair is judged.
+    #[test]
+    fn a_node_without_a_recording_keeps_its_links_and_findings() {
+        let nodes = nodes(two_nodes(0.0));
+        let r = cluster_report(&nodes, 2.0);
+        let c = ip("192.0.2.13");
+        assert_eq!(
+            r.unrecorded,
+            vec![crate::schema::UnrecordedNode {
+                name: "192.0.2.13".into(),
+                vteps: vec![c],
+                seen_by: vec!["node1".into()],
+            }]
+        );
+        let out = link(&r, "node1", "192.0.2.13");
+        assert_eq!(out.status, LinkStatus::FarEndNotRecorded);
+        assert_eq!(out.loss_segment, Segment::NotJudged);
+        assert_eq!((out.tx_dev, out.tx_encap, out.rx_nic), (30, 30, 0));
+        assert_eq!(out.cause, Some(Cause::OneWay));
+        assert_eq!(out.findings[0].headline, "one-way: sent 30, received 0");
+        assert_eq!(out.evidence, "tx_encap 30, rx_nic 0");
+        assert_eq!(out.findings, nodes[0].report.peers[&c].causes);
+        assert!(
+            out.not_judged
+                .as_deref()
+                .is_some_and(|w| w.starts_with("no recording of the far end (192.0.2.13)")),
+            "{out:#?}"
+        );
+        let back = link(&r, "192.0.2.13", "node1");
+        assert_eq!(back.status, LinkStatus::FarEndNotRecorded);
+        assert_eq!((back.tx_encap, back.rx_nic, back.rx_decap), (0, 0, 0));
+        let lost = link(&r, "node2", "node1");
+        assert_eq!(lost.status, LinkStatus::Judged);
+        assert_eq!((lost.tx_encap, lost.rx_nic), (60, 0));
+        assert_eq!((lost.loss_segment, lost.lost), (Segment::Path, 60));
+        let fine = link(&r, "node1", "node2");
+        assert_eq!((fine.tx_encap, fine.rx_nic), (60, 60));
+        assert_eq!(fine.loss_segment, Segment::None);
+        let words = matrix::text(&r);
+        assert!(words.contains("far end not recorded"), "{words}");
+        assert!(
+            words.contains(
+                "node1 (192.0.2.11) -> 192.0.2.13: not judged: no recording of the far end"
+            ),
+            "{words}"
+        );
+        assert!(
+            words.contains("likely cause: one-way: sent 30, received 0"),
+            "{words}"
+        );
+    }
+
+    /// A multicast group a device floods to is not a node.
+    #[test]
+    fn a_multicast_group_is_no_unrecorded_node() {
+        let r = cluster_report(&nodes(two_nodes_and(0.0, "239.1.1.1")), 2.0);
+        assert!(r.unrecorded.is_empty(), "{:#?}", r.unrecorded);
+        assert_eq!(r.links.len(), 2, "{:#?}", r.links);
+        assert!(r.links.iter().all(|l| l.status == LinkStatus::Judged));
     }
 
     /// node2's clock an hour ahead: the recordings share no time, every

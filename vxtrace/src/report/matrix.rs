@@ -8,7 +8,12 @@ use crate::schema::{ClusterReport, Link, LinkStatus, Segment};
 
 pub fn text(r: &ClusterReport) -> String {
     let mut s = String::new();
-    let names: Vec<&str> = r.nodes.iter().map(|n| n.name.as_str()).collect();
+    let names: Vec<&str> = r
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .chain(r.unrecorded.iter().map(|n| n.name.as_str()))
+        .collect();
     let rows: Vec<Vec<String>> = names
         .iter()
         .map(|from| {
@@ -44,9 +49,18 @@ pub fn text(r: &ClusterReport) -> String {
         }
         let _ = writeln!(s);
     }
+    for u in &r.unrecorded {
+        let _ = writeln!(
+            s,
+            "\nno recording of {} (a peer of {}): its links are not judged (far end not recorded)",
+            u.name,
+            u.seen_by.join(", ")
+        );
+    }
     for l in &r.links {
         if l.status != LinkStatus::Judged {
-            not_judged(&mut s, l);
+            let receiver_unrecorded = r.unrecorded.iter().any(|u| u.name == l.to_node);
+            not_judged(&mut s, l, receiver_unrecorded);
         } else if l.loss_segment != Segment::None {
             let _ = writeln!(
                 s,
@@ -72,7 +86,7 @@ pub fn text(r: &ClusterReport) -> String {
 
 /// A link that cannot be judged: why, what each recorded end counted
 /// (over its own recording, not compared), its own findings.
-fn not_judged(s: &mut String, l: &Link) {
+fn not_judged(s: &mut String, l: &Link, receiver_unrecorded: bool) {
     let _ = writeln!(
         s,
         "\n{} -> {}: not judged: {}",
@@ -82,11 +96,17 @@ fn not_judged(s: &mut String, l: &Link) {
     );
     let sent = format!("tx_dev {} · tx_encap {}", l.tx_dev, l.tx_encap);
     let got = format!("rx_nic {} · rx_decap {}", l.rx_nic, l.rx_decap);
-    let _ = writeln!(
-        s,
-        "  {} counted: {sent}; {}: {got} (not compared)",
-        l.from_node, l.to_node
-    );
+    let _ = match l.status {
+        LinkStatus::FarEndNotRecorded if receiver_unrecorded => {
+            writeln!(s, "  {} counted: {sent}", l.from_node)
+        }
+        LinkStatus::FarEndNotRecorded => writeln!(s, "  {} counted: {got}", l.to_node),
+        _ => writeln!(
+            s,
+            "  {} counted: {sent}; {}: {got} (not compared)",
+            l.from_node, l.to_node
+        ),
+    };
     findings(s, l);
 }
 

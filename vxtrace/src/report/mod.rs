@@ -14,6 +14,7 @@ use crate::{
 
 mod clock;
 pub mod cluster;
+mod far_end;
 #[cfg(test)]
 mod lines;
 pub mod matrix;

@@ -175,7 +175,12 @@ fn heat_map(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     r: &ClusterReport,
 ) -> Result<()> {
-    let names: Vec<&str> = r.nodes.iter().map(|n| n.name.as_str()).collect();
+    let names: Vec<&str> = r
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .chain(r.unrecorded.iter().map(|n| n.name.as_str()))
+        .collect();
     let n = names.len().max(1);
     let mut chart = ChartBuilder::on(area)
         .caption(

@@ -56,6 +56,23 @@ pub struct ClusterReport {
     pub links: Vec<Link>,
     /// One node's traffic to several peers lost in the same seconds.
     pub blackholes: Vec<Blackhole>,
+    /// Peers of the recorded nodes that no recording given is from: they
+    /// are in the matrix and the links, their links not judged.
+    #[serde(default)]
+    pub unrecorded: Vec<UnrecordedNode>,
+}
+
+/// A peer no recording given is from (a node not recorded, or its
+/// recording left out).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnrecordedNode {
+    /// Its address: nothing else names it.
+    pub name: String,
+    /// Its addresses (those a recorded node's kernel state shows are one
+    /// node, e.g. a dual-stack node's IPv4 and IPv6 VTEP).
+    pub vteps: Vec<IpAddr>,
+    /// The recorded nodes that count it as a peer.
+    pub seen_by: Vec<String>,
 }
 
 /// Whether a link's two ends could be compared.
