@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vxtrace::schema::{Cause, ClusterReport, Link, Segment};
+use vxtrace::schema::{Cause, ClusterReport, Line, Link, LinkStatus, Report, Segment};
 use vxtrace_tests::{
     LabGuard, Watcher, bin, run,
     scenarios::{cut_path, drop_vxlan_at_input, nft},
@@ -37,8 +37,15 @@ impl Drop for Dir {
 
 /// A recording watcher on every node, named node1..nodeN.
 fn record_all(lab: &LabGuard, dir: &Path) -> Vec<Watcher> {
-    (1..=lab.nodes)
-        .map(|n| {
+    record(lab, dir, &(1..=lab.nodes).collect::<Vec<_>>())
+}
+
+/// A recording watcher on each of `nodes`, recording into
+/// `dir/nodeN.ndjson`.
+fn record(lab: &LabGuard, dir: &Path, nodes: &[u8]) -> Vec<Watcher> {
+    nodes
+        .iter()
+        .map(|&n| {
             let file = dir.join(format!("node{n}.ndjson"));
             Watcher::start(
                 &lab.node_ns(n),
@@ -56,9 +63,27 @@ fn record_all(lab: &LabGuard, dir: &Path) -> Vec<Watcher> {
 }
 
 fn cluster_report(dir: &Path) -> ClusterReport {
-    let (code, out, err) = run(Command::new(bin()).args(["report", "--json"]).arg(dir));
+    report_of(&[dir], &[])
+}
+
+/// `vxtrace report --json` of these recordings, with these options.
+fn report_of(recordings: &[&Path], options: &[&str]) -> ClusterReport {
+    let (code, out, err) = run(Command::new(bin())
+        .args(["report", "--json"])
+        .args(options)
+        .args(recordings));
     assert_eq!(code, 0, "{err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not a cluster report ({e}): {out}"))
+}
+
+/// `vxtrace report` of these recordings, in words.
+fn report_text(recordings: &[&Path], options: &[&str]) -> String {
+    let (code, out, err) = run(Command::new(bin())
+        .arg("report")
+        .args(options)
+        .args(recordings));
+    assert_eq!(code, 0, "{err}");
+    out
 }
 
 fn link<'a>(r: &'a ClusterReport, from: &str, to: &str) -> &'a Link {
@@ -255,4 +280,236 @@ fn a_blackholed_node_is_one_event() {
         assert_eq!(l.cause, Some(Cause::SubnetBlackhole), "{l:#?}");
     }
     assert_eq!(link(&r, "node2", "node3").loss_segment, Segment::None);
+}
+
+/// Three nodes, node 3's recording left out of the report, the path from
+/// node 1 to node 3 cut: node 3 is still in the report, its links marked
+/// "far end not recorded" and not judged, node 1's one-way finding about
+/// it as node 1's own report names it; node 1 <-> node 2 judged as
+/// before.
+#[test]
+fn a_node_without_a_recording_keeps_its_links_and_findings() {
+    let lab = LabGuard::new("vt-clu", 3, false, 8472);
+    let dir = Dir::new("vt-clu");
+    let watchers = record_all(&lab, &dir.0);
+    cut_path(&lab, 1, 3);
+    assert_eq!(lab.ping(1, 2, 20, Duration::ZERO).unwrap(), 20);
+    assert_eq!(lab.ping(1, 3, 10, Duration::ZERO).unwrap(), 0);
+    assert_eq!(lab.ping(2, 3, 10, Duration::ZERO).unwrap(), 10);
+    std::thread::sleep(Duration::from_millis(1200));
+    for w in watchers {
+        w.stop();
+    }
+    let (node1, node2) = (dir.0.join("node1.ndjson"), dir.0.join("node2.ndjson"));
+    let r = report_of(&[&node1, &node2], &[]);
+    let c = lab.underlay_ip(3);
+    assert_eq!(r.nodes.len(), 2, "{:#?}", r.nodes);
+    assert_eq!(r.unrecorded.len(), 1, "{:#?}", r.unrecorded);
+    let u = &r.unrecorded[0];
+    assert_eq!(
+        (u.name.as_str(), u.vteps.as_slice()),
+        ("192.0.2.13", &[c][..])
+    );
+    assert_eq!(u.seen_by, vec!["node1", "node2"]);
+
+    // node1 -> node3: node1's counts and its one-way finding.
+    let cut = link(&r, "node1", "192.0.2.13");
+    assert_eq!(cut.from, lab.underlay_ip(1));
+    assert_eq!(cut.status, LinkStatus::FarEndNotRecorded, "{cut:#?}");
+    assert_eq!(cut.loss_segment, Segment::NotJudged, "{cut:#?}");
+    assert_eq!(
+        (cut.tx_dev, cut.tx_encap, cut.rx_nic, cut.rx_decap),
+        (10, 10, 0, 0),
+        "{cut:#?}"
+    );
+    assert_eq!(cut.cause, Some(Cause::OneWay), "{cut:#?}");
+    assert_eq!(cut.findings[0].headline, "one-way: sent 10, received 0");
+    assert_eq!(cut.evidence, "tx_encap 10, rx_nic 0");
+    // Exactly as node 1's own report names them.
+    let (code, out, err) = run(Command::new(bin()).args(["report", "--json"]).arg(&node1));
+    assert_eq!(code, 0, "{err}");
+    let alone: Report = serde_json::from_str(&out).unwrap();
+    assert_eq!(cut.findings, alone.peers[&c].causes);
+    let back = link(&r, "192.0.2.13", "node1");
+    assert_eq!(back.status, LinkStatus::FarEndNotRecorded, "{back:#?}");
+    assert_eq!((back.tx_encap, back.rx_nic, back.rx_decap), (0, 0, 0));
+
+    // node2 <-> node3: node2's counts, nothing found.
+    let out2 = link(&r, "node2", "192.0.2.13");
+    assert_eq!(out2.status, LinkStatus::FarEndNotRecorded);
+    assert_eq!((out2.tx_dev, out2.tx_encap), (10, 10), "{out2:#?}");
+    assert!(out2.findings.is_empty(), "{out2:#?}");
+    let in2 = link(&r, "192.0.2.13", "node2");
+    assert_eq!((in2.rx_nic, in2.rx_decap), (10, 10), "{in2:#?}");
+
+    // node1 <-> node2: judged, nothing lost.
+    for (from, to) in [("node1", "node2"), ("node2", "node1")] {
+        let l = link(&r, from, to);
+        assert_eq!(l.status, LinkStatus::Judged, "{l:#?}");
+        assert_eq!(
+            (l.tx_dev, l.tx_encap, l.rx_nic, l.rx_decap),
+            (20, 20, 20, 20),
+            "{l:#?}"
+        );
+        assert_eq!(l.loss_segment, Segment::None, "{l:#?}");
+    }
+    assert_eq!(r.links.len(), 6, "{:#?}", r.links);
+
+    let text = report_text(&[&node1, &node2], &[]);
+    assert!(text.contains("far end not recorded"), "{text}");
+    assert!(
+        text.contains(
+            "node1 (192.0.2.11) -> 192.0.2.13: not judged: no recording of the far end (192.0.2.13)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("node1 counted: tx_dev 10 · tx_encap 10"),
+        "{text}"
+    );
+    assert!(
+        text.contains("likely cause: one-way: sent 10, received 0"),
+        "{text}"
+    );
+    assert!(text.contains(&cut.findings[0].fix), "{text}");
+}
+
+/// `file` with every timestamp moved by `by` seconds, through the typed
+/// lines: what a node whose clock is that far off writes.
+fn shifted(file: &Path, to: &Path, by: f64) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut out = String::new();
+    for raw in text.lines() {
+        let mut line = Line::parse(raw).unwrap_or_else(|e| panic!("{e}: {raw}"));
+        match &mut line {
+            Line::Header(h) => h.started += by,
+            Line::Interval(i) => i.ts += by,
+            Line::OutageStart(o) | Line::OutageEnd(o) => {
+                o.start += by;
+                o.end = o.end.map(|e| e + by);
+            }
+            Line::OutageGroup(g) => g.start += by,
+            _ => {}
+        }
+        out.push_str(&line.to_json());
+        out.push('\n');
+    }
+    std::fs::write(to, out).unwrap();
+}
+
+/// node2's clock an hour ahead, the path node2 -> node1 cut: the two
+/// recordings share no time, so no link between them is judged (never
+/// "0% none" over a backwards window), and the words name the offset the
+/// traffic shows; re-run with the --clock-skew they name, the 100% loss
+/// is judged with exact counts.
+#[test]
+fn recordings_of_a_skewed_clock_are_not_judged_until_lined_up() {
+    let lab = LabGuard::new("vt-cls", 2, false, 8472);
+    let dir = Dir::new("vt-cls");
+    let watchers = record_all(&lab, &dir.0);
+    cut_path(&lab, 2, 1);
+    assert_eq!(lab.ping(1, 2, 20, Duration::ZERO).unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(1200));
+    for w in watchers {
+        w.stop();
+    }
+    let node1 = dir.0.join("node1.ndjson");
+    let node2 = dir.0.join("node2-an-hour-ahead.ndjson");
+    shifted(&dir.0.join("node2.ndjson"), &node2, 3600.0);
+    let r = report_of(&[&node1, &node2], &[]);
+    for l in &r.links {
+        assert!(l.window.0 <= l.window.1, "{l:#?}");
+        assert_eq!(l.status, LinkStatus::NoSharedSpan, "{l:#?}");
+        assert_eq!(l.loss_segment, Segment::NotJudged, "{l:#?}");
+        let words = l.not_judged.as_deref().unwrap_or_default();
+        assert!(words.starts_with("the recordings share no time"), "{words}");
+    }
+    let there = link(&r, "node1", "node2");
+    // Known to within an interval (500 ms) either way: where in its
+    // intervals each node counted the packets is not known.
+    let ahead = there
+        .suggested_clock_offset_s
+        .expect("an offset from the traffic");
+    assert!((ahead - 3600.0).abs() < 1.0, "{there:#?}");
+    // Each end's own counts, not compared.
+    let back = link(&r, "node2", "node1");
+    assert_eq!((back.tx_encap, back.rx_nic), (20, 0), "{back:#?}");
+    let text = report_text(&[&node1, &node2], &[]);
+    assert!(text.contains("no shared span"), "{text}");
+    assert!(!text.contains("% none"), "{text}");
+    let skew = text
+        .split("re-run with --clock-skew ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no --clock-skew to re-run with: {text}"));
+    let seconds: f64 = skew.parse().unwrap();
+    assert!((3600.0..=3602.0).contains(&seconds), "{skew}");
+
+    let r = report_of(&[&node1, &node2], &["--clock-skew", skew]);
+    let lost = link(&r, "node2", "node1");
+    assert_eq!(lost.status, LinkStatus::Judged, "{lost:#?}");
+    assert_eq!(
+        (lost.tx_dev, lost.tx_encap, lost.rx_nic, lost.rx_decap),
+        (20, 20, 0, 0),
+        "{lost:#?}"
+    );
+    assert_eq!(
+        (lost.loss_segment, lost.lost),
+        (Segment::Path, 20),
+        "{lost:#?}"
+    );
+    assert_eq!(lost.cause, Some(Cause::PathLoss), "{lost:#?}");
+    assert!(
+        (lost.clock_offset_s.unwrap() + 3600.0).abs() < 1.0,
+        "{lost:#?}"
+    );
+    let fine = link(&r, "node1", "node2");
+    assert_eq!(
+        (fine.tx_encap, fine.rx_nic, fine.rx_decap),
+        (20, 20, 20),
+        "{fine:#?}"
+    );
+    assert_eq!(fine.loss_segment, Segment::None, "{fine:#?}");
+}
+
+/// node1 recorded, then node2, one after the other, the path node2 ->
+/// node1 cut: the recordings share no time and their traffic lines up
+/// nowhere; both links not judged, the words say to record both at once.
+#[test]
+fn recordings_of_different_times_are_not_judged() {
+    let lab = LabGuard::new("vt-clt", 2, false, 8472);
+    let dir = Dir::new("vt-clt");
+    cut_path(&lab, 2, 1);
+    let first = record(&lab, &dir.0, &[1]);
+    assert_eq!(lab.ping(1, 2, 20, Duration::ZERO).unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(1200));
+    for w in first {
+        w.stop();
+    }
+    let second = record(&lab, &dir.0, &[2]);
+    assert_eq!(lab.ping(2, 1, 10, Duration::ZERO).unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(1200));
+    for w in second {
+        w.stop();
+    }
+    let r = cluster_report(&dir.0);
+    assert_eq!(r.links.len(), 2, "{:#?}", r.links);
+    for l in &r.links {
+        assert_eq!(l.status, LinkStatus::NoSharedSpan, "{l:#?}");
+        assert_eq!(l.loss_segment, Segment::NotJudged, "{l:#?}");
+        assert!(l.window.0 <= l.window.1, "{l:#?}");
+        assert_eq!(l.suggested_clock_offset_s, None, "{l:#?}");
+        let words = l.not_judged.as_deref().unwrap_or_default();
+        assert!(
+            words.ends_with("record on both nodes at the same time"),
+            "{words}"
+        );
+    }
+    let there = link(&r, "node1", "node2");
+    assert_eq!((there.tx_encap, there.rx_nic), (20, 0), "{there:#?}");
+    let back = link(&r, "node2", "node1");
+    assert_eq!((back.tx_encap, back.rx_nic), (10, 0), "{back:#?}");
+    let text = report_text(&[&dir.0], &[]);
+    assert!(!text.contains("% none"), "{text}");
+    assert!(text.contains("no shared span"), "{text}");
 }

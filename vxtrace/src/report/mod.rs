@@ -12,9 +12,12 @@ use crate::{
     schema::{PeerSummary, Report, ReportPeer},
 };
 
+mod clock;
 pub mod cluster;
+mod far_end;
 #[cfg(test)]
 mod lines;
+pub mod matrix;
 mod plot;
 pub mod read;
 
@@ -22,7 +25,9 @@ pub use read::{Point, Recording, read, read_each};
 
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
-    /// Recording(s) written by `watch --record` (FILE.1, FILE.2 ... are read too).
+    /// Recording(s) written by `watch --record`, or directories of them
+    /// (FILE.1, FILE.2 ... are read too; a file named more than once, as
+    /// a glob does, is read once).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// One JSON object instead of text.
@@ -34,9 +39,10 @@ pub struct ReportArgs {
     /// per link.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
-    /// How far apart the nodes' clocks may be, in seconds: packets a clock
-    /// difference this large moves across the edge of the compared span
-    /// are not counted as loss.
+    /// How far apart the nodes' clocks may be, in seconds: the clock
+    /// difference that lines the nodes' traffic up is searched within it
+    /// (any size; a report whose recordings share no time names the one to
+    /// re-run with).
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     pub clock_skew: f64,
 }
@@ -108,7 +114,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         if args.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
-            print!("{}", cluster::text(&r));
+            print!("{}", matrix::text(&r));
         }
         return Ok(());
     }

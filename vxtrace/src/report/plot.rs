@@ -9,9 +9,10 @@ use plotters::prelude::*;
 
 use super::{
     cluster::ClusterNode,
+    matrix::Cell,
     read::{Point, Recording, Sample},
 };
-use crate::schema::{ClusterReport, Link, Segment};
+use crate::schema::{ClusterReport, Link, LinkStatus, Segment};
 
 /// A peer's points at every interval of the recording: an interval that
 /// does not list the peer had nothing of it.
@@ -149,13 +150,13 @@ const MATRIX_HEIGHT: u32 = 420;
 const LINK_HEIGHT: u32 = 200;
 
 /// Across nodes: the link matrix as a heat map (loss %, the segment
-/// written in each cell), then one timeline per link with traffic: what
-/// the sender encapsulated and what reached the receiver, per second.
+/// written in each cell), then one timeline per judged link with traffic:
+/// what the sender encapsulated and what reached the receiver, per second.
 pub fn cluster(path: &Path, nodes: &[ClusterNode], r: &ClusterReport) -> Result<()> {
     let links: Vec<&Link> = r
         .links
         .iter()
-        .filter(|l| l.tx_encap + l.rx_nic > 0)
+        .filter(|l| l.status == LinkStatus::Judged && l.tx_encap + l.rx_nic > 0)
         .collect();
     let height = MATRIX_HEIGHT + LINK_HEIGHT * links.len() as u32;
     let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
@@ -174,7 +175,12 @@ fn heat_map(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     r: &ClusterReport,
 ) -> Result<()> {
-    let names: Vec<&str> = r.nodes.iter().map(|n| n.name.as_str()).collect();
+    let names: Vec<&str> = r
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .chain(r.unrecorded.iter().map(|n| n.name.as_str()))
+        .collect();
     let n = names.len().max(1);
     let mut chart = ChartBuilder::on(area)
         .caption(
@@ -198,21 +204,15 @@ fn heat_map(
         .map_err(err)?;
     for (i, from) in names.iter().enumerate() {
         for (j, to) in names.iter().enumerate() {
-            let worst = r
-                .links
-                .iter()
-                .filter(|l| l.from_node == *from && l.to_node == *to)
-                .max_by(|a, b| a.loss_pct.total_cmp(&b.loss_pct));
-            let (color, text) = match worst {
+            let cell = Cell::of(r, from, to);
+            let (color, text) = match &cell {
                 _ if i == j => (RGBColor(230, 230, 230), String::new()),
-                None => (RGBColor(245, 245, 245), "no traffic".to_string()),
-                Some(l) => {
+                Cell::Judged(l) => {
                     let red = (l.loss_pct.clamp(0.0, 100.0) * 2.55) as u8;
-                    (
-                        RGBColor(red.max(60), 255 - red, 80),
-                        format!("{:.0}% {}", l.loss_pct, l.loss_segment.as_str()),
-                    )
+                    (RGBColor(red.max(60), 255 - red, 80), cell.label())
                 }
+                Cell::NotJudged(_) => (RGBColor(215, 215, 215), cell.label()),
+                Cell::NoTraffic => (RGBColor(245, 245, 245), cell.label()),
             };
             chart
                 .draw_series(std::iter::once(Rectangle::new(

@@ -111,6 +111,10 @@ pub enum Segment {
     Path,
     ReceiverHost,
     None,
+    /// Only on a cluster report's links: one end's counts are missing (no
+    /// recording of that node, or recordings that share no time), so
+    /// whether and where traffic is lost cannot be told. Never "none".
+    NotJudged,
 }
 
 impl Segment {
@@ -120,6 +124,7 @@ impl Segment {
             Segment::Path => "path",
             Segment::ReceiverHost => "receiver_host",
             Segment::None => "none",
+            Segment::NotJudged => "not_judged",
         }
     }
 }

@@ -56,6 +56,38 @@ pub struct ClusterReport {
     pub links: Vec<Link>,
     /// One node's traffic to several peers lost in the same seconds.
     pub blackholes: Vec<Blackhole>,
+    /// Peers of the recorded nodes that no recording given is from: they
+    /// are in the matrix and the links, their links not judged.
+    #[serde(default)]
+    pub unrecorded: Vec<UnrecordedNode>,
+}
+
+/// A peer no recording given is from (a node not recorded, or its
+/// recording left out).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnrecordedNode {
+    /// Its address: nothing else names it.
+    pub name: String,
+    /// Its addresses (those a recorded node's kernel state shows are one
+    /// node, e.g. a dual-stack node's IPv4 and IPv6 VTEP).
+    pub vteps: Vec<IpAddr>,
+    /// The recorded nodes that count it as a peer.
+    pub seen_by: Vec<String>,
+}
+
+/// Whether a link's two ends could be compared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkStatus {
+    /// Both ends' counts over the span their recordings share.
+    #[default]
+    Judged,
+    /// One end has no recording: only the recorded end's counts and its
+    /// own findings (`loss_segment` `not_judged`).
+    FarEndNotRecorded,
+    /// The recordings share no time, even with the clocks lined up within
+    /// `--clock-skew` (`loss_segment` `not_judged`).
+    NoSharedSpan,
 }
 
 /// One node of a cluster report: who it is, what it recorded, and its own
@@ -89,18 +121,38 @@ pub struct Link {
     pub rx_decap: u64,
     /// B's drops of A's traffic, by reason.
     pub drops: BTreeMap<String, u64>,
-    /// Where the traffic is lost: `sender_host`, `path`, `receiver_host`, `none`.
+    /// Where the traffic is lost: `sender_host`, `path`, `receiver_host`,
+    /// `none`; `not_judged` when one end's counts are missing (`status`).
     pub loss_segment: super::Segment,
-    /// Packets lost on that segment, and their share of what entered it.
+    /// Packets lost on that segment, and their share of what entered it
+    /// (0 when not judged).
     pub lost: u64,
     pub loss_pct: f64,
     /// The likely cause (`none` when nothing is lost).
     pub cause: Option<super::Cause>,
     pub evidence: String,
-    /// Every finding about the link, most telling first.
+    /// Every finding about the link, most telling first. Not judged: the
+    /// recorded ends' own findings about each other, as their single-node
+    /// reports name them.
     pub findings: Vec<Finding>,
-    /// Unix times of the span compared.
+    /// Unix times of the span compared, by the sender's clock; for a far
+    /// end not recorded, the recorded end's span; (0, 0) when the
+    /// recordings share no time.
     pub window: (f64, f64),
+    #[serde(default)]
+    pub status: LinkStatus,
+    /// Why the link is not judged, and what to do, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_judged: Option<String>,
+    /// How far the receiver's clock is ahead of the sender's, seconds, as
+    /// the traffic lined them up (within `--clock-skew`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_s: Option<f64>,
+    /// Recordings that share no time: the offset (receiver's clock ahead
+    /// of the sender's, seconds) under which their traffic lines up, if it
+    /// does anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggested_clock_offset_s: Option<f64>,
 }
 
 /// A node's traffic to several peers lost in the same seconds, while others
