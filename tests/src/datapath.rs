@@ -19,6 +19,12 @@ use std::{
 
 /// BPF_MOV64_IMM(R0, 0) (TC_ACT_OK); BPF_EXIT.
 const PASS_AND_END: [u64; 2] = [0x0000_0000_0000_00b7, 0x0000_0000_0000_0095];
+/// BPF_MOV64_IMM(R0, 2) (XDP_PASS); BPF_EXIT.
+const XDP_PASS: [u64; 2] = [0x0000_0002_0000_00b7, 0x0000_0000_0000_0095];
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+/// Generic (skb) mode: what a veth takes without a native driver hook.
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
@@ -59,7 +65,7 @@ impl StandIn {
     pub fn tcx_first(ns: &str, device: &str, hook: Hook) -> Self {
         let (ns_owned, dev) = (ns.to_string(), device.to_string());
         let fds = in_netns(ns, move || {
-            let prog = load_pass_program();
+            let prog = load_program(BPF_PROG_TYPE_SCHED_CLS, &PASS_AND_END);
             let ifindex = ifindex(&dev);
             let mut attr = [0u8; 64];
             put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
@@ -92,7 +98,7 @@ impl StandIn {
     pub fn clsact_first(ns: &str, device: &str, hook: Hook) -> Self {
         let dev = device.to_string();
         in_netns(ns, move || {
-            let prog = load_pass_program();
+            let prog = load_program(BPF_PROG_TYPE_SCHED_CLS, &PASS_AND_END);
             add_cls_bpf(ifindex(&dev), hook, prog.as_raw_fd() as u32);
         });
         Self {
@@ -102,6 +108,30 @@ impl StandIn {
             _fds: Vec::new(),
             clsact: true,
         }
+    }
+}
+
+/// An XDP program that passes every packet, attached in generic mode
+/// through a BPF link; detached on drop.
+pub struct XdpStandIn {
+    _fds: Vec<OwnedFd>,
+}
+
+impl XdpStandIn {
+    pub fn attach(ns: &str, device: &str) -> Self {
+        let dev = device.to_string();
+        let fds = in_netns(ns, move || {
+            let prog = load_program(BPF_PROG_TYPE_XDP, &XDP_PASS);
+            let mut attr = [0u8; 64];
+            put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
+            put_u32(&mut attr, 4, ifindex(&dev));
+            put_u32(&mut attr, 8, BPF_XDP);
+            put_u32(&mut attr, 12, XDP_FLAGS_SKB_MODE);
+            let link = bpf(BPF_LINK_CREATE, &mut attr)
+                .unwrap_or_else(|e| panic!("XDP attach of the stand-in on {dev}: {e}"));
+            vec![link, prog]
+        });
+        Self { _fds: fds }
     }
 }
 
@@ -166,13 +196,13 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8]) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Loads the pass-and-end program (named `standin_pass`).
-fn load_pass_program() -> OwnedFd {
+/// Loads a program of `prog_type` made of `insns` (named `standin_pass`).
+fn load_program(prog_type: u32, insns: &[u64]) -> OwnedFd {
     let license = CString::new("GPL").unwrap();
     let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, BPF_PROG_TYPE_SCHED_CLS);
-    put_u32(&mut attr, 4, PASS_AND_END.len() as u32);
-    put_u64(&mut attr, 8, PASS_AND_END.as_ptr() as u64);
+    put_u32(&mut attr, 0, prog_type);
+    put_u32(&mut attr, 4, insns.len() as u32);
+    put_u64(&mut attr, 8, insns.as_ptr() as u64);
     put_u64(&mut attr, 16, license.as_ptr() as u64);
     attr[48..48 + 12].copy_from_slice(b"standin_pass");
     bpf(BPF_PROG_LOAD, &mut attr).expect("loading the stand-in program")

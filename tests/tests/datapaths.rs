@@ -10,7 +10,7 @@ use std::time::Duration;
 use vxtrace::schema::{BlindSpotKind, Line, Summary};
 use vxtrace_tests::{
     LabGuard, Watcher,
-    datapath::{Hook, StandIn},
+    datapath::{Hook, StandIn, XdpStandIn},
     json, sh,
 };
 
@@ -178,6 +178,65 @@ fn blind_behind_a_classifier_it_cannot_overtake() {
     assert!(
         kinds.contains(&BlindSpotKind::ProgramAhead)
             && kinds.contains(&BlindSpotKind::UnseenPackets),
+        "{}",
+        json(&s)
+    );
+}
+
+/// XDP programs see arriving packets before any TC program: one on the
+/// underlay at start is named in the `attached` line; one attached while
+/// vxtrace runs is an event, and its leaving another. This one passes
+/// every packet, so the counts stay exact.
+#[test]
+fn xdp_programs_on_the_underlay_are_named() {
+    let lab = LabGuard::new("dp-xdp", 2, false, 8472);
+    let ns = lab.node_ns(1);
+    let first = XdpStandIn::attach(&ns, "eth0");
+    let mut w = Watcher::start(&ns, &[]);
+    let xdp: Vec<_> = w
+        .attached
+        .blind_spots
+        .iter()
+        .filter(|b| b.kind == BlindSpotKind::Xdp)
+        .collect();
+    assert_eq!(xdp.len(), 1, "{}", json(&w.attached));
+    assert_eq!(xdp[0].device, "eth0");
+    assert!(
+        xdp[0].message.contains("XDP program id"),
+        "{}",
+        xdp[0].message
+    );
+    drop(first);
+    let gone = w.next_matching(
+        |l| matches!(l, Line::BlindSpot(b) if b.kind == BlindSpotKind::SeenAgain && b.device == "eth0"),
+        Duration::from_secs(10),
+    );
+    assert!(gone.is_some(), "no event when the XDP program left");
+    let _second = XdpStandIn::attach(&ns, "eth0");
+    let came = w.next_matching(
+        |l| matches!(l, Line::BlindSpot(b) if b.kind == BlindSpotKind::Xdp && b.device == "eth0"),
+        Duration::from_secs(10),
+    );
+    assert!(came.is_some(), "no event when an XDP program came");
+    ping(&lab, 15);
+    let s = w.stop();
+    let p = s.peer(&lab.underlay_ip(2).to_string());
+    let c = &p.counters;
+    assert_eq!(
+        (
+            c.tx_dev.packets,
+            c.tx_encap.packets,
+            c.rx_nic.packets,
+            c.rx_decap.packets
+        ),
+        (15, 15, 15, 15),
+        "{}",
+        json(&s)
+    );
+    assert!(p.findings.is_empty(), "{}", json(&s));
+    // Still there at exit: in the summary.
+    assert!(
+        s.blind_spots.iter().any(|b| b.kind == BlindSpotKind::Xdp),
         "{}",
         json(&s)
     );

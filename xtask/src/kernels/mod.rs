@@ -63,6 +63,11 @@ struct Feature {
 
 const FEATURES: &[Feature] = &[
     Feature {
+        label: "first on clsact, ahead of a datapath's filter",
+        target: "datapaths",
+        name: "clsact_filter_at_the_first_priority",
+    },
+    Feature {
         label: "encap/decap exact counts",
         target: "overlay",
         name: "ipv4_underlay_flannel_port",
