@@ -198,6 +198,14 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8]) -> std::io::Result<OwnedFd> {
 
 /// Loads a program of `prog_type` made of `insns` (named `standin_pass`).
 fn load_program(prog_type: u32, insns: &[u64]) -> OwnedFd {
+    // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK (64 KiB by
+    // default); later ones to the cgroup, where this may fail harmlessly.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit that outlives the call.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
     let license = CString::new("GPL").unwrap();
     let mut attr = [0u8; 128];
     put_u32(&mut attr, 0, prog_type);
