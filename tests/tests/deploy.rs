@@ -48,13 +48,14 @@ const METRICS: &[&str] = &[
 ];
 
 /// The recording rules the dashboard is built on (each labelled
-/// from_node, to_node, from_vtep, to_vtep).
+/// from_node, to_node, family, and cluster and job where the scraped series
+/// have them).
 const RULES: &[&str] = &[
-    "vxtrace:link_path_loss:ratio_rate1m",
-    "vxtrace:link_receiver_loss:ratio_rate1m",
-    "vxtrace:link_tx_encap:rate1m",
-    "vxtrace:link_rx_nic:rate1m",
-    "vxtrace:link_rx_decap:rate1m",
+    "vxtrace:link_path_loss:ratio_rate5m",
+    "vxtrace:link_receiver_loss:ratio_rate5m",
+    "vxtrace:link_tx_encap:rate5m",
+    "vxtrace:link_rx_nic:rate5m",
+    "vxtrace:link_rx_decap:rate5m",
 ];
 
 /// Labels of those series: vxtrace's, the rules', Prometheus' own target
@@ -514,12 +515,12 @@ fn promql_names_are_read_out() {
         ["histogram_quantile", "sum", "rate", "max", "vector"]
     );
     let n = promql_names(
-        r#"vxtrace:link_rx_nic:rate1m{from_node=~"${node}"} / ignoring (to_vtep) group_left vxtrace_tx_encap_packets_total"#,
+        r#"vxtrace:link_rx_nic:rate5m{from_node=~"${node}"} / ignoring (to_vtep) group_left vxtrace_tx_encap_packets_total"#,
     );
     assert_eq!(
         n.metrics,
         [
-            "vxtrace:link_rx_nic:rate1m",
+            "vxtrace:link_rx_nic:rate5m",
             "vxtrace_tx_encap_packets_total"
         ]
     );
