@@ -32,6 +32,7 @@ const METRICS: &[&str] = &[
     "vxtrace_rx_nic_bytes_total",
     "vxtrace_rx_decap_packets_total",
     "vxtrace_rx_decap_bytes_total",
+    "vxtrace_tx_flood_packets_total",
     "vxtrace_tx_dev_packets_total",
     "vxtrace_malformed_packets_total",
     "vxtrace_unknown_vni_packets_total",
