@@ -334,8 +334,13 @@ fn a_host_firewall_is_receiver_loss_not_path_loss() {
                 .values("ALERTS{alertname=\"VxtraceLinkReceiverHostLoss\",alertstate=\"firing\",from_node=\"node1\",to_node=\"node2\"}")
                 .is_empty()
     });
-    let p = prom.value(&path).expect("A -> B has a path-loss series");
-    assert!(p < 0.05, "A -> B path loss {p}");
+    // A -> B loses nothing on the path: its ratio settles near 0. (The
+    // series of a peer appear with its first packets, on the two nodes a
+    // scrape apart: right after start the two rates can cover different
+    // stretches and read as a few percent of loss for some seconds.)
+    prom.wait_until("A -> B path loss < 0.05", Duration::from_secs(10), |p| {
+        p.value(&path).is_some_and(|v| v < 0.05)
+    });
     // The rates of two nodes' series sampled a moment apart can look like
     // loss for a few seconds (the shipped rules wait minutes); none fires.
     let alerts = prom.values("ALERTS{alertname=\"VxtraceLinkPathLoss\",alertstate=\"firing\"}");
