@@ -1,14 +1,21 @@
 //! The deployment files, checked without a cluster or a lab: the
 //! DaemonSet's manifest (capabilities, host access, the node's name, and
 //! that `vxtrace watch` accepts exactly its arguments), the image's
-//! Containerfile, and the Grafana dashboard (every PromQL expression names
-//! only metrics vxtrace serves, the recording rules, and their labels).
+//! Containerfile, the Grafana dashboard (every PromQL expression names
+//! only metrics vxtrace serves, the recording rules, and their labels), and
+//! the Prometheus Operator's PodMonitor and PrometheusRule (exactly what
+//! `cargo xtask manifests` generates, and consistent with the DaemonSet and
+//! the rules).
 
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
 use serde::Deserialize as _;
 use serde_json::Value;
 use vxtrace_tests::{bin, run};
+
+/// The generator of `cargo xtask manifests`, the same source.
+#[path = "../../xtask/src/manifests.rs"]
+mod manifests;
 
 const MANIFEST: &str = "deploy/kubernetes/vxtrace-daemonset.yaml";
 const DASHBOARD: &str = "deploy/grafana/vxtrace.json";
@@ -25,6 +32,7 @@ const METRICS: &[&str] = &[
     "vxtrace_rx_nic_bytes_total",
     "vxtrace_rx_decap_packets_total",
     "vxtrace_rx_decap_bytes_total",
+    "vxtrace_tx_flood_packets_total",
     "vxtrace_tx_dev_packets_total",
     "vxtrace_malformed_packets_total",
     "vxtrace_unknown_vni_packets_total",
@@ -48,13 +56,14 @@ const METRICS: &[&str] = &[
 ];
 
 /// The recording rules the dashboard is built on (each labelled
-/// from_node, to_node, from_vtep, to_vtep).
+/// from_node, to_node, family, and cluster and job where the scraped series
+/// have them).
 const RULES: &[&str] = &[
-    "vxtrace:link_path_loss:ratio_rate1m",
-    "vxtrace:link_receiver_loss:ratio_rate1m",
-    "vxtrace:link_tx_encap:rate1m",
-    "vxtrace:link_rx_nic:rate1m",
-    "vxtrace:link_rx_decap:rate1m",
+    "vxtrace:link_path_loss:ratio_rate5m",
+    "vxtrace:link_receiver_loss:ratio_rate5m",
+    "vxtrace:link_tx_encap:rate5m",
+    "vxtrace:link_rx_nic:rate5m",
+    "vxtrace:link_rx_decap:rate5m",
 ];
 
 /// Labels of those series: vxtrace's, the rules', Prometheus' own target
@@ -148,8 +157,12 @@ fn repo_file(rel: &str) -> String {
 
 /// Every document of the manifest file.
 fn manifests() -> Vec<Value> {
-    let text = repo_file(MANIFEST);
-    serde_norway::Deserializer::from_str(&text)
+    yaml_documents(&repo_file(MANIFEST))
+}
+
+/// Every document of a YAML text.
+fn yaml_documents(text: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).expect("the manifest is YAML"))
         .filter(|v| !v.is_null())
         .collect()
@@ -261,18 +274,55 @@ fn host_network_and_only_btf_from_the_host_read_only() {
     );
 }
 
-#[test]
-fn node_name_comes_from_the_downward_api() {
-    let ds = daemonset();
-    let env = container(&ds)["env"].as_array().expect("env");
-    let node = env
+/// The downward API field an env var of the container comes from.
+fn env_field(c: &Value, name: &str) -> String {
+    let env = c["env"].as_array().expect("env");
+    let var = env
         .iter()
-        .find(|e| e["name"] == "NODE_NAME")
-        .expect("NODE_NAME in env");
-    assert_eq!(
-        node.pointer("/valueFrom/fieldRef/fieldPath"),
-        Some(&Value::from("spec.nodeName"))
-    );
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in env"));
+    var.pointer("/valueFrom/fieldRef/fieldPath")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{name} from a fieldRef: {var}"))
+        .to_string()
+}
+
+#[test]
+fn node_name_and_address_come_from_the_downward_api() {
+    let ds = daemonset();
+    let c = container(&ds);
+    assert_eq!(env_field(c, "NODE_NAME"), "spec.nodeName");
+    assert_eq!(env_field(c, "HOST_IP"), "status.hostIP");
+}
+
+/// The container's args as the kubelet runs them: each `$(VAR)` replaced
+/// by the container's env var VAR, with the values the downward API would
+/// give (`spec.nodeName`: node-a, `status.hostIP`: 127.0.0.1). A `$(VAR)`
+/// of no env var would stay as it is in a real pod: here it fails.
+fn expanded_args(c: &Value) -> Vec<String> {
+    strings(&c["args"])
+        .into_iter()
+        .map(|arg| {
+            let mut out = String::new();
+            let mut rest = arg.as_str();
+            while let Some(at) = rest.find("$(") {
+                out.push_str(&rest[..at]);
+                let end = rest[at..]
+                    .find(')')
+                    .unwrap_or_else(|| panic!("unclosed $( in {arg}"));
+                let var = &rest[at + 2..at + end];
+                let value = match env_field(c, var).as_str() {
+                    "spec.nodeName" => "node-a",
+                    "status.hostIP" => "127.0.0.1",
+                    other => panic!("{var}: no test value for {other}"),
+                };
+                out.push_str(value);
+                rest = &rest[at + end + 1..];
+            }
+            out.push_str(rest);
+            out
+        })
+        .collect()
 }
 
 #[test]
@@ -294,10 +344,20 @@ fn image_port_probe_and_scrape_annotations_agree() {
         .iter()
         .position(|a| a == "--metrics")
         .expect("--metrics");
-    assert_eq!(args[at + 1], "0.0.0.0:9478");
+    // The node's own address, not every address of the node.
+    assert_eq!(args[at + 1], "$(HOST_IP):9478");
+    assert_eq!(expanded_args(c)[at + 1], "127.0.0.1:9478");
     assert_eq!(c["ports"][0]["containerPort"], 9478);
+    assert_eq!(c["ports"][0]["name"], "metrics");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/metrics");
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], 9478);
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 9478);
+    // The probes go to the pod's address, the node's (hostNetwork): where
+    // the metrics listen.
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert!(c[probe]["httpGet"].get("host").is_none(), "{probe}");
+    }
     let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations["prometheus.io/port"], "9478");
@@ -350,7 +410,7 @@ fn watch_accepts_the_manifest_args() {
     let ds = daemonset();
     let c = container(&ds);
     assert_eq!(strings(&c["command"]), ["/vxtrace"]);
-    assert_args_accepted(&strings(&c["args"]));
+    assert_args_accepted(&expanded_args(c));
 }
 
 /// The JSON array of a Containerfile instruction (`CMD ["a", "b"]`).
@@ -514,12 +574,12 @@ fn promql_names_are_read_out() {
         ["histogram_quantile", "sum", "rate", "max", "vector"]
     );
     let n = promql_names(
-        r#"vxtrace:link_rx_nic:rate1m{from_node=~"${node}"} / ignoring (to_vtep) group_left vxtrace_tx_encap_packets_total"#,
+        r#"vxtrace:link_rx_nic:rate5m{from_node=~"${node}"} / ignoring (to_vtep) group_left vxtrace_tx_encap_packets_total"#,
     );
     assert_eq!(
         n.metrics,
         [
-            "vxtrace:link_rx_nic:rate1m",
+            "vxtrace:link_rx_nic:rate5m",
             "vxtrace_tx_encap_packets_total"
         ]
     );
@@ -653,4 +713,101 @@ fn dashboard_variables_are_the_datasource_and_the_node() {
             functions: Vec::new(),
         },
     );
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The committed PodMonitor and PrometheusRule are byte for byte what
+/// `cargo xtask manifests` writes: run it after changing the rules.
+#[test]
+fn operator_manifests_are_what_xtask_generates() {
+    let generated = manifests::generate(&workspace_root()).expect("reading the rules");
+    let paths: Vec<&str> = generated.iter().map(|(p, _)| *p).collect();
+    assert_eq!(paths, [manifests::POD_MONITOR, manifests::PROMETHEUS_RULE]);
+    for (rel, text) in generated {
+        assert!(
+            repo_file(rel) == text,
+            "{rel} is not what `cargo xtask manifests` generates: run it"
+        );
+    }
+}
+
+/// The PrometheusRule's spec is the rules file, rule for rule; it lives in
+/// the DaemonSet's namespace.
+#[test]
+fn prometheus_rule_holds_the_rules() {
+    let docs = yaml_documents(&repo_file(manifests::PROMETHEUS_RULE));
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    let rule = &docs[0];
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["kind"], "PrometheusRule");
+    assert_eq!(
+        rule["metadata"]["namespace"],
+        daemonset()["metadata"]["namespace"]
+    );
+    let rules: Value = serde_norway::from_str(&repo_file(manifests::RULES)).expect("rules YAML");
+    assert_eq!(rule["spec"], rules);
+    // Every alert has a runbook_url to a section of the README.
+    let readme = repo_file("README.md");
+    let mut alerts = 0;
+    for group in rules["groups"].as_array().expect("groups") {
+        for r in group["rules"].as_array().expect("rules") {
+            let Some(name) = r["alert"].as_str() else {
+                continue;
+            };
+            alerts += 1;
+            let url = r["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: no runbook_url"));
+            assert_eq!(
+                url,
+                format!("README.md#{}", name.to_ascii_lowercase()),
+                "{name}"
+            );
+            assert!(
+                readme.contains(&format!("\n#### {name}\n")),
+                "{name}: no README section"
+            );
+        }
+    }
+    assert!(alerts >= 9, "{alerts} alerts");
+}
+
+/// The PodMonitor selects the DaemonSet's pods, in its namespace, on the
+/// container's named metrics port.
+#[test]
+fn pod_monitor_scrapes_the_daemonset() {
+    let docs = yaml_documents(&repo_file(manifests::POD_MONITOR));
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    let pm = &docs[0];
+    assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(pm["kind"], "PodMonitor");
+    let ds = daemonset();
+    assert_eq!(pm["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    let selector = pm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    assert!(!selector.is_empty());
+    for (k, v) in selector {
+        assert_eq!(&pod_labels[k], v, "label {k}");
+    }
+    let endpoints = pm["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .expect("podMetricsEndpoints");
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    let port = &container(&ds)["ports"][0];
+    assert_eq!(endpoints[0]["port"], port["name"]);
+    assert_eq!(endpoints[0]["path"], "/metrics");
+    // The job the PodMonitor gives its targets (NAMESPACE/NAME) is one
+    // VxtraceTargetDown watches.
+    let job = format!(
+        "{}/{}",
+        pm["metadata"]["namespace"].as_str().unwrap(),
+        pm["metadata"]["name"].as_str().unwrap()
+    );
+    assert_eq!(job, "vxtrace/vxtrace");
+    assert!(repo_file(manifests::RULES).contains(r#"up{job=~"vxtrace|.*/vxtrace"}"#));
 }

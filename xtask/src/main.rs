@@ -16,6 +16,8 @@
 //! - `image`: the container image vxtrace:<version> (FROM scratch: the
 //!   release binary and the libraries it links), built with buildah and
 //!   checked.
+//! - `manifests`: the Prometheus Operator's PodMonitor and PrometheusRule
+//!   (from deploy/prometheus/vxtrace-rules.yaml), in deploy/kubernetes/.
 
 use std::{
     path::{Path, PathBuf},
@@ -28,6 +30,7 @@ use clap::{Parser, Subcommand};
 mod image;
 mod kernels;
 mod lint;
+mod manifests;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "vxtrace's build, setup and lab helpers")]
@@ -72,6 +75,15 @@ enum Task {
     /// libraries it links); check its files and run `/vxtrace --version` in
     /// it.
     Image,
+    /// Write the Prometheus Operator's resources to deploy/kubernetes/: a
+    /// PodMonitor, and a PrometheusRule generated from
+    /// deploy/prometheus/vxtrace-rules.yaml.
+    Manifests {
+        /// Write nothing; fail if a file differs from what would be
+        /// written.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 /// Debian packages the build and the tests need.
@@ -168,7 +180,32 @@ fn main() -> Result<()> {
             build()?;
             image::run(&root)
         }
+        Task::Manifests { check } => write_manifests(&root, check),
     }
+}
+
+/// Writes (or, with `check`, compares) the generated manifests.
+fn write_manifests(root: &Path, check: bool) -> Result<()> {
+    let mut stale = Vec::new();
+    for (rel, text) in manifests::generate(root).context("reading the rules")? {
+        let path = root.join(rel);
+        let now = std::fs::read_to_string(&path).unwrap_or_default();
+        if now == text {
+            eprintln!("xtask: {rel} is up to date");
+        } else if check {
+            stale.push(rel);
+        } else {
+            std::fs::write(&path, text).with_context(|| format!("writing {rel}"))?;
+            eprintln!("xtask: wrote {rel}");
+        }
+    }
+    if !stale.is_empty() {
+        bail!(
+            "not what `cargo xtask manifests` generates: {}",
+            stale.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {
