@@ -53,6 +53,7 @@ const METRICS: &[&str] = &[
     "vxtrace_tcp_handshake_seconds_sum",
     "vxtrace_tcp_handshake_seconds_count",
     "vxtrace_node_info",
+    "vxtrace_unseen_packets_total",
 ];
 
 /// The recording rules the dashboard is built on (each labelled
