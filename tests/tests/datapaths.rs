@@ -43,6 +43,11 @@ fn assert_exact(lab: &LabGuard, s: &Summary, n: u64) {
     assert!(s.blind_spots.is_empty(), "{}", json(s));
 }
 
+/// The stand-in datapath on all four hooks of `ns`, attached by `attach`.
+fn on_every_hook(ns: &str, attach: fn(&str, &str, Hook) -> StandIn) -> Vec<StandIn> {
+    HOOKS.iter().map(|(d, h)| attach(ns, d, *h)).collect()
+}
+
 fn ping(lab: &LabGuard, n: u32) {
     assert_eq!(lab.ping(1, 2, n, Duration::ZERO).unwrap(), n);
 }
@@ -65,10 +70,7 @@ fn wait_moved_back(w: &mut Watcher, count: usize) {
 fn tcx_datapath_attached_before_vxtrace() {
     let lab = LabGuard::new("dp-tcx1", 2, false, 8472);
     let ns = lab.node_ns(1);
-    let _datapath: Vec<StandIn> = HOOKS
-        .iter()
-        .map(|(d, h)| StandIn::tcx_first(&ns, d, *h))
-        .collect();
+    let _datapath = on_every_hook(&ns, StandIn::tcx_first);
     let w = Watcher::start(&ns, &["--attach", "tcx"]);
     assert!(w.attached.blind_spots.is_empty(), "{}", json(&w.attached));
     ping(&lab, 20);
@@ -84,10 +86,7 @@ fn tcx_datapath_attached_ahead_while_vxtrace_runs() {
     let ns = lab.node_ns(1);
     let mut w = Watcher::start(&ns, &["--attach", "tcx"]);
     ping(&lab, 10);
-    let _datapath: Vec<StandIn> = HOOKS
-        .iter()
-        .map(|(d, h)| StandIn::tcx_first(&ns, d, *h))
-        .collect();
+    let _datapath = on_every_hook(&ns, StandIn::tcx_first);
     wait_moved_back(&mut w, HOOKS.len());
     ping(&lab, 20);
     let s = w.stop();
@@ -102,19 +101,13 @@ fn tcx_datapath_attached_ahead_while_vxtrace_runs() {
 fn clsact_filter_at_the_first_priority() {
     let lab = LabGuard::new("dp-cls", 2, false, 8472);
     let ns = lab.node_ns(1);
-    let before: Vec<StandIn> = HOOKS
-        .iter()
-        .map(|(d, h)| StandIn::clsact_first(&ns, d, *h))
-        .collect();
+    let before = on_every_hook(&ns, StandIn::clsact_first);
     let mut w = Watcher::start(&ns, &["--attach", "clsact"]);
     assert!(w.attached.blind_spots.is_empty(), "{}", json(&w.attached));
     ping(&lab, 20);
     // The agent restarts: its filters are replaced at the head.
     drop(before);
-    let _after: Vec<StandIn> = HOOKS
-        .iter()
-        .map(|(d, h)| StandIn::clsact_first(&ns, d, *h))
-        .collect();
+    let _after = on_every_hook(&ns, StandIn::clsact_first);
     wait_moved_back(&mut w, HOOKS.len());
     ping(&lab, 15);
     assert_exact(&lab, &w.stop(), 35);

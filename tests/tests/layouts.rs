@@ -257,6 +257,52 @@ fn ip(ns: &str, args: &str) {
     vxtrace_tests::sh(&all);
 }
 
+/// Routed-underlay node `i` of lab `lab` (a digit): its VTEP address
+/// 10.9.{14-lab}.i on `lo` and a VXLAN device `vxr` (VNI 5000 + lab, no
+/// `dev`) with overlay address 10.{195+lab}.0.i.
+fn routed_vtep(ns: &str, i: u8, lab: u8) {
+    let vtep = format!("10.9.{}.{i}", 14 - lab);
+    ip(ns, &format!("addr add {vtep}/32 dev lo"));
+    ip(
+        ns,
+        &format!(
+            "link add vxr type vxlan id {} dstport 4789 local {vtep} nolearning",
+            5000 + u32::from(lab)
+        ),
+    );
+    ip(
+        ns,
+        &format!("link set vxr address 02:00:00:00:0{lab}:0{i} mtu 1450"),
+    );
+    ip(ns, &format!("addr add 10.{}.0.{i}/24 dev vxr", 195 + lab));
+    ip(ns, "link set vxr up");
+}
+
+/// `ns` reaches routed-underlay node `i` of lab `lab` (see [`routed_vtep`]):
+/// its neighbour entry and FDB entry, as an overlay agent programs them.
+fn knows_vtep(ns: &str, i: u8, lab: u8) {
+    let mac = format!("02:00:00:00:0{lab}:0{i}");
+    ip(
+        ns,
+        &format!(
+            "neigh add 10.{}.0.{i} lladdr {mac} dev vxr nud permanent",
+            195 + lab
+        ),
+    );
+    vxtrace_tests::sh(&[
+        "bridge",
+        "-n",
+        ns,
+        "fdb",
+        "append",
+        &mac,
+        "dev",
+        "vxr",
+        "dst",
+        &format!("10.9.{}.{i}", 14 - lab),
+    ]);
+}
+
 /// A routed underlay: every node's VTEP address on its loopback (as BGP
 /// fabrics announce it), node A reaching B and C through a NIC each, the
 /// VXLAN device with a `local` address and no `dev`. The packets leave
@@ -292,42 +338,13 @@ fn routed_underlay_vtep_on_loopback() {
     ip(&b, "route add 10.9.9.1/32 via 169.254.1.1");
     ip(&c, "route add 10.9.9.1/32 via 169.254.2.1");
     for (n, i) in [(&a, 1u8), (&b, 2), (&c, 3)] {
-        ip(n, &format!("addr add 10.9.9.{i}/32 dev lo"));
-        ip(
-            n,
-            &format!("link add vxr type vxlan id 5005 dstport 4789 local 10.9.9.{i} nolearning"),
-        );
-        ip(
-            n,
-            &format!("link set vxr address 02:00:00:00:05:0{i} mtu 1450"),
-        );
-        ip(n, &format!("addr add 10.200.0.{i}/24 dev vxr"));
-        ip(n, "link set vxr up");
+        routed_vtep(n, i, 5);
     }
     // A knows both peers; each peer knows A.
-    let program = |n: &str, i: u8| {
-        let mac = format!("02:00:00:00:05:0{i}");
-        ip(
-            n,
-            &format!("neigh add 10.200.0.{i} lladdr {mac} dev vxr nud permanent"),
-        );
-        sh(&[
-            "bridge",
-            "-n",
-            n,
-            "fdb",
-            "append",
-            &mac,
-            "dev",
-            "vxr",
-            "dst",
-            &format!("10.9.9.{i}"),
-        ]);
-    };
-    program(&a, 2);
-    program(&a, 3);
-    program(&b, 1);
-    program(&c, 1);
+    knows_vtep(&a, 2, 5);
+    knows_vtep(&a, 3, 5);
+    knows_vtep(&b, 1, 5);
+    knows_vtep(&c, 1, 5);
 
     let on_a = Watcher::start(&a, &["--netns", "self"]);
     let notes = on_a.attached.notes.join("\n");
@@ -446,37 +463,10 @@ fn routed_underlay_uplink_added_while_running() {
     ip(&a, "route add 10.9.8.2/32 via 169.254.1.2");
     ip(&b, "route add 10.9.8.1/32 via 169.254.1.1");
     for (n, i) in [(&a, 1u8), (&b, 2)] {
-        ip(n, &format!("addr add 10.9.8.{i}/32 dev lo"));
-        ip(
-            n,
-            &format!("link add vxr type vxlan id 5006 dstport 4789 local 10.9.8.{i} nolearning"),
-        );
-        ip(
-            n,
-            &format!("link set vxr address 02:00:00:00:06:0{i} mtu 1450"),
-        );
-        ip(n, &format!("addr add 10.201.0.{i}/24 dev vxr"));
-        ip(n, "link set vxr up");
+        routed_vtep(n, i, 6);
     }
-    for (n, i) in [(&a, 2u8), (&b, 1)] {
-        let mac = format!("02:00:00:00:06:0{i}");
-        ip(
-            n,
-            &format!("neigh add 10.201.0.{i} lladdr {mac} dev vxr nud permanent"),
-        );
-        sh(&[
-            "bridge",
-            "-n",
-            n,
-            "fdb",
-            "append",
-            &mac,
-            "dev",
-            "vxr",
-            "dst",
-            &format!("10.9.8.{i}"),
-        ]);
-    }
+    knows_vtep(&a, 2, 6);
+    knows_vtep(&b, 1, 6);
     let mut on_a = Watcher::start(&a, &["--netns", "self"]);
     assert_eq!(on_a.attached.underlays, vec!["up1".to_string()]);
     let ping = |n| vxtrace::lab::ping_from(&a, "10.201.0.2".parse().unwrap(), n, Duration::ZERO);
