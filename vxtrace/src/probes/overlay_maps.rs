@@ -18,7 +18,7 @@ use vxtrace_common::{
 
 use super::Tracer;
 use crate::{
-    discovery::{Snapshot, VxlanDevice, is_group_mac, peer_key},
+    discovery::{Snapshot, VxlanDevice, is_group_mac, peer_addr, peer_key},
     schema::MacMove,
 };
 
@@ -36,6 +36,9 @@ impl Tracer {
     ) -> Result<(usize, Vec<MacMove>)> {
         let mut macs = 0;
         let mut moved = Vec::new();
+        // What this FDB says, and nothing more: entries that left it are
+        // forgotten, so the memory follows the FDB, not its history.
+        let mut seeded = std::collections::HashMap::with_capacity(self.fdb_seeded.len());
         for entry in &snap.fdb {
             let Some(dev) = watched.iter().find(|d| d.ifindex == entry.ifindex) else {
                 continue;
@@ -45,25 +48,20 @@ impl Tracer {
             }
             let vni = entry.vni.or(dev.vni).unwrap_or(0);
             let key = MacKey::new(vni, entry.mac);
-            match self.fdb_seeded.insert(key, entry.dst) {
-                Some(before) if before == entry.dst => {}
-                // The control plane moved the MAC to another VTEP (EVPN MAC
-                // mobility, a migrated VM, a rescheduled pod): that is newer
-                // than anything learned from traffic before it.
-                Some(before) => {
-                    self.move_mac(key, &entry.dst)?;
-                    moved.push(MacMove {
-                        device: dev.name.clone(),
-                        mac: Some(entry.mac),
-                        vni,
-                        from: before,
-                        to: entry.dst,
-                    });
-                }
-                None => self.seed_mac(vni, entry.mac, &entry.dst)?,
+            let before = self.fdb_seeded.get(&key).copied();
+            if let Some(from) = self.seed_fdb_entry(key, &entry.dst, before)? {
+                moved.push(MacMove {
+                    device: dev.name.clone(),
+                    mac: Some(entry.mac),
+                    vni,
+                    from,
+                    to: entry.dst,
+                });
             }
+            seeded.insert(key, entry.dst);
             macs += 1;
         }
+        self.fdb_seeded = seeded;
         if !moved.is_empty() {
             self.forget_mac_owners()?;
         }
@@ -88,44 +86,59 @@ impl Tracer {
         Ok((macs, moved))
     }
 
-    /// Tells the kernel programs that `mac` on `vni` lives behind `peer`
-    /// (from the VXLAN device's FDB). Learned entries are not overwritten:
-    /// what the traffic says wins over configuration.
+    /// Tells the kernel programs that `mac` on `vni` lives behind `peer` (an
+    /// FDB entry seen for the first time).
     pub fn seed_mac(&mut self, vni: u32, mac: [u8; 6], peer: &IpAddr) -> Result<()> {
+        self.seed_fdb_entry(MacKey::new(vni, mac), peer, None)
+            .map(|_| ())
+    }
+
+    /// Tells the kernel programs that `key`'s MAC lives behind `dst`, as an
+    /// FDB entry says; `before`: the destination this entry had at the last
+    /// call, if it was there. Returns the VTEP the MAC moved from, if it did.
+    ///
+    /// A changed destination is a move (EVPN MAC mobility, a migrated VM, a
+    /// rescheduled pod): newer than anything learned from traffic, it
+    /// replaces whatever the map holds. So does a new entry whose MAC the
+    /// map has from an earlier FDB entry elsewhere (the entry went and came
+    /// back between two reads). A MAC the traffic taught is otherwise kept:
+    /// it says where the peer's packets really come from.
+    fn seed_fdb_entry(
+        &mut self,
+        key: MacKey,
+        dst: &IpAddr,
+        before: Option<IpAddr>,
+    ) -> Result<Option<IpAddr>> {
         let mut macs: HashMap<_, MacKey, MacPeer> =
             HashMap::try_from(self.map_mut(maps::MAC_PEERS)?)?;
-        let key = MacKey::new(vni, mac);
-        if macs.get(&key, 0).is_ok() {
-            return Ok(());
-        }
         let value = MacPeer {
-            peer: peer_key(peer),
+            peer: peer_key(dst),
             source: MAC_SOURCE_FDB,
             _pad: 0,
         };
-        // BPF_NOEXIST: a learned entry that raced in first stays.
-        match macs.insert(key, value, BPF_NOEXIST) {
-            Ok(()) => Ok(()),
+        let from = match before {
+            Some(b) if b == *dst => return Ok(None),
+            Some(b) => Some(b),
+            None => match macs.get(&key, 0) {
+                Ok(known) if known.source == MAC_SOURCE_FDB && known.peer != value.peer => {
+                    Some(peer_addr(&known.peer))
+                }
+                Ok(_) => return Ok(None),
+                Err(_) => None,
+            },
+        };
+        // A new MAC: BPF_NOEXIST, so a learned entry that raced in first
+        // stays. A move: replace.
+        let flags = if from.is_some() { 0 } else { BPF_NOEXIST };
+        match macs.insert(key, value, flags) {
+            Ok(()) => Ok(from),
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
             {
-                Ok(())
+                Ok(None)
             }
             Err(e) => Err(e).context("seeding the MAC-to-peer map"),
         }
-    }
-
-    /// `key`'s MAC now lives behind `peer`, whatever the map said.
-    fn move_mac(&mut self, key: MacKey, peer: &IpAddr) -> Result<()> {
-        let mut macs: HashMap<_, MacKey, MacPeer> =
-            HashMap::try_from(self.map_mut(maps::MAC_PEERS)?)?;
-        let value = MacPeer {
-            peer: peer_key(peer),
-            source: MAC_SOURCE_FDB,
-            _pad: 0,
-        };
-        macs.insert(key, value, 0)
-            .context("moving a MAC to its new peer")
     }
 
     /// Empties the VXLAN device programs' per-CPU memo of MAC owners, so

@@ -184,13 +184,13 @@ impl Session {
         else {
             return Ok(Vec::new());
         };
+        let mut events = events;
+        events.extend(self.look_for_blind_spots(&fresh));
         for e in &events {
             if let Some(words) = crate::sinks::events::describe(e) {
                 eprintln!("vxtrace: {words}");
             }
         }
-        let mut events = events;
-        events.extend(self.look_for_blind_spots(&fresh));
         // Filters of re-attached devices, and filters that moved back to
         // the head of a chain, must be cleaned up after a SIGKILL too.
         hand_filters_to_watchdog(&mut self.run.reaper, &self.run.tracer)?;
@@ -207,9 +207,6 @@ impl Session {
         spots.extend(t.visibility.check_xdp(&self.run.plan, fresh));
         if let Some(counts) = Counts::take(&self.run.plan, fresh, &t.peers, &t.global) {
             spots.extend(t.visibility.check_counts(&self.run.plan, counts));
-        }
-        for s in &spots {
-            eprintln!("vxtrace: {}", s.message);
         }
         spots.into_iter().map(Line::BlindSpot).collect()
     }
