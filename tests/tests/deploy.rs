@@ -49,6 +49,7 @@ const METRICS: &[&str] = &[
     "vxtrace_outages_total",
     "vxtrace_peer_one_way",
     "vxtrace_peer_finding",
+    "vxtrace_peers_with_finding",
     "vxtrace_tcp_handshake_seconds_bucket",
     "vxtrace_tcp_handshake_seconds_sum",
     "vxtrace_tcp_handshake_seconds_count",
@@ -64,7 +65,7 @@ const RULES: &[&str] = &[
     "vxtrace:link_receiver_loss:ratio_rate5m",
     "vxtrace:link_tx_encap:rate5m",
     "vxtrace:link_rx_nic:rate5m",
-    "vxtrace:link_rx_decap:rate5m",
+    "vxtrace:vtep:info",
 ];
 
 /// Labels of those series: vxtrace's, the rules', Prometheus' own target
@@ -82,6 +83,7 @@ const LABELS: &[&str] = &[
     "to_vtep",
     "instance",
     "job",
+    "cluster",
     "le",
     "__name__",
 ];
@@ -811,4 +813,451 @@ fn pod_monitor_scrapes_the_daemonset() {
     );
     assert_eq!(job, "vxtrace/vxtrace");
     assert!(repo_file(manifests::RULES).contains(r#"up{job=~"vxtrace|.*/vxtrace"}"#));
+}
+
+/// A directory of its own under the system's temporary one, removed on
+/// drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vxtrace-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A dashboard query as Grafana sends it to Prometheus with `node` selected
+/// (a node's name, as in a row repeated per node, or `.*` for All; the
+/// dashboard puts `$node` in regex matchers only), a 5m rate interval and a
+/// 1h time range. Only label_replace's `$1` remains.
+fn grafana_expr(expr: &str, node: &str) -> String {
+    let e = expr
+        .replace("${node}", node)
+        .replace("$node", node)
+        .replace("$__rate_interval", "5m")
+        .replace("$__range", "1h")
+        .replace("$__interval", "1m");
+    for (at, _) in e.match_indices('$') {
+        assert!(
+            e[at + 1..].starts_with(|c: char| c.is_ascii_digit()),
+            "a Grafana variable left in {e}"
+        );
+    }
+    e
+}
+
+/// Every query of the dashboard, rows' panels included: (panel title,
+/// refId, expr).
+fn dashboard_queries(d: &Value) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for p in panels(d) {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push((
+                p["title"].as_str().unwrap_or("?").to_string(),
+                t["refId"].as_str().unwrap_or("?").to_string(),
+                t["expr"].as_str().expect("expr").to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// The query `ref_id` of the panel titled `title`.
+fn dashboard_query(d: &Value, title: &str, ref_id: &str) -> String {
+    dashboard_queries(d)
+        .into_iter()
+        .find(|(t, r, _)| t == title && r == ref_id)
+        .unwrap_or_else(|| panic!("no query {ref_id} in a panel {title:?}"))
+        .2
+}
+
+/// A panel's value mappings, value to text, from its defaults and its
+/// overrides.
+fn value_mappings(panel: &Value) -> std::collections::BTreeMap<String, String> {
+    let config = &panel["fieldConfig"];
+    let mut lists = vec![&config["defaults"]["mappings"]];
+    for o in config["overrides"].as_array().into_iter().flatten() {
+        for prop in o["properties"].as_array().into_iter().flatten() {
+            if prop["id"] == "mappings" {
+                lists.push(&prop["value"]);
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for m in lists.into_iter().filter_map(Value::as_array).flatten() {
+        assert_eq!(m["type"], "value", "{m}");
+        for (value, option) in m["options"].as_object().expect("mapping options") {
+            let text = option["text"].as_str().expect("mapping text").to_string();
+            assert!(out.insert(value.clone(), text).is_none(), "{value} twice");
+        }
+    }
+    out
+}
+
+/// Every query of the dashboard is valid PromQL for Prometheus' own
+/// parser (each as a recording rule of a file `promtool check rules`
+/// checks, with Grafana's variables as Grafana fills them in); the panel
+/// ids are unique; the link-state panels map their values to the four
+/// states.
+#[test]
+fn dashboard_queries_pass_promtool_and_link_states_are_named() {
+    let d = dashboard();
+    let mut ids = BTreeSet::new();
+    for p in panels(&d) {
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "duplicate panel id {}",
+            p["id"]
+        );
+    }
+    let queries = dashboard_queries(&d);
+    assert!(queries.len() >= 30, "{} queries", queries.len());
+    let rules: Vec<Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, expr))| {
+            serde_json::json!({
+                "record": format!("dashboard:expr_{i}"),
+                "expr": grafana_expr(expr, ".*"),
+            })
+        })
+        .collect();
+    let file = serde_json::json!({ "groups": [{ "name": "dashboard", "rules": rules }] });
+    let dir = TempDir::new("dashboard-rules");
+    let path = dir.0.join("dashboard-rules.yaml");
+    std::fs::write(&path, serde_norway::to_string(&file).unwrap()).unwrap();
+    let (code, out, err) = run(Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&path));
+    assert_eq!(code, 0, "promtool check rules: {out}{err}");
+    assert!(
+        out.contains(&format!("SUCCESS: {} rules found", queries.len())),
+        "{out}{err}"
+    );
+
+    let states: std::collections::BTreeMap<String, String> = [
+        ("0", "no series"),
+        ("1", "no traffic"),
+        ("2", "no loss"),
+        ("3", "loss"),
+    ]
+    .into_iter()
+    .map(|(v, t)| (v.to_string(), t.to_string()))
+    .collect();
+    let state_panels: Vec<&Value> = panels(&d)
+        .into_iter()
+        .filter(|p| {
+            p["title"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Link state"))
+        })
+        .collect();
+    let titles: Vec<&str> = state_panels
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    assert!(titles.contains(&"Link state from $node"), "{titles:?}");
+    assert!(titles.contains(&"Link state to $node"), "{titles:?}");
+    for p in state_panels {
+        assert_eq!(value_mappings(p), states, "{}", p["title"]);
+    }
+}
+
+/// One input series of a promtool unit test, constant over 20 minutes.
+fn series(name: &str, labels: &str, value: &str) -> Value {
+    serde_json::json!({ "series": format!("{name}{{{labels}}}"), "values": format!("{value}x20") })
+}
+
+/// A sample promtool expects: labels and value.
+fn sample(labels: &str, value: f64) -> Value {
+    serde_json::json!({ "labels": format!("{{{labels}}}"), "value": value })
+}
+
+/// The dashboard's link states, evaluated by promtool on the recording
+/// rules' series: two clusters sharing node names and addresses, the
+/// selected node a (dual-stack) and its peers b (lossy over IPv4, healthy
+/// over IPv6), c (healthy, receiver loss under 5 %), d (series at zero
+/// rate), e (not scraped for the last 7 minutes: no series, still known),
+/// f (exports nothing: only a's end of the link); a link of a to itself
+/// is left out. The findings per cause and the traffic summed into the rest
+/// on vxtrace's own series, in the same two clusters.
+#[test]
+fn dashboard_link_states_and_the_rest_evaluate_in_promtool() {
+    let d = dashboard();
+    let c1 = r#"cluster="c1",job="vxtrace""#;
+    let c2 = r#"cluster="c2",job="vxtrace""#;
+    let vtep = |cluster: &str, node: &str, vtep: &str, family: &str, values: &str| {
+        serde_json::json!({
+            "series": format!(
+                r#"vxtrace:vtep:info{{{cluster},instance="{node}:9478",node="{node}",vtep="{vtep}",family="{family}"}}"#
+            ),
+            "values": values,
+        })
+    };
+    let link = |metric: &str, cluster: &str, from: &str, to: &str, family: &str, v: &str| {
+        series(
+            &format!("vxtrace:link_{metric}"),
+            &format!(r#"{cluster},from_node="{from}",to_node="{to}",family="{family}""#),
+            v,
+        )
+    };
+    // tx, rx_nic, rx_decap, path loss, receiver loss (None: no series).
+    let mut links = Vec::new();
+    let mut add = |cluster: &str, from: &str, to: &str, family: &str, v: [Option<&str>; 5]| {
+        let metrics = [
+            "tx_encap:rate5m",
+            "rx_nic:rate5m",
+            "rx_decap:rate5m",
+            "path_loss:ratio_rate5m",
+            "receiver_loss:ratio_rate5m",
+        ];
+        for (m, v) in metrics.iter().zip(v) {
+            if let Some(v) = v {
+                links.push(link(m, cluster, from, to, family, v));
+            }
+        }
+    };
+    let healthy = [Some("10"), Some("10"), Some("10"), Some("0"), Some("0")];
+    add(
+        c1,
+        "a",
+        "b",
+        "ipv4",
+        [Some("10"), Some("5"), Some("5"), Some("0.5"), Some("0")],
+    );
+    add(c1, "a", "b", "ipv6", healthy);
+    add(
+        c1,
+        "a",
+        "c",
+        "ipv4",
+        [Some("10"), Some("10"), Some("9.8"), Some("0"), Some("0.02")],
+    );
+    add(
+        c1,
+        "a",
+        "d",
+        "ipv4",
+        [Some("0"), Some("0"), Some("0"), None, None],
+    );
+    add(c1, "a", "f", "ipv4", [Some("10"), None, None, None, None]);
+    add(c1, "a", "a", "ipv4", healthy);
+    add(
+        c1,
+        "b",
+        "a",
+        "ipv4",
+        [Some("10"), Some("10"), Some("0"), Some("0"), Some("1")],
+    );
+    add(c1, "c", "a", "ipv4", healthy);
+    add(
+        c1,
+        "f",
+        "a",
+        "ipv4",
+        [Some("0"), Some("0"), None, None, None],
+    );
+    add(c2, "a", "b", "ipv4", healthy);
+    let mut input = vec![
+        vtep(c1, "a", "192.0.2.1", "ipv4", "1x20"),
+        vtep(c1, "a", "2001:db8::1", "ipv6", "1x20"),
+        vtep(c1, "b", "192.0.2.2", "ipv4", "1x20"),
+        vtep(c1, "b", "2001:db8::2", "ipv6", "1x20"),
+        vtep(c1, "c", "192.0.2.3", "ipv4", "1x20"),
+        vtep(c1, "d", "192.0.2.4", "ipv4", "1x20"),
+        vtep(c1, "e", "192.0.2.5", "ipv4", "1x3"),
+        vtep(c1, "f", "192.0.2.6", "ipv4", "1x20"),
+        vtep(c2, "a", "192.0.2.1", "ipv4", "1x20"),
+        vtep(c2, "b", "192.0.2.2", "ipv4", "1x20"),
+    ];
+    input.extend(links);
+    let pair = |cluster: &str, from: &str, to: &str| {
+        format!(r#"{cluster},from_node="{from}",to_node="{to}""#)
+    };
+    let from_a = vec![
+        sample(&pair(c1, "a", "b"), 3.0),
+        sample(&pair(c1, "a", "c"), 2.0),
+        sample(&pair(c1, "a", "d"), 1.0),
+        sample(&pair(c1, "a", "e"), 0.0),
+        sample(&pair(c1, "a", "f"), 0.0),
+        sample(&pair(c2, "a", "b"), 2.0),
+    ];
+    let to_a = vec![
+        sample(&pair(c1, "b", "a"), 3.0),
+        sample(&pair(c1, "c", "a"), 2.0),
+        sample(&pair(c1, "f", "a"), 1.0),
+        sample(&pair(c1, "d", "a"), 0.0),
+        sample(&pair(c1, "e", "a"), 0.0),
+        sample(&pair(c2, "b", "a"), 0.0),
+    ];
+    let mut link_tests = Vec::new();
+    for (title, expected) in [
+        ("Link state from $node", &from_a),
+        ("Link state from $node over time", &from_a),
+        ("Link state to $node", &to_a),
+        ("Link state to $node over time", &to_a),
+    ] {
+        link_tests.push(serde_json::json!({
+            "expr": grafana_expr(&dashboard_query(&d, title, "A"), "a"),
+            "eval_time": "10m",
+            "exp_samples": expected,
+        }));
+    }
+
+    // vxtrace's own series: node a in both clusters, on the same instance.
+    let a1 = format!(r#"{c1},instance="a:9478""#);
+    let a2 = format!(r#"{c2},instance="a:9478""#);
+    let path_loss = r#"cause="path_loss",segment="path""#;
+    let raw = vec![
+        series(
+            "vxtrace_node_info",
+            &format!(r#"{a1},node="a",vtep="192.0.2.1""#),
+            "1",
+        ),
+        series(
+            "vxtrace_node_info",
+            &format!(r#"{a1},node="a",vtep="2001:db8::1""#),
+            "1",
+        ),
+        series(
+            "vxtrace_node_info",
+            &format!(r#"{a2},node="a",vtep="192.0.2.1""#),
+            "1",
+        ),
+        vtep(c1, "b", "192.0.2.2", "ipv4", "1x20"),
+        // c1's a: 3 peers with path loss, 1 with series of its own (b),
+        // and one with a finding it no longer shows.
+        series(
+            "vxtrace_peers_with_finding",
+            &format!("{a1},{path_loss}"),
+            "3",
+        ),
+        series(
+            "vxtrace_peers_with_finding",
+            &format!(r#"{a1},cause="host_firewall",segment="receiver_host""#),
+            "0",
+        ),
+        series(
+            "vxtrace_peer_finding",
+            &format!(r#"{a1},peer="192.0.2.2",{path_loss}"#),
+            "1",
+        ),
+        series(
+            "vxtrace_peer_finding",
+            &format!(r#"{a1},peer="198.51.100.9",{path_loss}"#),
+            "1",
+        ),
+        // c2's a: one, in the rest.
+        series(
+            "vxtrace_peers_with_finding",
+            &format!("{a2},{path_loss}"),
+            "1",
+        ),
+        // c1's a sends 10/s to b and 2.5/s to the rest; receives 5/s from
+        // b, nothing from the rest.
+        series(
+            "vxtrace_tx_encap_packets_total",
+            &format!(r#"{a1},peer="192.0.2.2""#),
+            "0+600",
+        ),
+        series(
+            "vxtrace_tx_encap_packets_total",
+            &format!(r#"{a1},peer="other_peers""#),
+            "0+150",
+        ),
+        series(
+            "vxtrace_rx_nic_packets_total",
+            &format!(r#"{a1},peer="192.0.2.2""#),
+            "0+300",
+        ),
+        // c2's a sends 1/s, all to the rest.
+        series(
+            "vxtrace_tx_encap_packets_total",
+            &format!(r#"{a2},peer="other_peers""#),
+            "0+60",
+        ),
+    ];
+    let node_a = |cluster: &str, more: &str| format!(r#"{cluster},node="a"{more}"#);
+    let cause = format!(",{path_loss}");
+    let rest = "Traffic summed into the rest (last 5 minutes)";
+    let findings = "Peers with each finding";
+    let raw_tests: Vec<Value> = [
+        (
+            findings,
+            "A",
+            vec![
+                sample(&node_a(c1, &cause), 3.0),
+                sample(&node_a(c2, &cause), 1.0),
+            ],
+        ),
+        (findings, "B", vec![sample(&node_a(c1, &cause), 2.0)]),
+        (
+            findings,
+            "C",
+            vec![
+                sample(&node_a(c1, &cause), 1.0),
+                sample(&node_a(c2, &cause), 1.0),
+            ],
+        ),
+        (
+            "Findings per peer",
+            "A",
+            vec![
+                sample(
+                    &node_a(c1, &format!(r#",peer="192.0.2.2",to_node="b"{cause}"#)),
+                    1.0,
+                ),
+                sample(&node_a(c1, &format!(r#",peer="198.51.100.9"{cause}"#)), 1.0),
+            ],
+        ),
+        (
+            rest,
+            "A",
+            vec![sample(&node_a(c1, ""), 2.5), sample(&node_a(c2, ""), 1.0)],
+        ),
+        (
+            rest,
+            "B",
+            vec![sample(&node_a(c1, ""), 12.5), sample(&node_a(c2, ""), 1.0)],
+        ),
+        (
+            rest,
+            "C",
+            vec![sample(&node_a(c1, ""), 0.2), sample(&node_a(c2, ""), 1.0)],
+        ),
+        (rest, "F", vec![sample(&node_a(c1, ""), 0.0)]),
+    ]
+    .into_iter()
+    .map(|(title, ref_id, expected)| {
+        serde_json::json!({
+            "expr": grafana_expr(&dashboard_query(&d, title, ref_id), ".*"),
+            "eval_time": "10m",
+            "exp_samples": expected,
+        })
+    })
+    .collect();
+
+    let file = serde_json::json!({
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            { "interval": "1m", "input_series": input, "promql_expr_test": link_tests },
+            { "interval": "1m", "input_series": raw, "promql_expr_test": raw_tests },
+        ],
+    });
+    let dir = TempDir::new("dashboard-test");
+    let path = dir.0.join("dashboard.test.yaml");
+    std::fs::write(&path, serde_norway::to_string(&file).unwrap()).unwrap();
+    let (code, out, err) = run(Command::new("promtool").arg("test").arg("rules").arg(&path));
+    assert_eq!(code, 0, "promtool test rules: {out}{err}");
+    assert!(out.contains("SUCCESS"), "{out}{err}");
 }

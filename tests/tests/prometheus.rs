@@ -24,8 +24,9 @@ const METRICS_PORT: u16 = 9478;
 const PROMETHEUS_ADDR: &str = "192.0.2.200/24";
 const PROMETHEUS_PORT: u16 = 9090;
 
-/// The rules as shipped, with every `for:` shortened to 5 s and every
-/// `[5m]` rate window to `[1m]`: this Prometheus scrapes every second and
+/// The rules as shipped, with every `for:` shortened to 5 s, every
+/// group's evaluation `interval:` to 1 s and every `[5m]` rate window to
+/// `[1m]`: this Prometheus scrapes every second and
 /// the tests run for seconds, where a 5-minute window would hold a few
 /// seconds of traffic against its 300 s and keep the links under the
 /// alerts' traffic guard (the shipped windows, for 15 s to 1 m scrape
@@ -38,15 +39,18 @@ fn rules_for_a_test(dir: &Path) -> PathBuf {
     let short: String = text
         .lines()
         .map(|l| {
+            let indent = &l[..l.len() - l.trim_start().len()];
             if l.trim_start().starts_with("for:") {
-                format!("{}for: 5s", &l[..l.len() - l.trim_start().len()])
+                format!("{indent}for: 5s")
+            } else if l.trim_start().starts_with("interval:") {
+                format!("{indent}interval: 1s")
             } else {
                 l.replace("[5m]", "[1m]")
             }
         })
         .collect::<Vec<_>>()
         .join("\n");
-    assert!(short.contains("for: 5s") && short.contains("[1m]"));
+    assert!(short.contains("for: 5s") && short.contains("[1m]") && short.contains("interval: 1s"));
     assert!(!short.contains("[5m]"));
     let path = dir.join("vxtrace-rules.yaml");
     std::fs::write(&path, short).unwrap();
@@ -371,10 +375,11 @@ fn v4(ip: std::net::IpAddr) -> Ipv4Addr {
     }
 }
 
-/// Peers with series of their own: the busiest up to `--metrics-peers`,
-/// and any with a finding; the rest summed. With the cap at 0, a healthy
-/// busy peer has no series of its own, and a broken one does, with its
-/// finding named; and the exposition passes `promtool check metrics`.
+/// Peers with every counter as series of their own: the busiest up to
+/// `--metrics-peers`, and any with a finding; every peer has its link
+/// series; the rest is summed. With the cap at 0, a healthy busy peer has
+/// only its link series, and a broken one every counter, with its finding
+/// named; and the exposition passes `promtool check metrics`.
 #[test]
 fn series_stay_bounded_and_a_broken_link_is_still_named() {
     let lab = LabGuard::new("vt-pc", 3, false, 8472);
@@ -411,10 +416,24 @@ fn series_stay_bounded_and_a_broken_link_is_still_named() {
         body.contains(&format!("vxtrace_tx_encap_packets_total{{peer=\"{c}\"}}")),
         "{body}"
     );
-    assert!(
-        !body.contains(&format!("peer=\"{b}\"")),
-        "a healthy peer beyond the cap has no series: {body}"
+    // A healthy peer beyond the busiest cap keeps its link series (what
+    // the cluster rules join), and nothing else of its own.
+    let own: Vec<&str> = body
+        .lines()
+        .filter(|l| l.contains(&format!("peer=\"{b}\"")))
+        .map(|l| l.split('{').next().unwrap())
+        .collect();
+    assert_eq!(
+        own,
+        [
+            "vxtrace_tx_encap_packets_total",
+            "vxtrace_rx_nic_packets_total",
+            "vxtrace_rx_decap_packets_total"
+        ],
+        "{body}"
     );
+    assert!(body.contains("\nvxtrace_link_share 1.0\n"), "{body}");
+    assert!(body.contains("\nvxtrace_link_peers 2\n"), "{body}");
     assert!(
         body.contains("vxtrace_tx_encap_packets_total{peer=\"other_peers\"}"),
         "{body}"
@@ -461,10 +480,143 @@ fn the_rules_pass_promtool() {
         .args(["check", "rules", "vxtrace-rules.yaml"])
         .current_dir(&dir));
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("SUCCESS: 18 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 14 rules found"), "{out}");
     let (code, out, err) = run(Command::new("promtool")
         .args(["test", "rules", "vxtrace-rules.test.yaml"])
         .current_dir(&dir));
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("SUCCESS"), "{out}");
+}
+
+/// Five nodes, each held to its smallest per-peer export
+/// (`--metrics-peers 0`: no peer gets every counter for its traffic), a
+/// 40 % random loss on the path of one link that is nobody's busiest, and
+/// a node with a second VTEP of the same family (a second overlay): the
+/// lossy link's path-loss recording reads 0.2 to 0.6, the healthy links'
+/// under 0.1, and every rule evaluates (no many-to-many match).
+#[test]
+fn a_partial_loss_on_a_quiet_link_is_recorded_in_a_five_node_cluster() {
+    let lab = LabGuard::new("vt-p5", 5, false, 8472);
+    // Node 5's second overlay: its own VXLAN device on a second underlay
+    // address of the same family.
+    let n5 = lab.node_ns(5);
+    sh(&[
+        "ip",
+        "-n",
+        &n5,
+        "addr",
+        "add",
+        "192.0.2.115/24",
+        "dev",
+        "eth0",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &n5,
+        "link",
+        "add",
+        "vxlan7",
+        "type",
+        "vxlan",
+        "id",
+        "7",
+        "local",
+        "192.0.2.115",
+        "dev",
+        "eth0",
+        "dstport",
+        "4789",
+        "nolearning",
+    ]);
+    sh(&["ip", "-n", &n5, "link", "set", "vxlan7", "up"]);
+    // 40 % of node 2's VXLAN packets to node 4 are lost between them.
+    vxtrace_tests::scenarios::nft(
+        &lab.bridge_ns(),
+        &format!(
+            "add table bridge vtloss; add chain bridge vtloss fw {{ type filter hook forward priority 0 ; }}; add rule bridge vtloss fw iifname \"veth2\" oifname \"veth4\" udp dport {} numgen random mod 100 < 40 drop",
+            lab.port
+        ),
+    );
+    let _agents = agents(&lab, &["--metrics-peers", "0"]);
+    let prom = Prometheus::start(&lab);
+    let info = prom.values("vxtrace_node_info{node=\"node5\"}");
+    assert_eq!(info.len(), 2, "node 5 has two VTEPs: {info:?}");
+    // Node 2's and node 4's busiest links are others (2 <-> 1, 4 <-> 3,
+    // three senders each); 2 -> 4 carries one.
+    let until = Instant::now() + Duration::from_secs(40);
+    let senders = traffic(
+        &lab,
+        &[
+            (2, 1),
+            (2, 1),
+            (2, 1),
+            (4, 3),
+            (4, 3),
+            (4, 3),
+            (2, 4),
+            (5, 1),
+            (1, 5),
+            (3, 5),
+        ],
+        until,
+    );
+    let lossy = link("vxtrace:link_path_loss:ratio_rate5m", "node2", "node4");
+    let healthy = [
+        ("node2", "node1"),
+        ("node4", "node3"),
+        ("node5", "node1"),
+        ("node1", "node5"),
+        ("node3", "node5"),
+    ];
+    prom.wait_until(
+        "node2 -> node4 path loss in 0.2..0.6 and the healthy links under 0.1",
+        Duration::from_secs(35),
+        |p| {
+            p.value(&lossy).is_some_and(|v| (0.2..=0.6).contains(&v))
+                && healthy.iter().all(|(f, t)| {
+                    p.value(&link("vxtrace:link_path_loss:ratio_rate5m", f, t))
+                        .is_some_and(|v| v < 0.1)
+                })
+        },
+    );
+    // The ratio holds over more traffic, and so do the healthy links.
+    std::thread::sleep(Duration::from_secs(5));
+    let loss = prom.value(&lossy).unwrap();
+    assert!((0.2..=0.6).contains(&loss), "node2 -> node4: {loss}");
+    for (f, t) in healthy {
+        let v = prom
+            .value(&link("vxtrace:link_path_loss:ratio_rate5m", f, t))
+            .unwrap();
+        assert!(v < 0.1, "{f} -> {t}: {v}");
+    }
+    // Every rule evaluated without error (a node with two VTEPs of one
+    // family once broke every join: "many-to-many matching not allowed").
+    let rules = prom.get("/api/v1/rules");
+    let groups = rules["data"]["groups"].as_array().expect("rule groups");
+    for g in groups {
+        for r in g["rules"].as_array().unwrap() {
+            assert_eq!(r["health"], "ok", "{r}");
+        }
+    }
+    // Node 2 exported the quiet link as link series only.
+    let n4 = lab.underlay_ip(4).to_string();
+    assert!(
+        prom.values(&format!(
+            "vxtrace_tx_dev_packets_total{{instance=\"{}:{METRICS_PORT}\",peer=\"{n4}\"}}",
+            lab.underlay_ip(2)
+        ))
+        .is_empty()
+    );
+    assert_eq!(
+        prom.values(&format!(
+            "vxtrace_tx_encap_packets_total{{instance=\"{}:{METRICS_PORT}\",peer=\"{n4}\"}}",
+            lab.underlay_ip(2)
+        ))
+        .len(),
+        1
+    );
+    for s in senders {
+        s.join().unwrap();
+    }
 }

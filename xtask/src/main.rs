@@ -10,6 +10,8 @@
 //!   kernel, the container image's checks (`image`), then the kernel
 //!   matrix (`kernels` on every default kernel).
 //! - `bench`: measures what vxtrace costs and writes BENCHMARKS.md.
+//! - `mesh`: what the cluster view costs Prometheus: a real Prometheus
+//!   scraping vxtrace's own expositions of generated full meshes.
 //! - `demo`: runs the built-in lab demo.
 //! - `kernels`: integration tests on other kernels (Debian's cloud kernels,
 //!   booted under qemu).
@@ -61,6 +63,15 @@ enum Task {
     },
     /// Set up, build, and measure what vxtrace costs (writes BENCHMARKS.md).
     Bench,
+    /// Set up, then measure what the cluster view costs Prometheus: series
+    /// per node and per cluster for full meshes, and a real Prometheus's
+    /// memory scraping them (the numbers of README's "Across the cluster").
+    Mesh {
+        /// Arguments for the measurement (e.g. --nodes 100,1000
+        /// --count-only 5000 --scrape 30s --minutes 5).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Set up, build, and run the built-in lab demo.
     Demo {
         /// How long `vxtrace watch` runs in the demo.
@@ -160,6 +171,20 @@ fn main() -> Result<()> {
                     "--bin",
                     "vxtrace-bench",
                 ]))
+        }
+        Task::Mesh { args } => {
+            setup()?;
+            run(Command::new("cargo")
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "vxtrace-tests",
+                    "--bin",
+                    "vxtrace-mesh",
+                    "--",
+                ])
+                .args(args))
         }
         Task::Demo { duration } => {
             setup()?;

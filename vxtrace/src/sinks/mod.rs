@@ -9,6 +9,7 @@ use anyhow::Result;
 use vxtrace_common::HandshakeEvent;
 
 use crate::{
+    probes::Readout,
     schema::{Interval, Line, Summary},
     watch::tables::{DropDeltas, Tables},
 };
@@ -102,4 +103,29 @@ impl Sinks {
         }
         first.map_or(Ok(()), Err)
     }
+}
+
+/// Folds one readout into `tables` and hands the interval to `sink`, as a
+/// run does but without a kernel: for sinks fed counters made elsewhere
+/// (the cluster-scale measurement, the sinks' own tests).
+pub fn feed(
+    sink: &mut dyn Sink,
+    tables: &mut Tables,
+    readout: &Readout,
+    seconds: f64,
+) -> Result<()> {
+    let drop_deltas = tables.fold(readout, seconds);
+    let line = Line::Interval(Box::new(tables.interval_line(
+        0.0,
+        seconds,
+        &drop_deltas,
+        0.0,
+    )));
+    sink.interval(&IntervalView {
+        line: &line,
+        events: &[],
+        tables,
+        drop_deltas: &drop_deltas,
+        handshakes: &[],
+    })
 }

@@ -384,6 +384,7 @@ fn open_sinks(args: &WatchArgs, p: &mut Planned, tracer: &Tracer) -> Result<Sink
             addr,
             node: p.node.clone(),
             busiest: args.metrics_peers,
+            links: args.metrics_links,
             selected: args.peers.clone(),
         })?;
         // Said with the other notes when the programs are attached.

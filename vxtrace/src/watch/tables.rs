@@ -53,6 +53,26 @@ pub struct Tables {
 }
 
 impl Tables {
+    /// Tables of a run that reads no kernel (no drop-reason names, no
+    /// symbols): for feeding counters made elsewhere through the sinks,
+    /// as the cluster-scale measurement and the sinks' tests do.
+    pub fn detached(peer_limit: usize) -> Self {
+        Self {
+            peers: PeerTable::new(peer_limit),
+            drops: DropTable::new(65_536),
+            outages: OutageTracker::new(3.0, 10.0, unix_now(), peer_limit),
+            global: GlobalStats::default(),
+            selected: Vec::new(),
+            reasons: DropReasons::default(),
+            syms: None,
+            port_mismatch: Default::default(),
+            too_big: Default::default(),
+            local_ports: Vec::new(),
+            unresolved: Vec::new(),
+            visibility: Default::default(),
+        }
+    }
+
     /// Folds one read of the kernel maps in; `seconds` is the interval's
     /// length (0 for a remainder too short to count as an interval).
     pub fn fold(&mut self, readout: &Readout, seconds: f64) -> DropDeltas {

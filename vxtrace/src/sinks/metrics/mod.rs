@@ -6,13 +6,20 @@
 //!
 //! Every per-peer series has a `peer` label (the underlay address), so a
 //! cluster's Prometheus can set A's `vxtrace_tx_encap_packets_total{peer="B"}`
-//! against B's `vxtrace_rx_nic_packets_total{peer="A"}`. The series per
-//! node are bounded: peers get series of their own when asked for
-//! (`--peer`), when they have a finding (up to 64 of them), or as one of
-//! the `--metrics-peers` busiest; everyone else is summed into
-//! `peer="other_peers"`, and `vxtrace_peers_with_finding{cause,segment}`
-//! counts the peers with each finding. A peer once given series keeps
-//! them, so every counter only ever grows.
+//! against B's `vxtrace_rx_nic_packets_total{peer="A"}`. Two tiers keep
+//! the series per node bounded while every link stays visible:
+//! - link series (the three packet counters the cluster rules join) for
+//!   every peer while the cluster's links fit `--metrics-links`, and
+//!   beyond it for a share of the pairs that both ends choose alike
+//!   (`links`);
+//! - every counter for the peers asked for (`--peer`), those with a
+//!   finding (up to 64 of them) and the `--metrics-peers` busiest; such a
+//!   peer keeps its series once given them.
+//!
+//! What has no series of its own is summed into `peer="other_peers"`, so
+//! each counter's series add up to the node's total, and
+//! `vxtrace_peers_with_finding{cause,segment}` counts the peers with each
+//! finding.
 //!
 //! The exposition follows the scraper's `Accept` header: OpenMetrics for
 //! Prometheus (which asks for it), the classic text format otherwise.
@@ -33,6 +40,11 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use vxtrace_common::PeerKey;
 
 use super::{IntervalView, Sink, SummaryView};
+mod links;
+
+use links::LinkChoice;
+pub use links::{DEFAULT_LINK_BUDGET, LINK_METRICS, pair_hash, pair_kept};
+
 use crate::{
     discovery::{peer_addr, peer_key},
     schema::{Line, Node, PEER_COUNTERS, PeerCounters},
@@ -53,6 +65,11 @@ fn peer_label(peer: &str) -> Labels {
 /// others with findings are counted in `vxtrace_peers_with_finding`.
 const FINDING_PEERS_MAX: usize = 64;
 
+/// A peer given series for a finding gives them up (its place goes to the
+/// next peer with a finding) once it has had none for this long: long
+/// enough for its counters to show the recovery in Prometheus.
+const FINDING_PEER_HOLD_S: f64 = 15.0 * 60.0;
+
 /// Handshake latency buckets, seconds.
 const HANDSHAKE_BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 3.0];
 
@@ -64,6 +81,8 @@ pub struct MetricsConfig {
     /// Busiest peers given series of their own (besides `selected` and
     /// those with findings).
     pub busiest: usize,
+    /// Directed links the whole cluster exports at most (`--metrics-links`).
+    pub links: usize,
     pub selected: Vec<IpAddr>,
 }
 
@@ -83,15 +102,28 @@ struct Families {
     /// Packets the kernel counted on the watched devices that vxtrace did
     /// not see, by device and direction.
     unseen: Family<Labels, Counter>,
+    /// The share of peers' pairs given link series (1: every peer).
+    link_share: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Peers with link series, and all peers counted.
+    link_peers: Gauge,
+    peers_counted: Gauge,
 }
 
 pub struct Metrics {
     f: Families,
-    /// Peers with series of their own.
+    /// Peers with every counter as series of their own.
     exported: FxHashSet<PeerKey>,
+    /// Which peers get link series, and those that have them now.
+    link_choice: LinkChoice,
+    linked: FxHashSet<PeerKey>,
     /// How many of them were chosen for being busy, and for a finding.
     busiest_chosen: usize,
-    for_findings: usize,
+    /// Peers given every counter for a finding, with when they last had
+    /// one (the interval's Unix time).
+    for_findings: FxHashMap<PeerKey, f64>,
+    /// Drop reasons with series, per peer with series of its own (to
+    /// remove them with the peer's other series).
+    drop_reasons: FxHashMap<PeerKey, BTreeSet<String>>,
     busiest: usize,
     /// Finding series set at the last refresh (removed when gone).
     findings_set: BTreeSet<Labels>,
@@ -169,6 +201,24 @@ impl Families {
                 "Packets the kernel counted on the watched devices (label device) that vxtrace did not see, by direction: a program ahead of vxtrace, XDP, or a device not watched; while this grows, the per-peer counters are a lower bound",
                 Family::default(),
             ),
+            link_share: register(
+                r,
+                "vxtrace_link_share",
+                "Share of this node's peer pairs exported as link series (1: every peer; below 1 where the cluster's links exceed --metrics-links, the same pairs on both ends)",
+                Gauge::default(),
+            ),
+            link_peers: register(
+                r,
+                "vxtrace_link_peers",
+                "Peers with link series of their own (vxtrace_{tx_encap,rx_nic,rx_decap}_packets_total)",
+                Gauge::default(),
+            ),
+            peers_counted: register(
+                r,
+                "vxtrace_peers",
+                "Peers this node counts traffic of",
+                Gauge::default(),
+            ),
         }
     }
 }
@@ -178,6 +228,14 @@ impl Metrics {
     /// returns the bound address.
     pub fn serve(cfg: &MetricsConfig) -> Result<(Self, SocketAddr)> {
         let addr = parse_addr(&cfg.addr)?;
+        let (metrics, registry) = Self::new(cfg);
+        let bound = spawn_server(addr, registry)?;
+        Ok((metrics, bound))
+    }
+
+    /// The sink and the registry it fills (served by `serve`; rendered
+    /// directly by the cluster-scale measurement).
+    pub fn new(cfg: &MetricsConfig) -> (Self, Registry) {
         let mut registry = Registry::default();
         let node_info: Family<Labels, Gauge> = register(
             &mut registry,
@@ -194,19 +252,22 @@ impl Metrics {
                 .set(1);
         }
         let f = Families::register(&mut registry);
-        let bound = spawn_server(addr, registry)?;
-        Ok((
+        f.link_share.set(1.0);
+        (
             Self {
                 f,
                 exported: cfg.selected.iter().map(peer_key).collect(),
+                link_choice: LinkChoice::new(cfg.links, cfg.node.vteps.clone()),
+                linked: FxHashSet::default(),
                 busiest_chosen: 0,
-                for_findings: 0,
+                for_findings: FxHashMap::default(),
+                drop_reasons: FxHashMap::default(),
                 busiest: cfg.busiest,
                 findings_set: BTreeSet::new(),
                 unanswered_seen: Default::default(),
             },
-            bound,
-        ))
+            registry,
+        )
     }
 
     /// The `peer` label a peer's series go under.
@@ -218,9 +279,15 @@ impl Metrics {
         }
     }
 
-    fn add_counters(&self, labels: &Labels, d: &PeerCounters) {
+    /// Adds `d` to the series under `labels` of the counters `which`
+    /// names (by metric name).
+    fn add_counters(&self, labels: &Labels, d: &PeerCounters, which: impl Fn(&str) -> bool) {
         for def in PEER_COUNTERS {
-            let Some(family) = def.metric.and_then(|m| self.f.counters.get(m)) else {
+            let Some(family) = def
+                .metric
+                .filter(|m| which(m))
+                .and_then(|m| self.f.counters.get(m))
+            else {
                 continue;
             };
             let c = family.get_or_create(labels);
@@ -231,12 +298,18 @@ impl Metrics {
         }
     }
 
-    fn add_drops(&self, peer: &PeerKey, by_reason: &BTreeMap<String, u64>) {
-        let peer = if *peer == PeerKey::default() {
+    fn add_drops(&mut self, key: &PeerKey, by_reason: &BTreeMap<String, u64>) {
+        let peer = if *key == PeerKey::default() {
             NO_PEER.to_string()
         } else {
-            self.label_of(peer)
+            self.label_of(key)
         };
+        if self.exported.contains(key) {
+            self.drop_reasons
+                .entry(*key)
+                .or_default()
+                .extend(by_reason.keys().cloned());
+        }
         for (reason, n) in by_reason {
             let labels = vec![
                 ("peer".into(), peer.clone()),
@@ -264,10 +337,15 @@ impl Metrics {
             // bound: when the whole network breaks, the node's series
             // must not grow with the cluster.
             let own = self.exported.contains(key)
-                || (!found.is_empty() && self.for_findings < FINDING_PEERS_MAX);
+                || (!found.is_empty() && self.for_findings.len() < FINDING_PEERS_MAX);
             if !found.is_empty() && !self.exported.contains(key) && own {
                 self.exported.insert(*key);
-                self.for_findings += 1;
+                self.for_findings.insert(*key, view.interval().ts);
+            }
+            if !found.is_empty()
+                && let Some(seen) = self.for_findings.get_mut(key)
+            {
+                *seen = view.interval().ts;
             }
             if !own {
                 continue;
@@ -348,21 +426,92 @@ impl Metrics {
             self.busiest_chosen += 1;
         }
     }
+
+    /// Peers given series for a finding that have had none for
+    /// `FINDING_PEER_HOLD_S` give them up, all but their link series: the
+    /// places are for peers with findings now.
+    fn release_finding_peers(&mut self, now: f64) {
+        let done: Vec<PeerKey> = self
+            .for_findings
+            .iter()
+            .filter(|(_, seen)| now - **seen > FINDING_PEER_HOLD_S)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in done {
+            self.for_findings.remove(&key);
+            self.exported.remove(&key);
+            let addr = peer_addr(&key).to_string();
+            let labels = peer_label(&addr);
+            let linked = self.linked.contains(&key);
+            for (name, family) in &self.f.counters {
+                if !(linked && is_link_metric(name)) {
+                    family.remove(&labels);
+                }
+            }
+            self.f.unanswered_syn.remove(&labels);
+            self.f.one_way.remove(&labels);
+            self.f.outages.remove(&labels);
+            self.f.handshake.remove(&labels);
+            for reason in self.drop_reasons.remove(&key).unwrap_or_default() {
+                self.f.drops.remove(&vec![
+                    ("peer".to_string(), addr.clone()),
+                    ("reason".to_string(), reason),
+                ]);
+            }
+        }
+    }
+
+    /// Chooses the peers with link series for this interval; the series
+    /// of peers that lost them (gone from the table, or out of the share)
+    /// are removed.
+    fn refresh_links(&mut self, view: &IntervalView<'_>) {
+        let peers = &view.tables.peers.peers;
+        let now = self.link_choice.choose(peers.keys());
+        for gone in self.linked.difference(&now) {
+            if self.exported.contains(gone) {
+                continue;
+            }
+            let labels = peer_label(&peer_addr(gone).to_string());
+            for name in LINK_METRICS {
+                if let Some(family) = self.f.counters.get(name) {
+                    family.remove(&labels);
+                }
+            }
+        }
+        self.linked = now;
+        self.f.link_share.set(self.link_choice.share());
+        self.f.link_peers.set(self.linked.len() as i64);
+        self.f.peers_counted.set(peers.len() as i64);
+    }
+}
+
+fn is_link_metric(name: &str) -> bool {
+    LINK_METRICS.contains(&name)
 }
 
 impl Sink for Metrics {
     fn interval(&mut self, view: &IntervalView<'_>) -> Result<()> {
         self.refresh_findings(view);
+        self.release_finding_peers(view.interval().ts);
         self.choose_busiest(view);
+        self.refresh_links(view);
         let t = view.tables;
+        // What has no series of its own: every counter of the peers
+        // without any, the other counters of those with link series only.
         let mut others = PeerCounters::default();
+        let mut others_of_linked = PeerCounters::default();
         for (key, p) in &t.peers.peers {
             let delta = PeerCounters::from(&p.last_delta());
             let unanswered = p.unanswered_syn();
             let before = self.unanswered_seen.insert(*key, unanswered).unwrap_or(0);
             let new_unanswered = unanswered.saturating_sub(before);
             if !self.exported.contains(key) {
-                others.add(&delta);
+                if self.linked.contains(key) {
+                    self.add_counters(&peer_label(&p.addr.to_string()), &delta, is_link_metric);
+                    others_of_linked.add(&delta);
+                } else {
+                    others.add(&delta);
+                }
                 if new_unanswered > 0 {
                     self.f
                         .unanswered_syn
@@ -372,7 +521,7 @@ impl Sink for Metrics {
                 continue;
             }
             let labels = peer_label(&p.addr.to_string());
-            self.add_counters(&labels, &delta);
+            self.add_counters(&labels, &delta, |_| true);
             self.f
                 .unanswered_syn
                 .get_or_create(&labels)
@@ -382,7 +531,9 @@ impl Sink for Metrics {
                 .get_or_create(&labels)
                 .set(i64::from(t.outages.one_way_now(key)));
         }
-        self.add_counters(&peer_label(OTHER_PEERS), &others);
+        let rest = peer_label(OTHER_PEERS);
+        self.add_counters(&rest, &others, |_| true);
+        self.add_counters(&rest, &others_of_linked, |m| !is_link_metric(m));
         for (device, direction, n) in t.visibility.unseen() {
             let labels = vec![
                 ("device".to_string(), device),
@@ -646,6 +797,157 @@ mod tests {
             "{om}"
         );
         assert!(om.ends_with("# EOF\n"), "{om}");
+    }
+
+    /// A node of a mesh, its peers 10.0.0.1..=N: every one sent `sent`
+    /// packets (received and decapsulated as many), once.
+    fn node_with_peers(peers: u32, links: usize, busiest: usize) -> String {
+        let vtep: IpAddr = "10.255.0.1".parse().unwrap();
+        let (mut m, registry) = Metrics::new(&MetricsConfig {
+            addr: String::new(),
+            node: Node {
+                name: "n".into(),
+                vteps: vec![vtep],
+            },
+            busiest,
+            links,
+            selected: Vec::new(),
+        });
+        let mut tables = crate::watch::tables::Tables::detached(4 * peers as usize);
+        let mut readout = crate::probes::Readout::default();
+        for i in 1..=peers {
+            let mut s = vxtrace_common::PeerStats::default();
+            let n = u64::from(i);
+            s.tx_encap.packets = n;
+            s.rx_nic.packets = n;
+            s.rx_decap.packets = n;
+            s.tx_dev.packets = n;
+            readout.peers.push((
+                peer_key(&IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))),
+                s,
+            ));
+        }
+        crate::sinks::feed(&mut m, &mut tables, &readout, 1.0).unwrap();
+        render(&registry, Format::Classic).unwrap()
+    }
+
+    fn sample(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Under the cap every peer has the link counters, the rest of the
+    /// counters of all but the busiest are summed, and each counter's
+    /// series add up to the node's total.
+    #[test]
+    fn every_peer_has_link_series_under_the_cap() {
+        let text = node_with_peers(50, DEFAULT_LINK_BUDGET, 2);
+        let total: u64 = (1..=50).sum();
+        for name in LINK_METRICS {
+            let own: u64 = (1..=50u32)
+                .map(|i| {
+                    let addr = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+                    sample(&text, &format!("{name}_total{{peer=\"{addr}\"}}"))
+                        .unwrap_or_else(|| panic!("{name} of {addr}: {text}"))
+                })
+                .sum();
+            assert_eq!(own, total, "{name}");
+            assert_eq!(
+                sample(&text, &format!("{name}_total{{peer=\"other_peers\"}}")),
+                Some(0),
+                "{name}"
+            );
+        }
+        // tx_dev: the two busiest (50 and 49) on their own, the rest summed.
+        assert_eq!(
+            sample(&text, "vxtrace_tx_dev_packets_total{peer=\"10.0.0.50\"}"),
+            Some(50)
+        );
+        assert_eq!(
+            sample(&text, "vxtrace_tx_dev_packets_total{peer=\"10.0.0.1\"}"),
+            None
+        );
+        assert_eq!(
+            sample(&text, "vxtrace_tx_dev_packets_total{peer=\"other_peers\"}"),
+            Some(total - 50 - 49)
+        );
+        assert!(text.contains("\nvxtrace_link_share 1.0\n"), "{text}");
+        assert_eq!(sample(&text, "vxtrace_link_peers"), Some(50));
+        assert_eq!(sample(&text, "vxtrace_peers"), Some(50));
+    }
+
+    /// Beyond the budget, a share of the peers keeps link series, the
+    /// others are summed, and the sums still add up.
+    #[test]
+    fn beyond_the_budget_a_share_of_the_pairs_has_link_series() {
+        let text = node_with_peers(1000, 100_000, 0);
+        let linked = sample(&text, "vxtrace_link_peers").unwrap();
+        // 1,000 peers: 1,001,000 links; a share of 1/16 fits 100,000.
+        assert!((30..=100).contains(&linked), "{linked}");
+        let own = text
+            .lines()
+            .filter(|l| l.starts_with("vxtrace_tx_encap_packets_total{peer=\"10."))
+            .count() as u64;
+        assert_eq!(own, linked);
+        let sum: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("vxtrace_tx_encap_packets_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(sum, (1..=1000).sum::<u64>());
+        assert!(text.contains("vxtrace_link_share 0.0625"), "{text}");
+    }
+
+    /// A peer given every counter for a finding gives them up once the
+    /// finding has been gone for the hold time, and keeps its link series.
+    #[test]
+    fn a_place_for_a_finding_is_given_back() {
+        let vtep: IpAddr = "10.255.0.1".parse().unwrap();
+        let (mut m, registry) = Metrics::new(&MetricsConfig {
+            addr: String::new(),
+            node: Node {
+                name: "n".into(),
+                vteps: vec![vtep],
+            },
+            busiest: 0,
+            links: DEFAULT_LINK_BUDGET,
+            selected: Vec::new(),
+        });
+        let mut tables = crate::watch::tables::Tables::detached(16);
+        let mut readout = crate::probes::Readout::default();
+        let mut s = vxtrace_common::PeerStats::default();
+        // Arrived, never decapsulated: lost on this host.
+        s.rx_nic.packets = 100;
+        s.tx_dev.packets = 7;
+        let key = peer_key(&"10.0.0.1".parse().unwrap());
+        readout.peers.push((key, s));
+        crate::sinks::feed(&mut m, &mut tables, &readout, 1.0).unwrap();
+        let text = render(&registry, Format::Classic).unwrap();
+        assert!(
+            text.contains("vxtrace_peer_finding{peer=\"10.0.0.1\""),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "vxtrace_tx_dev_packets_total{peer=\"10.0.0.1\"}"),
+            Some(7),
+            "{text}"
+        );
+        let seen = m.for_findings[&key];
+        m.release_finding_peers(seen + FINDING_PEER_HOLD_S - 1.0);
+        assert!(m.exported.contains(&key));
+        m.release_finding_peers(seen + FINDING_PEER_HOLD_S + 1.0);
+        assert!(!m.exported.contains(&key));
+        let text = render(&registry, Format::Classic).unwrap();
+        assert_eq!(
+            sample(&text, "vxtrace_tx_dev_packets_total{peer=\"10.0.0.1\"}"),
+            None,
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "vxtrace_rx_nic_packets_total{peer=\"10.0.0.1\"}"),
+            Some(100),
+            "{text}"
+        );
     }
 
     #[test]
