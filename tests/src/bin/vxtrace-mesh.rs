@@ -10,6 +10,7 @@
 //! Not a test: nothing here asserts. Usage:
 //!   vxtrace-mesh [--nodes 100,1000] [--count-only 5000] [--scrape 30s]
 //!                [--minutes 5] [--metrics-links N] [--max-resident-gib 18]
+//!                [--rules FILE|none]   (default: the shipped rules)
 //!
 //! Between scrapes every counter grows by a per-series step, so the
 //! samples compress as a live counter's do rather than as constants.
@@ -183,17 +184,17 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(nodes: u32, metrics_port: u16, scrape: &str) -> Self {
+    fn start(nodes: u32, metrics_port: u16, scrape: &str, rules: Option<&Path>) -> Self {
         let dir = std::env::temp_dir().join(format!("vxtrace-mesh-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let port = free_port();
-        let rules =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/vxtrace-rules.yaml");
+        let rules = rules
+            .map(|r| format!("rule_files:\n  - {}\n", r.display()))
+            .unwrap_or_default();
         let targets: Vec<String> = (1..=nodes).map(|i| format!("\"{i}\"")).collect();
         let config = format!(
-            "global:\n  scrape_interval: {scrape}\n  evaluation_interval: {scrape}\n  scrape_timeout: {scrape}\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: prometheus\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n  - job_name: vxtrace\n    metrics_path: /metrics\n    static_configs:\n      - targets: [{}]\n    relabel_configs:\n      - source_labels: [__address__]\n        target_label: __param_node\n      - source_labels: [__address__]\n        target_label: instance\n      - target_label: __address__\n        replacement: 127.0.0.1:{metrics_port}\n",
-            rules.display(),
+            "global:\n  scrape_interval: {scrape}\n  evaluation_interval: {scrape}\n  scrape_timeout: {scrape}\n{rules}scrape_configs:\n  - job_name: prometheus\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n  - job_name: vxtrace\n    metrics_path: /metrics\n    static_configs:\n      - targets: [{}]\n    relabel_configs:\n      - source_labels: [__address__]\n        target_label: __param_node\n      - source_labels: [__address__]\n        target_label: instance\n      - target_label: __address__\n        replacement: 127.0.0.1:{metrics_port}\n",
             targets.join(", ")
         );
         let config_path = dir.join("prometheus.yml");
@@ -275,6 +276,8 @@ fn resident_bytes(pid: u32) -> u64 {
 }
 
 struct Options {
+    /// The rules Prometheus evaluates (None: none, the series alone).
+    rules: Option<PathBuf>,
     max_resident_gib: f64,
     nodes: Vec<u32>,
     count_only: Vec<u32>,
@@ -285,6 +288,9 @@ struct Options {
 
 fn options() -> Options {
     let mut o = Options {
+        rules: Some(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/vxtrace-rules.yaml"),
+        ),
         max_resident_gib: 18.0,
         nodes: vec![100, 1000],
         count_only: vec![5000],
@@ -306,6 +312,7 @@ fn options() -> Options {
             "--count-only" => o.count_only = list(value),
             "--scrape" => o.scrape = value.to_string(),
             "--minutes" => o.minutes = value.parse().expect("--minutes N"),
+            "--rules" => o.rules = (value != "none").then(|| PathBuf::from(value)),
             "--max-resident-gib" => {
                 o.max_resident_gib = value.parse().expect("--max-resident-gib G")
             }
@@ -356,7 +363,7 @@ fn measure(nodes: u32, o: &Options) -> Value {
         let (served, stop) = (Arc::clone(&served), Arc::clone(&stop));
         std::thread::spawn(move || serve(listener, served, stop))
     };
-    let prom = Prometheus::start(nodes, metrics_port, &o.scrape);
+    let prom = Prometheus::start(nodes, metrics_port, &o.scrape, o.rules.as_deref());
     let deadline = Instant::now() + Duration::from_secs(o.minutes * 60);
     let mut stopped_early = false;
     while Instant::now() < deadline {
@@ -379,6 +386,7 @@ fn measure(nodes: u32, o: &Options) -> Value {
         "figure": "mesh_prometheus",
         "nodes": nodes,
         "scrape_interval": o.scrape,
+        "rules": o.rules.as_ref().map(|r| r.display().to_string()),
         "minutes": o.minutes,
         "series_total": counted["series_total"],
         "targets_up": prom.value("sum(up{job=\"vxtrace\"})"),
