@@ -799,20 +799,24 @@ mod tests {
         assert!(om.ends_with("# EOF\n"), "{om}");
     }
 
-    /// A node of a mesh, its peers 10.0.0.1..=N: every one sent `sent`
-    /// packets (received and decapsulated as many), once.
-    fn node_with_peers(peers: u32, links: usize, busiest: usize) -> String {
-        let vtep: IpAddr = "10.255.0.1".parse().unwrap();
-        let (mut m, registry) = Metrics::new(&MetricsConfig {
+    /// The sink of a node with VTEP 10.255.0.1, and its registry.
+    fn sink(busiest: usize, links: usize) -> (Metrics, Registry) {
+        Metrics::new(&MetricsConfig {
             addr: String::new(),
             node: Node {
                 name: "n".into(),
-                vteps: vec![vtep],
+                vteps: vec!["10.255.0.1".parse().unwrap()],
             },
             busiest,
             links,
             selected: Vec::new(),
-        });
+        })
+    }
+
+    /// A node of a mesh, its peers 10.0.0.1..=N: peer i sent i packets
+    /// (received and decapsulated as many), once.
+    fn node_with_peers(peers: u32, links: usize, busiest: usize) -> String {
+        let (mut m, registry) = sink(busiest, links);
         let mut tables = crate::watch::tables::Tables::detached(4 * peers as usize);
         let mut readout = crate::probes::Readout::default();
         for i in 1..=peers {
@@ -902,17 +906,7 @@ mod tests {
     /// finding has been gone for the hold time, and keeps its link series.
     #[test]
     fn a_place_for_a_finding_is_given_back() {
-        let vtep: IpAddr = "10.255.0.1".parse().unwrap();
-        let (mut m, registry) = Metrics::new(&MetricsConfig {
-            addr: String::new(),
-            node: Node {
-                name: "n".into(),
-                vteps: vec![vtep],
-            },
-            busiest: 0,
-            links: DEFAULT_LINK_BUDGET,
-            selected: Vec::new(),
-        });
+        let (mut m, registry) = sink(0, DEFAULT_LINK_BUDGET);
         let mut tables = crate::watch::tables::Tables::detached(16);
         let mut readout = crate::probes::Readout::default();
         let mut s = vxtrace_common::PeerStats::default();
