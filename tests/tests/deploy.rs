@@ -55,16 +55,20 @@ const METRICS: &[&str] = &[
     "vxtrace_tcp_handshake_seconds_count",
     "vxtrace_node_info",
     "vxtrace_unseen_packets_total",
+    "vxtrace_rx_undelivered_packets_total",
+    "vxtrace_link_share",
+    "vxtrace_link_peers",
+    "vxtrace_peers",
 ];
 
-/// The recording rules the dashboard is built on (each labelled
-/// from_node, to_node, family, and cluster and job where the scraped series
-/// have them).
+/// The recording rules the dashboard is built on: the links' loss (each
+/// labelled from_node, to_node, family, and cluster and job where the
+/// scraped series have them; recorded only where it is 1 % or more) and
+/// each node's VTEPs. The rules record no traffic per link: the dashboard
+/// computes it from the selected nodes' own series.
 const RULES: &[&str] = &[
     "vxtrace:link_path_loss:ratio_rate5m",
     "vxtrace:link_receiver_loss:ratio_rate5m",
-    "vxtrace:link_tx_encap:rate5m",
-    "vxtrace:link_rx_nic:rate5m",
     "vxtrace:vtep:info",
 ];
 
@@ -81,6 +85,7 @@ const LABELS: &[&str] = &[
     "to_node",
     "from_vtep",
     "to_vtep",
+    "family",
     "instance",
     "job",
     "cluster",
@@ -577,16 +582,26 @@ fn promql_names_are_read_out() {
         ["histogram_quantile", "sum", "rate", "max", "vector"]
     );
     let n = promql_names(
-        r#"vxtrace:link_rx_nic:rate5m{from_node=~"${node}"} / ignoring (to_vtep) group_left vxtrace_tx_encap_packets_total"#,
+        r#"vxtrace:link_path_loss:ratio_rate5m{from_node=~"${node}"} / ignoring (to_vtep) group_left vxtrace_tx_encap_packets_total"#,
     );
     assert_eq!(
         n.metrics,
         [
-            "vxtrace:link_rx_nic:rate5m",
+            "vxtrace:link_path_loss:ratio_rate5m",
             "vxtrace_tx_encap_packets_total"
         ]
     );
     assert_eq!(n.labels, ["from_node", "to_vtep"]);
+    // A raw string holding a formatted variable, its braces included.
+    let n = promql_names(
+        r#"rate(vxtrace_rx_nic_packets_total{peer=~`${vtep:regex}`, instance=~`${instance:regex}`}[5m]) * on (peer) vxtrace_node_info"#,
+    );
+    assert_eq!(
+        n.metrics,
+        ["vxtrace_rx_nic_packets_total", "vxtrace_node_info"]
+    );
+    assert_eq!(n.labels, ["peer", "instance", "peer"]);
+    assert_eq!(n.functions, ["rate"]);
 }
 
 /// The known metric names match what vxtrace declares: each per-peer
@@ -670,9 +685,12 @@ fn dashboard_queries_name_only_vxtrace_metrics_and_rules() {
         }
     }
     assert!(exprs >= 10, "{exprs} queries");
-    // The matrix, the per-link timelines, drops, findings and one-way
-    // peers are all there.
+    // The matrix, the per-link timelines (on both ends' per-peer
+    // counters), drops, findings and one-way peers are all there.
     for needed in RULES.iter().chain(&[
+        "vxtrace_tx_encap_packets_total",
+        "vxtrace_rx_nic_packets_total",
+        "vxtrace_rx_undelivered_packets_total",
         "vxtrace_drops_total",
         "vxtrace_peer_finding",
         "vxtrace_peer_one_way",
@@ -682,40 +700,80 @@ fn dashboard_queries_name_only_vxtrace_metrics_and_rules() {
     }
 }
 
+/// A query variable's `label_values(SELECTOR, LABEL)`, checked: its
+/// datasource is the dashboard's, and the metric and labels it names are
+/// known.
+fn label_values_query(v: &Value) -> String {
+    let name = v["name"].as_str().unwrap_or("?");
+    assert_eq!(v["type"], "query", "{name}");
+    assert_eq!(v["datasource"]["uid"], "${datasource}", "{name}");
+    let query = v["query"]["query"]
+        .as_str()
+        .or_else(|| v["query"].as_str())
+        .unwrap_or_else(|| panic!("the {name} variable's query"))
+        .to_string();
+    let inner = query
+        .strip_prefix("label_values(")
+        .and_then(|q| q.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{name}: label_values(...): {query}"));
+    let (selector, label) = inner.rsplit_once(',').expect("selector, label");
+    let mut names = promql_names(selector);
+    assert_eq!(names.metrics.len(), 1, "{name}: {query}");
+    names.labels.push(label.trim().into());
+    check_names(&format!("the {name} variable"), &names);
+    query
+}
+
+/// The datasource, the node the user picks, and the hidden variables the
+/// link panels restrict their selectors with, derived from the node:
+/// its scrape targets and its VTEP addresses, always at All, which Grafana
+/// expands to the list of the values (a custom all value, such as `.*`,
+/// would stand for every node).
 #[test]
 fn dashboard_variables_are_the_datasource_and_the_node() {
     let d = dashboard();
     let vars = d["templating"]["list"].as_array().expect("variables");
-    let ds = vars
-        .iter()
-        .find(|v| v["name"] == "datasource")
-        .expect("a datasource variable");
+    let position = |name: &str| {
+        vars.iter()
+            .position(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("a {name} variable"))
+    };
+    let ds = &vars[position("datasource")];
     assert_eq!(ds["type"], "datasource");
     assert_eq!(ds["query"], "prometheus");
-    let node = vars
-        .iter()
-        .find(|v| v["name"] == "node")
-        .expect("a node variable");
-    assert_eq!(node["type"], "query");
-    assert_eq!(node["datasource"]["uid"], "${datasource}");
-    let query = node["query"]["query"]
-        .as_str()
-        .unwrap_or_else(|| node["query"].as_str().expect("the node variable's query"));
-    assert_eq!(query, "label_values(vxtrace_node_info, node)");
-    // Grafana's label_values(METRIC, LABEL): both known.
-    let inner = query
-        .strip_prefix("label_values(")
-        .and_then(|q| q.strip_suffix(')'))
-        .expect("label_values(...)");
-    let (metric, label) = inner.split_once(',').expect("metric, label");
-    check_names(
-        "the node variable",
-        &Names {
-            metrics: vec![metric.trim().into()],
-            labels: vec![label.trim().into()],
-            functions: Vec::new(),
-        },
+    let node = &vars[position("node")];
+    assert_eq!(
+        label_values_query(node),
+        "label_values(vxtrace_node_info, node)"
     );
+    assert_eq!(node["hide"], 0, "the node is picked");
+    for name in ["instance", "vtep"] {
+        let v = &vars[position(name)];
+        assert_eq!(
+            label_values_query(v),
+            format!(r#"label_values(vxtrace_node_info{{node=~"$node"}}, {name})"#)
+        );
+        // After the node: Grafana resolves the variables in order and
+        // refreshes these when the node changes.
+        assert!(position(name) > position("node"), "{name} before node");
+        assert!(
+            [1, 2].contains(&v["refresh"].as_u64().unwrap_or(0)),
+            "{name}: {v}"
+        );
+        assert_eq!(v["hide"], 2, "{name} is hidden");
+        assert_eq!(v["multi"], true, "{name}");
+        assert_eq!(v["includeAll"], true, "{name}");
+        assert!(
+            v["allValue"].as_str().unwrap_or("").is_empty(),
+            "{name}: All must expand to its values, not {}",
+            v["allValue"]
+        );
+        assert_eq!(
+            v["current"]["value"],
+            serde_json::json!(["$__all"]),
+            "{name}"
+        );
+    }
 }
 
 fn workspace_root() -> PathBuf {
@@ -834,12 +892,62 @@ impl Drop for TempDir {
     }
 }
 
+/// The nodes of the tests' inputs: (cluster, node, VTEP addresses, link
+/// share, minutes of series from 0: 20 for scraped throughout, 3 for not
+/// scraped for the last 7 minutes at 10m). Each node's scrape target is
+/// `NODE:9478`: node a has the same one in both clusters.
+const NODES: &[(&str, &str, &[&str], &str, u32)] = &[
+    ("c1", "a", &["192.0.2.1", "2001:db8::1"], "1", 20),
+    ("c1", "b", &["192.0.2.2", "2001:db8::2"], "1", 20),
+    ("c1", "c", &["192.0.2.3"], "1", 20),
+    ("c1", "d", &["192.0.2.4"], "1", 20),
+    ("c1", "e", &["192.0.2.5"], "1", 3),
+    ("c1", "f", &["192.0.2.6"], "0.5", 20),
+    ("c2", "a", &["192.0.2.1"], "1", 20),
+    ("c2", "b", &["192.0.2.2"], "1", 20),
+];
+
+/// A multi-value variable in Grafana's `regex` format: each value
+/// regex-escaped (its `escapeRegex`), several as `(v1|v2)`.
+fn grafana_regex(values: &BTreeSet<String>) -> String {
+    let escaped: Vec<String> = values
+        .iter()
+        .map(|v| {
+            v.chars()
+                .flat_map(|c| {
+                    let special = "\\^$*+?.()|[]{}/".contains(c);
+                    [special.then_some('\\'), Some(c)].into_iter().flatten()
+                })
+                .collect()
+        })
+        .collect();
+    match escaped.as_slice() {
+        [one] => one.clone(),
+        _ => format!("({})", escaped.join("|")),
+    }
+}
+
 /// A dashboard query as Grafana sends it to Prometheus with `node` selected
 /// (a node's name, as in a row repeated per node, or `.*` for All; the
 /// dashboard puts `$node` in regex matchers only), a 5m rate interval and a
-/// 1h time range. Only label_replace's `$1` remains.
+/// 1h time range. The hidden variables derived from the node take the
+/// values of label_values(vxtrace_node_info{node=~"$node"}, ...) over the
+/// tests' NODES, all of them (they stand at All, without a custom all
+/// value): its scrape targets (`instance`) and its VTEP addresses
+/// (`vtep`). Only label_replace's `$1` remains.
 fn grafana_expr(expr: &str, node: &str) -> String {
+    let mut instances = BTreeSet::new();
+    let mut vteps = BTreeSet::new();
+    for (_, name, addresses, _, _) in NODES {
+        if node == ".*" || *name == node {
+            instances.insert(format!("{name}:9478"));
+            vteps.extend(addresses.iter().map(|a| a.to_string()));
+        }
+    }
+    assert!(!vteps.is_empty(), "no node {node}");
     let e = expr
+        .replace("${instance:regex}", &grafana_regex(&instances))
+        .replace("${vtep:regex}", &grafana_regex(&vteps))
         .replace("${node}", node)
         .replace("$node", node)
         .replace("$__rate_interval", "5m")
@@ -852,6 +960,25 @@ fn grafana_expr(expr: &str, node: &str) -> String {
         );
     }
     e
+}
+
+#[test]
+fn grafana_expr_fills_in_the_hidden_variables() {
+    assert_eq!(
+        grafana_expr(
+            r#"x{instance=~`${instance:regex}`, peer=~`${vtep:regex}`, node=~"$node"}"#,
+            "a"
+        ),
+        r#"x{instance=~`a:9478`, peer=~`(192\.0\.2\.1|2001:db8::1)`, node=~"a"}"#
+    );
+    assert_eq!(
+        grafana_expr("x{peer=~`${vtep:regex}`}", "c"),
+        r"x{peer=~`192\.0\.2\.3`}"
+    );
+    assert_eq!(
+        grafana_regex(&BTreeSet::from(["[2001:db8::1]:9478".to_string()])),
+        r"\[2001:db8::1\]:9478"
+    );
 }
 
 /// Every query of the dashboard, rows' panels included: (panel title,
@@ -982,14 +1109,100 @@ fn sample(labels: &str, value: f64) -> Value {
     serde_json::json!({ "labels": format!("{{{labels}}}"), "value": value })
 }
 
-/// The dashboard's link states, evaluated by promtool on the recording
-/// rules' series: two clusters sharing node names and addresses, the
-/// selected node a (dual-stack) and its peers b (lossy over IPv4, healthy
-/// over IPv6), c (healthy, receiver loss under 5 %), d (series at zero
-/// rate), e (not scraped for the last 7 minutes: no series, still known),
-/// f (exports nothing: only a's end of the link); a link of a to itself
-/// is left out. The findings per cause and the traffic summed into the rest
-/// on vxtrace's own series, in the same two clusters.
+/// The scanner of a PromQL selector's braces: the text up to the `}` that
+/// closes it, past strings (a Grafana variable in a raw string has braces).
+fn selector_at(expr: &str) -> Option<&str> {
+    let body = expr.strip_prefix('{')?;
+    let mut quote = None;
+    let mut escaped = false;
+    for (i, c) in body.char_indices() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && q != '`' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None if c == '"' || c == '\'' || c == '`' => quote = Some(c),
+            None if c == '}' => return Some(&body[..i]),
+            None => {}
+        }
+    }
+    None
+}
+
+/// The per-peer counters every node exports for every link: a cluster of
+/// 1,000 nodes has a million series of each.
+const LINK_COUNTERS: &[&str] = &[
+    "vxtrace_tx_encap_packets_total",
+    "vxtrace_rx_nic_packets_total",
+    "vxtrace_rx_undelivered_packets_total",
+];
+
+/// Every selector of the per-link counters is restricted to the selected
+/// nodes' links by the hidden variables: the selected nodes' own series
+/// (by their scrape targets) or the other nodes' series about them (peer
+/// one of their VTEP addresses), never every node's; the link panels use
+/// both.
+#[test]
+fn dashboard_selects_only_the_selected_nodes_links() {
+    let d = dashboard();
+    let own = "instance=~`${instance:regex}`";
+    let about = "peer=~`${vtep:regex}`";
+    let mut restricted = 0;
+    for (title, ref_id, expr) in dashboard_queries(&d) {
+        for metric in LINK_COUNTERS {
+            for (at, _) in expr.match_indices(metric) {
+                let selector = selector_at(&expr[at + metric.len()..])
+                    .unwrap_or_else(|| panic!("{title} {ref_id}: {metric} without a selector"));
+                assert!(
+                    selector.contains(own) || selector.contains(about),
+                    "{title} {ref_id}: {metric}{{{selector}}} selects every node's links"
+                );
+                restricted += 1;
+            }
+        }
+    }
+    assert!(restricted >= 40, "{restricted} selectors");
+    for title in [
+        "Link state from $node",
+        "Link state to $node",
+        "Link state from $node over time",
+        "Link state to $node over time",
+        "Traffic from $node, per link",
+    ] {
+        let all: String = dashboard_queries(&d)
+            .into_iter()
+            .filter(|(t, _, _)| t == title)
+            .map(|(_, _, e)| e)
+            .collect();
+        assert!(all.contains(own) && all.contains(about), "{title}");
+    }
+    assert_eq!(
+        selector_at(r#"{a="}", b=~`${x:regex}`} rest"#),
+        Some(r#"a="}", b=~`${x:regex}`"#)
+    );
+}
+
+/// The dashboard's link states, rates and losses, evaluated by promtool on
+/// the nodes' own series (and the loss recordings where the rules would
+/// record them: 1 % or more, at more than 0.2 packets/s): two clusters
+/// sharing node names, addresses and node a's scrape target; the selected
+/// node a (dual-stack) and its peers b (IPv4 with path loss towards b and
+/// receiver loss from b, IPv6 healthy both ways), c (receiver loss 2 %
+/// towards c, path loss 2.5 % from c: recorded, under 5 %; receiver loss
+/// under 1 % from c: not recorded, counted in what is delivered), d (series at
+/// zero rate towards d, none from d), e (not scraped for the last 7
+/// minutes: no series, still known), f (exports only a share of its
+/// links, without a's: only a's end of a -> f; f -> a at zero rate); a's
+/// link to itself and a link between two other nodes (b -> c) are left
+/// out of the link tables. In c2, a -> b loses 0.5 % on the receiver: not
+/// recorded, delivered all the same less what was lost. The findings per
+/// cause and the traffic summed into the rest on vxtrace's own series, in
+/// the same two clusters.
 #[test]
 fn dashboard_link_states_and_the_rest_evaluate_in_promtool() {
     let d = dashboard();
@@ -1003,115 +1216,250 @@ fn dashboard_link_states_and_the_rest_evaluate_in_promtool() {
             "values": values,
         })
     };
-    let link = |metric: &str, cluster: &str, from: &str, to: &str, family: &str, v: &str| {
-        series(
-            &format!("vxtrace:link_{metric}"),
-            &format!(r#"{cluster},from_node="{from}",to_node="{to}",family="{family}""#),
-            v,
-        )
-    };
-    // tx, rx_nic, rx_decap, path loss, receiver loss (None: no series).
-    let mut links = Vec::new();
-    let mut add = |cluster: &str, from: &str, to: &str, family: &str, v: [Option<&str>; 5]| {
-        let metrics = [
-            "tx_encap:rate5m",
-            "rx_nic:rate5m",
-            "rx_decap:rate5m",
-            "path_loss:ratio_rate5m",
-            "receiver_loss:ratio_rate5m",
-        ];
-        for (m, v) in metrics.iter().zip(v) {
-            if let Some(v) = v {
-                links.push(link(m, cluster, from, to, family, v));
-            }
+    // Each node's node_info per VTEP, the rule's vtep:info of it, and its
+    // link share.
+    let mut input = Vec::new();
+    for (cluster, node, addresses, share, minutes) in NODES {
+        let target = format!(r#"cluster="{cluster}",job="vxtrace",instance="{node}:9478""#);
+        for address in *addresses {
+            let family = if address.contains(':') {
+                "ipv6"
+            } else {
+                "ipv4"
+            };
+            input.push(serde_json::json!({
+                "series": format!(
+                    r#"vxtrace_node_info{{{target},node="{node}",vtep="{address}"}}"#
+                ),
+                "values": format!("1x{minutes}"),
+            }));
+            input.push(serde_json::json!({
+                "series": format!(
+                    r#"vxtrace:vtep:info{{{target},node="{node}",vtep="{address}",family="{family}"}}"#
+                ),
+                "values": format!("1x{minutes}"),
+            }));
         }
-    };
-    let healthy = [Some("10"), Some("10"), Some("10"), Some("0"), Some("0")];
-    add(
-        c1,
-        "a",
-        "b",
-        "ipv4",
-        [Some("10"), Some("5"), Some("5"), Some("0.5"), Some("0")],
-    );
-    add(c1, "a", "b", "ipv6", healthy);
-    add(
-        c1,
-        "a",
-        "c",
-        "ipv4",
-        [Some("10"), Some("10"), Some("9.8"), Some("0"), Some("0.02")],
-    );
-    add(
-        c1,
-        "a",
-        "d",
-        "ipv4",
-        [Some("0"), Some("0"), Some("0"), None, None],
-    );
-    add(c1, "a", "f", "ipv4", [Some("10"), None, None, None, None]);
-    add(c1, "a", "a", "ipv4", healthy);
-    add(
-        c1,
-        "b",
-        "a",
-        "ipv4",
-        [Some("10"), Some("10"), Some("0"), Some("0"), Some("1")],
-    );
-    add(c1, "c", "a", "ipv4", healthy);
-    add(
-        c1,
-        "f",
-        "a",
-        "ipv4",
-        [Some("0"), Some("0"), None, None, None],
-    );
-    add(c2, "a", "b", "ipv4", healthy);
-    let mut input = vec![
-        vtep(c1, "a", "192.0.2.1", "ipv4", "1x20"),
-        vtep(c1, "a", "2001:db8::1", "ipv6", "1x20"),
-        vtep(c1, "b", "192.0.2.2", "ipv4", "1x20"),
-        vtep(c1, "b", "2001:db8::2", "ipv6", "1x20"),
-        vtep(c1, "c", "192.0.2.3", "ipv4", "1x20"),
-        vtep(c1, "d", "192.0.2.4", "ipv4", "1x20"),
-        vtep(c1, "e", "192.0.2.5", "ipv4", "1x3"),
-        vtep(c1, "f", "192.0.2.6", "ipv4", "1x20"),
-        vtep(c2, "a", "192.0.2.1", "ipv4", "1x20"),
-        vtep(c2, "b", "192.0.2.2", "ipv4", "1x20"),
-    ];
-    input.extend(links);
-    let pair = |cluster: &str, from: &str, to: &str| {
-        format!(r#"{cluster},from_node="{from}",to_node="{to}""#)
-    };
-    let from_a = vec![
-        sample(&pair(c1, "a", "b"), 3.0),
-        sample(&pair(c1, "a", "c"), 2.0),
-        sample(&pair(c1, "a", "d"), 1.0),
-        sample(&pair(c1, "a", "e"), 0.0),
-        sample(&pair(c1, "a", "f"), 0.0),
-        sample(&pair(c2, "a", "b"), 2.0),
-    ];
-    let to_a = vec![
-        sample(&pair(c1, "b", "a"), 3.0),
-        sample(&pair(c1, "c", "a"), 2.0),
-        sample(&pair(c1, "f", "a"), 1.0),
-        sample(&pair(c1, "d", "a"), 0.0),
-        sample(&pair(c1, "e", "a"), 0.0),
-        sample(&pair(c2, "b", "a"), 0.0),
-    ];
-    let mut link_tests = Vec::new();
-    for (title, expected) in [
-        ("Link state from $node", &from_a),
-        ("Link state from $node over time", &from_a),
-        ("Link state to $node", &to_a),
-        ("Link state to $node over time", &to_a),
-    ] {
-        link_tests.push(serde_json::json!({
-            "expr": grafana_expr(&dashboard_query(&d, title, "A"), "a"),
-            "eval_time": "10m",
-            "exp_samples": expected,
+        input.push(serde_json::json!({
+            "series": format!("vxtrace_link_share{{{target}}}"),
+            "values": format!("{share}x{minutes}"),
         }));
     }
+    // The per-peer counters: (cluster, the node that counts, counter,
+    // peer, packets a minute).
+    let counters = [
+        // a -> b, IPv4: 10/s sent, 5/s arrive; IPv6: 10/s, all arrive.
+        ("c1", "a", "tx_encap", "192.0.2.2", "600"),
+        ("c1", "b", "rx_nic", "192.0.2.1", "300"),
+        ("c1", "a", "tx_encap", "2001:db8::2", "600"),
+        ("c1", "b", "rx_nic", "2001:db8::1", "600"),
+        // a -> c: 10/s arrive, 0.2/s not delivered.
+        ("c1", "a", "tx_encap", "192.0.2.3", "600"),
+        ("c1", "c", "rx_nic", "192.0.2.1", "600"),
+        ("c1", "c", "rx_undelivered", "192.0.2.1", "12"),
+        // a -> d: both ends' series, at zero rate.
+        ("c1", "a", "tx_encap", "192.0.2.4", "0"),
+        ("c1", "d", "rx_nic", "192.0.2.1", "0"),
+        // a -> f: f does not export it.
+        ("c1", "a", "tx_encap", "192.0.2.6", "600"),
+        // a -> a.
+        ("c1", "a", "tx_encap", "192.0.2.1", "600"),
+        ("c1", "a", "rx_nic", "192.0.2.1", "600"),
+        // What a sends to and receives from the peers summed into the rest.
+        ("c1", "a", "tx_encap", "other_peers", "150"),
+        ("c1", "a", "rx_nic", "other_peers", "60"),
+        // b -> a, IPv4: 10/s arrive, 7.5/s not delivered; IPv6: healthy.
+        ("c1", "b", "tx_encap", "192.0.2.1", "600"),
+        ("c1", "a", "rx_nic", "192.0.2.2", "600"),
+        ("c1", "a", "rx_undelivered", "192.0.2.2", "450"),
+        ("c1", "b", "tx_encap", "2001:db8::1", "600"),
+        ("c1", "a", "rx_nic", "2001:db8::2", "600"),
+        // c -> a: 10/s sent, 9.75/s arrive, 0.0625/s not delivered.
+        ("c1", "c", "tx_encap", "192.0.2.1", "600"),
+        ("c1", "a", "rx_nic", "192.0.2.3", "585"),
+        ("c1", "a", "rx_undelivered", "192.0.2.3", "3.75"),
+        // f -> a: both ends' series, at zero rate.
+        ("c1", "f", "tx_encap", "192.0.2.1", "0"),
+        ("c1", "a", "rx_nic", "192.0.2.6", "0"),
+        // b -> c: none of a's.
+        ("c1", "b", "tx_encap", "192.0.2.3", "600"),
+        ("c1", "c", "rx_nic", "192.0.2.2", "600"),
+        // c2's a -> b: 10/s arrive, 0.05/s not delivered.
+        ("c2", "a", "tx_encap", "192.0.2.2", "600"),
+        ("c2", "b", "rx_nic", "192.0.2.1", "600"),
+        ("c2", "b", "rx_undelivered", "192.0.2.1", "3"),
+    ];
+    for (cluster, node, counter, peer, per_minute) in counters {
+        input.push(serde_json::json!({
+            "series": format!(
+                r#"vxtrace_{counter}_packets_total{{cluster="{cluster}",job="vxtrace",instance="{node}:9478",peer="{peer}"}}"#
+            ),
+            "values": format!("0+{per_minute}x20"),
+        }));
+    }
+    // The losses the rules record from those: 1 % or more, the sender
+    // (path) or the receiver's NIC (receiver) above 0.2 packets/s.
+    let pair = |cluster: &str, from: &str, to: &str| {
+        format!(r#"cluster="{cluster}",job="vxtrace",from_node="{from}",to_node="{to}""#)
+    };
+    for (loss, cluster, from, to, family, value) in [
+        // 1 - 5/10.
+        ("path_loss", "c1", "a", "b", "ipv4", "0.5"),
+        // 1 - 9.75/10.
+        ("path_loss", "c1", "c", "a", "ipv4", "0.025"),
+        // 0.2/10.
+        ("receiver_loss", "c1", "a", "c", "ipv4", "0.02"),
+        // 7.5/10 (c -> a's 0.0625/9.75 is under 1 %).
+        ("receiver_loss", "c1", "b", "a", "ipv4", "0.75"),
+    ] {
+        input.push(series(
+            &format!("vxtrace:link_{loss}:ratio_rate5m"),
+            &format!(r#"{},family="{family}""#, pair(cluster, from, to)),
+            value,
+        ));
+    }
+    let samples = |expected: &[(&str, &str, &str, f64)]| -> Vec<Value> {
+        expected
+            .iter()
+            .map(|(cluster, from, to, v)| sample(&pair(cluster, from, to), *v))
+            .collect()
+    };
+    // 3 loss, 2 no loss, 1 no traffic, 0 no series.
+    let states_from_a = samples(&[
+        ("c1", "a", "b", 3.0),
+        ("c1", "a", "c", 2.0),
+        ("c1", "a", "d", 1.0),
+        ("c1", "a", "e", 0.0),
+        ("c1", "a", "f", 0.0),
+        ("c2", "a", "b", 2.0),
+    ]);
+    let states_to_a = samples(&[
+        ("c1", "b", "a", 3.0),
+        ("c1", "c", "a", 2.0),
+        ("c1", "f", "a", 1.0),
+        ("c1", "d", "a", 0.0),
+        ("c1", "e", "a", 0.0),
+        ("c2", "b", "a", 0.0),
+    ]);
+    let from = "Link state from $node";
+    let to = "Link state to $node";
+    let traffic = "Traffic from $node, per link";
+    let expected = [
+        (from, "A", states_from_a.clone()),
+        ("Link state from $node over time", "A", states_from_a),
+        (to, "A", states_to_a.clone()),
+        ("Link state to $node over time", "A", states_to_a),
+        // Path and receiver loss, as recorded.
+        (from, "B", samples(&[("c1", "a", "b", 0.5)])),
+        (from, "C", samples(&[("c1", "a", "c", 0.02)])),
+        (to, "B", samples(&[("c1", "c", "a", 0.025)])),
+        (to, "C", samples(&[("c1", "b", "a", 0.75)])),
+        // Sent, arrived and delivered, the families together.
+        (
+            from,
+            "D",
+            samples(&[
+                ("c1", "a", "b", 20.0),
+                ("c1", "a", "c", 10.0),
+                ("c1", "a", "d", 0.0),
+                ("c1", "a", "f", 10.0),
+                ("c2", "a", "b", 10.0),
+            ]),
+        ),
+        (
+            from,
+            "E",
+            samples(&[
+                ("c1", "a", "b", 15.0),
+                ("c1", "a", "c", 10.0),
+                ("c1", "a", "d", 0.0),
+                ("c2", "a", "b", 10.0),
+            ]),
+        ),
+        (
+            from,
+            "F",
+            samples(&[
+                ("c1", "a", "b", 15.0),
+                ("c1", "a", "c", 9.8),
+                ("c1", "a", "d", 0.0),
+                ("c2", "a", "b", 9.95),
+            ]),
+        ),
+        (
+            to,
+            "D",
+            samples(&[
+                ("c1", "b", "a", 20.0),
+                ("c1", "c", "a", 10.0),
+                ("c1", "f", "a", 0.0),
+            ]),
+        ),
+        (
+            to,
+            "E",
+            samples(&[
+                ("c1", "b", "a", 20.0),
+                ("c1", "c", "a", 9.75),
+                ("c1", "f", "a", 0.0),
+            ]),
+        ),
+        (
+            to,
+            "F",
+            samples(&[
+                ("c1", "b", "a", 12.5),
+                ("c1", "c", "a", 9.6875),
+                ("c1", "f", "a", 0.0),
+            ]),
+        ),
+        // Over time, every link of a's, a -> a included (a selected node
+        // may be another's peer).
+        (
+            traffic,
+            "A",
+            samples(&[
+                ("c1", "a", "a", 10.0),
+                ("c1", "a", "b", 20.0),
+                ("c1", "a", "c", 10.0),
+                ("c1", "a", "d", 0.0),
+                ("c1", "a", "f", 10.0),
+                ("c2", "a", "b", 10.0),
+            ]),
+        ),
+        (
+            traffic,
+            "B",
+            samples(&[
+                ("c1", "a", "a", 10.0),
+                ("c1", "a", "b", 15.0),
+                ("c1", "a", "c", 10.0),
+                ("c1", "a", "d", 0.0),
+                ("c2", "a", "b", 10.0),
+            ]),
+        ),
+        (
+            traffic,
+            "C",
+            samples(&[
+                ("c1", "a", "a", 10.0),
+                ("c1", "a", "b", 15.0),
+                ("c1", "a", "c", 9.8),
+                ("c1", "a", "d", 0.0),
+                ("c2", "a", "b", 9.95),
+            ]),
+        ),
+    ];
+    let link_tests: Vec<Value> = expected
+        .into_iter()
+        .map(|(title, ref_id, expected)| {
+            serde_json::json!({
+                "expr": grafana_expr(&dashboard_query(&d, title, ref_id), "a"),
+                "eval_time": "10m",
+                "exp_samples": expected,
+            })
+        })
+        .collect();
 
     // vxtrace's own series: node a in both clusters, on the same instance.
     let a1 = format!(r#"{c1},instance="a:9478""#);

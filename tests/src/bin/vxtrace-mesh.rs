@@ -23,7 +23,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -46,9 +46,38 @@ fn vtep(i: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))
 }
 
+/// Packets node `from` sends node `to` in the generated interval: some
+/// links busier than others, as in a real cluster, and the same number
+/// whichever end computes it.
+fn traffic(from: u32, to: u32) -> u64 {
+    1000 + u64::from((from * 31 + to * 17) % 1000) * 10
+}
+
+/// The links that lose, a sparse set known in advance so that what the
+/// rules record can be counted against it: 10 % lost on the path, or 20 %
+/// lost on the receiving host (about 1 link in 211 each).
+fn path_loss(from: u32, to: u32) -> bool {
+    (7 * from + 13 * to).is_multiple_of(211)
+}
+fn receiver_loss(from: u32, to: u32) -> bool {
+    !path_loss(from, to) && (13 * from + 7 * to) % 211 == 5
+}
+
+/// Lossy links of a mesh of `nodes`: (path, receiver host).
+fn lossy_links(nodes: u32) -> (u64, u64) {
+    let (mut path, mut receiver) = (0, 0);
+    for from in 1..=nodes {
+        for to in (1..=nodes).filter(|t| *t != from) {
+            path += u64::from(path_loss(from, to));
+            receiver += u64::from(receiver_loss(from, to));
+        }
+    }
+    (path, receiver)
+}
+
 /// Node `i`'s exposition in a mesh of `nodes`, with the default per-peer
-/// settings but `links`: one interval of healthy traffic with every peer
-/// (as many packets received and decapsulated as sent).
+/// settings but `links`: what it sent every peer and received from it,
+/// with the losses of `path_loss` and `receiver_loss`.
 fn exposition(i: u32, nodes: u32, links: usize) -> String {
     let (mut metrics, registry) = Metrics::new(&MetricsConfig {
         addr: String::new(),
@@ -64,18 +93,26 @@ fn exposition(i: u32, nodes: u32, links: usize) -> String {
     let mut readout = Readout::default();
     for j in (1..=nodes).filter(|j| *j != i) {
         let mut s = PeerStats::default();
-        // Some peers busier than others, as in a real cluster.
-        let n = 10 + u64::from((i * 31 + j * 17) % 1000);
-        s.tx_dev.packets = n;
-        s.tx_encap.packets = n;
-        s.tx_encap.bytes = n * 800;
-        s.rx_nic.packets = n;
-        s.rx_nic.bytes = n * 800;
-        s.rx_decap.packets = n;
-        s.rx_decap.bytes = n * 750;
+        let sent = traffic(i, j);
+        s.tx_dev.packets = sent;
+        s.tx_encap.packets = sent;
+        s.tx_encap.bytes = sent * 800;
+        let mut arrived = traffic(j, i);
+        if path_loss(j, i) {
+            arrived -= arrived / 10;
+        }
+        let delivered = if receiver_loss(j, i) {
+            arrived - arrived / 5
+        } else {
+            arrived
+        };
+        s.rx_nic.packets = arrived;
+        s.rx_nic.bytes = arrived * 800;
+        s.rx_decap.packets = delivered;
+        s.rx_decap.bytes = delivered * 750;
         readout.peers.push((peer_key(&vtep(j)), s));
     }
-    feed(&mut metrics, &mut tables, &readout, 1.0).expect("metrics sink");
+    feed(&mut metrics, &mut tables, &readout, 0.0, 1.0).expect("metrics sink");
     render(&registry, Format::OpenMetrics).expect("rendering")
 }
 
@@ -84,11 +121,14 @@ fn sample_lines(text: &str) -> impl Iterator<Item = &str> {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
 }
 
-/// An exposition whose counters grow between scrapes: each sample line of
-/// a counter (`_total`) gets `step * k` added, `step` fixed per series.
+/// An exposition whose counters grow with time, as live counters do:
+/// each sample line of a counter (`_total`) grows by an eighth of its
+/// first value every 30 seconds, so that rates keep the ratios of the
+/// generated counters (a link that lost 10 % goes on losing 10 %) however
+/// late a scrape comes.
 struct Served {
     lines: Vec<(String, Option<(u64, u64)>)>,
-    scrapes: AtomicU64,
+    started: Instant,
 }
 
 impl Served {
@@ -105,25 +145,25 @@ impl Served {
                         Some((name.to_string(), v))
                     });
                 match counter {
-                    Some((name, v)) => (name, Some((v, 1 + v % 97))),
+                    Some((name, v)) => (name, Some((v, v / 8))),
                     None => (l.to_string(), None),
                 }
             })
             .collect();
         Self {
             lines,
-            scrapes: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 
     fn body(&self) -> String {
-        let k = self.scrapes.fetch_add(1, Ordering::Relaxed);
+        let periods = self.started.elapsed().as_secs_f64() / 30.0;
         let mut out = String::with_capacity(self.lines.len() * 64);
         for (text, counter) in &self.lines {
             out.push_str(text);
             if let Some((v, step)) = counter {
                 out.push(' ');
-                out.push_str(&(v + step * k).to_string());
+                out.push_str(&(v + (*step as f64 * periods) as u64).to_string());
             }
             out.push('\n');
         }
@@ -355,6 +395,7 @@ fn build(nodes: u32, links: usize, keep: bool) -> (Value, Option<HashMap<String,
 
 fn measure(nodes: u32, o: &Options) -> Value {
     let (counted, served) = build(nodes, o.links, true);
+    let lossy = lossy_links(nodes);
     let served = Arc::new(served.unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding the exposition server");
     let metrics_port = listener.local_addr().unwrap().port();
@@ -391,7 +432,17 @@ fn measure(nodes: u32, o: &Options) -> Value {
         "series_total": counted["series_total"],
         "targets_up": prom.value("sum(up{job=\"vxtrace\"})"),
         "head_series": prom.value("prometheus_tsdb_head_series"),
-        "link_series": prom.value("count(vxtrace:link_path_loss:ratio_rate5m)"),
+        "lossy_links_path": lossy.0,
+        "lossy_links_receiver": lossy.1,
+        "path_loss_series": prom.value("count(vxtrace:link_path_loss:ratio_rate5m)"),
+        "path_loss_over_5pc": prom.value("count(vxtrace:link_path_loss:ratio_rate5m > 0.05)"),
+        "receiver_loss_series": prom.value("count(vxtrace:link_receiver_loss:ratio_rate5m)"),
+        "receiver_loss_over_5pc": prom.value("count(vxtrace:link_receiver_loss:ratio_rate5m > 0.05)"),
+        "undelivered_series": prom.value("count(vxtrace_rx_undelivered_packets_total)"),
+        "path_loss_alerts_firing": prom.value("count(ALERTS{alertname=\"VxtraceLinkPathLoss\",alertstate=\"firing\"})"),
+        "receiver_loss_alerts_firing": prom.value("count(ALERTS{alertname=\"VxtraceLinkReceiverHostLoss\",alertstate=\"firing\"})"),
+        "link_group_eval_s": prom.value("max(prometheus_rule_group_last_duration_seconds{rule_group=~\".*;vxtrace-links\"})"),
+        "rule_group_iterations_missed": prom.value("sum(prometheus_rule_group_iterations_missed_total)"),
         "resident_bytes": prom.value("process_resident_memory_bytes{job=\"prometheus\"}"),
         "max_resident_bytes": prom.value("max_over_time(process_resident_memory_bytes{job=\"prometheus\"}[1h])"),
         "heap_inuse_bytes": prom.value("go_memstats_heap_inuse_bytes{job=\"prometheus\"}"),

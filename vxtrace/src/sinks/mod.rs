@@ -107,20 +107,20 @@ impl Sinks {
 
 /// Folds one readout into `tables` and hands the interval to `sink`, as a
 /// run does but without a kernel: for sinks fed counters made elsewhere
-/// (the cluster-scale measurement, the sinks' own tests).
+/// (the cluster-scale measurement, the sinks' own tests). The interval
+/// ends at Unix time `ts` and lasts `seconds`; the readout holds the
+/// counters since the start, as the kernel's maps do.
 pub fn feed(
     sink: &mut dyn Sink,
     tables: &mut Tables,
     readout: &Readout,
+    ts: f64,
     seconds: f64,
 ) -> Result<()> {
     let drop_deltas = tables.fold(readout, seconds);
-    let line = Line::Interval(Box::new(tables.interval_line(
-        0.0,
-        seconds,
-        &drop_deltas,
-        0.0,
-    )));
+    let mut interval = tables.interval_line(0.0, seconds, &drop_deltas, 0.0);
+    interval.ts = ts;
+    let line = Line::Interval(Box::new(interval));
     sink.interval(&IntervalView {
         line: &line,
         events: &[],

@@ -92,10 +92,11 @@ pub struct WatchArgs {
     pub metrics_peers: usize,
 
     /// Directed links the whole cluster exports as link series on
-    /// /metrics (per peer: packets sent to it, packets from it at the
-    /// underlay device, and decapsulated: what the cluster rules join into
-    /// links), whatever their traffic. The default covers every link of a
-    /// mesh of 512 nodes; beyond, each node exports a share of its peers
+    /// /metrics (per peer: packets sent to it and packets from it at the
+    /// underlay device, what the cluster rules join into links; and, where
+    /// some are lost on this host, those not delivered), whatever their
+    /// traffic. The default covers every link of a mesh of 1,024 nodes;
+    /// beyond, each node exports a share of its peers
     /// chosen alike on both ends of each link (a hash of the two
     /// addresses), so every node of one cluster needs the same value.
     #[arg(long, value_name = "LINKS", default_value_t = crate::sinks::metrics::DEFAULT_LINK_BUDGET)]

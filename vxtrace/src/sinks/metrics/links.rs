@@ -1,5 +1,5 @@
-//! Which peers get link series: the three counters the cluster rules join
-//! into directed links (`tx_encap`, `rx_nic`, `rx_decap` packets), for
+//! Which peers get link series: the two counters the cluster rules join
+//! into directed links (`tx_encap` and `rx_nic` packets), for
 //! every peer while the cluster's links fit the budget
 //! (`--metrics-links`, directed links for the whole cluster), so that a
 //! partial loss on any link is visible in Prometheus whatever the link's
@@ -7,7 +7,7 @@
 //!
 //! A node with P peers takes its cluster for a mesh of P + 1 nodes, with
 //! P (P + 1) directed links. Beyond the budget (by default a mesh of more
-//! than 512 nodes) not every link can have series, and a link is only
+//! than 1,024 nodes) not every link can have series, and a link is only
 //! useful when *both* ends export it: A's `tx_encap{peer=B}` is set
 //! against B's `rx_nic{peer=A}`. So the choice is made from the pair
 //! itself, the same way on both nodes: a hash of the two underlay
@@ -27,19 +27,14 @@ use vxtrace_common::PeerKey;
 use crate::discovery::peer_addr;
 
 /// The metrics every peer with link series has (the rules' inputs).
-pub const LINK_METRICS: [&str; 3] = [
-    "vxtrace_tx_encap_packets",
-    "vxtrace_rx_nic_packets",
-    "vxtrace_rx_decap_packets",
-];
+pub const LINK_METRICS: [&str; 2] = ["vxtrace_tx_encap_packets", "vxtrace_rx_nic_packets"];
 
 /// Directed links with series, for the whole cluster, by default: every
-/// link of a full mesh of up to 512 nodes, a quarter of them at 1,000.
-/// Each link costs Prometheus seven series (three exported, four
-/// recorded), measured at about 4.4 KB each (README, "Across the
-/// cluster"): this default keeps a full mesh near 2 million series, about
-/// 9 GB; raise it where Prometheus has the memory.
-pub const DEFAULT_LINK_BUDGET: usize = 1 << 18;
+/// link of a full mesh of up to 1,024 nodes, 1/32 of them at 5,000.
+/// Each link costs Prometheus four series (two exported, two recorded;
+/// loss is recorded only where there is some): measured in the README,
+/// "Across the cluster". Lower it where Prometheus has less memory.
+pub const DEFAULT_LINK_BUDGET: usize = 1 << 20;
 
 /// The links this node exports.
 pub struct LinkChoice {

@@ -8,10 +8,12 @@
 //! cluster's Prometheus can set A's `vxtrace_tx_encap_packets_total{peer="B"}`
 //! against B's `vxtrace_rx_nic_packets_total{peer="A"}`. Two tiers keep
 //! the series per node bounded while every link stays visible:
-//! - link series (the three packet counters the cluster rules join) for
-//!   every peer while the cluster's links fit `--metrics-links`, and
-//!   beyond it for a share of the pairs that both ends choose alike
-//!   (`links`);
+//! - link series (the two packet counters the cluster rules join, sent
+//!   and arrived) for every peer while the cluster's links fit
+//!   `--metrics-links`, and beyond it for a share of the pairs that both
+//!   ends choose alike (`links`); with them, for the links that lose on
+//!   this host and only those, the packets not delivered
+//!   (`undelivered`);
 //! - every counter for the peers asked for (`--peer`), those with a
 //!   finding (up to 64 of them) and the `--metrics-peers` busiest; such a
 //!   peer keeps its series once given them.
@@ -41,9 +43,11 @@ use vxtrace_common::PeerKey;
 
 use super::{IntervalView, Sink, SummaryView};
 mod links;
+mod undelivered;
 
 use links::LinkChoice;
 pub use links::{DEFAULT_LINK_BUDGET, LINK_METRICS, pair_hash, pair_kept};
+use undelivered::Undelivered;
 
 use crate::{
     discovery::{peer_addr, peer_key},
@@ -107,6 +111,8 @@ struct Families {
     /// Peers with link series, and all peers counted.
     link_peers: Gauge,
     peers_counted: Gauge,
+    /// Receiver-host loss of the links that have some (`undelivered`).
+    undelivered: Family<Labels, Counter>,
 }
 
 pub struct Metrics {
@@ -130,6 +136,9 @@ pub struct Metrics {
     /// Unanswered SYNs per peer at the last interval (kept outside the
     /// kernel's counters).
     unanswered_seen: FxHashMap<PeerKey, u64>,
+    /// Receiver-host loss per peer, and the peers exporting it now.
+    undelivered: Undelivered,
+    undelivered_shown: FxHashSet<PeerKey>,
 }
 
 fn register<M: prometheus_client::registry::Metric + Clone>(
@@ -210,7 +219,7 @@ impl Families {
             link_peers: register(
                 r,
                 "vxtrace_link_peers",
-                "Peers with link series of their own (vxtrace_{tx_encap,rx_nic,rx_decap}_packets_total)",
+                "Peers with link series of their own (vxtrace_{tx_encap,rx_nic}_packets_total)",
                 Gauge::default(),
             ),
             peers_counted: register(
@@ -218,6 +227,12 @@ impl Families {
                 "vxtrace_peers",
                 "Peers this node counts traffic of",
                 Gauge::default(),
+            ),
+            undelivered: register(
+                r,
+                "vxtrace_rx_undelivered_packets",
+                "Packets from the peer that reached the underlay device and were not delivered by the VXLAN device (receiver-host loss); a series only for peers with link series whose loss grew by 1 % of a minute's arrivals in the last 15 minutes",
+                Family::default(),
             ),
         }
     }
@@ -265,6 +280,8 @@ impl Metrics {
                 busiest: cfg.busiest,
                 findings_set: BTreeSet::new(),
                 unanswered_seen: Default::default(),
+                undelivered: Undelivered::default(),
+                undelivered_shown: FxHashSet::default(),
             },
             registry,
         )
@@ -485,6 +502,47 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The receiver-host loss of the links that have some: a counter per
+    /// peer with link series while its loss is significant, removed the
+    /// hold time after it stops growing or when the link goes.
+    fn refresh_undelivered(&mut self, view: &IntervalView<'_>) {
+        let ts = view.interval().ts;
+        let peers = &view.tables.peers.peers;
+        let mut shown = FxHashSet::default();
+        for (key, p) in peers {
+            let d = p.last_delta();
+            let value = self.undelivered.add(
+                *key,
+                ts,
+                d.rx_nic.packets,
+                d.rx_decap.packets,
+                FINDING_PEER_HOLD_S,
+            );
+            let Some(value) = value.filter(|_| self.linked.contains(key)) else {
+                continue;
+            };
+            let c = self
+                .f
+                .undelivered
+                .get_or_create(&peer_label(&p.addr.to_string()));
+            // The counter follows the tracked value (which only grows).
+            let had = c.get();
+            if value > had {
+                c.inc_by(value - had);
+            }
+            shown.insert(*key);
+        }
+        for gone in self.undelivered_shown.difference(&shown) {
+            self.f
+                .undelivered
+                .remove(&peer_label(&peer_addr(gone).to_string()));
+        }
+        self.undelivered_shown = shown;
+        self.undelivered.retain(|k| peers.contains_key(k));
+    }
+}
+
 fn is_link_metric(name: &str) -> bool {
     LINK_METRICS.contains(&name)
 }
@@ -495,6 +553,7 @@ impl Sink for Metrics {
         self.release_finding_peers(view.interval().ts);
         self.choose_busiest(view);
         self.refresh_links(view);
+        self.refresh_undelivered(view);
         let t = view.tables;
         // What has no series of its own: every counter of the peers
         // without any, the other counters of those with link series only.
@@ -831,7 +890,7 @@ mod tests {
                 s,
             ));
         }
-        crate::sinks::feed(&mut m, &mut tables, &readout, 1.0).unwrap();
+        crate::sinks::feed(&mut m, &mut tables, &readout, 0.0, 1.0).unwrap();
         render(&registry, Format::Classic).unwrap()
     }
 
@@ -902,6 +961,65 @@ mod tests {
         assert!(text.contains("vxtrace_link_share 0.0625"), "{text}");
     }
 
+    /// Receiver-host loss is exported for the link that has some, and only
+    /// for it: a healthy link and one with a packet in flight at the read
+    /// have no undelivered series (nor a decapsulated one: only the two
+    /// link counters).
+    #[test]
+    fn only_a_link_losing_on_this_host_exports_its_undelivered_packets() {
+        let (mut m, registry) = sink(0, DEFAULT_LINK_BUDGET);
+        let mut tables = crate::watch::tables::Tables::detached(16);
+        // Per second: arrived, decapsulated.
+        let peers = [
+            ("10.0.0.1", 1000, 1000),
+            ("10.0.0.2", 1000, 800),
+            ("10.0.0.3", 1000, 999),
+        ];
+        // Eleven reads a second apart.
+        for second in 1..=11u64 {
+            let mut readout = crate::probes::Readout::default();
+            for (addr, arrived, delivered) in peers {
+                let mut s = vxtrace_common::PeerStats::default();
+                s.rx_nic.packets = arrived * second;
+                // The third peer's last packet is still on its way.
+                s.rx_decap.packets = if delivered == 999 {
+                    arrived * second - 1
+                } else {
+                    delivered * second
+                };
+                s.tx_encap.packets = 10 * second;
+                readout.peers.push((peer_key(&addr.parse().unwrap()), s));
+            }
+            crate::sinks::feed(&mut m, &mut tables, &readout, second as f64, 1.0).unwrap();
+        }
+        let text = render(&registry, Format::Classic).unwrap();
+        let undelivered: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("vxtrace_rx_undelivered_packets_total{"))
+            .collect();
+        assert_eq!(
+            undelivered,
+            ["vxtrace_rx_undelivered_packets_total{peer=\"10.0.0.2\"} 2200"],
+            "{text}"
+        );
+        // The lossy peer has a finding, and with it every counter; the
+        // others have only their link series.
+        for addr in ["10.0.0.1", "10.0.0.3"] {
+            let decap = format!("vxtrace_rx_decap_packets_total{{peer=\"{addr}\"}}");
+            assert!(!text.contains(&decap), "{text}");
+        }
+        for (addr, ..) in peers {
+            assert_eq!(
+                sample(
+                    &text,
+                    &format!("vxtrace_rx_nic_packets_total{{peer=\"{addr}\"}}")
+                ),
+                Some(11_000),
+                "{text}"
+            );
+        }
+    }
+
     /// A peer given every counter for a finding gives them up once the
     /// finding has been gone for the hold time, and keeps its link series.
     #[test]
@@ -915,7 +1033,7 @@ mod tests {
         s.tx_dev.packets = 7;
         let key = peer_key(&"10.0.0.1".parse().unwrap());
         readout.peers.push((key, s));
-        crate::sinks::feed(&mut m, &mut tables, &readout, 1.0).unwrap();
+        crate::sinks::feed(&mut m, &mut tables, &readout, 0.0, 1.0).unwrap();
         let text = render(&registry, Format::Classic).unwrap();
         assert!(
             text.contains("vxtrace_peer_finding{peer=\"10.0.0.1\""),
