@@ -5,7 +5,10 @@
 use std::{net::IpAddr, path::Path};
 
 use anyhow::{Result, anyhow, bail};
-use plotters::prelude::*;
+use plotters::{
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 
 use super::{
     cluster::ClusterNode,
@@ -171,59 +174,100 @@ pub fn cluster(path: &Path, nodes: &[ClusterNode], r: &ClusterReport) -> Result<
     Ok(())
 }
 
+/// The heat map's colour of a judged cell: green at no loss to red at
+/// all lost.
+fn loss_color(loss_pct: f64) -> RGBColor {
+    let red = (loss_pct.clamp(0.0, 100.0) * 2.55) as u8;
+    RGBColor(red.max(60), 255 - red, 80)
+}
+
+const SAME_NODE: RGBColor = RGBColor(230, 230, 230);
+const NOT_JUDGED: RGBColor = RGBColor(215, 215, 215);
+const NO_TRAFFIC: RGBColor = RGBColor(245, 245, 245);
+
+/// Text of `size` pixels anchored at its horizontal `h` and vertical centre.
+fn text_at(s: &str, (x, y): (i32, i32), size: u32, h: HPos) -> Text<'static, (i32, i32), String> {
+    let style = TextStyle::from(("sans-serif", size).into_font()).pos(Pos::new(h, VPos::Center));
+    Text::new(s.to_string(), (x, y), style)
+}
+
+/// The link matrix drawn cell by cell, in the text matrix's order: rows
+/// (from) top-down, columns (to) left to right, each name centred on its
+/// row or column, each cell's label centred in it, and a legend of the
+/// colours below.
 fn heat_map(
     area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     r: &ClusterReport,
 ) -> Result<()> {
+    const CAPTION: i32 = 26;
+    const HEADER: i32 = 22;
+    const NAMES: i32 = 150;
+    const LEGEND: i32 = 34;
+    const MARGIN: i32 = 10;
     let names: Vec<&str> = r
         .nodes
         .iter()
         .map(|n| n.name.as_str())
         .chain(r.unrecorded.iter().map(|n| n.name.as_str()))
         .collect();
-    let n = names.len().max(1);
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            "loss per link (rows: from, columns: to)",
-            ("sans-serif", 16),
+    let n = names.len().max(1) as i32;
+    let (w, h) = area.dim_in_pixel();
+    let (w, h) = (w as i32, h as i32);
+    let top = CAPTION + HEADER;
+    let (cell_w, cell_h) = ((w - NAMES - MARGIN) / n, (h - top - LEGEND) / n);
+    let centre = |i: i32, j: i32| {
+        (
+            NAMES + j * cell_w + cell_w / 2,
+            top + i * cell_h + cell_h / 2,
         )
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(140)
-        .build_cartesian_2d(0..n, 0..n)
+    };
+    let caption = "loss per link (rows: from, columns: to)";
+    area.draw(&text_at(caption, (w / 2, CAPTION / 2), 16, HPos::Center))
         .map_err(err)?;
-    let label = |i: &usize| names.get(*i).map(|s| s.to_string()).unwrap_or_default();
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_labels(n)
-        .y_labels(n)
-        .x_label_formatter(&label)
-        .y_label_formatter(&label)
-        .draw()
-        .map_err(err)?;
-    for (i, from) in names.iter().enumerate() {
-        for (j, to) in names.iter().enumerate() {
+    for (k, name) in (0..).zip(&names) {
+        let (x, y) = centre(k, k);
+        area.draw(&text_at(name, (x, CAPTION + HEADER / 2), 13, HPos::Center))
+            .map_err(err)?;
+        area.draw(&text_at(name, (NAMES - 8, y), 13, HPos::Right))
+            .map_err(err)?;
+    }
+    for (i, from) in (0..).zip(&names) {
+        for (j, to) in (0..).zip(&names) {
             let cell = Cell::of(r, from, to);
-            let (color, text) = match &cell {
-                _ if i == j => (RGBColor(230, 230, 230), String::new()),
-                Cell::Judged(l) => {
-                    let red = (l.loss_pct.clamp(0.0, 100.0) * 2.55) as u8;
-                    (RGBColor(red.max(60), 255 - red, 80), cell.label())
-                }
-                Cell::NotJudged(_) => (RGBColor(215, 215, 215), cell.label()),
-                Cell::NoTraffic => (RGBColor(245, 245, 245), cell.label()),
+            let (color, label) = match &cell {
+                _ if i == j => (SAME_NODE, String::new()),
+                Cell::Judged(l) => (loss_color(l.loss_pct), cell.label()),
+                Cell::NotJudged(_) => (NOT_JUDGED, cell.label()),
+                Cell::NoTraffic => (NO_TRAFFIC, cell.label()),
             };
-            chart
-                .draw_series(std::iter::once(Rectangle::new(
-                    [(j, i), (j + 1, i + 1)],
-                    color.filled(),
-                )))
+            let (x0, y0) = (NAMES + j * cell_w, top + i * cell_h);
+            let corners = [(x0, y0), (x0 + cell_w - 1, y0 + cell_h - 1)];
+            area.draw(&Rectangle::new(corners, color.filled()))
                 .map_err(err)?;
-            chart
-                .draw_series(std::iter::once(Text::new(text, (j, i), ("sans-serif", 14))))
-                .map_err(err)?;
+            if !label.is_empty() {
+                area.draw(&text_at(&label, centre(i, j), 13, HPos::Center))
+                    .map_err(err)?;
+            }
         }
+    }
+    let legend = [
+        (loss_color(0.0), "0 % lost"),
+        (loss_color(50.0), "50 %"),
+        (loss_color(100.0), "100 %"),
+        (NOT_JUDGED, "not judged"),
+        (NO_TRAFFIC, "no traffic"),
+        (SAME_NODE, "same node"),
+    ];
+    let y = h - LEGEND / 2;
+    for (k, (color, what)) in (0..).zip(legend) {
+        let x = NAMES + k * 120;
+        area.draw(&Rectangle::new(
+            [(x, y - 7), (x + 14, y + 7)],
+            color.filled(),
+        ))
+        .map_err(err)?;
+        area.draw(&text_at(what, (x + 20, y), 13, HPos::Left))
+            .map_err(err)?;
     }
     Ok(())
 }
@@ -314,6 +358,100 @@ mod tests {
             rx_pps: tx,
             drops: 0,
         }
+    }
+
+    /// A directed link as a cluster report holds it.
+    fn link(from: &str, to: &str, status: &str, segment: &str, loss_pct: f64) -> Link {
+        serde_json::from_value(serde_json::json!({
+            "from": "192.0.2.1", "to": "192.0.2.2", "from_node": from, "to_node": to,
+            "tx_dev": 100, "tx_encap": 100, "rx_nic": 60, "rx_decap": 60, "drops": {},
+            "loss_segment": segment, "lost": 40, "loss_pct": loss_pct,
+            "evidence": "", "findings": [], "window": [0.0, 10.0], "status": status,
+        }))
+        .unwrap()
+    }
+
+    /// The SVG's texts: (x, y, text-anchor, text).
+    fn texts(svg: &str) -> Vec<(i32, i32, String, String)> {
+        let attr = |tag: &str, name: &str| -> String {
+            let start = tag.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+            tag[start..].split('"').next().unwrap().to_string()
+        };
+        svg.split("<text ")
+            .skip(1)
+            .map(|t| {
+                let (tag, rest) = t.split_once('>').unwrap();
+                let text = rest.split("</text>").next().unwrap().trim().to_string();
+                let xy = |n| attr(tag, n).parse::<f64>().unwrap() as i32;
+                (xy("x"), xy("y"), attr(tag, "text-anchor"), text)
+            })
+            .collect()
+    }
+
+    /// Each cell's label sits in the middle of its row and column, rows run
+    /// top-down in the text matrix's order, the names are beside the grid
+    /// (not on its corners), and the colours have a legend.
+    #[test]
+    fn heat_map_labels_are_centred_in_their_cells() {
+        let names = ["alpha", "beta", "gamma"];
+        let r = ClusterReport {
+            nodes: names
+                .iter()
+                .map(|n| crate::schema::NodeReport {
+                    name: n.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            links: vec![
+                link("alpha", "beta", "judged", "path", 40.0),
+                link("beta", "gamma", "judged", "none", 0.0),
+                link("gamma", "alpha", "far_end_not_recorded", "not_judged", 0.0),
+            ],
+            ..Default::default()
+        };
+        let path = std::env::temp_dir().join(format!("vxtrace-heat-{}.svg", std::process::id()));
+        cluster(&path, &[], &r).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let t = texts(&svg);
+        let find = |text: &str| -> Vec<&(i32, i32, String, String)> {
+            t.iter().filter(|x| x.3 == text).collect()
+        };
+        // Each name twice: above its column (centred), left of its row
+        // (right-aligned against the grid).
+        let named = |name: &str, anchor: &str| {
+            *find(name)
+                .iter()
+                .find(|x| x.2 == anchor)
+                .unwrap_or_else(|| panic!("{name} ({anchor}): {t:?}"))
+        };
+        let column = |name: &str| named(name, "middle");
+        let row = |name: &str| named(name, "end");
+        for (a, b) in [("alpha", "beta"), ("beta", "gamma")] {
+            assert!(row(a).1 < row(b).1, "rows top-down: {t:?}");
+            assert!(column(a).0 < column(b).0, "columns left to right: {t:?}");
+        }
+        for (label, from, to) in [
+            ("40% path", "alpha", "beta"),
+            ("0% none", "beta", "gamma"),
+            ("far end not recorded", "gamma", "alpha"),
+            ("no traffic", "alpha", "gamma"),
+        ] {
+            let cell = find(label);
+            let cell = cell
+                .iter()
+                .find(|c| c.0 == column(to).0)
+                .unwrap_or_else(|| panic!("{label}: {t:?}"));
+            assert_eq!(cell.1, row(from).1, "{label} on the row of {from}");
+            assert_eq!(cell.2, "middle", "{label} centred");
+            // Below the column names: inside the grid.
+            assert!(cell.1 > column(to).1, "{label}");
+        }
+        for what in ["0 % lost", "50 %", "100 %", "not judged", "same node"] {
+            assert_eq!(find(what).len(), 1, "legend {what}: {t:?}");
+        }
+        // Three cells without traffic, and the legend's entry.
+        assert_eq!(find("no traffic").len(), 4, "{t:?}");
     }
 
     /// A peer active 3 s of a 10 s recording spans the 10 s, silent as zero.
