@@ -1203,6 +1203,10 @@ fn dashboard_selects_only_the_selected_nodes_links() {
 /// recorded, delivered all the same less what was lost. The findings per
 /// cause and the traffic summed into the rest on vxtrace's own series, in
 /// the same two clusters.
+#[allow(
+    clippy::too_many_lines,
+    reason = "tests are exempt: a test's steps and its table of cases read in order"
+)]
 #[test]
 fn dashboard_link_states_and_the_rest_evaluate_in_promtool() {
     let d = dashboard();

@@ -524,6 +524,10 @@ fn the_rules_pass_promtool() {
 /// a node with a second VTEP of the same family (a second overlay): the
 /// lossy link's path-loss recording reads 0.2 to 0.6, the healthy links'
 /// under 0.1, and every rule evaluates (no many-to-many match).
+#[allow(
+    clippy::too_many_lines,
+    reason = "tests are exempt: a test's steps and its table of cases read in order"
+)]
 #[test]
 fn a_partial_loss_on_a_quiet_link_is_recorded_in_a_five_node_cluster() {
     let lab = LabGuard::new("vt-p5", 5, false, 8472);

@@ -257,6 +257,10 @@ fn connect_from_port(ns: &str, sport: u16, to: SocketAddr) -> TcpStream {
 /// client's clock is behind the first's, so the server's TIME_WAIT socket
 /// rejects its SYN (PAWS): counted on the server's node, and the client's
 /// node sees a SYN that got no SYN-ACK.
+#[allow(
+    clippy::too_many_lines,
+    reason = "tests are exempt: a test's steps and its table of cases read in order"
+)]
 #[test]
 fn nat_and_time_wait_reuse_reject_syns() {
     let lab = LabGuard::new("vt-tw", 2, false, 8472);

@@ -964,78 +964,45 @@ fn icmp_checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// Sends `count` echo requests (56 bytes of data, like `ping`) to `dst`
-/// from the current namespace on a raw ICMP or ICMPv6 socket, each waiting
-/// up to 1 s for its reply. Returns the replies received. IPv4 raw sockets
-/// hand back the IP header and need our checksum; ICMPv6 ones do neither
-/// (the kernel fills in the checksum).
-fn ping(dst: IpAddr, count: u32, gap: Duration) -> Result<u32> {
-    let (domain, protocol, what, request, reply, tag) = match dst {
-        IpAddr::V4(_) => (
-            libc::AF_INET,
-            libc::IPPROTO_ICMP,
-            "ICMP",
-            8u8,
-            0u8,
-            0x5678u16,
-        ),
-        IpAddr::V6(_) => (
-            libc::AF_INET6,
-            libc::IPPROTO_ICMPV6,
-            "ICMPv6",
-            128,
-            129,
-            0x6789,
-        ),
-    };
-    // SAFETY: plain socket syscalls on a descriptor we own.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_RAW, protocol) };
-    if fd < 0 {
-        bail!(
-            "opening a raw {what} socket: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    let ident = (std::process::id() as u16) ^ tag;
-    // SAFETY: all-zero bytes are a valid sockaddr_storage, large enough for
-    // either family's address, which is written through its own type.
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let addr_len = match dst {
-        IpAddr::V4(a) => {
-            // SAFETY: sockaddr_storage is larger and more aligned than
-            // sockaddr_in; nothing else borrows `addr` meanwhile.
-            let sin = unsafe { &mut *(&mut addr as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as u16;
-            sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
-            std::mem::size_of::<libc::sockaddr_in>()
+/// What an echo exchange of one address family uses: the raw socket's
+/// family and protocol, the request and reply types, and a tag that keeps
+/// IPv4 and IPv6 runs of one process apart.
+struct Echo {
+    domain: libc::c_int,
+    protocol: libc::c_int,
+    what: &'static str,
+    request: u8,
+    reply: u8,
+    tag: u16,
+}
+
+impl Echo {
+    fn of(dst: IpAddr) -> Self {
+        match dst {
+            IpAddr::V4(_) => Self {
+                domain: libc::AF_INET,
+                protocol: libc::IPPROTO_ICMP,
+                what: "ICMP",
+                request: 8,
+                reply: 0,
+                tag: 0x5678,
+            },
+            IpAddr::V6(_) => Self {
+                domain: libc::AF_INET6,
+                protocol: libc::IPPROTO_ICMPV6,
+                what: "ICMPv6",
+                request: 128,
+                reply: 129,
+                tag: 0x6789,
+            },
         }
-        IpAddr::V6(a) => {
-            // SAFETY: as above, for sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut addr as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as u16;
-            sin6.sin6_addr.s6_addr = a.octets();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 100_000,
-    };
-    // SAFETY: a valid descriptor and a timeval of the size given.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
     }
-    let mut replies = 0;
-    for seq in 0..count {
-        let seq = seq as u16;
+
+    /// Echo request `seq` with 56 bytes of data; IPv4 needs our checksum
+    /// (ICMPv6's the kernel fills in).
+    fn request(&self, dst: IpAddr, ident: u16, seq: u16) -> [u8; 64] {
         let mut pkt = [0u8; 64];
-        pkt[0] = request;
+        pkt[0] = self.request;
         pkt[4..6].copy_from_slice(&ident.to_be_bytes());
         pkt[6..8].copy_from_slice(&seq.to_be_bytes());
         for (k, b) in pkt[8..].iter_mut().enumerate() {
@@ -1045,23 +1012,12 @@ fn ping(dst: IpAddr, count: u32, gap: Duration) -> Result<u32> {
             let ck = icmp_checksum(&pkt);
             pkt[2..4].copy_from_slice(&ck.to_be_bytes());
         }
-        // SAFETY: the buffer and address outlive the call; sizes match.
-        let sent = unsafe {
-            libc::sendto(
-                fd,
-                pkt.as_ptr() as *const libc::c_void,
-                pkt.len(),
-                0,
-                &addr as *const _ as *const libc::sockaddr,
-                addr_len as u32,
-            )
-        };
-        if sent < 0 {
-            let e = std::io::Error::last_os_error();
-            // SAFETY: our descriptor, closed once.
-            unsafe { libc::close(fd) };
-            bail!("sending {what} echo to {dst}: {e}");
-        }
+        pkt
+    }
+
+    /// Waits up to 1 s for the reply to `seq` on `fd`. IPv4 raw sockets
+    /// hand back the IP header; ICMPv6 ones do not.
+    fn await_reply(&self, fd: libc::c_int, dst: IpAddr, ident: u16, seq: u16) -> bool {
         let deadline = Instant::now() + Duration::from_secs(1);
         let mut buf = [0u8; 1500];
         while Instant::now() < deadline {
@@ -1080,13 +1036,95 @@ fn ping(dst: IpAddr, count: u32, gap: Duration) -> Result<u32> {
                 continue;
             }
             let icmp = &buf[header..n];
-            let is_reply = icmp[0] == reply
+            if icmp[0] == self.reply
                 && u16::from_be_bytes([icmp[4], icmp[5]]) == ident
-                && u16::from_be_bytes([icmp[6], icmp[7]]) == seq;
-            if is_reply {
-                replies += 1;
-                break;
+                && u16::from_be_bytes([icmp[6], icmp[7]]) == seq
+            {
+                return true;
             }
+        }
+        false
+    }
+}
+
+/// `dst` as a socket address, and its length.
+fn socket_addr(dst: IpAddr) -> (libc::sockaddr_storage, usize) {
+    // SAFETY: all-zero bytes are a valid sockaddr_storage, large enough for
+    // either family's address, which is written through its own type.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match dst {
+        IpAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger and more aligned than
+            // sockaddr_in; nothing else borrows `addr` meanwhile.
+            let sin = unsafe { &mut *(&mut addr as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        IpAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut addr as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_addr.s6_addr = a.octets();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (addr, len)
+}
+
+/// Sends `count` echo requests (56 bytes of data, like `ping`) to `dst`
+/// from the current namespace on a raw ICMP or ICMPv6 socket, each waiting
+/// up to 1 s for its reply. Returns the replies received.
+fn ping(dst: IpAddr, count: u32, gap: Duration) -> Result<u32> {
+    let echo = Echo::of(dst);
+    // SAFETY: plain socket syscalls on a descriptor we own.
+    let fd = unsafe { libc::socket(echo.domain, libc::SOCK_RAW, echo.protocol) };
+    if fd < 0 {
+        bail!(
+            "opening a raw {} socket: {}",
+            echo.what,
+            std::io::Error::last_os_error()
+        );
+    }
+    let ident = (std::process::id() as u16) ^ echo.tag;
+    let (addr, addr_len) = socket_addr(dst);
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: a valid descriptor and a timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+    let mut replies = 0;
+    for seq in 0..count {
+        let seq = seq as u16;
+        let pkt = echo.request(dst, ident, seq);
+        // SAFETY: the buffer and address outlive the call; sizes match.
+        let sent = unsafe {
+            libc::sendto(
+                fd,
+                pkt.as_ptr() as *const libc::c_void,
+                pkt.len(),
+                0,
+                &addr as *const _ as *const libc::sockaddr,
+                addr_len as u32,
+            )
+        };
+        if sent < 0 {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: our descriptor, closed once.
+            unsafe { libc::close(fd) };
+            bail!("sending {} echo to {dst}: {e}", echo.what);
+        }
+        if echo.await_reply(fd, dst, ident, seq) {
+            replies += 1;
         }
         if !gap.is_zero() {
             std::thread::sleep(gap);

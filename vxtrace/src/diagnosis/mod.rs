@@ -932,6 +932,10 @@ mod tests {
         }
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "tests are exempt: a test's steps and its table of cases read in order"
+    )]
     fn cases() -> Vec<Case> {
         vec![
             Case {
