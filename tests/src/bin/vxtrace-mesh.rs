@@ -1,19 +1,21 @@
 //! `cargo xtask mesh`: what the cluster view costs Prometheus. For a full
 //! mesh of N nodes (every node a peer of every other), each node's
 //! `/metrics` is made by vxtrace's own metrics sink, fed the counters of
-//! N - 1 healthy peers; one HTTP server here serves them all
+//! N - 1 peers, a known few of whose links lose on the path or on the
+//! receiving host; one HTTP server here serves them all
 //! (`/metrics?node=I`), and Debian's Prometheus, started on loopback in a
 //! temporary directory, scrapes every node and evaluates the shipped
 //! rules. Measured: series per node, head series in Prometheus, its
-//! resident and heap memory, scrape and rule-evaluation times.
+//! resident and heap memory, scrape and rule-evaluation times, and how
+//! many of the lossy links the rules record and alert on.
 //!
 //! Not a test: nothing here asserts. Usage:
 //!   vxtrace-mesh [--nodes 100,1000] [--count-only 5000] [--scrape 30s]
 //!                [--minutes 5] [--metrics-links N] [--max-resident-gib 18]
 //!                [--rules FILE|none]   (default: the shipped rules)
 //!
-//! Between scrapes every counter grows by a per-series step, so the
-//! samples compress as a live counter's do rather than as constants.
+//! Every counter grows with time, by a step of its own, so the samples
+//! compress as a live counter's do rather than as constants.
 
 use std::{
     collections::HashMap,

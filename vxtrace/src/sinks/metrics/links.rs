@@ -31,9 +31,9 @@ pub const LINK_METRICS: [&str; 2] = ["vxtrace_tx_encap_packets", "vxtrace_rx_nic
 
 /// Directed links with series, for the whole cluster, by default: every
 /// link of a full mesh of up to 1,024 nodes, 1/32 of them at 5,000.
-/// Each link costs Prometheus four series (two exported, two recorded;
-/// loss is recorded only where there is some): measured in the README,
-/// "Across the cluster". Lower it where Prometheus has less memory.
+/// Each link costs Prometheus the two series its ends export (loss is
+/// recorded only where there is some): measured in the README, "Across
+/// the cluster". Lower it where Prometheus has less memory.
 pub const DEFAULT_LINK_BUDGET: usize = 1 << 20;
 
 /// The links this node exports.

@@ -231,7 +231,7 @@ impl Families {
             undelivered: register(
                 r,
                 "vxtrace_rx_undelivered_packets",
-                "Packets from the peer that reached the underlay device and were not delivered by the VXLAN device (receiver-host loss); a series only for peers with link series whose loss grew by 1 % of a minute's arrivals in the last 15 minutes",
+                "Packets from the peer that reached the underlay device and were not delivered by the VXLAN device (receiver-host loss); a series only for peers with link series that lost at least 1 % of what arrived (over up to 10 s) in the last 15 minutes",
                 Family::default(),
             ),
         }
@@ -511,26 +511,15 @@ impl Metrics {
         let peers = &view.tables.peers.peers;
         let mut shown = FxHashSet::default();
         for (key, p) in peers {
-            let d = p.last_delta();
-            let value = self.undelivered.add(
-                *key,
-                ts,
-                d.rx_nic.packets,
-                d.rx_decap.packets,
-                FINDING_PEER_HOLD_S,
-            );
+            let d = p.last_packets();
+            let value = self
+                .undelivered
+                .add(*key, ts, d.rx_nic, d.rx_decap, FINDING_PEER_HOLD_S);
             let Some(value) = value.filter(|_| self.linked.contains(key)) else {
                 continue;
             };
-            let c = self
-                .f
-                .undelivered
-                .get_or_create(&peer_label(&p.addr.to_string()));
-            // The counter follows the tracked value (which only grows).
-            let had = c.get();
-            if value > had {
-                c.inc_by(value - had);
-            }
+            let labels = peer_label(&p.addr.to_string());
+            follow(&self.f.undelivered.get_or_create(&labels), value);
             shown.insert(*key);
         }
         for gone in self.undelivered_shown.difference(&shown) {
@@ -540,6 +529,14 @@ impl Metrics {
         }
         self.undelivered_shown = shown;
         self.undelivered.retain(|k| peers.contains_key(k));
+    }
+}
+
+/// Sets a counter to `value`, a count kept elsewhere that only grows.
+fn follow(counter: &Counter, value: u64) {
+    let had = counter.get();
+    if value > had {
+        counter.inc_by(value - had);
     }
 }
 
@@ -598,12 +595,7 @@ impl Sink for Metrics {
                 ("device".to_string(), device),
                 ("direction".to_string(), direction.to_string()),
             ];
-            let c = self.f.unseen.get_or_create(&labels);
-            // The count only grows; the counter follows it.
-            let had = c.get();
-            if n > had {
-                c.inc_by(n - had);
-            }
+            follow(&self.f.unseen.get_or_create(&labels), n);
         }
         for (peer, by_reason) in view.drop_deltas {
             self.add_drops(peer, by_reason);

@@ -3,8 +3,8 @@
 //! not delivered by its VXLAN device (the running excess of `rx_nic` over
 //! `rx_decap`). Exporting `rx_decap` for every link would cost Prometheus
 //! a series per link to find the few links that lose on the receiving
-//! host; this counter exists only for links with link series whose loss
-//! grew by at least 1 % of what arrived in a minute within the last
+//! host; this counter exists only for links with link series that lost
+//! at least 1 % of what arrived (over up to ten seconds) within the last
 //! quarter of an hour, so a healthy mesh exports none.
 //!
 //! The two counters are read together but not at the same instant of the
