@@ -136,13 +136,25 @@ pub fn host_firewall(lab: &Lab) {
         lab.underlay_ip(2).to_string(),
     );
     drop_vxlan_at_input(lab, 2);
-    let on_b = Watcher::start(&lab.node_ns(2), &["--netns", "self"]);
+    // B counts with the raw tracepoint, A with the default (the BTF-typed
+    // one where the kernel has BTF): both programs' counts are checked.
+    let on_b = Watcher::start(
+        &lab.node_ns(2),
+        &["--netns", "self", "--drop-hook", "raw-tracepoint"],
+    );
     let on_a_self = Watcher::start(&lab.node_ns(1), &["--netns", "self"]);
     let on_a_all = Watcher::start(&lab.node_ns(1), &["--netns", "all"]);
     assert_eq!(on_a_all.attached.netns, NetnsScope::all());
-    assert_eq!(
-        on_a_all.attached.probes.drops.attached,
+    assert_eq!(on_b.attached.probes.drops.attached, DropHook::RawTracepoint);
+    let default_hook = if std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        DropHook::BtfTracepoint
+    } else {
         DropHook::RawTracepoint
+    };
+    assert_eq!(
+        on_a_all.attached.probes.drops.attached, default_hook,
+        "{:?}",
+        on_a_all.attached.probes.drops.skipped
     );
     assert_eq!(lab.ping(1, 2, 5, Duration::ZERO).unwrap(), 0);
 

@@ -90,11 +90,16 @@ impl Counter {
 
 /// Everything counted per underlay peer, one copy per CPU (summed in userspace).
 ///
-/// New counters are appended at the end; userspace reads by field name, so
-/// the map grows without breaking anything already here.
+/// Laid out for the packet path: the memo every packet reads, then the
+/// four traffic counters and the size histograms, which are what a packet
+/// adds to; the rare counters last. Userspace reads the fields by name,
+/// so the order is free to change.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerStats {
+    /// The kernel programs' per-CPU memo of this peer's last lookups (not
+    /// a counter: userspace ignores it).
+    pub memo: LookupMemo,
     /// VXLAN packets sent to the peer, seen leaving the underlay device.
     pub tx_encap: Counter,
     /// VXLAN packets from the peer, seen arriving at the underlay device.
@@ -104,17 +109,17 @@ pub struct PeerStats {
     /// Frames the VXLAN device was handed for this peer (before encapsulation):
     /// the gap to `tx_encap` is loss on this host's transmit path.
     pub tx_dev: Counter,
+    /// Outer IP packet sizes per direction, by [`SIZE_BUCKET_BOUNDS`]
+    /// (packets above 1450 and 1500 bytes, the path-MTU signs, are the
+    /// sums of the buckets above those bounds).
+    pub tx_size: [u64; SIZE_BUCKETS],
+    pub rx_size: [u64; SIZE_BUCKETS],
     /// Packets to or from the VXLAN port that are not valid VXLAN, received.
     pub malformed_rx: u64,
     /// Same, sent.
     pub malformed_tx: u64,
     /// Valid VXLAN from the peer with a VNI no watched device uses.
     pub unknown_vni: u64,
-    /// Outer packets above 1450 / 1500 bytes of IP, per direction (path MTU).
-    pub tx_over_1450: u64,
-    pub tx_over_1500: u64,
-    pub rx_over_1450: u64,
-    pub rx_over_1500: u64,
     /// Non-first IPv4 fragments of VXLAN packets cannot be told apart from
     /// other UDP; first fragments are counted here (and as traffic).
     pub tx_fragmented: u64,
@@ -137,17 +142,11 @@ pub struct PeerStats {
     pub rst_received: u64,
     /// A SYN for a handshake that was already open (a retransmission).
     pub syn_retrans: u64,
-    /// Outer IP packet sizes per direction, by [`SIZE_BUCKET_BOUNDS`].
-    pub tx_size: [u64; SIZE_BUCKETS],
-    pub rx_size: [u64; SIZE_BUCKETS],
     /// Flooded copies sent to the peer: broadcast, multicast and unknown
     /// unicast that a layer-2 device replicates to every VTEP of its flood
     /// list (or its group / default remote). Not counted in `tx_encap`:
     /// nobody answers them, so they say nothing about loss.
     pub tx_flood: Counter,
-    /// The kernel programs' per-CPU memo of this peer's last lookups (not
-    /// a counter: userspace ignores it).
-    pub memo: LookupMemo,
 }
 
 /// What the last map lookups for a peer's packets found, kept in the
@@ -196,6 +195,16 @@ pub const SIZE_BUCKET_BOUNDS: [u32; SIZE_BUCKETS - 1] = [
     128, 256, 512, 1024, 1280, 1400, 1450, 1500, 2000, 4000, 9000,
 ];
 pub const SIZE_BUCKETS: usize = 12;
+
+/// Packets of a size histogram larger than `bound`, which must be one of
+/// [`SIZE_BUCKET_BOUNDS`] (1450 and 1500 are).
+pub fn packets_over(sizes: &[u64; SIZE_BUCKETS], bound: u32) -> u64 {
+    let first = SIZE_BUCKET_BOUNDS
+        .iter()
+        .position(|b| *b == bound)
+        .map_or(SIZE_BUCKETS, |i| i + 1);
+    sizes[first..].iter().sum()
+}
 
 /// The size bucket of an outer IP packet of `len` bytes.
 #[inline(always)]
@@ -649,7 +658,7 @@ mod tests {
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(
             size_of::<PeerStats>(),
-            5 * 16 + 18 * 8 + 2 * SIZE_BUCKETS * 8 + size_of::<LookupMemo>()
+            5 * 16 + 14 * 8 + 2 * SIZE_BUCKETS * 8 + size_of::<LookupMemo>()
         );
         assert_eq!(size_of::<LookupMemo>(), 56);
         assert_eq!(size_of::<MacMemo>(), 32);
@@ -681,6 +690,18 @@ mod tests {
     }
 
     #[test]
+    fn packets_over_a_bound() {
+        let mut sizes = [0u64; SIZE_BUCKETS];
+        sizes[size_bucket(1450)] = 1;
+        sizes[size_bucket(1451)] = 10;
+        sizes[size_bucket(1500)] += 100;
+        sizes[size_bucket(1501)] = 1000;
+        sizes[size_bucket(9001)] = 10000;
+        assert_eq!(packets_over(&sizes, 1450), 11110);
+        assert_eq!(packets_over(&sizes, 1500), 11000);
+    }
+
+    #[test]
     fn v4_is_mapped() {
         let k = PeerKey::from_v4([192, 0, 2, 1]);
         assert_eq!(&k.addr[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
@@ -688,26 +709,35 @@ mod tests {
     }
 }
 
-/// Every field of [`PeerStats`] before `memo` is a `u64` counter (or an
+/// Every field of [`PeerStats`] after `memo` is a `u64` counter (or an
 /// array or pair of them), so userspace can do arithmetic on the counters
 /// as one array instead of listing the fields again.
-pub const PEER_COUNTER_WORDS: usize = core::mem::offset_of!(PeerStats, memo) / 8;
-const _: () = assert!(core::mem::offset_of!(PeerStats, memo) % 8 == 0);
+pub const PEER_COUNTER_WORDS: usize =
+    (core::mem::size_of::<PeerStats>() - core::mem::size_of::<LookupMemo>()) / 8;
+const _: () = assert!(core::mem::offset_of!(PeerStats, memo) == 0);
+const _: () = assert!(core::mem::size_of::<LookupMemo>().is_multiple_of(8));
 
 impl PeerStats {
     /// The counters as words (everything but the memo).
     pub fn counter_words(&self) -> &[u64; PEER_COUNTER_WORDS] {
-        // SAFETY: PeerStats is #[repr(C)], 8-byte aligned, and its fields
-        // up to `memo` are u64s with no padding between them
+        // SAFETY: PeerStats is #[repr(C)], 8-byte aligned, the memo comes
+        // first and is a multiple of 8 bytes, and the fields after it are
+        // u64s with no padding between them
         // (`layouts_have_no_implicit_padding`), so they are exactly this
         // array; the borrow keeps `self` alive and unaliased.
-        unsafe { &*(self as *const PeerStats as *const [u64; PEER_COUNTER_WORDS]) }
+        unsafe {
+            &*((self as *const PeerStats as *const u8).add(size_of::<LookupMemo>())
+                as *const [u64; PEER_COUNTER_WORDS])
+        }
     }
 
     pub fn counter_words_mut(&mut self) -> &mut [u64; PEER_COUNTER_WORDS] {
         // SAFETY: as in `counter_words`; the mutable borrow is exclusive,
         // and any bit pattern is a valid u64.
-        unsafe { &mut *(self as *mut PeerStats as *mut [u64; PEER_COUNTER_WORDS]) }
+        unsafe {
+            &mut *((self as *mut PeerStats as *mut u8).add(size_of::<LookupMemo>())
+                as *mut [u64; PEER_COUNTER_WORDS])
+        }
     }
 
     /// Adds every counter of `o` to `self`.
@@ -756,7 +786,7 @@ mod stats_tests {
     fn merge_and_delta() {
         let mut a = PeerStats::default();
         a.tx_encap.add(3, 300);
-        a.rx_over_1500 = 2;
+        a.malformed_rx = 2;
         let mut b = a;
         b.merge(&a);
         assert_eq!(
@@ -766,15 +796,19 @@ mod stats_tests {
                 bytes: 600
             }
         );
-        assert_eq!(b.rx_over_1500, 4);
+        assert_eq!(b.malformed_rx, 4);
         let d = b.delta(&a);
         assert_eq!(d, a);
         assert!(a.delta(&b).is_zero());
-        // The last counter before the memo is in the words, the memo is not.
+        // The first and last counters after the memo are in the words,
+        // the memo is not.
         let mut c = PeerStats::default();
-        c.rx_size[SIZE_BUCKETS - 1] = 1;
-        assert!(!c.is_zero());
-        c.rx_size[SIZE_BUCKETS - 1] = 0;
+        c.tx_encap.packets = 1;
+        c.tx_flood.bytes = 1;
+        assert_eq!(c.counter_words()[0], 1);
+        assert_eq!(c.counter_words()[PEER_COUNTER_WORDS - 1], 1);
+        c.tx_encap.packets = 0;
+        c.tx_flood.bytes = 0;
         c.memo.uses = 5;
         assert!(c.is_zero());
     }

@@ -32,3 +32,20 @@ macro_rules! config {
     }};
 }
 pub(crate) use config;
+
+/// Local VTEP address `i` of [`CONFIG`] as two words: two loads, where a
+/// volatile copy of the 16-byte array would be sixteen byte loads and the
+/// shifts to join them.
+#[inline(always)]
+pub fn local_addr_words(i: usize) -> [u64; 2] {
+    let field = &raw const CONFIG.local_addrs[i];
+    let words = field.cast::<u64>();
+    // SAFETY: as in `config!`; `PeerKey` is 16 bytes aligned to 8, so both
+    // words are in the field and aligned.
+    unsafe {
+        [
+            core::ptr::read_volatile(words),
+            core::ptr::read_volatile(words.add(1)),
+        ]
+    }
+}

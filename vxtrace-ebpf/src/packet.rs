@@ -13,7 +13,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::TcContext;
 use vxtrace_common::{MAX_LOCAL_ADDRS, MAX_PORTS, PeerKey, VXLAN_FLAG_I};
 
-use crate::config::config;
+use crate::config::{config, local_addr_words};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -43,8 +43,35 @@ pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
         // arrays of integers, which any bytes make a valid value.
         Some(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
     } else {
-        ctx.load::<T>(off).ok()
+        load_bytes(ctx, off)
     }
+}
+
+/// A stack buffer on an 8-byte boundary: the programs are built to load
+/// words from unaligned addresses (see the crate's build script), and the
+/// verifier accepts that from packets and map values but not from the
+/// stack, so bytes copied there must start aligned.
+#[repr(C, align(8))]
+struct Aligned<T>(T);
+
+/// Copies a `T` out of the packet at `off` with `bpf_skb_load_bytes`, for
+/// bytes that are not in the linear part of the skb.
+#[inline(always)]
+fn load_bytes<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    let mut buf = core::mem::MaybeUninit::<Aligned<T>>::uninit();
+    // SAFETY: the context pointer of this run, and a buffer of at least
+    // size_of::<T>() bytes that the helper fills (or fails, then unused).
+    let rc = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off as u32,
+            buf.as_mut_ptr().cast(),
+            size_of::<T>() as u32,
+        )
+    };
+    // SAFETY: the helper filled the `T` (rc 0); callers read integers or
+    // arrays of integers, which any bytes make a valid value.
+    (rc == 0).then(|| unsafe { buf.assume_init().0 })
 }
 
 /// What the outer headers of a UDP packet said.
@@ -65,73 +92,92 @@ pub struct Outer {
     pub port: u16,
 }
 
+/// Byte `i` of a block of words read from the packet: the programs run
+/// little endian, so byte i is bits 8·(i mod 4) up of word i / 4.
+#[inline(always)]
+fn byte<const N: usize>(w: &[u32; N], i: usize) -> u8 {
+    (w[i / 4] >> (8 * (i % 4))) as u8
+}
+
+/// The big-endian 16-bit field at byte `i` (even) of a block of words.
+#[inline(always)]
+fn be16<const N: usize>(w: &[u32; N], i: usize) -> u16 {
+    u16::from_be((w[i / 4] >> (8 * (i % 4))) as u16)
+}
+
+/// An Ethernet type as it sits in the packet (network order), so the
+/// header's field is compared without a byte swap.
+const fn wire(ethertype: u16) -> u16 {
+    ethertype.to_be()
+}
+
 /// Parses Ethernet / IP / UDP to a VXLAN port. `None` for anything else,
 /// and for non-first fragments, which carry no UDP header.
 ///
-/// Most packets on an underlay NIC are not VXLAN, so the order is cheapest
-/// rejection first: the IP protocol byte, then the UDP port, and only then
-/// the rest of the headers.
+/// The IP and UDP headers come in one read of whole words (one bounds
+/// check, or one copy when they are not in the skb's linear part), and the
+/// cheapest rejection comes first: the IP protocol byte, then the UDP
+/// port, and only then the rest.
 #[inline(always)]
 pub fn parse_outer(ctx: &TcContext) -> Option<Outer> {
     let mut off = ETH_HLEN;
-    let mut proto = u16::from_be(read::<u16>(ctx, 12)?);
+    let mut proto = read::<u16>(ctx, 12)?;
     // Up to two VLAN tags (802.1Q, QinQ) on the underlay.
-    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        proto = u16::from_be(read::<u16>(ctx, off + 2)?);
+    if proto == wire(ETH_P_8021Q) || proto == wire(ETH_P_8021AD) {
+        proto = read::<u16>(ctx, off + 2)?;
         off += 4;
-        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-            proto = u16::from_be(read::<u16>(ctx, off + 2)?);
+        if proto == wire(ETH_P_8021Q) || proto == wire(ETH_P_8021AD) {
+            proto = read::<u16>(ctx, off + 2)?;
             off += 4;
         }
     }
-    if proto == ETH_P_IP {
-        if read::<u8>(ctx, off + 9)? != IPPROTO_UDP {
+    if proto == wire(ETH_P_IP) {
+        // The IPv4 header without options and a UDP header after it. A
+        // packet too short for both is no UDP packet.
+        let h: [u32; 7] = read(ctx, off)?;
+        if byte(&h, 9) != IPPROTO_UDP {
             return None;
         }
-        let ver_ihl = read::<u8>(ctx, off)?;
+        let ver_ihl = byte(&h, 0);
         let ihl = ((ver_ihl & 0x0f) as usize) * 4;
         if ver_ihl >> 4 != 4 || ihl < 20 {
             return None;
         }
-        let dst_port = u16::from_be(read::<u16>(ctx, off + ihl + 2)?);
+        let dst_port = if ihl == 20 {
+            be16(&h, 22)
+        } else {
+            u16::from_be(read::<u16>(ctx, off + ihl + 2)?)
+        };
         let foreign = vxlan_port_slot(dst_port)?;
-        let hdr: [u8; 20] = read(ctx, off)?;
-        let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
+        let frag = be16(&h, 6);
         // Fragment offset non-zero: no UDP header in this one (what was
         // read as a port is payload).
         if frag & 0x1fff != 0 {
             return None;
         }
-        let more_fragments = frag & 0x2000 != 0;
         Some(Outer {
-            src: PeerKey::from_v4([hdr[12], hdr[13], hdr[14], hdr[15]]),
-            dst: PeerKey::from_v4([hdr[16], hdr[17], hdr[18], hdr[19]]),
-            ip_len: u16::from_be_bytes([hdr[2], hdr[3]]) as u32,
+            src: PeerKey::from_v4_word(h[3]),
+            dst: PeerKey::from_v4_word(h[4]),
+            ip_len: be16(&h, 2) as u32,
             payload_off: off + ihl + UDP_HLEN,
-            first_fragment: more_fragments,
+            first_fragment: frag & 0x2000 != 0,
             foreign,
             port: dst_port,
         })
-    } else if proto == ETH_P_IPV6 {
-        // VXLAN over IPv6 carries no extension headers in practice; a packet
-        // that has them is not counted rather than mis-parsed.
-        if read::<u8>(ctx, off + 6)? != IPPROTO_UDP {
+    } else if proto == wire(ETH_P_IPV6) {
+        // The IPv6 header and the UDP header. VXLAN over IPv6 carries no
+        // extension headers in practice; a packet that has them is not
+        // counted rather than mis-parsed.
+        let h: [u32; 12] = read(ctx, off)?;
+        if byte(&h, 6) != IPPROTO_UDP || byte(&h, 0) >> 4 != 6 {
             return None;
         }
-        let dst_port = u16::from_be(read::<u16>(ctx, off + 40 + 2)?);
+        let dst_port = be16(&h, 42);
         let foreign = vxlan_port_slot(dst_port)?;
-        let hdr: [u8; 40] = read(ctx, off)?;
-        if hdr[0] >> 4 != 6 {
-            return None;
-        }
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        src.copy_from_slice(&hdr[8..24]);
-        dst.copy_from_slice(&hdr[24..40]);
         Some(Outer {
-            src: PeerKey::from_v6(src),
-            dst: PeerKey::from_v6(dst),
-            ip_len: u16::from_be_bytes([hdr[4], hdr[5]]) as u32 + 40,
+            src: PeerKey::from_v6_words([h[2], h[3], h[4], h[5]]),
+            dst: PeerKey::from_v6_words([h[6], h[7], h[8], h[9]]),
+            ip_len: be16(&h, 4) as u32 + 40,
             payload_off: off + 40 + UDP_HLEN,
             first_fragment: false,
             foreign,
@@ -202,8 +248,9 @@ pub fn is_local_vtep(addr: &PeerKey) -> bool {
         if i >= count {
             break;
         }
-        let local = config!(local_addrs[i]);
-        if same_addr(&local, addr) {
+        let local = local_addr_words(i);
+        let addr = addr_words(addr);
+        if local[0] == addr[0] && local[1] == addr[1] {
             return true;
         }
     }
@@ -212,7 +259,12 @@ pub fn is_local_vtep(addr: &PeerKey) -> bool {
 
 /// The VXLAN header and what follows it.
 pub enum Vxlan {
-    Valid { vni: u32, inner_src: [u8; 6] },
+    Valid {
+        vni: u32,
+        /// The inner Ethernet destination and source MACs.
+        inner_dst: [u8; 6],
+        inner_src: [u8; 6],
+    },
     Malformed,
 }
 
@@ -225,22 +277,21 @@ pub fn parse_vxlan(ctx: &TcContext, off: usize) -> Vxlan {
     if (ctx.len() as usize) < need {
         return Vxlan::Malformed;
     }
-    let Some(hdr) = read::<[u32; 2]>(ctx, off) else {
+    // The VXLAN header and the inner MAC addresses in one read.
+    let Some(h) = read::<[u32; 5]>(ctx, off) else {
         return Vxlan::Malformed;
     };
-    let flags = u32::from_be(hdr[0]);
-    let vni_word = u32::from_be(hdr[1]);
+    let flags = u32::from_be(h[0]);
+    let vni_word = u32::from_be(h[1]);
     let allowed = config!(allowed_flags);
     if flags & VXLAN_FLAG_I == 0 || flags & !allowed != 0 || vni_word & 0xff != 0 {
         return Vxlan::Malformed;
     }
-    // Inner Ethernet source MAC: bytes 6..12 of the inner frame.
-    let Some(inner_src) = read::<[u8; 6]>(ctx, off + VXLAN_HLEN + 6) else {
-        return Vxlan::Malformed;
-    };
+    let (d, m, s) = (h[2].to_le_bytes(), h[3].to_le_bytes(), h[4].to_le_bytes());
     Vxlan::Valid {
         vni: vni_word >> 8,
-        inner_src,
+        inner_dst: [d[0], d[1], d[2], d[3], m[0], m[1]],
+        inner_src: [m[2], m[3], s[0], s[1], s[2], s[3]],
     }
 }
 
@@ -275,23 +326,21 @@ impl InnerSource {
 /// Ethernet type field.
 #[inline(always)]
 pub fn inner_source(ctx: &TcContext, type_off: usize) -> Option<InnerSource> {
-    let proto = u16::from_be(read::<u16>(ctx, type_off)?);
+    let proto = read::<u16>(ctx, type_off)?;
     let ip = type_off + 2;
-    if proto == ETH_P_IP {
+    if proto == wire(ETH_P_IP) {
         // TTL, protocol, checksum, source address: one read.
-        let h: [u8; 8] = read(ctx, ip + 8)?;
+        let h: [u32; 2] = read(ctx, ip + 8)?;
         Some(InnerSource {
-            addr: PeerKey::from_v4([h[4], h[5], h[6], h[7]]),
-            ttl: h[0],
+            addr: PeerKey::from_v4_word(h[1]),
+            ttl: byte(&h, 0),
         })
-    } else if proto == ETH_P_IPV6 {
-        // Next header and hop limit: a one-byte read compiles to a bounds
-        // check that older verifiers do not accept.
-        let h: [u8; 2] = read(ctx, ip + 6)?;
-        let a: [u8; 16] = read(ctx, ip + 8)?;
+    } else if proto == wire(ETH_P_IPV6) {
+        // Hop limit (byte 7) and source address (8..24): one read.
+        let h: [u32; 6] = read(ctx, ip)?;
         Some(InnerSource {
-            addr: PeerKey::from_v6(a),
-            ttl: h[1],
+            addr: PeerKey::from_v6_words([h[2], h[3], h[4], h[5]]),
+            ttl: byte(&h, 7),
         })
     } else {
         None
@@ -314,39 +363,37 @@ pub struct InnerTcp {
 /// non-first IPv4 fragments.
 #[inline(always)]
 pub fn parse_inner_tcp(ctx: &TcContext) -> Option<InnerTcp> {
-    let proto = u16::from_be(read::<u16>(ctx, 12)?);
-    let (src, dst, l4) = if proto == ETH_P_IP {
-        let h: [u8; 20] = read(ctx, ETH_HLEN)?;
-        let frag = u16::from_be_bytes([h[6], h[7]]);
-        if h[9] != IPPROTO_TCP || frag & 0x1fff != 0 {
+    let proto = read::<u16>(ctx, 12)?;
+    let (src, dst, l4) = if proto == wire(ETH_P_IP) {
+        let h: [u32; 5] = read(ctx, ETH_HLEN)?;
+        if byte(&h, 9) != IPPROTO_TCP || be16(&h, 6) & 0x1fff != 0 {
             return None;
         }
         (
-            PeerKey::from_v4([h[12], h[13], h[14], h[15]]),
-            PeerKey::from_v4([h[16], h[17], h[18], h[19]]),
-            ETH_HLEN + ((h[0] & 0x0f) as usize) * 4,
+            PeerKey::from_v4_word(h[3]),
+            PeerKey::from_v4_word(h[4]),
+            ETH_HLEN + ((byte(&h, 0) & 0x0f) as usize) * 4,
         )
-    } else if proto == ETH_P_IPV6 {
-        let h: [u8; 40] = read(ctx, ETH_HLEN)?;
-        if h[6] != IPPROTO_TCP {
+    } else if proto == wire(ETH_P_IPV6) {
+        let h: [u32; 10] = read(ctx, ETH_HLEN)?;
+        if byte(&h, 6) != IPPROTO_TCP {
             return None;
         }
-        let mut s = [0u8; 16];
-        let mut d = [0u8; 16];
-        s.copy_from_slice(&h[8..24]);
-        d.copy_from_slice(&h[24..40]);
-        (PeerKey::from_v6(s), PeerKey::from_v6(d), ETH_HLEN + 40)
+        (
+            PeerKey::from_v6_words([h[2], h[3], h[4], h[5]]),
+            PeerKey::from_v6_words([h[6], h[7], h[8], h[9]]),
+            ETH_HLEN + 40,
+        )
     } else {
         return None;
     };
-    // Ports to flags in one read: a 1-byte read compiles to a bounds check
-    // the verifier cannot use.
-    let h: [u8; 14] = read(ctx, l4)?;
+    // Ports to flags (bytes 0..14 of the TCP header) in one read.
+    let h: [u32; 4] = read(ctx, l4)?;
     Some(InnerTcp {
         src,
         dst,
-        sport: u16::from_be_bytes([h[0], h[1]]),
-        dport: u16::from_be_bytes([h[2], h[3]]),
-        flags: h[13],
+        sport: be16(&h, 0),
+        dport: be16(&h, 2),
+        flags: byte(&h, 13),
     })
 }

@@ -1,20 +1,25 @@
-//! `vxtrace_kfree_skb_raw` / `vxtrace_kfree_skb_tp`: kernel drops
-//! (`skb:kfree_skb`) by reason, location and underlay peer. The raw
-//! tracepoint is the one normally attached; the classic one is for kernels
-//! where the raw one cannot attach. The PAWS kprobes count through
+//! `vxtrace_kfree_skb_btf` / `vxtrace_kfree_skb_raw` /
+//! `vxtrace_kfree_skb_tp`: kernel drops (`skb:kfree_skb`) by reason,
+//! location and underlay peer. The BTF-typed tracepoint is the one normally
+//! attached; the raw one is for kernels without BTF, the classic one for
+//! kernels where neither attaches. The PAWS kprobes count through
 //! [`count`] too.
 //!
-//! The dropped skb is read with bpf_probe_read_kernel at offsets the loader
-//! resolved from the running kernel's BTF (no struct layout is compiled in).
+//! The dropped skb and the structs it points to are read at offsets the
+//! loader resolved from the running kernel's BTF (no struct layout is
+//! compiled in): on the BTF-typed tracepoint with plain loads, which the
+//! verifier checks against the kernel's types (the offsets are constants
+//! of the read-only configuration, so it knows them); elsewhere with
+//! bpf_probe_read_kernel ([`KernelStructs`]).
 //! Its network header decides the peer: an outer VXLAN packet belongs to the
 //! outer address that is not ours; an inner packet to the peer that owns its
 //! source (or else destination) address, from the inner-address map and the
 //! pod-subnet trie. Anything else is "other" (the zero peer), by reason.
 
 use aya_ebpf::{
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use vxtrace_common::{
     DROP_KIND_GROUP, DROP_KIND_OUTER, DROP_KIND_PACKET, DROP_KIND_SYNACK, DROP_MEMO_EMPTY,
@@ -24,7 +29,7 @@ use vxtrace_common::{
 
 use crate::{
     config::config,
-    kernel_mem::{field, kread},
+    kernel_mem::kread,
     maps::{INNER_ADDRS, PEERS, POD_SUBNETS, update_global},
     packet::{
         ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, is_local_vtep, is_vxlan_port, same_addr,
@@ -49,6 +54,72 @@ pub static TOO_BIG: LruPerCpuHashMap<PeerKey, TooBig> = LruPerCpuHashMap::with_m
 #[map]
 pub static NETNS_SCOPE: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
 
+/// How the drop program reads the dropped skb and the kernel structs it
+/// points to.
+pub trait KernelStructs {
+    /// The `T` at `off` bytes into the kernel struct at `base`; None for a
+    /// null `base`, a field the running kernel lacks (`NO_FIELD`), or a
+    /// failed read.
+    fn load<T: Copy>(base: u64, off: u32) -> Option<T>;
+}
+
+/// `bpf_probe_read_kernel`: any address, one helper call per read (raw and
+/// classic tracepoints, kprobes).
+pub struct ProbeRead;
+
+impl KernelStructs for ProbeRead {
+    #[inline(always)]
+    fn load<T: Copy>(base: u64, off: u32) -> Option<T> {
+        if off == NO_FIELD {
+            return None;
+        }
+        kread(base + off as u64)
+    }
+}
+
+/// Plain loads from pointers the verifier knows the type of (the BTF-typed
+/// tracepoint's skb, and the pointers read from it). `off` must come
+/// straight from the configuration ([`config!`]), so that the verifier
+/// knows its value and can check the load against the kernel's BTF; it
+/// turns each load into one that returns zero rather than fault.
+struct Typed;
+
+impl KernelStructs for Typed {
+    #[inline(always)]
+    fn load<T: Copy>(base: u64, off: u32) -> Option<T> {
+        if base == 0 || off == NO_FIELD {
+            return None;
+        }
+        // SAFETY: the verifier accepts this load only at a field of the
+        // struct `base` points to (per the kernel's BTF) of T's size, and
+        // makes it return zero if the memory is gone; T is an integer.
+        Some(unsafe { core::ptr::read_volatile((base + off as u64) as *const T) })
+    }
+}
+
+/// `skb:kfree_skb` as a BTF-typed tracepoint (`tp_btf`): arguments as
+/// for the raw one, with their kernel types. Name:
+/// `names::programs::DROPS_BTF`.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn vxtrace_kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    // The configuration is read-only, so the verifier knows these flags
+    // and never looks at an argument the kernel's tracepoint lacks.
+    let reason = if config!(raw_tp_has_reason) != 0 {
+        ctx.arg::<u64>(2) as u32
+    } else {
+        REASON_UNKNOWN
+    };
+    let rx_sk: u64 = if config!(raw_tp_has_rx_sk) != 0 {
+        ctx.arg(3)
+    } else {
+        0
+    };
+    count::<Typed>(skb, location, reason, rx_sk);
+    0
+}
+
 /// `skb:kfree_skb` as a raw tracepoint: arguments (skb, location, reason,
 /// and on kernels >= 6.10 rx_sk). Name: `names::programs::DROPS_RAW`.
 #[raw_tracepoint(tracepoint = "kfree_skb")]
@@ -65,7 +136,7 @@ pub fn vxtrace_kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
     } else {
         0
     };
-    count(skb, location, reason, rx_sk);
+    count::<ProbeRead>(skb, location, reason, rx_sk);
     0
 }
 
@@ -82,7 +153,7 @@ pub fn vxtrace_kfree_skb_tp(ctx: TracePointContext) -> u32 {
     let location: u64 = tp_field(&ctx, o.tp_location, 0);
     let reason: u32 = tp_field(&ctx, o.tp_reason, REASON_UNKNOWN);
     let rx_sk: u64 = tp_field(&ctx, o.tp_rx_sk, 0);
-    count(skb, location, reason, rx_sk);
+    count::<ProbeRead>(skb, location, reason, rx_sk);
     0
 }
 
@@ -104,37 +175,32 @@ fn tp_field<T>(ctx: &TracePointContext, off: u32, missing: T) -> T {
 /// socket's) is in scope. A device's answer is memoized: drops come in
 /// runs through one device.
 #[inline(always)]
-fn in_scope(skb: u64, rx_sk: u64, memo: &mut DropMemo) -> bool {
-    let o = config!(offsets);
-    let dev: u64 = field(o.skb_dev).and_then(|f| kread(skb + f)).unwrap_or(0);
+fn in_scope<R: KernelStructs>(skb: u64, rx_sk: u64, memo: &mut DropMemo) -> bool {
+    let dev: u64 = R::load(skb, config!(offsets.skb_dev)).unwrap_or(0);
     if dev != 0 {
         memo.dev_uses = memo.dev_uses.wrapping_add(1);
         if memo.dev == dev && memo.dev_uses & (MEMO_RECHECK - 1) != 0 {
             return memo.dev_in_scope != 0;
         }
-        let net: u64 = field(o.dev_nd_net)
-            .and_then(|f| kread(dev + f))
-            .unwrap_or(0);
-        let scope = scope_has(net);
+        let net: u64 = R::load(dev, config!(offsets.dev_nd_net)).unwrap_or(0);
+        let scope = scope_has::<R>(net);
         memo.dev = dev;
         memo.dev_in_scope = scope as u32;
         return scope;
     }
     // TCP clears skb->dev on receive; the socket tells the namespace.
-    let mut sk: u64 = field(o.skb_sk).and_then(|f| kread(skb + f)).unwrap_or(0);
+    let mut sk: u64 = R::load(skb, config!(offsets.skb_sk)).unwrap_or(0);
     if sk == 0 {
         sk = rx_sk;
     }
-    let net: u64 = field(o.sk_net).and_then(|f| kread(sk + f)).unwrap_or(0);
-    scope_has(net)
+    let net: u64 = R::load(sk, config!(offsets.sk_net)).unwrap_or(0);
+    scope_has::<R>(net)
 }
 
 /// Whether the namespace at `net` (a `struct net`) is one whose drops count.
 #[inline(always)]
-fn scope_has(net: u64) -> bool {
-    let inum = field(config!(offsets).net_ns_inum)
-        .and_then(|f| kread::<u32>(net + f))
-        .unwrap_or(0);
+fn scope_has<R: KernelStructs>(net: u64) -> bool {
+    let inum: u32 = R::load(net, config!(offsets.net_ns_inum)).unwrap_or(0);
     NETNS_SCOPE.get_ptr(inum).is_some()
 }
 
@@ -178,32 +244,13 @@ fn owner_of_packet(src: &PeerKey, dst: &PeerKey, memo: &mut DropMemo) -> Option<
 }
 
 /// The skb's protocol, network header and MAC header offsets (0xffff:
-/// unset or unknown). They are 16-bit fields of the same header group,
-/// next to each other in every kernel: one read takes them when they are
-/// within 8 bytes.
+/// unset or unknown), each read on its own.
 #[inline(always)]
-fn header_offsets(skb: u64) -> Option<(u16, u16, u16)> {
-    let o = config!(offsets);
-    let (p, n) = (field(o.skb_protocol)?, field(o.skb_network_header)?);
-    let m = field(o.skb_mac_header);
-    let lo = if p < n { p } else { n };
-    let hi = if p < n { n } else { p };
-    if hi - lo <= 6 {
-        // As one word, taken apart by shifts (the program runs little
-        // endian): indexing a stack array by a computed offset is not
-        // something the verifier accepts.
-        let w: u64 = kread(skb + lo)?;
-        let at = |off: u64| (w >> ((off - lo) * 8)) as u16;
-        let mac = match m {
-            Some(m) if m >= lo && m - lo <= 6 => at(m),
-            Some(m) => kread(skb + m).unwrap_or(NO_HEADER),
-            None => NO_HEADER,
-        };
-        Some((u16::from_be(at(p)), at(n), mac))
-    } else {
-        let mac = m.and_then(|m| kread(skb + m)).unwrap_or(NO_HEADER);
-        Some((u16::from_be(kread::<u16>(skb + p)?), kread(skb + n)?, mac))
-    }
+fn header_offsets<R: KernelStructs>(skb: u64) -> Option<(u16, u16, u16)> {
+    let proto: u16 = R::load(skb, config!(offsets.skb_protocol))?;
+    let network: u16 = R::load(skb, config!(offsets.skb_network_header))?;
+    let mac: u16 = R::load(skb, config!(offsets.skb_mac_header)).unwrap_or(NO_HEADER);
+    Some((u16::from_be(proto), network, mac))
 }
 
 /// An unset header offset in an skb.
@@ -228,16 +275,17 @@ fn sent_to_a_group(dst: &PeerKey, v4: bool, head: u64, mac_header: u16) -> bool 
 /// The peer a dropped packet belongs to, if any, and what kind of packet
 /// it was.
 #[inline(always)]
-fn attribute(skb: u64, memo: &mut DropMemo) -> Option<(PeerKey, u32)> {
-    let o = config!(offsets);
-    if o.valid == 0 {
+fn attribute<R: KernelStructs>(skb: u64, memo: &mut DropMemo) -> Option<(PeerKey, u32)> {
+    if config!(offsets.valid) == 0 {
         return None;
     }
-    let (proto, nh, mh) = header_offsets(skb)?;
+    let (proto, nh, mh) = header_offsets::<R>(skb)?;
     if nh == NO_HEADER || (proto != ETH_P_IP && proto != ETH_P_IPV6) {
         return None;
     }
-    let head: u64 = kread(skb + field(o.skb_head)?)?;
+    // The packet's bytes are memory the verifier knows no type for: a
+    // probe read whatever the program.
+    let head: u64 = R::load(skb, config!(offsets.skb_head))?;
     let ip = head + nh as u64;
     // The IP header and the first 20 bytes after it in one read, as
     // words (the program runs little endian: byte i of a word is bits
@@ -312,9 +360,8 @@ fn attribute(skb: u64, memo: &mut DropMemo) -> Option<(PeerKey, u32)> {
 /// Records the size of a packet dropped as too big (rare: only these drops
 /// pay for the read).
 #[inline(always)]
-fn count_too_big(skb: u64, peer: &PeerKey) {
-    let len: u64 = field(config!(offsets).skb_len)
-        .and_then(|f| kread::<u32>(skb + f))
+fn count_too_big<R: KernelStructs>(skb: u64, peer: &PeerKey) {
+    let len: u64 = R::load::<u32>(skb, config!(offsets.skb_len))
         .unwrap_or(0)
         .into();
     if let Some(v) = TOO_BIG.get_ptr_mut(peer) {
@@ -341,7 +388,7 @@ fn count_too_big(skb: u64, peer: &PeerKey) {
 /// Counts one drop: of the skb at `skb` (kernel memory), at `location`,
 /// for `reason`; `rx_sk` is the receiving socket when the caller knows it.
 #[inline(always)]
-pub fn count(skb: u64, location: u64, reason: u32, rx_sk: u64) {
+pub fn count<R: KernelStructs>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
     let Some(memo) = DROP_MEMO.get_ptr_mut(0) else {
         return;
     };
@@ -352,13 +399,13 @@ pub fn count(skb: u64, location: u64, reason: u32, rx_sk: u64) {
     // next drops of those addresses go to the wrong peer until the memo's
     // recheck, at most MEMO_RECHECK - 1 of them.
     let memo = unsafe { &mut *memo };
-    if config!(netns_scope_all) == 0 && !in_scope(skb, rx_sk, memo) {
+    if config!(netns_scope_all) == 0 && !in_scope::<R>(skb, rx_sk, memo) {
         update_global(|g| g.drops_out_of_scope += 1);
         return;
     }
-    let (peer, kind) = attribute(skb, memo).unwrap_or_default();
+    let (peer, kind) = attribute::<R>(skb, memo).unwrap_or_default();
     if reason == config!(reason_too_big) {
-        count_too_big(skb, &peer);
+        count_too_big::<R>(skb, &peer);
     }
     let key = DropKey {
         peer,

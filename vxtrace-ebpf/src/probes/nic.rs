@@ -25,7 +25,7 @@ use crate::{
     maps::{INNER_ADDRS, MAC_PEERS, VXLAN_DEVICES_BY_VNI, forget_mac_owner, peer_stats},
     packet::{
         ETH_HLEN, InnerSource, Outer, VXLAN_HLEN, Vxlan, inner_source, is_local_vtep, parse_outer,
-        parse_vxlan, read, same_addr, same_mac, segments,
+        parse_vxlan, same_addr, same_mac, segments,
     },
 };
 
@@ -117,7 +117,11 @@ fn handle(ctx: &TcContext, dir: Direction) {
             Direction::Ingress => stats.malformed_rx += 1,
             Direction::Egress => stats.malformed_tx += 1,
         },
-        Vxlan::Valid { vni, inner_src } => {
+        Vxlan::Valid {
+            vni,
+            inner_dst,
+            inner_src,
+        } => {
             memo_begin(stats);
             let known = vni_known(stats, vni);
             if config!(filter_vni) != 0 && !known {
@@ -125,7 +129,7 @@ fn handle(ctx: &TcContext, dir: Direction) {
                 return;
             }
             let inner_off = outer.payload_off + VXLAN_HLEN;
-            if dir == Direction::Egress && is_flood_copy(ctx, stats, vni, known, peer, inner_off) {
+            if dir == Direction::Egress && is_flood_copy(stats, vni, known, peer, inner_dst) {
                 stats.tx_flood.add(segments(ctx) as u64, ctx.len() as u64);
                 return;
             }
@@ -134,9 +138,8 @@ fn handle(ctx: &TcContext, dir: Direction) {
                 learn_mac(stats, vni, inner_src, peer);
                 if known
                     && stats.memo.vni_check_dst_mac != 0
-                    && let Some(dst) = read::<[u8; 6]>(ctx, inner_off)
-                    && dst[0] & 1 == 0
-                    && !same_mac(&dst, &stats.memo.vni_mac)
+                    && inner_dst[0] & 1 == 0
+                    && !same_mac(&inner_dst, &stats.memo.vni_mac)
                 {
                     stats.inner_dst_mac_mismatch += 1;
                 }
@@ -232,7 +235,8 @@ fn inspect_inner_src(stats: &mut PeerStats, inner: &InnerSource, peer: &PeerKey)
     let _ = INNER_ADDRS.insert(src, &value, 0);
 }
 
-/// Adds the packet to the peer's traffic, size and fragment counters.
+/// Adds the packet to the peer's traffic, size and fragment counters
+/// (packets over 1450 and 1500 bytes are read off the size histogram).
 #[inline(always)]
 fn count_traffic(ctx: &TcContext, stats: &mut PeerStats, outer: &Outer, dir: Direction) {
     let segs = segments(ctx);
@@ -247,34 +251,21 @@ fn count_traffic(ctx: &TcContext, stats: &mut PeerStats, outer: &Outer, dir: Dir
     } else {
         outer.ip_len
     };
-    let (counter, over_1450, over_1500, fragmented) = match dir {
+    let (counter, sizes, fragmented) = match dir {
         Direction::Egress => (
             &mut stats.tx_encap,
-            &mut stats.tx_over_1450,
-            &mut stats.tx_over_1500,
+            &mut stats.tx_size,
             &mut stats.tx_fragmented,
         ),
         Direction::Ingress => (
             &mut stats.rx_nic,
-            &mut stats.rx_over_1450,
-            &mut stats.rx_over_1500,
+            &mut stats.rx_size,
             &mut stats.rx_fragmented,
         ),
     };
     counter.add(segs, bytes);
-    let bucket = vxtrace_common::size_bucket(ip_len);
-    let sizes = match dir {
-        Direction::Egress => &mut stats.tx_size,
-        Direction::Ingress => &mut stats.rx_size,
-    };
-    if let Some(b) = sizes.get_mut(bucket) {
+    if let Some(b) = sizes.get_mut(vxtrace_common::size_bucket(ip_len)) {
         *b += segs;
-    }
-    if ip_len > 1450 {
-        *over_1450 += segs;
-    }
-    if ip_len > 1500 {
-        *over_1500 += segs;
     }
     if outer.first_fragment {
         *fragmented += 1;
@@ -320,16 +311,12 @@ fn learn_mac(stats: &mut PeerStats, vni: u32, mac: [u8; 6], peer: &PeerKey) {
 /// known behind the peer are remembered, so a flow costs no lookup.
 #[inline(always)]
 fn is_flood_copy(
-    ctx: &TcContext,
     stats: &mut PeerStats,
     vni: u32,
     known: bool,
     peer: &PeerKey,
-    inner_off: usize,
+    dst: [u8; 6],
 ) -> bool {
-    let Some(dst) = read::<[u8; 6]>(ctx, inner_off) else {
-        return false;
-    };
     if dst[0] & 1 != 0 {
         return true;
     }

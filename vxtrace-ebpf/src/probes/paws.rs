@@ -9,7 +9,10 @@ use aya_ebpf::{macros::kprobe, programs::ProbeContext};
 use vxtrace_common::{NO_FIELD, REASON_KPROBE_PAWS, REASON_KPROBE_TW_PAWS};
 
 use super::drops;
-use crate::{config::config, kernel_mem::kread};
+use crate::{
+    config::config,
+    kernel_mem::{kread, kread_into},
+};
 
 /// At `tcp_validate_incoming(sk, skb, th, syn_inerr)`: the PAWS check of
 /// established connections. Name: `names::programs::PAWS_ESTABLISHED`.
@@ -42,13 +45,22 @@ const TCPOPT_TIMESTAMP: u8 = 8;
 /// The TSval of a TCP header at `th` (kernel memory), and its flags.
 #[inline(always)]
 fn tsval(th: u64) -> Option<(u32, u8)> {
-    let fixed: [u8; 20] = kread(th)?;
-    let flags = fixed[13];
-    let doff = ((fixed[12] >> 4) as usize) * 4;
+    // The fixed header as words: bytes 12 and 13 (data offset, flags)
+    // are the low half of word 3 (the program runs little endian).
+    let fixed: [u32; 5] = kread(th)?;
+    let flags = (fixed[3] >> 8) as u8;
+    let doff = (((fixed[3] as u8) >> 4) as usize) * 4;
     if doff <= 20 {
         return None;
     }
-    let opts: [u8; 40] = kread(th + 20)?;
+    // The options, read into words the program owns (zeroed first, so the
+    // verifier sees every byte written, and aligned, as it wants stack
+    // loads to be); byte k is taken out of its word by a shift.
+    let mut opts = [0u64; 5];
+    if !kread_into(&mut opts, th + 20) {
+        return None;
+    }
+    let at = |k: usize| (opts[k / 8] >> (8 * (k % 8))) as u8;
     let len = doff - 20;
     let mut i = 0usize;
     // At most 40 option bytes; every step advances at least one byte.
@@ -56,7 +68,7 @@ fn tsval(th: u64) -> Option<(u32, u8)> {
         if i >= len || i >= 40 {
             return None;
         }
-        let kind = opts[i];
+        let kind = at(i);
         if kind == TCPOPT_EOL {
             return None;
         }
@@ -67,9 +79,9 @@ fn tsval(th: u64) -> Option<(u32, u8)> {
         if i + 1 >= 40 {
             return None;
         }
-        let olen = opts[i + 1] as usize;
+        let olen = at(i + 1) as usize;
         if kind == TCPOPT_TIMESTAMP && olen == 10 && i + 6 <= 40 {
-            let v = u32::from_be_bytes([opts[i + 2], opts[i + 3], opts[i + 4], opts[i + 5]]);
+            let v = u32::from_be_bytes([at(i + 2), at(i + 3), at(i + 4), at(i + 5)]);
             return Some((v, flags));
         }
         if olen < 2 {
@@ -97,7 +109,7 @@ fn established(sk: u64, skb: u64, th: u64) {
     }
     let stamp = sk + o.tcp_ts_recent_stamp as u64;
     if older_than_recent(stamp, sk + o.tcp_ts_recent as u64, val, 1) {
-        drops::count(skb, 0, REASON_KPROBE_PAWS, sk);
+        drops::count::<drops::ProbeRead>(skb, 0, REASON_KPROBE_PAWS, sk);
     }
 }
 
@@ -127,6 +139,6 @@ fn time_wait(tw: u64, skb: u64, th: u64) {
     }
     let stamp = tw + o.tw_ts_recent_stamp as u64;
     if older_than_recent(stamp, tw + o.tw_ts_recent as u64, val, 0) {
-        drops::count(skb, 0, REASON_KPROBE_TW_PAWS, tw);
+        drops::count::<drops::ProbeRead>(skb, 0, REASON_KPROBE_TW_PAWS, tw);
     }
 }

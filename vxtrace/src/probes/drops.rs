@@ -1,11 +1,11 @@
-//! The drop program on `skb:kfree_skb` (`vxtrace_kfree_skb_raw`, else
-//! `vxtrace_kfree_skb_tp`): every kernel drop by (peer, reason, kernel
-//! location) in the drop map (`DROPS`), scoped to the network namespaces
-//! in `NETNS_SCOPE`.
+//! The drop program on `skb:kfree_skb` (`vxtrace_kfree_skb_btf`, else
+//! `vxtrace_kfree_skb_raw`, else `vxtrace_kfree_skb_tp`): every kernel
+//! drop by (peer, reason, kernel location) in the drop map (`DROPS`),
+//! scoped to the network namespaces in `NETNS_SCOPE`.
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{HashMap, MapData, PerCpuHashMap};
-use aya::programs::{RawTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use vxtrace_common::{
     DropKey,
     names::{maps, programs},
@@ -13,6 +13,34 @@ use vxtrace_common::{
 
 use super::Tracer;
 use crate::schema::{DropHook, DropProbe};
+
+/// One way of attaching the drop program.
+type AttachDrops = fn(&mut Tracer) -> Result<()>;
+
+/// Which `skb:kfree_skb` hook the drop program may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DropHookPolicy {
+    /// The BTF-typed tracepoint, else the raw one, else the classic one.
+    #[default]
+    Auto,
+    /// Only the BTF-typed tracepoint (`tp_btf`).
+    BtfTracepoint,
+    /// Only the raw tracepoint.
+    RawTracepoint,
+    /// Only the classic tracepoint (needs tracefs).
+    Tracepoint,
+}
+
+impl DropHookPolicy {
+    fn allows(self, hook: DropHook) -> bool {
+        match self {
+            DropHookPolicy::Auto => true,
+            DropHookPolicy::BtfTracepoint => hook == DropHook::BtfTracepoint,
+            DropHookPolicy::RawTracepoint => hook == DropHook::RawTracepoint,
+            DropHookPolicy::Tracepoint => hook == DropHook::Tracepoint,
+        }
+    }
+}
 
 impl Tracer {
     /// Count drops only from these network namespaces (inode numbers).
@@ -24,29 +52,47 @@ impl Tracer {
         Ok(())
     }
 
-    /// Attaches the drop program: the raw tracepoint first (no tracefs
-    /// needed), the classic tracepoint where that fails.
-    pub fn attach_drops(&mut self) -> DropProbe {
-        // tp_btf would see the same arguments at the same cost (the skb's
-        // fields are read with probe reads either way) and needs another
-        // parse of the kernel's BTF: the raw tracepoint comes first.
-        let mut skipped = vec![
-            "tp_btf skb:kfree_skb: not tried: the raw tracepoint passes the same arguments at the same cost".to_string(),
+    /// Attaches the drop program: with `DropHookPolicy::Auto`, the
+    /// BTF-typed tracepoint first (the skb's fields are plain loads there,
+    /// not helper calls), the raw tracepoint where the kernel has no BTF,
+    /// the classic tracepoint where neither attaches; else only the hook
+    /// asked for.
+    pub fn attach_drops(&mut self, policy: DropHookPolicy) -> DropProbe {
+        let mut skipped = Vec::new();
+        let attempts: [(DropHook, AttachDrops); 3] = [
+            (DropHook::BtfTracepoint, Self::attach_btf_drops),
+            (DropHook::RawTracepoint, Self::attach_raw_drops),
+            (DropHook::Tracepoint, Self::attach_tp_drops),
         ];
-        let attached = match self.attach_raw_drops() {
-            Ok(()) => DropHook::RawTracepoint,
-            Err(e) => {
-                skipped.push(format!("raw_tracepoint skb:kfree_skb: {e:#}"));
-                match self.attach_tp_drops() {
-                    Ok(()) => DropHook::Tracepoint,
-                    Err(e) => {
-                        skipped.push(format!("tracepoint skb:kfree_skb: {e:#}"));
-                        DropHook::None
-                    }
-                }
+        for (hook, attach) in attempts {
+            if !policy.allows(hook) {
+                continue;
             }
-        };
-        DropProbe { attached, skipped }
+            match attach(self) {
+                Ok(()) => {
+                    return DropProbe {
+                        attached: hook,
+                        skipped,
+                    };
+                }
+                Err(e) => skipped.push(format!("{} skb:kfree_skb: {e:#}", hook.as_str())),
+            }
+        }
+        DropProbe {
+            attached: DropHook::None,
+            skipped,
+        }
+    }
+
+    fn attach_btf_drops(&mut self) -> Result<()> {
+        if !self.offsets_valid {
+            bail!("no kernel offsets (the kernel's BTF could not be read)");
+        }
+        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let prog: &mut BtfTracePoint = self.program_mut(programs::DROPS_BTF)?;
+        prog.load("kfree_skb", &btf).context("loading")?;
+        prog.attach().context("attaching")?;
+        Ok(())
     }
 
     fn attach_raw_drops(&mut self) -> Result<()> {

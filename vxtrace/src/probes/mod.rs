@@ -37,6 +37,7 @@ pub mod paws;
 pub mod tc;
 pub mod vxlan_dev;
 
+pub use drops::DropHookPolicy;
 pub use paws::{PAWS_KPROBES, PawsKprobe, PawsKprobes};
 pub use tc::{AttachPolicy, ClsactFilter};
 pub use vxlan_dev::shares_vni;
@@ -180,6 +181,8 @@ pub struct Tracer {
     behind: std::collections::HashSet<(String, crate::schema::Hook)>,
     policy: AttachPolicy,
     pub max_peers: u32,
+    /// The drop program was given the kernel's struct offsets (from BTF).
+    offsets_valid: bool,
 }
 
 impl Tracer {
@@ -233,6 +236,7 @@ impl Tracer {
             behind: Default::default(),
             policy,
             max_peers: cfg.max_peers,
+            offsets_valid: cfg.offsets.valid != 0,
         })
     }
 

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use vxtrace_common::{Counter, PeerStats, SIZE_BUCKET_BOUNDS, SIZE_BUCKETS};
+use vxtrace_common::{Counter, PeerStats, SIZE_BUCKET_BOUNDS, SIZE_BUCKETS, packets_over};
 
 /// Packets and bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,10 +268,10 @@ impl From<&PeerStats> for PeerCounters {
             malformed_tx: s.malformed_tx,
             unknown_vni: s.unknown_vni,
             outer_size: OuterSizes {
-                tx_over_1450: s.tx_over_1450,
-                tx_over_1500: s.tx_over_1500,
-                rx_over_1450: s.rx_over_1450,
-                rx_over_1500: s.rx_over_1500,
+                tx_over_1450: packets_over(&s.tx_size, 1450),
+                tx_over_1500: packets_over(&s.tx_size, 1500),
+                rx_over_1450: packets_over(&s.rx_size, 1450),
+                rx_over_1500: packets_over(&s.rx_size, 1500),
                 tx: SizeDistribution { counts: s.tx_size },
                 rx: SizeDistribution { counts: s.rx_size },
             },
@@ -560,10 +560,6 @@ mod tests {
             &mut s.malformed_rx,
             &mut s.malformed_tx,
             &mut s.unknown_vni,
-            &mut s.tx_over_1450,
-            &mut s.tx_over_1500,
-            &mut s.rx_over_1450,
-            &mut s.rx_over_1500,
             &mut s.tx_fragmented,
             &mut s.rx_fragmented,
             &mut s.inner_dst_mac_mismatch,

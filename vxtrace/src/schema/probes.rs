@@ -142,6 +142,8 @@ impl BlindSpotKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DropHook {
+    /// The BTF-typed tracepoint (`tp_btf`), on kernels with BTF.
+    BtfTracepoint,
     RawTracepoint,
     Tracepoint,
     /// Kernel drops are not counted.
@@ -152,6 +154,7 @@ pub enum DropHook {
 impl DropHook {
     pub fn as_str(self) -> &'static str {
         match self {
+            DropHook::BtfTracepoint => "btf_tracepoint",
             DropHook::RawTracepoint => "raw_tracepoint",
             DropHook::Tracepoint => "tracepoint",
             DropHook::None => "none",

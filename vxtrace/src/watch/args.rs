@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use vxtrace_common::DEFAULT_MAX_PEERS;
 
-use crate::probes::{AttachPolicy, PawsKprobes};
+use crate::probes::{AttachPolicy, DropHookPolicy, PawsKprobes};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WatchArgs {
@@ -54,6 +54,11 @@ pub struct WatchArgs {
     /// dstport, e.g. 8472 for flannel, 4789 IANA).
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
+
+    /// The hook of the drop program on skb:kfree_skb: `auto` takes the
+    /// BTF-typed tracepoint, else the raw one, else the classic one.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub drop_hook: DropHookPolicy,
 
     /// PAWS kprobes (tcp_validate_incoming, tcp_timewait_state_process):
     /// `auto` uses them where the kernel's drops carry no PAWS reasons.

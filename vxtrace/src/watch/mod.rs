@@ -324,7 +324,7 @@ fn attach_stage(tracer: &mut Tracer, args: &WatchArgs, p: &mut Planned) -> Resul
             .attach_underlay(iface)
             .with_context(|| format!("attaching to underlay device {iface}"))?;
     }
-    let drops = tracer.attach_drops();
+    let drops = tracer.attach_drops(args.drop_hook);
     let reasons = &p.kinfo.reasons;
     let paws = tracer.attach_paws_kprobes(args.paws_kprobes, |r| reasons.has(r));
     for k in &paws {

@@ -5,8 +5,8 @@
 
 use anyhow::{Context as _, Result};
 use aya::{
-    Ebpf,
-    programs::{LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, tc::TcAttachOptions},
+    Btf, Ebpf,
+    programs::{BtfTracePoint, LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions},
 };
 use vxtrace_common::names::programs;
 
@@ -53,8 +53,8 @@ pub struct Floor {
 
 impl Floor {
     /// The empty TC program at every hook of `hooks` on each namespace of
-    /// `namespaces`, and (with `drops`) the empty raw tracepoint on
-    /// `kfree_skb`.
+    /// `namespaces`, and (with `drops`) the empty BTF-typed tracepoint on
+    /// `kfree_skb` (the hook vxtrace's drop program takes on this kernel).
     pub fn attach(namespaces: &[String], hooks: &[Hook], drops: bool) -> Result<Self> {
         let mut objects = Vec::new();
         let mut ids = Vec::new();
@@ -81,13 +81,13 @@ impl Floor {
         }
         if drops {
             let mut obj = Ebpf::load(vxtrace::probes::OBJECT).context("loading the object")?;
-            let prog: &mut RawTracePoint = obj
-                .program_mut(programs::EMPTY_DROPS)
+            let prog: &mut BtfTracePoint = obj
+                .program_mut(programs::EMPTY_DROPS_BTF)
                 .context("no empty drop program")?
                 .try_into()?;
-            prog.load()?;
-            prog.attach("kfree_skb")?;
-            ids.push((programs::DROPS_RAW, prog.info()?.id()));
+            prog.load("kfree_skb", &Btf::from_sys_fs()?)?;
+            prog.attach()?;
+            ids.push((programs::DROPS_BTF, prog.info()?.id()));
             objects.push(obj);
         }
         Ok(Self {

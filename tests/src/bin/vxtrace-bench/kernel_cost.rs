@@ -1,7 +1,7 @@
 //! What the kernel programs cost: alone (BPF_PROG_TEST_RUN on a crafted
 //! frame), at their hooks under real lab traffic beside an empty program at
 //! the same hooks, and the drop program during a drop storm beside an empty
-//! raw tracepoint.
+//! program on the same tracepoint.
 
 use std::{
     fmt::Write as _,
@@ -153,78 +153,236 @@ pub fn test_run(r: &mut Report) {
     }
 }
 
-/// One lab run of 64-byte UDP datagrams from pod A to pod B at a fixed
-/// rate through iperf3 (its server already running in pod B).
-fn udp_load(lab: &LabGuard, secs: u32, rate: &str) {
-    let _ = Command::new("ip")
-        .args(["netns", "exec", &lab.pod_ns(1), "iperf3", "-c"])
-        .arg(lab.pod_ip(2).to_string())
-        .args(["-u", "-l", "64", "-b", rate, "-t", &secs.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+/// The traffic a per-hook window carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// 64-byte UDP from pod A to pod B over the overlay at 40 Mbit/s: one
+    /// peer, one flow, the smallest packets.
+    OverlayUdp64,
+    /// TCP from pod A to pod B over the overlay at full speed: GSO/GRO
+    /// aggregates, many segments per run.
+    OverlayTcp,
+    /// 64-byte UDP between the two nodes' own addresses, not over the
+    /// overlay: what the underlay programs cost on traffic that is not
+    /// VXLAN (the VXLAN devices see none of it).
+    UnderlayUdp64,
+    /// VXLAN packets from 10,000 peer addresses in turn, as fast as one
+    /// raw socket sends: every packet a different peer's counters.
+    ManyPeers,
 }
 
-/// ns per run of each vxtrace TC program under 64-byte UDP at 40 Mbit/s
-/// between two traced nodes, beside the empty program at the same hooks
-/// under the same traffic; floor and vxtrace alternate, `rounds` times.
+impl Shape {
+    const ALL: [Shape; 4] = [
+        Shape::OverlayUdp64,
+        Shape::OverlayTcp,
+        Shape::UnderlayUdp64,
+        Shape::ManyPeers,
+    ];
+
+    fn id(self) -> &'static str {
+        match self {
+            Shape::OverlayUdp64 => "overlay_udp64",
+            Shape::OverlayTcp => "overlay_tcp",
+            Shape::UnderlayUdp64 => "underlay_udp64",
+            Shape::ManyPeers => "many_peers",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Shape::OverlayUdp64 => "64-byte UDP, pod A to pod B over the overlay, 40 Mbit/s",
+            Shape::OverlayTcp => {
+                "TCP, pod A to pod B over the overlay, full speed (GSO aggregates)"
+            }
+            Shape::UnderlayUdp64 => {
+                "64-byte UDP between the nodes' own addresses at 40 Mbit/s (not VXLAN)"
+            }
+            Shape::ManyPeers => "VXLAN from 10,000 peer addresses in turn, one raw socket's speed",
+        }
+    }
+
+    /// Runs this traffic for `secs`.
+    fn run(self, lab: &LabGuard, secs: u32) {
+        match self {
+            Shape::OverlayUdp64 => iperf(&lab.pod_ns(1), lab.pod_ip(2).into(), 5201, secs, true),
+            Shape::OverlayTcp => iperf(&lab.pod_ns(1), lab.pod_ip(2).into(), 5201, secs, false),
+            Shape::UnderlayUdp64 => iperf(&lab.node_ns(1), lab.underlay_ip(2), 5202, secs, true),
+            Shape::ManyPeers => {
+                let _ = crate::userspace::spray(lab, 10_000, secs.into(), false).join();
+            }
+        }
+    }
+}
+
+/// One iperf3 client run from `ns` to `dst:port` for `secs`: 64-byte UDP
+/// at 40 Mbit/s, or TCP at full speed.
+fn iperf(ns: &str, dst: IpAddr, port: u16, secs: u32, udp64: bool) {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, "iperf3", "-c"])
+        .arg(dst.to_string())
+        .args(["-p", &port.to_string(), "-t", &secs.to_string()]);
+    if udp64 {
+        c.args(["-u", "-l", "64", "-b", "40M"]);
+    }
+    let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
+}
+
+/// One program's runs and ns per run in each window, and the empty
+/// program's beside it in the same windows.
+#[derive(Default)]
+struct Paired {
+    runs: Vec<f64>,
+    ns: Vec<f64>,
+    empty_ns: Vec<f64>,
+}
+
+/// ns per run of each vxtrace TC program beside the empty program in the
+/// same chain at the same hook, under each traffic [`Shape`]: vxtrace
+/// runs on both nodes, first at each hook, with the empty program
+/// attached after it, so both see the same packets in the same window.
 pub fn per_hook(r: &mut Report, lab: &LabGuard, rounds: usize) {
     let _stats = stats::StatsEnabled::new();
     let namespaces = [lab.node_ns(1), lab.node_ns(2)];
     let mut server = crate::iperf_server(lab);
-    let (secs, rate) = (5, "40M");
-    // Per hook: (floor ns/run, vxtrace ns/run, vxtrace runs) per round.
-    let mut floor_ns: Vec<Vec<f64>> = vec![Vec::new(); HOOKS.len()];
-    let mut vx_ns: Vec<Vec<f64>> = vec![Vec::new(); HOOKS.len()];
-    let mut vx_runs: Vec<Vec<f64>> = vec![Vec::new(); HOOKS.len()];
-    let mut insns = vec![None; HOOKS.len()];
+    let mut underlay_server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.node_ns(2),
+            "iperf3",
+            "-s",
+            "-p",
+            "5202",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 server on node B");
+    let secs = 3;
+    let a = Watcher::start(&namespaces[0], &[]);
+    let b = Watcher::start(&namespaces[1], &[]);
+    let floor = Floor::attach(&namespaces, &HOOKS, false).expect("the empty programs");
+    let mut paired: Vec<Vec<Paired>> = Shape::ALL
+        .iter()
+        .map(|_| HOOKS.iter().map(|_| Paired::default()).collect())
+        .collect();
+    // Shapes interleaved round by round, so a slow spell of the machine
+    // falls on all of them alike.
     for _ in 0..rounds {
-        let floor = Floor::attach(&namespaces, &HOOKS, false).expect("the empty programs");
-        let before = stats::snapshot();
-        udp_load(lab, secs, rate);
-        let d = stats::delta(&before, &stats::snapshot());
-        for (i, hook) in HOOKS.iter().enumerate() {
-            let (runs, ns) = stats::by_ids(&d, &floor.ids_for(hook.program));
-            floor_ns[i].push(ns as f64 / runs.max(1) as f64);
+        for (s, shape) in Shape::ALL.iter().enumerate() {
+            let before = stats::snapshot();
+            shape.run(lab, secs);
+            let d = stats::delta(&before, &stats::snapshot());
+            let named = stats::by_name(&d);
+            for (h, hook) in HOOKS.iter().enumerate() {
+                let (fruns, fns) = stats::by_ids(&d, &floor.ids_for(hook.program));
+                let (runs, ns, _) = named.get(hook.program).copied().unwrap_or_default();
+                let p = &mut paired[s][h];
+                p.runs.push(runs as f64);
+                p.ns.push(ns as f64 / runs.max(1) as f64);
+                p.empty_ns.push(fns as f64 / fruns.max(1) as f64);
+            }
         }
-        drop(floor);
-
-        let a = Watcher::start(&namespaces[0], &[]);
-        let b = Watcher::start(&namespaces[1], &[]);
-        let before = stats::snapshot();
-        udp_load(lab, secs, rate);
-        let d = stats::by_name(&stats::delta(&before, &stats::snapshot()));
-        for (i, hook) in HOOKS.iter().enumerate() {
-            let (runs, ns, n) = d.get(hook.program).copied().unwrap_or_default();
-            vx_ns[i].push(ns as f64 / runs.max(1) as f64);
-            vx_runs[i].push(runs as f64);
-            insns[i] = insns[i].or(n);
-        }
-        a.stop();
-        b.stop();
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    let sizes = program_sizes();
+    drop(floor);
+    a.stop();
+    b.stop();
+    for s in [&mut server, &mut underlay_server] {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
     let _ = writeln!(
         r.md,
-        "\n### At the hooks under real traffic, beside an empty program\n\n64-byte UDP datagrams at 40 Mbit/s from pod A to pod B for {secs} s, vxtrace on both nodes; then the same traffic with only an empty program attached at each of vxtrace's hooks on both nodes; alternating, {rounds} rounds, median ns per run from the kernel's run-time statistics (`kernel.bpf_stats_enabled`).\n\n| program | runs per round | empty program at its hook (ns/run) | vxtrace (ns/run) | × empty | instructions verified | ≤ 2× empty? |\n|---|---|---|---|---|---|---|"
+        "\n### At the hooks under real traffic, paired with an empty program\n\nvxtrace on both nodes, first at each of its hooks, and an empty program attached after it in the same chain: both run on the same packets in the same window. {rounds} rounds of {secs} s per traffic shape, shapes interleaved; ns per run from the kernel's run-time statistics (`kernel.bpf_stats_enabled`, which adds its own clock reads to every run, to the empty program and to vxtrace alike); the median of the rounds, their range in brackets, and the median of each round's ratio."
     );
-    for (i, hook) in HOOKS.iter().enumerate() {
-        let f = median(&mut floor_ns[i].clone());
-        let v = median(&mut vx_ns[i].clone());
-        let runs = median(&mut vx_runs[i].clone());
-        let ratio = v / f.max(1.0);
-        let (vlo, vhi) = spread(&vx_ns[i]);
+    for (s, shape) in Shape::ALL.iter().enumerate() {
+        hook_table(r, *shape, &mut paired[s]);
+    }
+    size_table(r, &sizes);
+}
+
+/// One shape's table of [`per_hook`].
+fn hook_table(r: &mut Report, shape: Shape, paired: &mut [Paired]) {
+    let _ = writeln!(
+        r.md,
+        "\n{}:\n\n| program | runs per round | empty program (ns/run) | vxtrace (ns/run) | above the empty one (ns) | × empty | ≤ 2× empty? |\n|---|---|---|---|---|---|---|",
+        shape.describe()
+    );
+    for (h, hook) in HOOKS.iter().enumerate() {
+        let p = &mut paired[h];
+        let runs = median(&mut p.runs.clone());
+        if runs < 1000.0 {
+            let _ = writeln!(
+                r.md,
+                "| {} | {runs:.0} | | | | | not run by this traffic |",
+                hook.program
+            );
+            continue;
+        }
+        let mut ratios: Vec<f64> =
+            p.ns.iter()
+                .zip(&p.empty_ns)
+                .map(|(v, f)| v / f.max(1.0))
+                .collect();
+        let ratio = median(&mut ratios);
+        let (f, v) = (median(&mut p.empty_ns.clone()), median(&mut p.ns.clone()));
+        let (vlo, vhi) = spread(&p.ns);
         let _ = writeln!(
             r.md,
-            "| {} | {runs:.0} | {f:.1} | {v:.1} ({vlo:.0}–{vhi:.0}) | {ratio:.2} | {} | {} |",
+            "| {} | {runs:.0} | {f:.1} | {v:.1} ({vlo:.0}–{vhi:.0}) | {:.1} | {ratio:.2} | {} |",
             hook.program,
-            insns[i]
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "?".into()),
+            v - f,
             if ratio <= 2.0 { "held" } else { "not held" }
         );
-        r.figure(json!({"figure": "hook_ns", "program": hook.program, "runs": runs, "empty_ns": f, "ns": v, "ratio_to_empty": ratio, "insns": insns[i], "rounds_empty": floor_ns[i], "rounds": vx_ns[i]}));
+        r.figure(json!({"figure": "hook_ns", "shape": shape.id(), "program": hook.program, "runs": runs, "empty_ns": f, "ns": v, "above_empty_ns": v - f, "ratio_to_empty": ratio, "rounds_empty": p.empty_ns, "rounds": p.ns}));
+    }
+}
+
+/// The size of each loaded vxtrace program: instructions after the
+/// verifier's rewrites (what runs, before JIT), instructions the verifier
+/// walked, bytes of machine code.
+#[derive(Clone, Copy, Default)]
+struct ProgramSize {
+    xlated: u32,
+    verified: u32,
+    jited_bytes: u32,
+}
+
+fn program_sizes() -> Vec<(&'static str, ProgramSize)> {
+    let mut out: Vec<(&'static str, ProgramSize)> = Vec::new();
+    for p in aya::programs::loaded_programs().filter_map(Result::ok) {
+        let Some(name) = p.name_as_str().and_then(stats::full_name) else {
+            continue;
+        };
+        if out.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        out.push((
+            name,
+            ProgramSize {
+                xlated: p.size_translated().unwrap_or(0) / 8,
+                verified: p.verified_instruction_count().unwrap_or(0),
+                jited_bytes: p.size_jitted(),
+            },
+        ));
+    }
+    out.sort_by_key(|(n, _)| *n);
+    out
+}
+
+fn size_table(r: &mut Report, sizes: &[(&'static str, ProgramSize)]) {
+    let _ = writeln!(
+        r.md,
+        "\nProgram sizes (the kernel's program info):\n\n| program | instructions (after the verifier's rewrites) | instructions verified | machine code (bytes) |\n|---|---|---|---|"
+    );
+    for (name, s) in sizes {
+        let _ = writeln!(
+            r.md,
+            "| {name} | {} | {} | {} |",
+            s.xlated, s.verified, s.jited_bytes
+        );
+        r.figure(json!({"figure": "program_size", "program": name, "xlated_insns": s.xlated, "verified_insns": s.verified, "jited_bytes": s.jited_bytes}));
     }
 }
 
@@ -306,10 +464,10 @@ fn nft_dropped(ns: &str) -> u64 {
 }
 
 /// A drop storm: pod A floods pod B with UDP and a rule on node A drops
-/// every datagram as it arrives. The drop program's cost per drop beside an empty
-/// raw tracepoint under the same storm, vxtrace's own CPU during it, and
-/// whether every drop was counted.
-pub fn drop_storm(r: &mut Report, lab: &LabGuard) {
+/// every datagram as it arrives. The drop program's cost per drop beside
+/// an empty program on the same tracepoint attached in the same windows (both run on every
+/// drop), vxtrace's own CPU during it, and whether every drop was counted.
+pub fn drop_storm(r: &mut Report, lab: &LabGuard, rounds: usize) {
     let _stats = stats::StatsEnabled::new();
     let node = lab.node_ns(1);
     sh(&[
@@ -328,27 +486,40 @@ pub fn drop_storm(r: &mut Report, lab: &LabGuard) {
     let secs: f64 = std::env::var("VXTRACE_BENCH_STORM_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5.0);
-
-    let floor = Floor::attach(&[], &[], true).expect("the empty drop program");
-    let (before, dropped0) = (stats::snapshot(), nft_dropped(&node));
-    let sent_floor = flood(&lab.pod_ns(1), dst, secs);
-    let d = stats::delta(&before, &stats::snapshot());
-    let dropped_floor = nft_dropped(&node) - dropped0;
-    let (runs_floor, ns_floor) = stats::by_ids(&d, &floor.ids_for(programs::DROPS_RAW));
-    drop(floor);
-
+        .unwrap_or(3.0);
     // As a node runs it by default: drops of every namespace count.
     let w = Watcher::start(&node, &["--netns", "all"]);
+    let floor = Floor::attach(&[], &[], true).expect("the empty drop program");
     let pid = w.pid() as u32;
     let (cpu0, _) = crate::proc_stat(pid);
-    let (before, dropped0) = (stats::snapshot(), nft_dropped(&node));
-    let t0 = Instant::now();
-    let sent = flood(&lab.pod_ns(1), dst, secs);
-    let wall = t0.elapsed().as_secs_f64();
-    let d = stats::by_name(&stats::delta(&before, &stats::snapshot()));
+    let dropped0 = nft_dropped(&node);
+    let (mut ns, mut empty_ns, mut ratios, mut rates) = (vec![], vec![], vec![], vec![]);
+    let (mut sent, mut wall, mut insns) = (0, 0.0, None);
+    for _ in 0..rounds {
+        let (before, d0) = (stats::snapshot(), nft_dropped(&node));
+        let t0 = Instant::now();
+        sent += flood(&lab.pod_ns(1), dst, secs);
+        let elapsed = t0.elapsed().as_secs_f64();
+        wall += elapsed;
+        let d = stats::delta(&before, &stats::snapshot());
+        rates.push((nft_dropped(&node) - d0) as f64 / elapsed);
+        let (fruns, fns) = stats::by_ids(&d, &floor.ids_for(programs::DROPS_BTF));
+        // The kernel keeps 15 characters of a program's name, which the
+        // three drop programs share; a vxtrace loads one of them.
+        let named = stats::by_name(&d);
+        let (runs, vns, n) = named.get(programs::DROPS_BTF).copied().unwrap_or_default();
+        insns = insns.or(n);
+        let (v, f) = (
+            vns as f64 / runs.max(1) as f64,
+            fns as f64 / fruns.max(1) as f64,
+        );
+        ns.push(v);
+        empty_ns.push(f);
+        ratios.push(v / f.max(1.0));
+    }
     let (cpu1, _) = crate::proc_stat(pid);
     let dropped = nft_dropped(&node) - dropped0;
+    drop(floor);
     let summary = w.stop();
     sh(&[
         "ip",
@@ -358,7 +529,6 @@ pub fn drop_storm(r: &mut Report, lab: &LabGuard) {
         "nft",
         "delete table inet storm",
     ]);
-    let (runs, ns, insns) = d.get(programs::DROPS_RAW).copied().unwrap_or_default();
     let b = lab.underlay_ip(2).to_string();
     let counted = summary
         .peer(&b)
@@ -366,15 +536,19 @@ pub fn drop_storm(r: &mut Report, lab: &LabGuard) {
         .get("NETFILTER_DROP")
         .copied()
         .unwrap_or(0);
-    let per_floor = ns_floor as f64 / runs_floor.max(1) as f64;
-    let per = ns as f64 / runs.max(1) as f64;
+    let (per, per_floor, ratio) = (
+        median(&mut ns.clone()),
+        median(&mut empty_ns.clone()),
+        median(&mut ratios),
+    );
+    let rate = median(&mut rates);
     let cpu = (cpu1 - cpu0) / wall;
     let _ = writeln!(
         r.md,
-        "\n### A drop storm\n\nPod A floods pod B with 18-byte UDP datagrams (64 per `sendmmsg`) for {secs:.0} s; a rule on node A drops each one as it arrives from the pod (prerouting, before any routing; `NETFILTER_DROP`). First with only an empty raw tracepoint on `kfree_skb`, then with vxtrace on node A.\n\n| figure | empty raw tracepoint | vxtrace |\n|---|---|---|\n| datagrams sent | {sent_floor} | {sent} |\n| dropped by the rule (nft counter) | {dropped_floor} | {dropped} |\n| drops per second | {:.0} | {:.0} |\n| drop program runs (all drops of the kernel) | {runs_floor} | {runs} |\n| ns per run | {per_floor:.1} | {per:.1} ({:.2}× the empty one) |\n| instructions verified | | {} |\n| vxtrace's CPU during the storm | | {:.2} % of one core |\n| NETFILTER_DROP counted for pod B's node | | {counted} (the rule: {dropped}; {}) |",
-        dropped_floor as f64 / secs,
-        dropped as f64 / wall,
-        per / per_floor.max(1.0),
+        "\n### A drop storm\n\nPod A floods pod B with 18-byte UDP datagrams (64 per `sendmmsg`, one sender per CPU); a rule on node A drops each one as it arrives from the pod (prerouting, before any routing; `NETFILTER_DROP`). vxtrace runs on node A (its drop program on the BTF-typed tracepoint) and an empty BTF-typed tracepoint program on `kfree_skb` beside it: both run on every drop in the same windows. {rounds} rounds of {secs:.0} s, medians.\n\n| figure | value |\n|---|---|\n| datagrams sent | {sent} |\n| dropped by the rule (nft counter) | {dropped} |\n| drops per second | {rate:.0} |\n| empty program, ns per run | {per_floor:.1} |\n| vxtrace's drop program, ns per run | {per:.1} ({:.0}–{:.0}) |\n| above the empty one | {:.1} ns ({ratio:.2}×) |\n| instructions verified | {} |\n| vxtrace's CPU during the storm | {:.2} % of one core |\n| NETFILTER_DROP counted for pod B's node | {counted} (the rule: {dropped}; {}) |",
+        spread(&ns).0,
+        spread(&ns).1,
+        per - per_floor,
         insns.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
         cpu * 100.0,
         if counted == dropped {
@@ -383,5 +557,5 @@ pub fn drop_storm(r: &mut Report, lab: &LabGuard) {
             "NOT EXACT"
         }
     );
-    r.figure(json!({"figure": "drop_storm", "secs": secs, "sent": sent, "dropped": dropped, "drops_per_s": dropped as f64 / wall, "ns": per, "empty_ns": per_floor, "ratio_to_empty": per / per_floor.max(1.0), "runs": runs, "empty_runs": runs_floor, "cpu_core_fraction": cpu, "counted": counted, "exact": counted == dropped, "insns": insns}));
+    r.figure(json!({"figure": "drop_storm", "secs": secs, "rounds": rounds, "sent": sent, "dropped": dropped, "drops_per_s": rate, "ns": per, "empty_ns": per_floor, "above_empty_ns": per - per_floor, "ratio_to_empty": ratio, "rounds_ns": ns, "rounds_empty_ns": empty_ns, "cpu_core_fraction": cpu, "counted": counted, "exact": counted == dropped, "insns": insns}));
 }

@@ -15,9 +15,10 @@ use vxtrace_tests::{LabGuard, bin};
 
 use crate::{Report, kernel_cost::frame, median, stop, watcher};
 
-/// Sends one VXLAN packet from each of `n` source addresses per second to
-/// node 1's underlay address, from node 2's namespace, for `secs`.
-pub fn spray(lab: &LabGuard, n: u32, secs: u64) -> std::thread::JoinHandle<()> {
+/// Sends VXLAN packets from `n` source addresses in turn to node 1's
+/// underlay address, from node 2's namespace, for `secs`: one from each per
+/// second when `paced`, else as fast as the socket takes them.
+pub fn spray(lab: &LabGuard, n: u32, secs: u64, paced: bool) -> std::thread::JoinHandle<()> {
     let ns = lab.node_ns(2);
     let dst = match lab.underlay_ip(1) {
         IpAddr::V4(v) => v,
@@ -66,7 +67,9 @@ pub fn spray(lab: &LabGuard, n: u32, secs: u64) -> std::thread::JoinHandle<()> {
                         );
                     }
                 }
-                if let Some(left) = Duration::from_secs(1).checked_sub(second.elapsed()) {
+                if let Some(left) = Duration::from_secs(1).checked_sub(second.elapsed())
+                    && paced
+                {
                     std::thread::sleep(left);
                 }
             }
@@ -113,7 +116,7 @@ pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32) {
         (read_ms, known)
     });
     std::thread::sleep(Duration::from_secs(2));
-    let sender = spray(lab, peers, secs + 5);
+    let sender = spray(lab, peers, secs + 5, true);
     std::thread::sleep(Duration::from_secs(5)); // every peer seen, histograms allocated
     let (cpu0, _) = crate::proc_stat(pid);
     let t0 = Instant::now();
@@ -137,14 +140,30 @@ pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32) {
         median(&mut steady.clone())
     };
     let cpu_pct = (cpu1 - cpu0) / wall * 100.0;
+    let possible = possible_cpus();
     let _ = writeln!(
         r.md,
-        "\n### {peers} live peers ({secs} s, interval 1 s, `watch --json --peer B`: every peer counted, one shown)\n\n| figure | value |\n|---|---|\n| peers known to vxtrace | {known} |\n| CPU seconds per wall second | {:.4} ({cpu_pct:.2} % of one core) |\n| peak RSS while running (VmRSS sampled every 250 ms) | {:.1} MiB |\n| peak RSS of the whole life, start-up included (VmHWM) | {:.1} MiB |\n| time to read all maps once (median) | {read_med:.1} ms |",
+        "\n### {peers} live peers ({secs} s, interval 1 s, `watch --json --peer B`: every peer counted, one shown)\n\n| figure | value |\n|---|---|\n| peers known to vxtrace | {known} |\n| possible CPUs (one copy of each per-CPU value) | {} |\n| CPU seconds per wall second | {:.4} ({cpu_pct:.2} % of one core) |\n| peak RSS while running (VmRSS sampled every 250 ms) | {:.1} MiB |\n| peak RSS of the whole life, start-up included (VmHWM) | {:.1} MiB |\n| time to read all maps once (median) | {read_med:.1} ms |",
+        possible,
         cpu_pct / 100.0,
         rss_kib as f64 / 1024.0,
         hwm_kib as f64 / 1024.0
     );
-    r.figure(json!({"figure": "userspace", "peers": peers, "peers_known": known, "cpu_core_fraction": cpu_pct / 100.0, "running_rss_kib": rss_kib, "peak_rss_kib": hwm_kib, "map_read_ms": read_med}));
+    r.figure(json!({"figure": "userspace", "peers": peers, "peers_known": known, "possible_cpus": possible, "cpu_core_fraction": cpu_pct / 100.0, "running_rss_kib": rss_kib, "peak_rss_kib": hwm_kib, "map_read_ms": read_med}));
+}
+
+/// The CPUs the kernel may ever bring up (`/sys/devices/system/cpu/possible`,
+/// "0-63"): each per-CPU map value has one copy per possible CPU.
+fn possible_cpus() -> usize {
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .unwrap_or_default()
+        .trim()
+        .split(',')
+        .filter_map(|range| {
+            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+            Some(hi.parse::<usize>().ok()? - lo.parse::<usize>().ok()? + 1)
+        })
+        .sum()
 }
 
 /// Sample lines on node 1's /metrics (no Accept header: classic text).
@@ -202,7 +221,7 @@ pub fn metrics_series(r: &mut Report, lab: &LabGuard) {
                     "16384",
                 ],
             );
-            let sender = spray(lab, peers, 6);
+            let sender = spray(lab, peers, 6, true);
             std::thread::sleep(Duration::from_secs(5));
             row.push(scrape_series(lab, port));
             let _ = sender.join();
