@@ -1,14 +1,16 @@
 //! Reading kernel memory outside the program's context (the dropped skb,
 //! a socket, a TCP header) at offsets the loader resolved from the running
-//! kernel's BTF, for the drop and PAWS probes.
+//! kernel's BTF, for the drop and PAWS probes; and [`Aligned`], the stack
+//! buffer every helper copy (of kernel memory or packet bytes) goes into.
 
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 
 /// A stack buffer on an 8-byte boundary: the programs are built to load
-/// words from unaligned addresses, which the verifier accepts from kernel
-/// memory but not from the stack, so what is copied there starts aligned.
+/// words from unaligned addresses (see the crate's build script), which
+/// the verifier accepts from packets, map values and kernel memory but not
+/// from the stack, so what a helper copies there must start aligned.
 #[repr(C, align(8))]
-struct Aligned<T>(T);
+pub struct Aligned<T>(pub T);
 
 /// Reads a `T` from kernel memory (None for a null address or a fault).
 #[inline(always)]

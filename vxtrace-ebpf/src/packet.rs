@@ -13,7 +13,10 @@ use core::mem::size_of;
 use aya_ebpf::programs::TcContext;
 use vxtrace_common::{MAX_LOCAL_ADDRS, MAX_PORTS, PeerKey, VXLAN_FLAG_I};
 
-use crate::config::{config, local_addr_words};
+use crate::{
+    config::{config, local_addr_words},
+    kernel_mem::Aligned,
+};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -46,13 +49,6 @@ pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
         load_bytes(ctx, off)
     }
 }
-
-/// A stack buffer on an 8-byte boundary: the programs are built to load
-/// words from unaligned addresses (see the crate's build script), and the
-/// verifier accepts that from packets and map values but not from the
-/// stack, so bytes copied there must start aligned.
-#[repr(C, align(8))]
-struct Aligned<T>(T);
 
 /// Copies a `T` out of the packet at `off` with `bpf_skb_load_bytes`, for
 /// bytes that are not in the linear part of the skb.

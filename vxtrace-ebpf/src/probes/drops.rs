@@ -102,40 +102,36 @@ impl KernelStructs for Typed {
 /// `names::programs::DROPS_BTF`.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn vxtrace_kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
-    let skb: u64 = ctx.arg(0);
-    let location: u64 = ctx.arg(1);
+    let (skb, location, reason, rx_sk) = kfree_skb_args(|n| ctx.arg(n));
+    count::<Typed>(skb, location, reason, rx_sk);
+    0
+}
+
+/// The arguments of `kfree_skb` (the raw and the BTF-typed tracepoints
+/// pass the same ones, `arg(n)` being the n-th): the skb, the location,
+/// the reason (kernels >= 5.17) and the receiving socket (>= 6.10).
+#[inline(always)]
+fn kfree_skb_args(arg: impl Fn(usize) -> u64) -> (u64, u64, u32, u64) {
     // The configuration is read-only, so the verifier knows these flags
     // and never looks at an argument the kernel's tracepoint lacks.
     let reason = if config!(raw_tp_has_reason) != 0 {
-        ctx.arg::<u64>(2) as u32
+        arg(2) as u32
     } else {
         REASON_UNKNOWN
     };
-    let rx_sk: u64 = if config!(raw_tp_has_rx_sk) != 0 {
-        ctx.arg(3)
+    let rx_sk = if config!(raw_tp_has_rx_sk) != 0 {
+        arg(3)
     } else {
         0
     };
-    count::<Typed>(skb, location, reason, rx_sk);
-    0
+    (arg(0), arg(1), reason, rx_sk)
 }
 
 /// `skb:kfree_skb` as a raw tracepoint: arguments (skb, location, reason,
 /// and on kernels >= 6.10 rx_sk). Name: `names::programs::DROPS_RAW`.
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn vxtrace_kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
-    let skb: u64 = ctx.arg(0);
-    let location: u64 = ctx.arg(1);
-    let reason = if config!(raw_tp_has_reason) != 0 {
-        ctx.arg::<u64>(2) as u32
-    } else {
-        REASON_UNKNOWN
-    };
-    let rx_sk: u64 = if config!(raw_tp_has_rx_sk) != 0 {
-        ctx.arg(3)
-    } else {
-        0
-    };
+    let (skb, location, reason, rx_sk) = kfree_skb_args(|n| ctx.arg(n));
     count::<ProbeRead>(skb, location, reason, rx_sk);
     0
 }
