@@ -62,7 +62,13 @@ enum Task {
         this_kernel_only: bool,
     },
     /// Set up, build, and measure what vxtrace costs (writes BENCHMARKS.md).
-    Bench,
+    Bench {
+        /// Possible CPUs of the qemu guests that run the userspace part
+        /// again (per-CPU values have a copy per possible CPU); none to
+        /// leave the guests out.
+        #[arg(long, value_delimiter = ',', default_value = "2,64")]
+        guest_possible_cpus: Vec<u32>,
+    },
     /// Set up, then measure what the cluster view costs Prometheus: series
     /// per node and per cluster for full meshes, and a real Prometheus's
     /// memory scraping them (the numbers of README's "Across the cluster").
@@ -158,11 +164,40 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Task::Bench => {
+        Task::Bench {
+            guest_possible_cpus,
+        } => {
             setup()?;
             build()?;
+            // The guests first: the benchmark on this machine reads their
+            // figures into BENCHMARKS.md. A guest that fails is reported
+            // there as not measured, with why.
+            let guest_figures = root.join("target/bench-guests.ndjson");
+            let _ = std::fs::remove_file(&guest_figures);
+            // VXTRACE_BENCH_ONLY without "userspace" leaves them out too.
+            let userspace_wanted = std::env::var("VXTRACE_BENCH_ONLY")
+                .map_or(true, |only| only.split(',').any(|p| p == "userspace"));
+            if !guest_possible_cpus.is_empty()
+                && userspace_wanted
+                && let Err(e) = kernels::bench::userspace_by_possible_cpus(
+                    &root,
+                    Path::new(kernels::CACHE_DIR),
+                    &guest_possible_cpus,
+                    &guest_figures,
+                )
+            {
+                eprintln!("xtask: the userspace benchmark on qemu guests failed: {e:#}");
+                std::fs::write(
+                    &guest_figures,
+                    format!(
+                        "{{\"figure\":\"guest_error\",\"error\":{}}}\n",
+                        serde_json::Value::from(format!("{e:#}"))
+                    ),
+                )?;
+            }
             run(Command::new("cargo")
                 .env("VXTRACE_BIN", root.join("target/release/vxtrace"))
+                .env("VXTRACE_BENCH_GUESTS", &guest_figures)
                 .args([
                     "run",
                     "--release",

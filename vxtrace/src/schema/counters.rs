@@ -1,10 +1,12 @@
 //! The per-peer counters as vxtrace writes them (interval lines, the
 //! summary, recordings) and reads them back (`report`, the tests), and the
-//! one declaration of every counter: its name in the JSON, its Prometheus
-//! family, its help text and how to read it. Consumers iterate
-//! [`PEER_COUNTERS`]; a unit test holds the declaration and the serde
-//! shape to each other, so a counter cannot be added to one and not the
-//! other.
+//! one declaration of every counter (`peer_counters!`, a row each): its
+//! name in the JSON, how it is counted from the kernel's value, its
+//! Prometheus family and its help text. The declaration gives
+//! [`PEER_COUNTERS`], which consumers iterate, and the conversion from
+//! [`PeerStats`] and [`PeerCounters::add`]. Unit tests hold the
+//! declaration to the serde shape and to the kernel's layout, so a
+//! counter cannot be added to one and not the others.
 
 use std::collections::BTreeMap;
 
@@ -16,13 +18,6 @@ use vxtrace_common::{Counter, PeerStats, SIZE_BUCKET_BOUNDS, SIZE_BUCKETS, packe
 pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
-}
-
-impl Traffic {
-    pub fn add(&mut self, o: &Traffic) {
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-    }
 }
 
 impl From<&Counter> for Traffic {
@@ -256,79 +251,32 @@ impl<'de> Deserialize<'de> for SizeDistribution {
 }
 
 impl From<&PeerStats> for PeerCounters {
+    /// The size distributions are copied here; every other counter is set
+    /// from its row in `peer_counters!`. `tcp.outcome` stays `None`: only
+    /// a whole run knows it.
     fn from(s: &PeerStats) -> Self {
-        Self {
-            tx_encap: (&s.tx_encap).into(),
-            rx_nic: (&s.rx_nic).into(),
-            rx_decap: (&s.rx_decap).into(),
-            tx_dev: (&s.tx_dev).into(),
-            tx_flood: (&s.tx_flood).into(),
-            malformed: s.malformed_rx + s.malformed_tx,
-            malformed_rx: s.malformed_rx,
-            malformed_tx: s.malformed_tx,
-            unknown_vni: s.unknown_vni,
+        let mut c = PeerCounters {
             outer_size: OuterSizes {
-                tx_over_1450: packets_over(&s.tx_size, 1450),
-                tx_over_1500: packets_over(&s.tx_size, 1500),
-                rx_over_1450: packets_over(&s.rx_size, 1450),
-                rx_over_1500: packets_over(&s.rx_size, 1500),
                 tx: SizeDistribution { counts: s.tx_size },
                 rx: SizeDistribution { counts: s.rx_size },
+                ..OuterSizes::default()
             },
-            fragmented: Fragmented {
-                tx: s.tx_fragmented,
-                rx: s.rx_fragmented,
-            },
-            inner_dst_mac_mismatch: s.inner_dst_mac_mismatch,
-            inner_src_vtep: s.inner_src_vtep,
-            tcp: TcpCounters {
-                syn_sent: s.syn_sent,
-                syn_received: s.syn_received,
-                synack_sent: s.synack_sent,
-                synack_received: s.synack_received,
-                rst: s.rst_sent + s.rst_received,
-                rst_sent: s.rst_sent,
-                rst_received: s.rst_received,
-                syn_retrans: s.syn_retrans,
-                outcome: None,
-            },
-        }
+            ..PeerCounters::default()
+        };
+        c.set_kernel_counters(s);
+        c
     }
 }
 
 impl PeerCounters {
-    /// Adds `o`'s counters (interval lines summed into totals). What only
-    /// a whole run knows (`tcp.outcome`) is left as it is.
+    /// Adds `o`'s counters (interval lines summed into totals): the size
+    /// distributions bucket by bucket, every other counter through its row
+    /// in `peer_counters!`. What only a whole run knows (`tcp.outcome`) is
+    /// left as it is.
     pub fn add(&mut self, o: &PeerCounters) {
-        self.tx_encap.add(&o.tx_encap);
-        self.rx_nic.add(&o.rx_nic);
-        self.rx_decap.add(&o.rx_decap);
-        self.tx_dev.add(&o.tx_dev);
-        self.tx_flood.add(&o.tx_flood);
-        self.malformed += o.malformed;
-        self.malformed_rx += o.malformed_rx;
-        self.malformed_tx += o.malformed_tx;
-        self.unknown_vni += o.unknown_vni;
-        let (s, t) = (&mut self.outer_size, &o.outer_size);
-        s.tx_over_1450 += t.tx_over_1450;
-        s.tx_over_1500 += t.tx_over_1500;
-        s.rx_over_1450 += t.rx_over_1450;
-        s.rx_over_1500 += t.rx_over_1500;
-        s.tx.add(&t.tx);
-        s.rx.add(&t.rx);
-        self.fragmented.tx += o.fragmented.tx;
-        self.fragmented.rx += o.fragmented.rx;
-        self.inner_dst_mac_mismatch += o.inner_dst_mac_mismatch;
-        self.inner_src_vtep += o.inner_src_vtep;
-        let (a, b) = (&mut self.tcp, &o.tcp);
-        a.syn_sent += b.syn_sent;
-        a.syn_received += b.syn_received;
-        a.synack_sent += b.synack_sent;
-        a.synack_received += b.synack_received;
-        a.rst += b.rst;
-        a.rst_sent += b.rst_sent;
-        a.rst_received += b.rst_received;
-        a.syn_retrans += b.syn_retrans;
+        self.add_kernel_counters(o);
+        self.outer_size.tx.add(&o.outer_size.tx);
+        self.outer_size.rx.add(&o.outer_size.rx);
     }
 }
 
@@ -343,243 +291,186 @@ pub struct CounterDef {
     pub read: fn(&PeerCounters) -> u64,
 }
 
-/// Every per-peer counter. The screen, the metrics and the report iterate
-/// this; `counters_match_the_json` below keeps it whole.
-pub const PEER_COUNTERS: &[CounterDef] = &[
-    CounterDef {
-        json: "tx_encap.packets",
-        metric: Some("vxtrace_tx_encap_packets"),
-        help: "VXLAN packets sent to the peer (underlay egress)",
-        read: |c| c.tx_encap.packets,
-    },
-    CounterDef {
-        json: "tx_encap.bytes",
-        metric: Some("vxtrace_tx_encap_bytes"),
-        help: "VXLAN bytes sent to the peer",
-        read: |c| c.tx_encap.bytes,
-    },
-    CounterDef {
-        json: "rx_nic.packets",
-        metric: Some("vxtrace_rx_nic_packets"),
-        help: "VXLAN packets from the peer at the underlay device",
-        read: |c| c.rx_nic.packets,
-    },
-    CounterDef {
-        json: "rx_nic.bytes",
-        metric: Some("vxtrace_rx_nic_bytes"),
-        help: "VXLAN bytes from the peer at the underlay device",
-        read: |c| c.rx_nic.bytes,
-    },
-    CounterDef {
-        json: "rx_decap.packets",
-        metric: Some("vxtrace_rx_decap_packets"),
-        help: "Frames from the peer delivered by the VXLAN device",
-        read: |c| c.rx_decap.packets,
-    },
-    CounterDef {
-        json: "rx_decap.bytes",
-        metric: Some("vxtrace_rx_decap_bytes"),
-        help: "Bytes of frames from the peer delivered by the VXLAN device",
-        read: |c| c.rx_decap.bytes,
-    },
-    CounterDef {
-        json: "tx_dev.packets",
-        metric: Some("vxtrace_tx_dev_packets"),
-        help: "Frames handed to the VXLAN device for the peer",
-        read: |c| c.tx_dev.packets,
-    },
-    CounterDef {
-        json: "tx_dev.bytes",
-        metric: None,
-        help: "Bytes of frames handed to the VXLAN device for the peer",
-        read: |c| c.tx_dev.bytes,
-    },
-    CounterDef {
-        json: "tx_flood.packets",
-        metric: Some("vxtrace_tx_flood_packets"),
-        help: "Flooded copies sent to the peer (broadcast, multicast, unknown unicast of a layer-2 device); not in tx_encap",
-        read: |c| c.tx_flood.packets,
-    },
-    CounterDef {
-        json: "tx_flood.bytes",
-        metric: None,
-        help: "Bytes of flooded copies sent to the peer",
-        read: |c| c.tx_flood.bytes,
-    },
-    CounterDef {
-        json: "malformed",
-        metric: Some("vxtrace_malformed_packets"),
-        help: "Packets to the VXLAN port that are not valid VXLAN",
-        read: |c| c.malformed,
-    },
-    CounterDef {
-        json: "malformed_rx",
-        metric: None,
-        help: "Packets from the peer to the VXLAN port that are not valid VXLAN",
-        read: |c| c.malformed_rx,
-    },
-    CounterDef {
-        json: "malformed_tx",
-        metric: None,
-        help: "Packets to the peer's VXLAN port that are not valid VXLAN",
-        read: |c| c.malformed_tx,
-    },
-    CounterDef {
-        json: "unknown_vni",
-        metric: Some("vxtrace_unknown_vni_packets"),
-        help: "VXLAN packets with a VNI no watched device uses",
-        read: |c| c.unknown_vni,
-    },
-    CounterDef {
-        json: "outer_size.tx_over_1450",
-        metric: None,
-        help: "Outer packets above 1450 bytes sent to the peer",
-        read: |c| c.outer_size.tx_over_1450,
-    },
-    CounterDef {
-        json: "outer_size.tx_over_1500",
-        metric: None,
-        help: "Outer packets above 1500 bytes sent to the peer",
-        read: |c| c.outer_size.tx_over_1500,
-    },
-    CounterDef {
-        json: "outer_size.rx_over_1450",
-        metric: None,
-        help: "Outer packets above 1450 bytes from the peer",
-        read: |c| c.outer_size.rx_over_1450,
-    },
-    CounterDef {
-        json: "outer_size.rx_over_1500",
-        metric: None,
-        help: "Outer packets above 1500 bytes from the peer",
-        read: |c| c.outer_size.rx_over_1500,
-    },
-    CounterDef {
-        json: "outer_size.tx.packets",
-        metric: None,
-        help: "Outer packets sent to the peer, in the size distribution",
-        read: |c| c.outer_size.tx.total(),
-    },
-    CounterDef {
-        json: "outer_size.rx.packets",
-        metric: None,
-        help: "Outer packets from the peer, in the size distribution",
-        read: |c| c.outer_size.rx.total(),
-    },
-    CounterDef {
-        json: "fragmented.tx",
-        metric: None,
-        help: "First fragments of fragmented outer packets sent to the peer",
-        read: |c| c.fragmented.tx,
-    },
-    CounterDef {
-        json: "fragmented.rx",
-        metric: None,
-        help: "First fragments of fragmented outer packets from the peer",
-        read: |c| c.fragmented.rx,
-    },
-    CounterDef {
-        json: "inner_dst_mac_mismatch",
-        metric: Some("vxtrace_inner_dst_mac_mismatch"),
-        help: "Frames from the peer not addressed to this VTEP's MAC",
-        read: |c| c.inner_dst_mac_mismatch,
-    },
-    CounterDef {
-        json: "inner_src_vtep",
-        metric: Some("vxtrace_inner_src_vtep"),
-        help: "Frames from the peer whose inner source is the peer's VTEP",
-        read: |c| c.inner_src_vtep,
-    },
-    CounterDef {
-        json: "tcp.syn_sent",
-        metric: Some("vxtrace_tcp_syn_sent"),
-        help: "TCP SYNs sent to the peer's pods",
-        read: |c| c.tcp.syn_sent,
-    },
-    CounterDef {
-        json: "tcp.syn_received",
-        metric: Some("vxtrace_tcp_syn_received"),
-        help: "TCP SYNs received from the peer's pods",
-        read: |c| c.tcp.syn_received,
-    },
-    CounterDef {
-        json: "tcp.synack_sent",
-        metric: Some("vxtrace_tcp_synack_sent"),
-        help: "TCP SYN-ACKs sent to the peer's pods",
-        read: |c| c.tcp.synack_sent,
-    },
-    CounterDef {
-        json: "tcp.synack_received",
-        metric: Some("vxtrace_tcp_synack_received"),
-        help: "TCP SYN-ACKs received from the peer's pods",
-        read: |c| c.tcp.synack_received,
-    },
-    CounterDef {
-        json: "tcp.rst",
-        metric: Some("vxtrace_tcp_rst"),
-        help: "TCP RSTs sent to and received from the peer's pods",
-        read: |c| c.tcp.rst,
-    },
-    CounterDef {
-        json: "tcp.rst_sent",
-        metric: None,
-        help: "TCP RSTs sent to the peer's pods",
-        read: |c| c.tcp.rst_sent,
-    },
-    CounterDef {
-        json: "tcp.rst_received",
-        metric: None,
-        help: "TCP RSTs received from the peer's pods",
-        read: |c| c.tcp.rst_received,
-    },
-    CounterDef {
-        json: "tcp.syn_retrans",
-        metric: Some("vxtrace_tcp_syn_retrans"),
-        help: "Retransmitted TCP SYNs",
-        read: |c| c.tcp.syn_retrans,
-    },
-];
+/// Declares the per-peer counters, one row each, so that a counter is
+/// named in one place besides its field in [`PeerStats`] (the kernel's
+/// layout) and in [`PeerCounters`] (the JSON's shape). From the rows it
+/// generates [`PEER_COUNTERS`] and the two helpers behind
+/// `From<&PeerStats>` and [`PeerCounters::add`].
+///
+/// A `kernel |s|` row is a number the JSON holds in a `u64` field:
+/// `path: value, metric, help;`, where `path` is the field's path in
+/// [`PeerCounters`] and, dotted, its name in the JSON, and `value` is its
+/// count computed from the kernel's summed value `s`. Converting sets the
+/// field to `value`; adding adds the field.
+///
+/// A `derived |c|` row is a number the JSON holds but no `u64` field does
+/// (a size distribution's `packets`): `value` reads it off the counters
+/// `c`. Converting and adding leave it to the code that handles what it
+/// is derived from.
+macro_rules! peer_counters {
+    (
+        kernel |$s:ident| {
+            $($head:ident $(.$rest:ident)*: $value:expr, $metric:expr, $help:expr;)*
+        }
+        derived |$c:ident| {
+            $($dhead:ident $(.$drest:ident)*: $dvalue:expr, $dmetric:expr, $dhelp:expr;)*
+        }
+    ) => {
+        /// Every per-peer counter. The metrics iterate this;
+        /// `counters_match_the_json` below keeps it whole.
+        pub const PEER_COUNTERS: &[CounterDef] = &[
+            $(CounterDef {
+                json: concat!(stringify!($head) $(, ".", stringify!($rest))*),
+                metric: $metric,
+                help: $help,
+                read: |c| c.$head $(.$rest)*,
+            },)*
+            $(CounterDef {
+                json: concat!(stringify!($dhead) $(, ".", stringify!($drest))*),
+                metric: $dmetric,
+                help: $dhelp,
+                read: |$c| $dvalue,
+            },)*
+        ];
+
+        impl PeerCounters {
+            /// Sets every counter of a `kernel` row from the kernel's value.
+            fn set_kernel_counters(&mut self, $s: &PeerStats) {
+                $(self.$head $(.$rest)* = $value;)*
+            }
+
+            /// Adds `o`'s counter of every `kernel` row.
+            fn add_kernel_counters(&mut self, o: &PeerCounters) {
+                $(self.$head $(.$rest)* += o.$head $(.$rest)*;)*
+            }
+        }
+    };
+}
+
+peer_counters! {
+    kernel |s| {
+        tx_encap.packets: s.tx_encap.packets,
+            Some("vxtrace_tx_encap_packets"),
+            "VXLAN packets sent to the peer (underlay egress)";
+        tx_encap.bytes: s.tx_encap.bytes,
+            Some("vxtrace_tx_encap_bytes"),
+            "VXLAN bytes sent to the peer";
+        rx_nic.packets: s.rx_nic.packets,
+            Some("vxtrace_rx_nic_packets"),
+            "VXLAN packets from the peer at the underlay device";
+        rx_nic.bytes: s.rx_nic.bytes,
+            Some("vxtrace_rx_nic_bytes"),
+            "VXLAN bytes from the peer at the underlay device";
+        rx_decap.packets: s.rx_decap.packets,
+            Some("vxtrace_rx_decap_packets"),
+            "Frames from the peer delivered by the VXLAN device";
+        rx_decap.bytes: s.rx_decap.bytes,
+            Some("vxtrace_rx_decap_bytes"),
+            "Bytes of frames from the peer delivered by the VXLAN device";
+        tx_dev.packets: s.tx_dev.packets,
+            Some("vxtrace_tx_dev_packets"),
+            "Frames handed to the VXLAN device for the peer";
+        tx_dev.bytes: s.tx_dev.bytes,
+            None,
+            "Bytes of frames handed to the VXLAN device for the peer";
+        tx_flood.packets: s.tx_flood.packets,
+            Some("vxtrace_tx_flood_packets"),
+            "Flooded copies sent to the peer (broadcast, multicast, unknown unicast of a layer-2 device); not in tx_encap";
+        tx_flood.bytes: s.tx_flood.bytes,
+            None,
+            "Bytes of flooded copies sent to the peer";
+        malformed: s.malformed_rx + s.malformed_tx,
+            Some("vxtrace_malformed_packets"),
+            "Packets to the VXLAN port that are not valid VXLAN";
+        malformed_rx: s.malformed_rx,
+            None,
+            "Packets from the peer to the VXLAN port that are not valid VXLAN";
+        malformed_tx: s.malformed_tx,
+            None,
+            "Packets to the peer's VXLAN port that are not valid VXLAN";
+        unknown_vni: s.unknown_vni,
+            Some("vxtrace_unknown_vni_packets"),
+            "VXLAN packets with a VNI no watched device uses";
+        outer_size.tx_over_1450: packets_over(&s.tx_size, 1450),
+            None,
+            "Outer packets above 1450 bytes sent to the peer";
+        outer_size.tx_over_1500: packets_over(&s.tx_size, 1500),
+            None,
+            "Outer packets above 1500 bytes sent to the peer";
+        outer_size.rx_over_1450: packets_over(&s.rx_size, 1450),
+            None,
+            "Outer packets above 1450 bytes from the peer";
+        outer_size.rx_over_1500: packets_over(&s.rx_size, 1500),
+            None,
+            "Outer packets above 1500 bytes from the peer";
+        fragmented.tx: s.tx_fragmented,
+            None,
+            "First fragments of fragmented outer packets sent to the peer";
+        fragmented.rx: s.rx_fragmented,
+            None,
+            "First fragments of fragmented outer packets from the peer";
+        inner_dst_mac_mismatch: s.inner_dst_mac_mismatch,
+            Some("vxtrace_inner_dst_mac_mismatch"),
+            "Frames from the peer not addressed to this VTEP's MAC";
+        inner_src_vtep: s.inner_src_vtep,
+            Some("vxtrace_inner_src_vtep"),
+            "Frames from the peer whose inner source is the peer's VTEP";
+        tcp.syn_sent: s.syn_sent,
+            Some("vxtrace_tcp_syn_sent"),
+            "TCP SYNs sent to the peer's pods";
+        tcp.syn_received: s.syn_received,
+            Some("vxtrace_tcp_syn_received"),
+            "TCP SYNs received from the peer's pods";
+        tcp.synack_sent: s.synack_sent,
+            Some("vxtrace_tcp_synack_sent"),
+            "TCP SYN-ACKs sent to the peer's pods";
+        tcp.synack_received: s.synack_received,
+            Some("vxtrace_tcp_synack_received"),
+            "TCP SYN-ACKs received from the peer's pods";
+        tcp.rst: s.rst_sent + s.rst_received,
+            Some("vxtrace_tcp_rst"),
+            "TCP RSTs sent to and received from the peer's pods";
+        tcp.rst_sent: s.rst_sent,
+            None,
+            "TCP RSTs sent to the peer's pods";
+        tcp.rst_received: s.rst_received,
+            None,
+            "TCP RSTs received from the peer's pods";
+        tcp.syn_retrans: s.syn_retrans,
+            Some("vxtrace_tcp_syn_retrans"),
+            "Retransmitted TCP SYNs";
+    }
+    derived |c| {
+        outer_size.tx.packets: c.outer_size.tx.total(),
+            None,
+            "Outer packets sent to the peer, in the size distribution";
+        outer_size.rx.packets: c.outer_size.rx.total(),
+            None,
+            "Outer packets from the peer, in the size distribution";
+    }
+}
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use serde_json::Value;
+    use vxtrace_common::PEER_COUNTER_WORDS;
+
+    /// A kernel value in which every counter word (the size buckets
+    /// included) has its own value.
+    fn distinct_stats() -> PeerStats {
+        let mut s = PeerStats::default();
+        for (i, w) in s.counter_words_mut().iter_mut().enumerate() {
+            *w = 1000 + i as u64 * 7;
+        }
+        s
+    }
 
     /// A counter set in which every counter has its own value.
     fn distinct() -> PeerCounters {
-        let mut s = PeerStats::default();
-        let words = [
-            &mut s.tx_encap.packets,
-            &mut s.tx_encap.bytes,
-            &mut s.rx_nic.packets,
-            &mut s.rx_nic.bytes,
-            &mut s.rx_decap.packets,
-            &mut s.rx_decap.bytes,
-            &mut s.tx_dev.packets,
-            &mut s.tx_dev.bytes,
-            &mut s.malformed_rx,
-            &mut s.malformed_tx,
-            &mut s.unknown_vni,
-            &mut s.tx_fragmented,
-            &mut s.rx_fragmented,
-            &mut s.inner_dst_mac_mismatch,
-            &mut s.inner_src_vtep,
-            &mut s.syn_sent,
-            &mut s.syn_received,
-            &mut s.synack_sent,
-            &mut s.synack_received,
-            &mut s.rst_sent,
-            &mut s.rst_received,
-            &mut s.syn_retrans,
-            &mut s.tx_flood.packets,
-            &mut s.tx_flood.bytes,
-        ];
-        for (i, w) in words.into_iter().enumerate() {
-            *w = 1000 + i as u64 * 7;
-        }
-        s.tx_size[3] = 5;
-        s.rx_size[7] = 9;
-        PeerCounters::from(&s)
+        PeerCounters::from(&distinct_stats())
     }
 
     /// Numeric leaves of a peer's JSON, dotted, leaving out the derived
@@ -606,8 +497,9 @@ mod tests {
         }
     }
 
-    /// Every number in the JSON is declared, and every declaration reads
-    /// the number the JSON holds at its path.
+    /// Every number in the JSON is declared once, and every declaration
+    /// reads the number the JSON holds at its path; no metric family is
+    /// declared twice.
     #[test]
     fn counters_match_the_json() {
         let c = distinct();
@@ -618,13 +510,19 @@ mod tests {
             .map(|d| (d.json.to_string(), (d.read)(&c)))
             .collect();
         assert_eq!(declared, json);
-        let mut names: Vec<&str> = PEER_COUNTERS.iter().filter_map(|d| d.metric).collect();
-        let n = names.len();
-        names.dedup();
-        assert_eq!(names.len(), n, "a metric family declared twice");
+        assert_eq!(
+            declared.len(),
+            PEER_COUNTERS.len(),
+            "a counter declared twice"
+        );
+        let mut metrics = BTreeSet::new();
+        for name in PEER_COUNTERS.iter().filter_map(|d| d.metric) {
+            assert!(metrics.insert(name), "metric family {name} declared twice");
+        }
     }
 
-    /// Adding a counter set to itself doubles every declared counter.
+    /// Adding a counter set to itself doubles every declared counter, and
+    /// adding converted values is converting the kernel values summed.
     #[test]
     fn add_covers_every_counter() {
         let c = distinct();
@@ -632,6 +530,37 @@ mod tests {
         twice.add(&c);
         for d in PEER_COUNTERS {
             assert_eq!((d.read)(&twice), 2 * (d.read)(&c), "{}", d.json);
+        }
+        let mut s = distinct_stats();
+        s.merge(&distinct_stats());
+        assert_eq!(twice, PeerCounters::from(&s));
+    }
+
+    /// Ties the kernel's layout to the declaration: every counter word of
+    /// [`PeerStats`] shows in some declared counter, and every declared
+    /// counter shows some word. A kernel counter no row reads, or a row
+    /// that reads no kernel counter, fails here.
+    #[test]
+    fn every_kernel_counter_is_declared() {
+        let mut reached = vec![false; PEER_COUNTERS.len()];
+        for i in 0..PEER_COUNTER_WORDS {
+            let mut s = PeerStats::default();
+            s.counter_words_mut()[i] = 1;
+            let c = PeerCounters::from(&s);
+            let mut shown = false;
+            for (d, r) in PEER_COUNTERS.iter().zip(&mut reached) {
+                if (d.read)(&c) != 0 {
+                    *r = true;
+                    shown = true;
+                }
+            }
+            assert!(
+                shown,
+                "PeerStats counter word {i} is in no declared counter"
+            );
+        }
+        for (d, r) in PEER_COUNTERS.iter().zip(reached) {
+            assert!(r, "{} reads no PeerStats counter", d.json);
         }
     }
 

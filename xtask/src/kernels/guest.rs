@@ -42,6 +42,7 @@ const KERNEL_FACTS: &str = "release=$(uname -r) \
     btf=$(yn /sys/kernel/btf/vmlinux) \
     kprobes=$(yn /sys/bus/event_source/devices/kprobe) \
     memlock_kib=$(ulimit -l) \
+    possible_cpus=$(cat /sys/devices/system/cpu/possible) \
     clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)";
 
 /// The shell function that runs one test: `run_test <id> <target> <name>`.
@@ -82,20 +83,36 @@ run_test() {{
 /// The guest's /init: mounts what a node has, reports the kernel's
 /// features, runs each test with markers around its output, powers off.
 pub fn init_script(features: &[&Feature], opts: &Options) -> String {
+    let mut body = format!(
+        "{}\nKEEP_GOING={}\nTIMEOUT={}\n",
+        run_test_function(),
+        u8::from(opts.keep_going),
+        opts.test_timeout
+    );
+    for f in features {
+        body.push_str(&format!("run_test {} {} {}\n", f.id(), f.target, f.name));
+    }
+    node_init(&body)
+}
+
+/// The guest's /init for the benchmark's userspace part: the figures are
+/// the JSON lines the benchmark prints on the console.
+pub fn bench_init_script(peers: u32, secs: u64) -> String {
+    node_init(&format!(
+        "VXTRACE_BIN=/usr/bin/vxtrace VXTRACE_BENCH_ONLY=userspace VXTRACE_BENCH_PEERS={peers} \
+VXTRACE_BENCH_SECS={secs} /tests/vxtrace-bench 2>&1\n"
+    ))
+}
+
+/// Set up like a node, report the kernel, run `body`, say so, power off.
+fn node_init(body: &str) -> String {
     let kernel = Marker::<ShellWords>::Kernel {
         facts: KERNEL_FACTS,
     };
-    let mut s = format!("{SETUP}echo \"{kernel}\"\n\n{}\n", run_test_function());
-    s.push_str(&format!(
-        "KEEP_GOING={}\nTIMEOUT={}\n",
-        u8::from(opts.keep_going),
-        opts.test_timeout
-    ));
-    for f in features {
-        s.push_str(&format!("run_test {} {} {}\n", f.id(), f.target, f.name));
-    }
-    s.push_str(&format!(
-        r#"
+    format!(
+        r#"{SETUP}echo "{kernel}"
+
+{body}
 echo "{}"
 sync
 poweroff -f
@@ -103,6 +120,5 @@ poweroff -f
 reboot -f
 "#,
         Marker::<ShellWords>::Done
-    ));
-    s
+    )
 }

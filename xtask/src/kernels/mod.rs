@@ -18,6 +18,7 @@
 //! `results` reads the outcome; `marker` is the one definition of the lines
 //! the guest prints for the host.
 
+pub mod bench;
 mod guest;
 mod initramfs;
 mod marker;
@@ -38,7 +39,7 @@ use anyhow::{Context as _, Result, bail};
 use self::{
     initramfs::Image,
     packages::{Kernel, fetch_kernel},
-    qemu::{BOOT_ALLOWANCE, BootLog, boot},
+    qemu::{BOOT_ALLOWANCE, BootLog, Machine, boot},
     results::{KernelReport, collect_results},
 };
 
@@ -164,6 +165,9 @@ const DEFAULT_SERIES: &[&str] = &["6.1", "6.12", "5.10"];
 /// release whose suites do (read through a private apt configuration).
 const OLDER_SUITES: &[(&str, &str)] = &[("5.10", "bullseye"), ("4.19", "buster")];
 
+/// Where downloaded kernel packages are kept between runs, by default.
+pub const CACHE_DIR: &str = "/var/cache/vxtrace/kernels";
+
 #[derive(clap::Args)]
 pub struct Options {
     /// Kernel series to test: 6.1, 6.12, 5.10, ... (repeat, or separate
@@ -183,7 +187,7 @@ pub struct Options {
     #[arg(long, default_value_t = 300)]
     test_timeout: u64,
     /// Where downloaded kernel packages are kept between runs.
-    #[arg(long, default_value = "/var/cache/vxtrace/kernels")]
+    #[arg(long, default_value = CACHE_DIR)]
     cache_dir: PathBuf,
 }
 
@@ -196,7 +200,7 @@ impl Options {
             keep_going: true,
             tests: Vec::new(),
             test_timeout: 300,
-            cache_dir: PathBuf::from("/var/cache/vxtrace/kernels"),
+            cache_dir: PathBuf::from(CACHE_DIR),
         }
     }
 }
@@ -217,7 +221,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
 
     let started = Instant::now();
     let payload = payload::build_payload(root, &features)?;
-    let base = userland::base_image(&payload, &features, opts)?;
+    let base = userland::base_image(&payload, guest::init_script(&features, opts))?;
     eprintln!(
         "xtask: payload built in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -393,7 +397,7 @@ fn boot_twice_if_needed(
     deadline: Duration,
 ) -> Result<(BootLog, Option<PathBuf>)> {
     let log = out_dir.join(format!("{}.log", kernel.release));
-    let guest = boot(kernel, initrd, &log, deadline)?;
+    let guest = boot(kernel, initrd, Machine::TESTS, &log, deadline)?;
     if guest.booted.is_some() {
         return Ok((guest, None));
     }
@@ -405,6 +409,6 @@ fn boot_twice_if_needed(
         guest.end,
         first.display()
     );
-    let guest = boot(kernel, initrd, &log, deadline)?;
+    let guest = boot(kernel, initrd, Machine::TESTS, &log, deadline)?;
     Ok((guest, Some(first)))
 }

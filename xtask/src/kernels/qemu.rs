@@ -25,6 +25,28 @@ pub const BOOT_ALLOWANCE: Duration = Duration::from_secs(180);
 /// How long a guest that reported it is done may take to power off.
 const POWER_OFF_ALLOWANCE: Duration = Duration::from_secs(30);
 
+/// The machine the guest runs on.
+#[derive(Clone, Copy)]
+pub struct Machine {
+    /// CPUs online at boot (qemu's `-smp`).
+    pub cpus: u32,
+    /// CPUs the kernel may ever bring up (`maxcpus`): what
+    /// /sys/devices/system/cpu/possible says, and the number of copies of
+    /// every per-CPU map value. Above `cpus`, the rest are hot-pluggable
+    /// and never plugged.
+    pub possible_cpus: u32,
+    pub memory_mib: u32,
+}
+
+impl Machine {
+    /// What the integration tests run on.
+    pub const TESTS: Machine = Machine {
+        cpus: 2,
+        possible_cpus: 2,
+        memory_mib: 2048,
+    };
+}
+
 /// What one boot left: the console's lines and how it ended.
 pub struct BootLog {
     /// The guest's serial console, line by line (qemu's own messages are
@@ -49,8 +71,14 @@ enum Stream {
 
 /// Boots `kernel` with `initrd`, records everything in `log`, and kills the
 /// guest if it has not finished within `limit`.
-pub fn boot(kernel: &Kernel, initrd: &Path, log: &Path, limit: Duration) -> Result<BootLog> {
-    let mut cmd = qemu_command(kernel, initrd);
+pub fn boot(
+    kernel: &Kernel,
+    initrd: &Path,
+    machine: Machine,
+    log: &Path,
+    limit: Duration,
+) -> Result<BootLog> {
+    let mut cmd = qemu_command(kernel, initrd, machine);
     eprintln!("xtask: {cmd:?}");
     let started = Instant::now();
     let mut child = cmd
@@ -87,7 +115,7 @@ pub fn boot(kernel: &Kernel, initrd: &Path, log: &Path, limit: Duration) -> Resu
     })
 }
 
-fn qemu_command(kernel: &Kernel, initrd: &Path) -> Command {
+fn qemu_command(kernel: &Kernel, initrd: &Path, machine: Machine) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-nodefaults",
@@ -100,10 +128,6 @@ fn qemu_command(kernel: &Kernel, initrd: &Path) -> Command {
         "tcg,thread=single",
         "-cpu",
         "max",
-        "-smp",
-        "2",
-        "-m",
-        "2048",
         "-display",
         "none",
         "-serial",
@@ -114,6 +138,13 @@ fn qemu_command(kernel: &Kernel, initrd: &Path) -> Command {
         "-kernel",
     ])
     .arg(&kernel.vmlinuz)
+    .arg("-smp")
+    .arg(format!(
+        "{},maxcpus={}",
+        machine.cpus, machine.possible_cpus
+    ))
+    .arg("-m")
+    .arg(machine.memory_mib.to_string())
     .arg("-initrd")
     .arg(initrd)
     .args(["-append", APPEND])

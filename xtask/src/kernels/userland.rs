@@ -11,8 +11,6 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    Feature, Options,
-    guest::init_script,
     initramfs::{FileSource, Image, image_path},
     payload::Payload,
 };
@@ -42,8 +40,8 @@ const HOST_TOOLS: &[(&str, bool)] = &[
 const KMOD_LINKS: &[&str] = &["modprobe", "insmod", "rmmod", "lsmod", "depmod", "modinfo"];
 
 /// Everything but the kernel's modules: tools, libraries, vxtrace, tests,
-/// and /init.
-pub fn base_image(payload: &Payload, features: &[&Feature], opts: &Options) -> Result<Image> {
+/// and /init (the script `init`).
+pub fn base_image(payload: &Payload, init: String) -> Result<Image> {
     let mut img = skeleton();
     // Every binary added, for the libraries they load.
     let mut binaries = add_tools(&mut img)?;
@@ -60,11 +58,7 @@ pub fn base_image(payload: &Payload, features: &[&Feature], opts: &Options) -> R
     for lib in libs {
         img.host_file(&image_path(&lib), Path::new(&lib))?;
     }
-    img.file(
-        "init",
-        FileSource::Bytes(init_script(features, opts).into_bytes()),
-        0o755,
-    );
+    img.file("init", FileSource::Bytes(init.into_bytes()), 0o755);
     Ok(img)
 }
 

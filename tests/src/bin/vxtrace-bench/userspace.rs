@@ -251,3 +251,72 @@ pub fn metrics_series(r: &mut Report, lab: &LabGuard) {
         r.figure(json!({"figure": "cluster_series", "nodes": nodes, "default": default, "uncapped": uncapped.round()}));
     }
 }
+
+/// The userspace part as `cargo xtask bench` ran it on qemu guests with 2
+/// and with many possible CPUs (`VXTRACE_BENCH_GUESTS`: their figures, one
+/// JSON line each). Every per-CPU value has a copy per possible CPU, so
+/// this is how vxtrace's cost grows on a node with more CPUs. Emulation
+/// inflates every CPU figure, so the guests are compared with each other:
+/// the time to read the maps is what grows with possible CPUs, and its
+/// ratio between the guests is what carries over to this machine
+/// ([`guest_estimate`]). Resident sizes are not inflated.
+pub fn guests(r: &mut Report) {
+    let Ok(path) = std::env::var("VXTRACE_BENCH_GUESTS") else {
+        return;
+    };
+    let figures: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let _ = writeln!(
+        r.md,
+        "\n### On qemu guests with more possible CPUs\n\nThe same measurement (10,000 live peers) in a guest booted with `-smp 2,maxcpus=N`: 2 CPUs run, N are possible, and every per-CPU map value has N copies. The guests run under emulation (TCG), which makes each CPU figure several times larger than on hardware: compare the guests with each other, not with the table above. A read that takes longer than the 1-second interval stretches the intervals, so the CPU figure then stops growing (one core at most); the read time does not.\n"
+    );
+    if let Some(e) = figures.iter().find(|f| f["figure"] == "guest_error") {
+        let _ = writeln!(r.md, "Not measured: {}", e["error"].as_str().unwrap_or("?"));
+        r.figure(json!({"figure": "userspace_guest_error", "error": e["error"]}));
+        return;
+    }
+    let guests: Vec<&serde_json::Value> = figures
+        .iter()
+        .filter(|f| f["figure"] == "userspace")
+        .collect();
+    let Some(fewest) = guests
+        .iter()
+        .min_by_key(|f| f["possible_cpus"].as_u64().unwrap_or(u64::MAX))
+    else {
+        let _ = writeln!(r.md, "Not measured: {path} holds no userspace figure.");
+        return;
+    };
+    let of = |g: &serde_json::Value, k: &str| g[k].as_f64().unwrap_or(f64::NAN);
+    let _ = writeln!(
+        r.md,
+        "| possible CPUs | kernel | CPU (emulated, % of one core) | map read, median | × the fewest | RSS running | peak RSS |\n|---|---|---|---|---|---|---|"
+    );
+    for g in &guests {
+        let read_ratio = of(g, "map_read_ms") / of(fewest, "map_read_ms");
+        let _ = writeln!(
+            r.md,
+            "| {} | {} | {:.1} | {:.0} ms | {read_ratio:.1} | {:.1} MiB | {:.1} MiB |",
+            g["possible_cpus"],
+            g["guest_kernel"].as_str().unwrap_or("?"),
+            of(g, "cpu_core_fraction") * 100.0,
+            of(g, "map_read_ms"),
+            of(g, "running_rss_kib") / 1024.0,
+            of(g, "peak_rss_kib") / 1024.0,
+        );
+        let mut v = (*g).clone();
+        v["figure"] = "userspace_guest".into();
+        v["map_read_vs_fewest_possible"] = read_ratio.into();
+        v["fewest_possible_cpus"] = fewest["possible_cpus"].clone();
+        r.figure(v);
+    }
+}
+
+/// This machine's CPU figure (a fraction of one core, at 1-second
+/// intervals) were its per-CPU values copied `read_ratio` times as long:
+/// the rest of the work does not depend on possible CPUs.
+pub fn guest_estimate(cpu_core_fraction: f64, map_read_ms: f64, read_ratio: f64) -> f64 {
+    cpu_core_fraction + map_read_ms / 1000.0 * (read_ratio - 1.0)
+}
