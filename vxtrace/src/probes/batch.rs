@@ -7,8 +7,17 @@
 use std::{io, mem::size_of, os::fd::RawFd};
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-/// Elements asked for per syscall.
-const CHUNK: u32 = 1024;
+/// Most elements asked for per syscall.
+const MOST_PER_CALL: usize = 1024;
+/// The value buffer's size at most, whatever the number of possible CPUs:
+/// a value has a copy per possible CPU, and on a node with 64 of them 1,024
+/// peers' values would be 29 MB to allocate and clear on every read.
+const VALUE_BUFFER_BYTES: usize = 1 << 20;
+
+/// Elements per syscall: as many as fit the value buffer, at least 16.
+fn per_call(value_size: usize, nr_cpus: usize) -> usize {
+    (VALUE_BUFFER_BYTES / (value_size * nr_cpus).max(1)).clamp(16, MOST_PER_CALL)
+}
 
 #[repr(C)]
 #[derive(Default)]
@@ -33,8 +42,9 @@ pub fn lookup_percpu_summed<K: Copy + Default, V: Copy + Default>(
 ) -> io::Result<Vec<(K, V)>> {
     assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are 8-byte strided");
     let mut out = Vec::new();
-    let mut keys = vec![K::default(); CHUNK as usize];
-    let mut values = vec![V::default(); CHUNK as usize * nr_cpus];
+    let mut chunk = per_call(size_of::<V>(), nr_cpus);
+    let mut keys = vec![K::default(); chunk];
+    let mut values = vec![V::default(); chunk * nr_cpus];
     // Hash maps use a u32 bucket index as the batch token.
     let mut token_in: u64 = 0;
     let mut token_out: u64 = 0;
@@ -49,12 +59,12 @@ pub fn lookup_percpu_summed<K: Copy + Default, V: Copy + Default>(
             out_batch: &mut token_out as *mut u64 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: CHUNK,
+            count: chunk as u32,
             map_fd: fd as u32,
             ..Default::default()
         };
-        // SAFETY: the buffers hold CHUNK keys and CHUNK * nr_cpus values,
-        // as `count` tells the kernel.
+        // SAFETY: the buffers hold `chunk` keys and `chunk * nr_cpus`
+        // values, as `count` tells the kernel.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -64,6 +74,16 @@ pub fn lookup_percpu_summed<K: Copy + Default, V: Copy + Default>(
             )
         };
         let err = (rc < 0).then(io::Error::last_os_error);
+        if err.as_ref().and_then(io::Error::raw_os_error) == Some(libc::ENOSPC)
+            && chunk < MOST_PER_CALL * 64
+        {
+            // One hash bucket holds more elements than asked for: ask again
+            // from the same bucket with room for it.
+            chunk *= 2;
+            keys.resize(chunk, K::default());
+            values.resize(chunk * nr_cpus, V::default());
+            continue;
+        }
         if let Some(e) = &err
             && e.raw_os_error() != Some(libc::ENOENT)
         {
@@ -86,5 +106,22 @@ pub fn lookup_percpu_summed<K: Copy + Default, V: Copy + Default>(
         }
         token_in = token_out;
         first = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value buffer stays within its bound as possible CPUs grow; a
+    /// few CPUs get the most elements per call.
+    #[test]
+    fn elements_per_call_follow_the_possible_cpus() {
+        let peer_value = 440;
+        assert_eq!(per_call(peer_value, 2), MOST_PER_CALL);
+        assert_eq!(per_call(peer_value, 64), (1 << 20) / (440 * 64));
+        assert!(per_call(peer_value, 64) * peer_value * 64 <= VALUE_BUFFER_BYTES);
+        assert_eq!(per_call(peer_value, 8192), 16);
+        assert_eq!(per_call(8, 1), MOST_PER_CALL);
     }
 }
