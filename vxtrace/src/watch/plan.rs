@@ -159,17 +159,53 @@ fn choose_underlays(
         underlays.push(name.clone());
     }
     if args.ifaces.is_empty() {
+        let mut chosen = UnderlayNotes::default();
         for dev in vxlan {
-            underlays.extend(underlay_of(snap, dev, notes)?);
+            underlays.extend(underlay_of(snap, dev, &mut chosen)?);
         }
+        notes.extend(chosen.into_notes());
     }
     Ok(sorted(underlays))
+}
+
+/// How the underlays of VXLAN devices that name none were chosen, gathered
+/// so that one note covers every device chosen the same way (an EVPN node
+/// has a VXLAN device per VNI, all alike). Keyed by the underlays watched,
+/// each with the VXLAN devices they were chosen for.
+#[derive(Default)]
+struct UnderlayNotes {
+    /// Devices whose local address is on no device that sends: the devices
+    /// that reach their peers are watched.
+    by_remotes: BTreeMap<Vec<String>, Vec<String>>,
+    /// Devices with no `dev`, no `local` and no remote yet: every device
+    /// with an address is watched.
+    any_with_address: BTreeMap<Vec<String>, Vec<String>>,
+}
+
+impl UnderlayNotes {
+    fn into_notes(self) -> impl Iterator<Item = String> {
+        let by_remotes = self.by_remotes.into_iter().map(|(underlays, devs)| {
+            format!(
+                "{}: the local address is on a device that sends nothing itself (a routed underlay: the VTEP address on lo or a dummy device); watching the devices with routes to the peers instead: {} (and any device a route to a peer goes through later)",
+                devs.join(", "),
+                underlays.join(", ")
+            )
+        });
+        let any = self.any_with_address.into_iter().map(|(underlays, devs)| {
+            format!(
+                "{}: no underlay device named (no `dev`, no `local` on a device) and no peer known yet; watching every device with an address: {}",
+                devs.join(", "),
+                underlays.join(", ")
+            )
+        });
+        by_remotes.chain(any)
+    }
 }
 
 /// The underlay devices `vxlan`'s traffic uses now (routes change: an
 /// uplink comes up, a route moves to another NIC), as at start.
 pub fn current_underlays(snap: &Snapshot, vxlan: &[VxlanDevice]) -> Vec<String> {
-    let mut notes = Vec::new();
+    let mut notes = UnderlayNotes::default();
     sorted(
         vxlan
             .iter()
@@ -183,7 +219,11 @@ pub fn current_underlays(snap: &Snapshot, vxlan: &[VxlanDevice]) -> Vec<String> 
 /// (its FDB entries' and lightweight-tunnel routes' destinations: a
 /// metadata device, or a VTEP address on loopback with the peers behind
 /// several NICs), else every device with an address.
-fn underlay_of(snap: &Snapshot, dev: &VxlanDevice, notes: &mut Vec<String>) -> Result<Vec<String>> {
+fn underlay_of(
+    snap: &Snapshot,
+    dev: &VxlanDevice,
+    notes: &mut UnderlayNotes,
+) -> Result<Vec<String>> {
     if let Some(link) = snap.named_underlay(dev) {
         return Ok(vec![link.name.clone()]);
     }
@@ -208,11 +248,11 @@ fn underlay_of(snap: &Snapshot, dev: &VxlanDevice, notes: &mut Vec<String>) -> R
     );
     if !by_remotes.is_empty() {
         if dev.local.is_some() {
-            notes.push(format!(
-                "{}'s local address is on no device that sends (a routed underlay): watching the devices that reach its peers: {} (and any device a route to a peer goes through later)",
-                dev.name,
-                by_remotes.join(", ")
-            ));
+            notes
+                .by_remotes
+                .entry(by_remotes.clone())
+                .or_default()
+                .push(dev.name.clone());
         }
         return Ok(by_remotes);
     }
@@ -235,11 +275,11 @@ fn underlay_of(snap: &Snapshot, dev: &VxlanDevice, notes: &mut Vec<String>) -> R
             dev.name
         );
     }
-    notes.push(format!(
-        "{} names no underlay device; watching every device with an address: {}",
-        dev.name,
-        candidates.join(", ")
-    ));
+    notes
+        .any_with_address
+        .entry(candidates.clone())
+        .or_default()
+        .push(dev.name.clone());
     Ok(candidates)
 }
 
@@ -383,15 +423,49 @@ mod tests {
             encap_vni: Some(61),
         });
         let dev = VxlanDevice::for_test("vxm", 3, None, 8472);
-        let mut notes = Vec::new();
+        let mut notes = UnderlayNotes::default();
         assert_eq!(underlay_of(&snap, &dev, &mut notes).unwrap(), vec!["eth0"]);
-        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(notes.into_notes().count(), 0);
         // Without such routes: every device with an address, said so.
         snap.routes.clear();
+        let mut notes = UnderlayNotes::default();
         assert_eq!(
             underlay_of(&snap, &dev, &mut notes).unwrap(),
             vec!["eth0", "cni0"]
         );
-        assert_eq!(notes.len(), 1);
+        let said: Vec<String> = notes.into_notes().collect();
+        assert_eq!(said.len(), 1);
+        assert!(said[0].starts_with("vxm: "), "{said:?}");
+        assert!(
+            said[0].ends_with("every device with an address: eth0, cni0"),
+            "{said:?}"
+        );
+    }
+
+    /// Devices whose underlays were chosen alike share one note, which
+    /// names them all; devices chosen differently get one note each.
+    #[test]
+    fn one_note_per_way_of_choosing() {
+        let mut notes = UnderlayNotes::default();
+        for dev in ["vxlan100", "vxlan200"] {
+            notes
+                .by_remotes
+                .entry(vec!["eth0".into(), "eth1".into()])
+                .or_default()
+                .push(dev.into());
+        }
+        notes
+            .by_remotes
+            .entry(vec!["eth2".into()])
+            .or_default()
+            .push("vxlan300".into());
+        let said: Vec<String> = notes.into_notes().collect();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(
+            said[0].starts_with("vxlan100, vxlan200: the local address"),
+            "{said:?}"
+        );
+        assert!(said[0].contains("instead: eth0, eth1 (and any"), "{said:?}");
+        assert!(said[1].starts_with("vxlan300: "), "{said:?}");
     }
 }
