@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
 use vxtrace_common::{KernelOffsets, NO_FIELD, REASON_UNKNOWN};
 
-use crate::schema::ReasonSource;
+use crate::{reasons, schema::ReasonSource};
 
 /// Strips typedefs, const and volatile.
 fn resolve_underlying(btf: &Btf, mut t: Type) -> Result<Type> {
@@ -149,11 +149,6 @@ pub const REASON_INFERRED_VXLAN_RX: u32 = 0xfffe_0101;
 /// A drop in the VXLAN driver's transmit path, likewise.
 pub const REASON_INFERRED_VXLAN_TX: u32 = 0xfffe_0102;
 
-/// The names of the inferred reasons (in the VXLAN family where they are
-/// the driver's).
-pub const INFERRED_VXLAN_RX: &str = "VXLAN_RX_DROP";
-pub const INFERRED_VXLAN_TX: &str = "VXLAN_TX_DROP";
-
 /// A function whose drops are named by where they happen.
 struct DropSite {
     prefix: &'static str,
@@ -264,11 +259,11 @@ impl DropReasons {
     pub fn name(&self, reason: u32) -> String {
         match reason {
             REASON_UNKNOWN => return "UNKNOWN".into(),
-            REASON_INFERRED_NETFILTER => return "NETFILTER_DROP".into(),
-            REASON_INFERRED_VXLAN_RX => return INFERRED_VXLAN_RX.into(),
-            REASON_INFERRED_VXLAN_TX => return INFERRED_VXLAN_TX.into(),
-            vxtrace_common::REASON_KPROBE_PAWS => return "TCP_RFC7323_PAWS".into(),
-            vxtrace_common::REASON_KPROBE_TW_PAWS => return "TCP_RFC7323_TW_PAWS".into(),
+            REASON_INFERRED_NETFILTER => return reasons::NETFILTER_DROP.into(),
+            REASON_INFERRED_VXLAN_RX => return reasons::VXLAN_RX_DROP.into(),
+            REASON_INFERRED_VXLAN_TX => return reasons::VXLAN_TX_DROP.into(),
+            vxtrace_common::REASON_KPROBE_PAWS => return reasons::PAWS_ESTABLISHED.into(),
+            vxtrace_common::REASON_KPROBE_TW_PAWS => return reasons::PAWS_TIME_WAIT.into(),
             _ => {}
         }
         if let Some(n) = self.names.get(&reason) {

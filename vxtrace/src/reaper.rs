@@ -102,11 +102,7 @@ fn parse_filter(line: &str) -> Option<ClsactFilter> {
     let [device, hook, priority, handle] = parts[..] else {
         return None;
     };
-    let hook = match hook {
-        "ingress" => Hook::Ingress,
-        "egress" => Hook::Egress,
-        _ => return None,
-    };
+    let hook: Hook = hook.parse().ok()?;
     Some(ClsactFilter {
         device: device.to_string(),
         hook,

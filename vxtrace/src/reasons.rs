@@ -21,17 +21,34 @@ pub const NO_SOCKET: &str = "NO_SOCKET";
 pub const UDP_CSUM: &str = "UDP_CSUM";
 /// Too big for the next hop, and not to be fragmented.
 pub const PKT_TOO_BIG: &str = "PKT_TOO_BIG";
-/// The VXLAN driver found no remote for the frame (older name:
-/// VXLAN_NO_REMOTE).
+/// The VXLAN driver found no remote for the frame.
 pub const NO_TX_TARGET: &str = "NO_TX_TARGET";
+/// `NO_TX_TARGET`'s older name.
+pub const VXLAN_NO_REMOTE: &str = "VXLAN_NO_REMOTE";
+/// A metadata device got a frame without tunnel information.
+pub const TUNNEL_TXINFO: &str = "TUNNEL_TXINFO";
+/// Drops in the VXLAN driver's receive and transmit paths on kernels that
+/// name none of them (before Linux 6.13): vxtrace names them by where they
+/// happen.
+pub const VXLAN_RX_DROP: &str = "VXLAN_RX_DROP";
+pub const VXLAN_TX_DROP: &str = "VXLAN_TX_DROP";
 
+/// A PAWS reject of an established connection's segment.
+pub const PAWS_ESTABLISHED: &str = "TCP_RFC7323_PAWS";
+/// A PAWS reject of a segment for a connection in TIME_WAIT.
+pub const PAWS_TIME_WAIT: &str = "TCP_RFC7323_TW_PAWS";
 /// TCP timestamp checks (RFC 7323 PAWS).
 pub const PAWS: [&str; 4] = [
-    "TCP_RFC7323_PAWS",
+    PAWS_ESTABLISHED,
     "TCP_RFC7323_PAWS_ACK",
-    "TCP_RFC7323_TW_PAWS",
+    PAWS_TIME_WAIT,
     "TCP_RFC7323_TSECR",
 ];
+
+/// Reasons of the VXLAN / tunnel family for frames that die as they are
+/// sent (no remote, no tunnel information, the transmit path), not as
+/// they arrive: their loss is on the sending node.
+pub const DIES_WHEN_SENT: [&str; 4] = [NO_TX_TARGET, VXLAN_NO_REMOTE, TUNNEL_TXINFO, VXLAN_TX_DROP];
 
 /// Names vxtrace's findings rely on; a kernel without one of them gets a
 /// note at start.
@@ -172,12 +189,12 @@ pub const VXLAN_REASONS: &[(&str, &str, &str)] = &[
         "remove the stale static FDB entry for that MAC (`bridge fdb del`) or fix the peer's MAC",
     ),
     (
-        "NO_TX_TARGET",
+        NO_TX_TARGET,
         "no FDB entry (no remote) for the frame's destination MAC: it cannot be sent",
         "the overlay agent has not programmed the peer: add the FDB entry (`bridge fdb append MAC dev DEV dst PEER`) or restart the agent",
     ),
     (
-        "VXLAN_NO_REMOTE",
+        VXLAN_NO_REMOTE,
         "no FDB entry (no remote) for the frame's destination MAC: it cannot be sent",
         "the overlay agent has not programmed the peer: add the FDB entry (`bridge fdb append MAC dev DEV dst PEER`) or restart the agent",
     ),
@@ -187,17 +204,17 @@ pub const VXLAN_REASONS: &[(&str, &str, &str)] = &[
         "find the device on the path that marks CE on traffic that is not ECN-capable, or make the pods' traffic ECN-capable",
     ),
     (
-        "VXLAN_RX_DROP",
+        VXLAN_RX_DROP,
         "the VXLAN driver refused a packet it received; this kernel does not say why (it names these drops from Linux 6.13): usually a VNI no device here has, a header variant the device does not accept (GBP, GPE), or the peer's VXLAN device having this device's MAC",
         "compare both nodes' VXLAN devices (`ip -d link show type vxlan`: VNI, port, gbp, MAC)",
     ),
     (
-        "VXLAN_TX_DROP",
+        VXLAN_TX_DROP,
         "the VXLAN driver could not send a frame; this kernel does not say why: usually no FDB entry (no remote) for its destination MAC, or no route to the remote",
         "`bridge fdb show dev <device>` and `ip route get <peer>`; `vxtrace doctor` checks both",
     ),
     (
-        "TUNNEL_TXINFO",
+        TUNNEL_TXINFO,
         "a metadata (external) VXLAN device got a packet without tunnel information: no route gave it a remote",
         "the routes to the peer's pods must carry `encap ... dst PEER` (or the agent must set tunnel keys)",
     ),
@@ -251,8 +268,8 @@ mod tests {
         assert!(is_tunnel_reason("NO_TX_TARGET"));
         assert!(is_tunnel_reason("LOCAL_MAC"));
         assert_eq!(class("LOCAL_MAC", true), DropClass::Loss);
-        assert!(is_tunnel_reason(crate::kernel::INFERRED_VXLAN_RX));
-        assert!(is_tunnel_reason(crate::kernel::INFERRED_VXLAN_TX));
+        assert!(is_tunnel_reason(VXLAN_RX_DROP));
+        assert!(is_tunnel_reason(VXLAN_TX_DROP));
         assert!(!is_tunnel_reason("NETFILTER_DROP"));
     }
 

@@ -514,7 +514,10 @@ fn bad_checksum(o: &Observation<'_>) -> Option<Seen> {
         format!(
             "bad outer UDP checksums: {n} VXLAN packets from this peer were dropped as UDP_CSUM"
         ),
-        evidence(&[("rx_nic", o.counters.rx_nic.packets), ("UDP_CSUM", n)]),
+        evidence(&[
+            ("rx_nic", o.counters.rx_nic.packets),
+            (reasons::UDP_CSUM, n),
+        ]),
     )
 }
 
@@ -580,12 +583,9 @@ fn vxlan_driver_drops(o: &Observation<'_>) -> Option<Seen> {
             .join("; ")
     };
     // Frames with no remote die as they are sent; the rest as they arrive.
-    let sending = found.iter().all(|(r, _)| {
-        matches!(
-            r.as_str(),
-            "NO_TX_TARGET" | "VXLAN_NO_REMOTE" | "TUNNEL_TXINFO"
-        )
-    });
+    let sending = found
+        .iter()
+        .all(|(r, _)| reasons::DIES_WHEN_SENT.contains(&r.as_str()));
     Some(Seen {
         headline: format!("the VXLAN driver dropped {n} packets of this peer's traffic: {listed}"),
         evidence: listed,
@@ -610,7 +610,7 @@ fn packet_too_big(o: &Observation<'_>) -> Option<Seen> {
         format!(
             "{n} packets of this peer's traffic were too big for their path and dropped (PKT_TOO_BIG){size}"
         ),
-        evidence(&[("PKT_TOO_BIG", n), ("largest_bytes", largest)]),
+        evidence(&[(reasons::PKT_TOO_BIG, n), ("largest_bytes", largest)]),
     )
 }
 
@@ -1233,6 +1233,20 @@ mod tests {
                 headline_starts: "the VXLAN driver dropped 5 packets of this peer's traffic: IP_TUNNEL_ECN 2, VXLAN_VNI_NOT_FOUND 3",
                 evidence: "IP_TUNNEL_ECN 2, VXLAN_VNI_NOT_FOUND 3",
                 fix_mentions: "the same VNI",
+            },
+            Case {
+                name: "the VXLAN driver's transmit path (a kernel that names no reason)",
+                setup: |c, d, _| {
+                    healthy(c);
+                    d.insert("VXLAN_TX_DROP".into(), 7);
+                },
+                extra: |_| {},
+                outages: vec![],
+                cause: Cause::VxlanDriverDrops,
+                segment: Segment::SenderHost,
+                headline_starts: "the VXLAN driver dropped 7 packets of this peer's traffic: VXLAN_TX_DROP 7",
+                evidence: "VXLAN_TX_DROP 7",
+                fix_mentions: "ip route get",
             },
             Case {
                 name: "too big",

@@ -26,12 +26,12 @@ pub const PAWS_KPROBES: [PawsKprobe; 2] = [
     PawsKprobe {
         program: programs::PAWS_ESTABLISHED,
         target: "tcp_validate_incoming",
-        reason: "TCP_RFC7323_PAWS",
+        reason: crate::reasons::PAWS_ESTABLISHED,
     },
     PawsKprobe {
         program: programs::PAWS_TIME_WAIT,
         target: "tcp_timewait_state_process",
-        reason: "TCP_RFC7323_TW_PAWS",
+        reason: crate::reasons::PAWS_TIME_WAIT,
     },
 ];
 

@@ -12,6 +12,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
+#[macro_use]
+mod ids;
 mod counters;
 mod findings;
 mod probes;
@@ -19,6 +21,7 @@ mod report;
 
 pub use counters::*;
 pub use findings::*;
+pub use ids::UnknownId;
 pub use probes::*;
 pub use report::*;
 

@@ -5,39 +5,23 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The TC hook a program is on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Hook {
-    Ingress,
-    Egress,
-}
-
-impl Hook {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Hook::Ingress => "ingress",
-            Hook::Egress => "egress",
-        }
+string_ids! {
+    /// The TC hook a program is on.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum Hook {
+        Ingress = "ingress",
+        Egress = "egress",
     }
 }
 
-/// How a TC program got onto a device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// A tcx link (kernel >= 6.6); detached by the kernel when we exit.
-    Tcx,
-    /// A filter on the clsact qdisc, through netlink.
-    Clsact,
-}
-
-impl AttachMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttachMode::Tcx => "tcx",
-            AttachMode::Clsact => "clsact",
-        }
+string_ids! {
+    /// How a TC program got onto a device.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum AttachMode {
+        /// A tcx link (kernel >= 6.6); detached by the kernel when we exit.
+        Tcx = "tcx",
+        /// A filter on the clsact qdisc, through netlink.
+        Clsact = "clsact",
     }
 }
 
@@ -105,60 +89,38 @@ impl BlindSpot {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BlindSpotKind {
-    /// Another program runs before vxtrace on a hook, and vxtrace cannot
-    /// get ahead of it.
-    ProgramAhead,
-    /// Another program was attached ahead of vxtrace; vxtrace moved back
-    /// to the head of the chain.
-    MovedBack,
-    /// vxtrace runs first again on a hook where it was behind.
-    First,
-    /// An XDP program on a watched device sees packets before TC and may
-    /// drop, transmit or redirect them.
-    Xdp,
-    /// The kernel counted clearly more packets on a device than vxtrace.
-    UnseenPackets,
-    /// The kernel's count and vxtrace's agree again.
-    SeenAgain,
-}
-
-impl BlindSpotKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BlindSpotKind::ProgramAhead => "program_ahead",
-            BlindSpotKind::MovedBack => "moved_back",
-            BlindSpotKind::First => "first",
-            BlindSpotKind::Xdp => "xdp",
-            BlindSpotKind::UnseenPackets => "unseen_packets",
-            BlindSpotKind::SeenAgain => "seen_again",
-        }
+string_ids! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum BlindSpotKind {
+        /// Another program runs before vxtrace on a hook, and vxtrace cannot
+        /// get ahead of it.
+        ProgramAhead = "program_ahead",
+        /// Another program was attached ahead of vxtrace; vxtrace moved back
+        /// to the head of the chain.
+        MovedBack = "moved_back",
+        /// vxtrace runs first again on a hook where it was behind.
+        First = "first",
+        /// An XDP program on a watched device sees packets before TC and may
+        /// drop, transmit or redirect them.
+        Xdp = "xdp",
+        /// The kernel counted clearly more packets on a device than vxtrace.
+        UnseenPackets = "unseen_packets",
+        /// The kernel's count and vxtrace's agree again.
+        SeenAgain = "seen_again",
     }
 }
 
-/// Which `skb:kfree_skb` hook the drop program is on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DropHook {
-    /// The BTF-typed tracepoint (`tp_btf`), on kernels with BTF.
-    BtfTracepoint,
-    RawTracepoint,
-    Tracepoint,
-    /// Kernel drops are not counted.
-    #[default]
-    None,
-}
-
-impl DropHook {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropHook::BtfTracepoint => "btf_tracepoint",
-            DropHook::RawTracepoint => "raw_tracepoint",
-            DropHook::Tracepoint => "tracepoint",
-            DropHook::None => "none",
-        }
+string_ids! {
+    /// Which `skb:kfree_skb` hook the drop program is on.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum DropHook {
+        /// The BTF-typed tracepoint (`tp_btf`), on kernels with BTF.
+        BtfTracepoint = "btf_tracepoint",
+        RawTracepoint = "raw_tracepoint",
+        Tracepoint = "tracepoint",
+        /// Kernel drops are not counted.
+        #[default]
+        None = "none",
     }
 }
 
@@ -170,28 +132,17 @@ pub struct DropProbe {
     pub skipped: Vec<String>,
 }
 
-/// Where the drop-reason names came from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ReasonSource {
-    /// `enum skb_drop_reason` in the kernel's BTF.
-    #[serde(rename = "BTF")]
-    Btf,
-    /// The tracepoint's format file.
-    #[serde(rename = "tracefs")]
-    Tracefs,
-    /// Neither: reasons are shown by number.
-    #[default]
-    #[serde(rename = "none")]
-    None,
-}
-
-impl ReasonSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReasonSource::Btf => "BTF",
-            ReasonSource::Tracefs => "tracefs",
-            ReasonSource::None => "none",
-        }
+string_ids! {
+    /// Where the drop-reason names came from.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum ReasonSource {
+        /// `enum skb_drop_reason` in the kernel's BTF.
+        Btf = "BTF",
+        /// The tracepoint's format file.
+        Tracefs = "tracefs",
+        /// Neither: reasons are shown by number.
+        #[default]
+        None = "none",
     }
 }
 

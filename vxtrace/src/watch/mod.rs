@@ -275,7 +275,7 @@ fn load_stage(args: &WatchArgs, p: &Planned, btf: LoaderBtf) -> Result<Tracer> {
     let cfg = TracerConfig {
         ports: p.plan.ports.clone(),
         foreign_ports: p.plan.foreign_ports.clone(),
-        reason_too_big: p.kinfo.reasons.id("PKT_TOO_BIG"),
+        reason_too_big: p.kinfo.reasons.id(crate::reasons::PKT_TOO_BIG),
         local_addrs: p.plan.local_addrs.clone(),
         gbp: p.plan.gbp,
         filter_vni: p.plan.filter_vni,

@@ -42,6 +42,8 @@ macro_rules! evidence {
     }};
 }
 
+mod firewall;
+
 /// The address typical of VM NAT networking defaults (VirtualBox/Vagrant).
 const VM_NAT_DEFAULT: &str = "10.0.2.15";
 
@@ -392,275 +394,6 @@ fn is_underlay_like(snap: &Snapshot, ifindex: u32) -> bool {
 }
 
 /// Firewall and NAT checks over `nft -j list ruleset`.
-fn check_nft(
-    ruleset: &Value,
-    devs: &[VxlanDevice],
-    pod_nets: &[(IpAddr, u8)],
-    out: &mut Vec<Finding>,
-) {
-    let items = ruleset["nftables"].as_array().cloned().unwrap_or_default();
-    let mut hooks: BTreeMap<(String, String, String), String> = BTreeMap::new();
-    for it in &items {
-        if let Some(c) = it.get("chain") {
-            hooks.insert(
-                (s(&c["family"]), s(&c["table"]), s(&c["name"])),
-                s(&c["hook"]),
-            );
-        }
-    }
-    let ports: BTreeSet<u64> = devs.iter().map(|d| d.port as u64).collect();
-    let names: BTreeSet<String> = devs.iter().map(|d| d.name.clone()).collect();
-    for it in &items {
-        let Some(r) = it.get("rule") else { continue };
-        let key = (s(&r["family"]), s(&r["table"]), s(&r["chain"]));
-        let hook = hooks.get(&key).cloned().unwrap_or_default();
-        let exprs = r["expr"].as_array().cloned().unwrap_or_default();
-        let verdict = exprs.iter().find_map(|e| {
-            ["drop", "reject", "masquerade", "snat"]
-                .into_iter()
-                .find(|v| e.get(*v).is_some())
-        });
-        let Some(verdict) = verdict else { continue };
-        let text = rule_text(&exprs);
-        let where_ = format!("{} {} chain {} ({} hook)", key.0, key.1, key.2, hook);
-        let matches_port = exprs.iter().any(|e| {
-            let m = &e["match"];
-            m["left"]["payload"]["field"] == "dport"
-                && m["op"] != "!="
-                && value_matches_port(&m["right"], &ports)
-        });
-        let mentions_dev = exprs.iter().any(|e| {
-            let m = &e["match"];
-            m["left"]["meta"]["key"]
-                .as_str()
-                .is_some_and(|k| k == "oifname" || k == "iifname")
-                && m["op"] != "!="
-                && m["right"].as_str().is_some_and(|n| names.contains(n))
-        });
-        let addr_match = |field: &str| {
-            exprs.iter().any(|e| {
-                let m = &e["match"];
-                m["left"]["payload"]["field"] == field
-                    && m["op"] != "!="
-                    && prefix_in(&m["right"], pod_nets)
-            })
-        };
-        let found = match verdict {
-            "drop" | "reject"
-                if matches_port && matches!(hook.as_str(), "input" | "prerouting") =>
-            {
-                Some((
-                    Check::FirewallDropsVxlan,
-                    format!("an nftables rule drops the VXLAN port on input: {where_}: {text}"),
-                    "allow UDP to the VXLAN port from the other nodes before this rule (flannel: 8472; IANA: 4789)",
-                ))
-            }
-            "drop" | "reject"
-                if hook == "forward"
-                    && (mentions_dev || addr_match("saddr") || addr_match("daddr")) =>
-            {
-                Some((
-                    Check::FirewallDropsPodTraffic,
-                    format!("an nftables rule drops forwarded pod traffic: {where_}: {text}"),
-                    "allow forwarding between pod subnets and the VXLAN device (iptables -P FORWARD ACCEPT, or explicit accepts)",
-                ))
-            }
-            "masquerade" | "snat"
-                if hook == "postrouting"
-                    && (mentions_dev || (addr_match("saddr") && addr_match("daddr"))) =>
-            {
-                Some((
-                    Check::MasqueradePodTraffic,
-                    format!(
-                        "a {verdict} rule rewrites pod-to-pod overlay traffic: {where_}: {text}"
-                    ),
-                    "exclude pod destinations from masquerading (flannel: `-d POD_CIDR -j RETURN` before MASQUERADE; docker --ip-masq=false)",
-                ))
-            }
-            _ => None,
-        };
-        if let Some((check, message, fix)) = found {
-            out.push(finding(
-                check,
-                Severity::Error,
-                &devs[0].name,
-                message,
-                evidence!({"table": key.1, "chain": key.2, "hook": hook, "rule": text}),
-                fix.into(),
-            ));
-        }
-    }
-}
-
-fn s(v: &Value) -> String {
-    v.as_str().unwrap_or("").to_string()
-}
-
-fn value_matches_port(v: &Value, ports: &BTreeSet<u64>) -> bool {
-    if let Some(p) = v.as_u64() {
-        return ports.contains(&p);
-    }
-    if let Some(set) = v["set"].as_array() {
-        return set.iter().any(|x| value_matches_port(x, ports));
-    }
-    if let Some(range) = v["range"].as_array()
-        && let (Some(lo), Some(hi)) = (
-            range.first().and_then(|x| x.as_u64()),
-            range.get(1).and_then(|x| x.as_u64()),
-        )
-    {
-        return ports.iter().any(|p| (lo..=hi).contains(p));
-    }
-    false
-}
-
-/// Does an nft address value (address or prefix) overlap the pod networks?
-fn prefix_in(v: &Value, pod_nets: &[(IpAddr, u8)]) -> bool {
-    let (addr, len) = if let Some(a) = v.as_str() {
-        (
-            a.parse::<IpAddr>().ok(),
-            if a.contains(':') { 128 } else { 32 },
-        )
-    } else if v["prefix"].is_object() {
-        (
-            s(&v["prefix"]["addr"]).parse().ok(),
-            v["prefix"]["len"].as_u64().unwrap_or(0) as u8,
-        )
-    } else {
-        (None, 0)
-    };
-    let Some(addr) = addr else { return false };
-    pod_nets.iter().any(|(n, l)| {
-        prefix_contains(n, *l.min(&len), &addr) || prefix_contains(&addr, len.min(*l), n)
-    })
-}
-
-/// A compact human form of a rule's expressions.
-fn rule_text(exprs: &[Value]) -> String {
-    exprs
-        .iter()
-        .map(|e| {
-            if let Some(m) = e.get("match") {
-                let left = if let Some(p) = m["left"].get("payload") {
-                    format!("{} {}", s(&p["protocol"]), s(&p["field"]))
-                } else if let Some(meta) = m["left"].get("meta") {
-                    s(&meta["key"])
-                } else {
-                    m["left"].to_string()
-                };
-                let right = match &m["right"] {
-                    Value::String(x) => x.clone(),
-                    other if other["prefix"].is_object() => {
-                        format!("{}/{}", s(&other["prefix"]["addr"]), other["prefix"]["len"])
-                    }
-                    other => other.to_string(),
-                };
-                let op = s(&m["op"]);
-                if op == "==" {
-                    format!("{left} {right}")
-                } else {
-                    format!("{left} {op} {right}")
-                }
-            } else if let Some(k) = e.as_object().and_then(|o| o.keys().next()) {
-                k.clone()
-            } else {
-                e.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Firewall and NAT checks over `iptables-save` (legacy backend rules are
-/// invisible to nft).
-fn check_iptables(
-    text: &str,
-    devs: &[VxlanDevice],
-    pod_nets: &[(IpAddr, u8)],
-    out: &mut Vec<Finding>,
-) {
-    let ports: Vec<String> = devs.iter().map(|d| d.port.to_string()).collect();
-    let mut table = "";
-    for line in text.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            table = if t == "nat" {
-                "nat"
-            } else if t == "filter" {
-                "filter"
-            } else {
-                ""
-            };
-            continue;
-        }
-        let Some(rule) = line.strip_prefix("-A ") else {
-            continue;
-        };
-        let words: Vec<&str> = rule.split_whitespace().collect();
-        let chain = words.first().copied().unwrap_or("");
-        let arg = |flag: &str| words.windows(2).find(|w| w[0] == flag).map(|w| w[1]);
-        let target = arg("-j").unwrap_or("");
-        let in_pod = |flag: &str| {
-            arg(flag)
-                .and_then(|a| {
-                    let (ip, len) = a.split_once('/').unwrap_or((a, "32"));
-                    Some((ip.parse::<IpAddr>().ok()?, len.parse::<u8>().ok()?))
-                })
-                .is_some_and(|(ip, len)| {
-                    pod_nets
-                        .iter()
-                        .any(|(n, l)| prefix_contains(n, (*l).min(len), &ip))
-                })
-                && !words.windows(2).any(|w| w[0] == "!" && w[1] == flag)
-        };
-        let dev_named = ["-o", "-i"]
-            .iter()
-            .any(|f| arg(f).is_some_and(|d| devs.iter().any(|v| v.name == d)));
-        let found = if table == "filter"
-            && chain == "INPUT"
-            && matches!(target, "DROP" | "REJECT")
-            && arg("--dport").is_some_and(|p| ports.iter().any(|x| x == p))
-        {
-            Some((
-                Check::FirewallDropsVxlan,
-                format!("an iptables rule drops the VXLAN port on input: {line}"),
-                "allow UDP to the VXLAN port from the other nodes before this rule",
-            ))
-        } else if table == "filter"
-            && chain == "FORWARD"
-            && matches!(target, "DROP" | "REJECT")
-            && (dev_named || in_pod("-s") || in_pod("-d"))
-        {
-            Some((
-                Check::FirewallDropsPodTraffic,
-                format!("an iptables rule drops forwarded pod traffic: {line}"),
-                "allow forwarding between pod subnets and the VXLAN device",
-            ))
-        } else if table == "nat"
-            && chain == "POSTROUTING"
-            && matches!(target, "MASQUERADE" | "SNAT")
-            && (dev_named || (in_pod("-s") && in_pod("-d")))
-        {
-            Some((
-                Check::MasqueradePodTraffic,
-                format!("a {target} rule rewrites pod-to-pod overlay traffic: {line}"),
-                "exclude pod destinations from masquerading (`-d POD_CIDR -j RETURN` first)",
-            ))
-        } else {
-            None
-        };
-        if let Some((check, message, fix)) = found {
-            out.push(finding(
-                check,
-                Severity::Error,
-                &devs[0].name,
-                message,
-                evidence!({"table": table, "chain": chain, "rule": line}),
-                fix.into(),
-            ));
-        }
-    }
-}
-
 fn sysctl(path: &str) -> Option<i64> {
     std::fs::read_to_string(format!("/proc/sys/{path}"))
         .ok()?
@@ -803,7 +536,7 @@ pub fn check_snapshot(snap: &Snapshot, devs: &[VxlanDevice]) -> (Vec<Finding>, V
             Ok(v) => {
                 nat_present |=
                     v.to_string().contains("\"masquerade\"") || v.to_string().contains("\"snat\"");
-                check_nft(&v, devs, &pod_nets, &mut out);
+                firewall::check(&firewall::from_nft(&v), devs, &pod_nets, &mut out);
             }
             Err(e) => notes.push(format!(
                 "nft -j output not understood ({e}): nftables checks skipped"
@@ -822,7 +555,7 @@ pub fn check_snapshot(snap: &Snapshot, devs: &[VxlanDevice]) -> (Vec<Finding>, V
     {
         let text = String::from_utf8_lossy(&o.stdout).to_string();
         nat_present |= text.contains("MASQUERADE") || text.contains("-j SNAT");
-        check_iptables(&text, devs, &pod_nets, &mut out);
+        firewall::check(&firewall::from_iptables(&text), devs, &pod_nets, &mut out);
     }
     check_sysctls(snap, devs, &underlays, nat_present, &mut out);
     out.dedup();
@@ -1111,42 +844,6 @@ mod tests {
             out[0].fix.contains("copied to every host"),
             "{}",
             out[0].fix
-        );
-    }
-
-    #[test]
-    fn nft_rules_are_recognised() {
-        let dev = VxlanDevice::for_test("flannel.1", 3, Some(1), 8472);
-        let ruleset = serde_json::json!({"nftables": [
-            {"chain": {"family": "inet", "table": "t", "name": "in", "hook": "input"}},
-            {"rule": {"family": "inet", "table": "t", "chain": "in", "expr": [
-                {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 8472}},
-                {"drop": null}]}},
-            {"rule": {"family": "inet", "table": "t", "chain": "in", "expr": [
-                {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}},
-                {"drop": null}]}},
-            {"chain": {"family": "ip", "table": "nat", "name": "post", "hook": "postrouting"}},
-            {"rule": {"family": "ip", "table": "nat", "chain": "post", "expr": [
-                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}},
-                {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "flannel.1"}},
-                {"masquerade": null}]}},
-        ]});
-        let mut out = Vec::new();
-        check_nft(
-            &ruleset,
-            &[dev],
-            &[("10.244.0.0".parse().unwrap(), 16)],
-            &mut out,
-        );
-        let checks: Vec<&str> = out.iter().map(|f| f.check.as_str()).collect();
-        assert_eq!(
-            checks,
-            vec!["firewall_drops_vxlan", "masquerade_pod_traffic"]
-        );
-        assert!(
-            out[0].message.contains("udp dport 8472 drop"),
-            "{}",
-            out[0].message
         );
     }
 }
