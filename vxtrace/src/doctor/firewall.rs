@@ -86,6 +86,14 @@ fn in_pods(addrs: &[(IpAddr, u8)], pod_nets: &[(IpAddr, u8)]) -> bool {
     })
 }
 
+/// Whether any rule rewrites source addresses (masquerade or SNAT): NAT
+/// on the node, which some sysctls do not survive.
+pub fn rewrites_addresses(rules: &[Rule]) -> bool {
+    rules
+        .iter()
+        .any(|r| matches!(r.action, Some(Action::Masquerade | Action::Snat)))
+}
+
 /// The checks of the rules against the watched devices and the pod
 /// networks; each finding is reported against the device the rule is
 /// about (the one it names, or whose port it drops).
@@ -471,6 +479,14 @@ COMMIT
             out[4].message.split(':').next(),
             Some("a snat rule rewrites pod-to-pod overlay traffic")
         );
+        // Either kind of rewrite, alone, is NAT on the node.
+        for target in ["MASQUERADE", "SNAT --to-source 192.0.2.1"] {
+            let nat = format!("*nat\n-A POSTROUTING -o eth0 -j {target}\nCOMMIT\n");
+            assert!(rewrites_addresses(&from_iptables(&nat)), "{target}");
+        }
+        assert!(!rewrites_addresses(&from_iptables(
+            "*filter\n-A INPUT -p udp --dport 8472 -j DROP\nCOMMIT\n"
+        )));
     }
 
     /// The same rule written by either tool gives the same finding, in

@@ -534,9 +534,9 @@ pub fn check_snapshot(snap: &Snapshot, devs: &[VxlanDevice]) -> (Vec<Finding>, V
     match Command::new("nft").args(["-j", "list", "ruleset"]).output() {
         Ok(o) if o.status.success() => match serde_json::from_slice::<Value>(&o.stdout) {
             Ok(v) => {
-                nat_present |=
-                    v.to_string().contains("\"masquerade\"") || v.to_string().contains("\"snat\"");
-                firewall::check(&firewall::from_nft(&v), devs, &pod_nets, &mut out);
+                let rules = firewall::from_nft(&v);
+                nat_present |= firewall::rewrites_addresses(&rules);
+                firewall::check(&rules, devs, &pod_nets, &mut out);
             }
             Err(e) => notes.push(format!(
                 "nft -j output not understood ({e}): nftables checks skipped"
@@ -553,9 +553,9 @@ pub fn check_snapshot(snap: &Snapshot, devs: &[VxlanDevice]) -> (Vec<Finding>, V
     if let Ok(o) = Command::new("iptables-legacy-save").output()
         && o.status.success()
     {
-        let text = String::from_utf8_lossy(&o.stdout).to_string();
-        nat_present |= text.contains("MASQUERADE") || text.contains("-j SNAT");
-        firewall::check(&firewall::from_iptables(&text), devs, &pod_nets, &mut out);
+        let rules = firewall::from_iptables(&String::from_utf8_lossy(&o.stdout));
+        nat_present |= firewall::rewrites_addresses(&rules);
+        firewall::check(&rules, devs, &pod_nets, &mut out);
     }
     check_sysctls(snap, devs, &underlays, nat_present, &mut out);
     out.dedup();

@@ -13,7 +13,7 @@ use serde_json::json;
 use vxtrace::schema::Line;
 use vxtrace_tests::{LabGuard, bin};
 
-use crate::{Report, kernel_cost::frame, median, stop, watcher};
+use crate::{Report, kernel_cost::frame, median, num, stop, watcher};
 
 /// Sends VXLAN packets from `n` source addresses in turn to node 1's
 /// underlay address, from node 2's namespace, for `secs`: one from each per
@@ -289,22 +289,21 @@ pub fn guests(r: &mut Report) {
         let _ = writeln!(r.md, "Not measured: {path} holds no userspace figure.");
         return;
     };
-    let of = |g: &serde_json::Value, k: &str| g[k].as_f64().unwrap_or(f64::NAN);
     let _ = writeln!(
         r.md,
         "| possible CPUs | kernel | CPU (emulated, % of one core) | map read, median | × the fewest | RSS running | peak RSS |\n|---|---|---|---|---|---|---|"
     );
     for g in &guests {
-        let read_ratio = of(g, "map_read_ms") / of(fewest, "map_read_ms");
+        let read_ratio = num(g, "map_read_ms") / num(fewest, "map_read_ms");
         let _ = writeln!(
             r.md,
             "| {} | {} | {:.1} | {:.0} ms | {read_ratio:.1} | {:.1} MiB | {:.1} MiB |",
             g["possible_cpus"],
             g["guest_kernel"].as_str().unwrap_or("?"),
-            of(g, "cpu_core_fraction") * 100.0,
-            of(g, "map_read_ms"),
-            of(g, "running_rss_kib") / 1024.0,
-            of(g, "peak_rss_kib") / 1024.0,
+            num(g, "cpu_core_fraction") * 100.0,
+            num(g, "map_read_ms"),
+            num(g, "running_rss_kib") / 1024.0,
+            num(g, "peak_rss_kib") / 1024.0,
         );
         let mut v = (*g).clone();
         v["figure"] = "userspace_guest".into();
