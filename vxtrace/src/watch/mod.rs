@@ -104,6 +104,15 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         }
     };
     let visibility = visibility::Visibility::start(&mut tracer, &planned.plan, &after_attach);
+    let netstat = crate::netstat::Baseline::take(
+        &args.netns,
+        &planned
+            .plan
+            .vxlan
+            .iter()
+            .map(|d| d.name.clone())
+            .collect::<Vec<_>>(),
+    );
     sinks.attached(&Line::Attached(Box::new(Attached {
         node: Some(planned.node.clone()),
         devices: planned.plan.vxlan.clone(),
@@ -138,7 +147,7 @@ async fn run_async(args: WatchArgs) -> Result<()> {
         node: planned.node,
         interval: args.interval,
         syn_timeout: args.syn_timeout,
-        netns_specs: args.netns.clone(),
+        netstat,
     });
     session.run(&mut sinks, args.duration).await?;
     session.finish(&mut sinks).await

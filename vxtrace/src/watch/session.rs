@@ -38,7 +38,6 @@ struct Sample {
 pub struct Session {
     run: SessionStart,
     devices: DeviceWatch,
-    netstat: netstat::Baseline,
     start: Instant,
     last_tick: Instant,
 }
@@ -55,7 +54,9 @@ pub struct SessionStart {
     pub node: Node,
     pub interval: Duration,
     pub syn_timeout: Duration,
-    pub netns_specs: Vec<String>,
+    /// Counters the summary reports as deltas, read before the "attached"
+    /// line: whatever a caller does once it sees that line is counted.
+    pub netstat: netstat::Baseline,
 }
 
 impl Session {
@@ -63,14 +64,6 @@ impl Session {
         let now = Instant::now();
         Self {
             devices: DeviceWatch::new(&run.plan, &run.snap),
-            netstat: netstat::Baseline::take(
-                &run.netns_specs,
-                &run.plan
-                    .vxlan
-                    .iter()
-                    .map(|d| d.name.clone())
-                    .collect::<Vec<_>>(),
-            ),
             run,
             start: now,
             last_tick: now,
@@ -247,7 +240,7 @@ impl Session {
             &facts,
             &self.run.snap,
             at_exit.as_ref(),
-            &self.netstat,
+            &self.run.netstat,
         )));
         drop(self.run.tracer);
         if let Some(r) = self.run.reaper.take() {
