@@ -9,7 +9,29 @@
 use crate::schema::{Cause, Direction, Finding, Segment, SizeDistribution, round3};
 use vxtrace_common::SIZE_BUCKET_BOUNDS;
 
-use super::MIN_PACKETS;
+use super::{
+    About, MIN_PACKETS,
+    rules::{LOST_BEFORE_DECAP, LOST_WHILE_ENCAPSULATING, PATH_MTU},
+};
+
+pub const PATH_LOSS: About = About {
+    cause: Cause::PathLoss,
+    segment: Segment::Path,
+    direction: Direction::ToPeer,
+    meaning: "the underlay path between the nodes drops them: a security group or firewall on the way, NAT, or a policer",
+    fix: "allow the VXLAN UDP port between the nodes on the path (security groups, cloud or hypervisor firewalls) and check for NAT between them; tcpdump on both underlay devices shows where packets stop",
+};
+
+pub const SUBNET_BLACKHOLE: About = About {
+    cause: Cause::SubnetBlackhole,
+    segment: Segment::Path,
+    direction: Direction::ToPeer,
+    meaning: "a device on the path (a policer, a rate limiter, a route) blackholed the sending node",
+    fix: "find what drops the sending node's packets on the underlay (policer, UDP rate limit, security group); the outage times show when",
+};
+
+/// The causes only both ends of a link show; the rest are the node rules'.
+pub(super) const CAUSES: &[&About] = &[&PATH_LOSS, &SUBNET_BLACKHOLE];
 
 /// What both ends counted for one link over the span they share.
 pub struct LinkObservation<'a> {
@@ -108,59 +130,55 @@ fn verdict(segment: Segment, lost: u64, of: u64, findings: Vec<Finding>) -> Link
     }
 }
 
+/// A finding of `about` on the link: its fix said for the node it is
+/// about (the sender, the receiver, or the path between them), or `fix`
+/// where the counts tell more.
 fn link_finding(
-    kind: Cause,
-    segment: Segment,
+    o: &LinkObservation<'_>,
+    about: &About,
     headline: String,
-    cause: &str,
     evidence: String,
-    fix: String,
+    fix: Option<String>,
 ) -> Finding {
-    Finding {
-        kind,
-        headline,
-        cause: cause.to_string(),
-        segment,
-        direction: Direction::ToPeer,
-        evidence,
-        fix,
-    }
+    let mut f = about.finding(headline, evidence);
+    f.direction = Direction::ToPeer;
+    f.fix = fix.unwrap_or_else(|| {
+        let place = match about.segment {
+            Segment::SenderHost => format!("on {}", o.from),
+            Segment::ReceiverHost => format!("on {}", o.to),
+            _ => format!("from {} to {}", o.from, o.to),
+        };
+        format!("{place}: {}", about.fix)
+    });
+    f
 }
 
 fn encapsulation_loss(o: &LinkObservation<'_>) -> Finding {
     link_finding(
-        Cause::LostWhileEncapsulating,
-        Segment::SenderHost,
+        o,
+        &LOST_WHILE_ENCAPSULATING.about,
         format!(
             "{} handed {} frames for {} to its VXLAN device, {} left its underlay device",
             o.from, o.tx_dev, o.to, o.tx_encap
         ),
-        "lost on the sending node while encapsulating: no FDB entry or route for the peer, the MTU, or the qdisc",
         format!("tx_dev {} at {}, tx_encap {}", o.tx_dev, o.from, o.tx_encap),
-        format!(
-            "on {}, check the FDB entry and the route for {} (`vxtrace doctor`)",
-            o.from, o.to
-        ),
+        None,
     )
 }
 
 fn decap_loss(o: &LinkObservation<'_>, lost: u64) -> Finding {
     link_finding(
-        Cause::LostBeforeDecap,
-        Segment::ReceiverHost,
+        o,
+        &LOST_BEFORE_DECAP.about,
         format!(
             "{} packets from {} reached {}'s underlay device, {} were decapsulated",
             o.rx_nic, o.from, o.to, o.rx_decap
         ),
-        "lost on the receiving node between the NIC and the VXLAN device: no socket on the port, a wrong VNI, bad checksums, or a firewall",
         format!(
             "rx_nic {} at {}, rx_decap {}, lost {lost}",
             o.rx_nic, o.to, o.rx_decap
         ),
-        format!(
-            "on {}, check the VXLAN device's port and VNI and the drop reasons for {}",
-            o.to, o.from
-        ),
+        None,
     )
 }
 
@@ -173,52 +191,44 @@ fn path_finding(o: &LinkObservation<'_>, lost: u64) -> Finding {
     );
     if let Some(words) = &o.blackhole {
         return link_finding(
-            Cause::SubnetBlackhole,
-            Segment::Path,
+            o,
+            &SUBNET_BLACKHOLE,
             format!(
                 "{}'s traffic to several peers, {} among them, was lost in the same seconds",
                 o.from, o.to
             ),
-            "a device on the path (a policer, a rate limiter, a route) blackholed the sending node",
             format!("{counted}; {words}"),
-            format!(
-                "find what drops {}'s packets on the underlay (policer, UDP rate limit, security group); the outage times show when",
-                o.from
-            ),
+            None,
         );
     }
     if let Some((bound, big_sent, small_arrived)) = size_cutoff(o.sent_sizes, o.arrived_sizes) {
+        // Both ends' sizes give the MTU itself.
         return link_finding(
-            Cause::PathMtu,
-            Segment::Path,
+            o,
+            &PATH_MTU.about,
             format!(
                 "packets above {bound} bytes from {} never reach {}",
                 o.from, o.to
             ),
-            "the path MTU between the nodes is below the VXLAN packet size: large packets are lost, small ones pass",
             format!(
                 "{counted}; outer packets above {bound} bytes: {big_sent} sent, 0 arrived; {small_arrived} smaller ones arrived"
             ),
-            format!(
+            Some(format!(
                 "set the VXLAN device's MTU to at most {} (IPv4 underlay) or {} (IPv6), and the pods' MTU no higher; or raise the path MTU",
                 bound.saturating_sub(50),
                 bound.saturating_sub(70)
-            ),
+            )),
         );
     }
     link_finding(
-        Cause::PathLoss,
-        Segment::Path,
+        o,
+        &PATH_LOSS,
         format!(
             "{} packets from {} to {} left {} and never reached {} ({} of {})",
             lost, o.from, o.to, o.from, o.to, lost, o.tx_encap
         ),
-        "the underlay path between the nodes drops them: a security group or firewall on the way, NAT, or a policer",
         counted,
-        format!(
-            "allow the VXLAN UDP port from {} to {} on the path (security groups, cloud or hypervisor firewalls), check for NAT between them; tcpdump on both underlay devices shows where packets stop",
-            o.from, o.to
-        ),
+        None,
     )
 }
 

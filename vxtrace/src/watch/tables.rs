@@ -127,7 +127,7 @@ impl Tables {
         by_vtep
             .into_values()
             .map(|mut v| {
-                v.finding = diagnosis::diagnose_unresolved(&v);
+                v.finding = Some(diagnosis::diagnose_unresolved(&v));
                 v
             })
             .collect()
