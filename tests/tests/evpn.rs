@@ -308,7 +308,7 @@ fn evpn_host_move_follows_to_the_new_vtep() {
     };
     assert_eq!(moved.from, IpAddr::V4(vtep(2)));
     assert_eq!(
-        moved.mac.map(|m| vxtrace::discovery::format_mac(&m)),
+        moved.mac.map(|m| vxtrace::mac::format_mac(&m)),
         Some(mac.clone())
     );
 

@@ -18,7 +18,8 @@ use vxtrace_common::{
 
 use super::Tracer;
 use crate::{
-    discovery::{Snapshot, VxlanDevice, is_group_mac, peer_addr, peer_key},
+    discovery::{Snapshot, VxlanDevice, peer_addr, peer_key},
+    mac::is_group_mac,
     schema::MacMove,
 };
 

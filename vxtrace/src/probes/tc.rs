@@ -122,7 +122,7 @@ impl Tracer {
         // Filters left by an earlier vxtrace that could not clean up (it
         // and its watchdog were killed together); only when no other
         // vxtrace runs here, since those filters could be its.
-        if !crate::reaper::other_vxtrace_in_this_netns() {
+        if !crate::procs::other_vxtrace_in_this_netns() {
             let _ = qdisc_detach_program(iface, tc_hook(hook), program);
         }
         if !self.attach_clsact_first(program, iface, hook)? {

@@ -131,7 +131,7 @@ mod mac_text {
 
     pub fn serialize<S: Serializer>(mac: &Option<[u8; 6]>, s: S) -> Result<S::Ok, S::Error> {
         match mac {
-            Some(m) => s.serialize_str(&crate::discovery::format_mac(m)),
+            Some(m) => s.serialize_str(&crate::mac::format_mac(m)),
             None => s.serialize_none(),
         }
     }

@@ -58,7 +58,7 @@ pub fn describe(line: &Line) -> Option<String> {
             "{} on {} (VNI {}) moved from VTEP {} to {}: counted on {} from now on",
             m.mac
                 .as_ref()
-                .map(crate::discovery::format_mac)
+                .map(crate::mac::format_mac)
                 .unwrap_or_default(),
             m.device,
             m.vni,

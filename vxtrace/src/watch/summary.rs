@@ -10,7 +10,8 @@ use vxtrace_common::PeerKey;
 use super::{plan::Plan, tables::Tables};
 use crate::{
     conntrack,
-    discovery::{Snapshot, format_mac},
+    discovery::Snapshot,
+    mac::format_mac,
     netstat,
     schema::{
         Attachment, ConntrackStatus, DoctorFinding, DropMapStats, Node, PeerMapStats, PeerNode,

@@ -114,7 +114,7 @@ impl Tables {
                 vtep: u.vtep,
                 device: u.device.clone(),
                 subnets: Vec::new(),
-                mac: u.mac.as_ref().map(crate::discovery::format_mac),
+                mac: u.mac.as_ref().map(crate::mac::format_mac),
                 missing: u.missing,
                 drops: drops
                     .get(&peer_key(&u.vtep))
