@@ -29,7 +29,7 @@ pub use unresolved::diagnose_unresolved;
 
 use crate::schema::{
     Cause, Direction, Finding, OutageRecord, PeerCounters, PeerSummary, PortMismatch, Segment,
-    TcpOutcome, TooBigDrops,
+    TcpOutcome, TooBigDrops, evidence_text as evidence,
 };
 
 /// Packets a traffic rule needs before it concludes anything.

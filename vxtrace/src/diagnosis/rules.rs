@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{About, MIN_PACKETS, Observation, Rule, Seen, seen};
+use super::{About, MIN_PACKETS, Observation, Rule, Seen, evidence, seen};
 use crate::{
     reasons,
     schema::{Cause, Direction, OutageRecord, PeerCounters, Segment},
@@ -35,15 +35,6 @@ pub const RULES: &[Rule] = &[
     INTERMITTENT_OUTAGE,
 ];
 
-/// "a 1, b 2".
-fn evidence(items: &[(&str, u64)]) -> String {
-    items
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn nf_drops(o: &Observation<'_>) -> u64 {
     reasons::count(o.drops, reasons::NETFILTER_DROP)
 }
@@ -66,7 +57,7 @@ fn paws_rejects(o: &Observation<'_>) -> Option<Seen> {
         format!(
             "TCP timestamps: {paws} segments of this peer's connections were dropped by the PAWS check"
         ),
-        evidence(&[
+        evidence([
             ("paws_rejects", paws),
             ("unanswered_syn", o.tcp.unanswered_syn),
         ]),
@@ -92,7 +83,7 @@ fn unanswered_syn(o: &Observation<'_>) -> Option<Seen> {
             "{} SYNs got no SYN-ACK in time ({retrans} retransmitted SYNs)",
             t.unanswered_syn
         ),
-        evidence(&[
+        evidence([
             ("unanswered_syn_out", t.unanswered_syn_out),
             ("unanswered_syn_in", t.unanswered_syn_in),
             ("syn_retrans", retrans),
@@ -115,12 +106,7 @@ fn synack_dropped(o: &Observation<'_>) -> Option<Seen> {
     let t = o.tcp;
     let n = t.synack_dropped;
     (n > 0).then_some(())?;
-    let why = t
-        .synack_dropped_reasons
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let why = evidence(&t.synack_dropped_reasons);
     // Our servers' SYN-ACKs (the peer's SYNs unanswered) die as they
     // leave; our clients' as they arrive.
     let place = (t.unanswered_syn_in > t.unanswered_syn_out)
@@ -154,7 +140,7 @@ fn host_firewall(o: &Observation<'_>) -> Option<Seen> {
         format!(
             "host firewall: {rx} packets from this peer reached the underlay device, {decap} were decapsulated, netfilter dropped {nf}"
         ),
-        evidence(&[
+        evidence([
             ("rx_nic", rx),
             ("rx_decap", decap),
             (reasons::NETFILTER_DROP, nf),
@@ -218,7 +204,7 @@ fn bad_checksum(o: &Observation<'_>) -> Option<Seen> {
         format!(
             "bad outer UDP checksums: {n} VXLAN packets from this peer were dropped as UDP_CSUM"
         ),
-        evidence(&[
+        evidence([
             ("rx_nic", o.counters.rx_nic.packets),
             (reasons::UDP_CSUM, n),
         ]),
@@ -296,11 +282,7 @@ fn vxlan_driver_drops(o: &Observation<'_>) -> Option<Seen> {
         .collect();
     (!found.is_empty()).then_some(())?;
     let n: u64 = found.iter().map(|(_, n)| **n).sum();
-    let listed = found
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let listed = evidence(found.iter().copied());
     let words = |pick: fn((&'static str, &'static str)) -> &'static str| {
         found
             .iter()
@@ -347,7 +329,7 @@ fn packet_too_big(o: &Observation<'_>) -> Option<Seen> {
         format!(
             "{n} packets of this peer's traffic were too big for their path and dropped (PKT_TOO_BIG){size}"
         ),
-        evidence(&[(reasons::PKT_TOO_BIG, n), ("largest_bytes", largest)]),
+        evidence([(reasons::PKT_TOO_BIG, n), ("largest_bytes", largest)]),
     )
 }
 
@@ -389,11 +371,7 @@ fn kernel_drops(o: &Observation<'_>) -> Option<Seen> {
         .collect();
     let n: u64 = unexplained.iter().map(|(_, n)| n).sum();
     (n >= MIN_PACKETS).then_some(())?;
-    let listed = unexplained
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let listed = evidence(unexplained.iter().copied());
     seen(
         format!("the kernel dropped {n} packets of this peer's traffic: {listed}"),
         listed,
@@ -421,7 +399,7 @@ fn pod_traffic_firewall(o: &Observation<'_>) -> Option<Seen> {
         headline: format!(
             "netfilter dropped {nf} packets of this peer's pod traffic (NETFILTER_DROP)"
         ),
-        evidence: evidence(&[
+        evidence: evidence([
             ("rx_decap", c.rx_decap.packets),
             ("tx_dev", c.tx_dev.packets),
             (reasons::NETFILTER_DROP, nf),
@@ -451,7 +429,7 @@ fn stale_neighbour(o: &Observation<'_>) -> Option<Seen> {
         format!(
             "stale neighbour entry on the peer: {mismatch} frames from it were addressed to a MAC that is not this VTEP's, {otherhost} dropped as OTHERHOST"
         ),
-        evidence(&[
+        evidence([
             ("inner_dst_mac_mismatch", mismatch),
             (reasons::OTHERHOST, otherhost),
         ]),
@@ -476,7 +454,7 @@ fn masquerade(o: &Observation<'_>) -> Option<Seen> {
         format!(
             "masquerade: {n} packets from this peer carry the peer's own VTEP address as inner source instead of a pod address"
         ),
-        evidence(&[("inner_src_vtep", n)]),
+        evidence([("inner_src_vtep", n)]),
     )
 }
 
@@ -499,7 +477,7 @@ fn unwatched_underlay(o: &Observation<'_>) -> Option<Seen> {
         format!(
             "decapsulated {decap} from this peer, but only {rx} seen arriving at the watched underlay devices"
         ),
-        evidence(&[("rx_nic", rx), ("rx_decap", decap)]),
+        evidence([("rx_nic", rx), ("rx_decap", decap)]),
     )
 }
 
@@ -520,7 +498,7 @@ fn one_way(o: &Observation<'_>) -> Option<Seen> {
     (tx >= MIN_PACKETS && c.rx_nic.packets == 0).then_some(())?;
     seen(
         format!("one-way: sent {tx}, received 0"),
-        evidence(&[("tx_encap", tx), ("rx_nic", 0)]),
+        evidence([("tx_encap", tx), ("rx_nic", 0)]),
     )
 }
 
@@ -544,7 +522,7 @@ fn lost_before_decap(o: &Observation<'_>) -> Option<Seen> {
     (rx >= MIN_PACKETS && decap * 10 < rx * 9 && explained == 0).then_some(())?;
     seen(
         format!("arrived at the underlay device {rx}, decapsulated {decap}"),
-        evidence(&[("rx_nic", rx), ("rx_decap", decap)]),
+        evidence([("rx_nic", rx), ("rx_decap", decap)]),
     )
 }
 
@@ -566,15 +544,11 @@ fn lost_while_encapsulating(o: &Observation<'_>) -> Option<Seen> {
     let headline = format!("handed to the VXLAN device {dev}, left the underlay device {encap}");
     let outbound = outbound_outer_drops(o.drops_outer, c);
     if outbound.is_empty() {
-        return seen(headline, evidence(&[("tx_dev", dev), ("tx_encap", encap)]));
+        return seen(headline, evidence([("tx_dev", dev), ("tx_encap", encap)]));
     }
     // The encapsulated packets were made and then dropped here: the drop
     // reasons say by what.
-    let listed = outbound
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let listed = evidence(&outbound);
     let words = if outbound.contains_key(reasons::NETFILTER_DROP) {
         (
             "a firewall rule on this host (output or postrouting) drops the VXLAN packets it sends to this peer".to_string(),
@@ -613,7 +587,7 @@ fn malformed(o: &Observation<'_>) -> Option<Seen> {
     (n > 0).then_some(())?;
     Some(Seen {
         headline: format!("{n} packets to the VXLAN port were not valid VXLAN"),
-        evidence: evidence(&[
+        evidence: evidence([
             ("malformed_rx", c.malformed_rx),
             ("malformed_tx", c.malformed_tx),
         ]),
@@ -639,7 +613,7 @@ fn unknown_vni(o: &Observation<'_>) -> Option<Seen> {
     (n > 0).then_some(())?;
     seen(
         format!("{n} VXLAN packets carried a VNI no watched device uses"),
-        evidence(&[("unknown_vni", n)]),
+        evidence([("unknown_vni", n)]),
     )
 }
 
@@ -662,7 +636,7 @@ fn path_mtu(o: &Observation<'_>) -> Option<Seen> {
         format!(
             "{big} outer packets above 1500 bytes sent ({frag} fragmented) and nothing received"
         ),
-        evidence(&[
+        evidence([
             ("outer_size.tx_over_1500", big),
             ("fragmented.tx", frag),
             ("rx_nic", 0),
@@ -741,7 +715,7 @@ fn intermittent_outage(o: &Observation<'_>) -> Option<Seen> {
             all.len(),
             longest(&all)
         ),
-        evidence(&[
+        evidence([
             ("outages", all.len() as u64),
             (
                 "sent_into_silence",

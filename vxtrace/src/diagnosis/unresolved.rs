@@ -2,7 +2,7 @@
 //! state is wrong whatever the traffic, so there is always a finding, with
 //! the drops of frames sent to them as evidence.
 
-use super::{About, fill};
+use super::{About, evidence, fill};
 use crate::schema::{Cause, Direction, Finding, MissingEntry, Segment, UnresolvedVtep};
 
 pub const MISSING_FDB_ENTRY: About = About {
@@ -27,12 +27,7 @@ pub(super) const CAUSES: &[&About] = &[&MISSING_FDB_ENTRY, &MISSING_NEIGHBOUR];
 /// MAC and address.
 pub fn diagnose_unresolved(u: &UnresolvedVtep) -> Finding {
     let dropped: u64 = u.drops.values().sum();
-    let listed = u
-        .drops
-        .iter()
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let listed = evidence(&u.drops);
     let subnets = u.subnets.join(", ");
     let mac = u.mac.as_deref().unwrap_or("MAC");
     let (about, what) = match u.missing {

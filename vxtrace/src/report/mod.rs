@@ -163,12 +163,8 @@ pub fn text(r: &Report, rec: &Recording) -> String {
             "\npeer {addr}: tx_encap {} · rx_nic {} · rx_decap {}",
             p.tx_encap.packets, p.rx_nic.packets, p.rx_decap.packets
         );
-        let listed = |drops: &mut dyn Iterator<Item = (&String, &u64)>| {
-            drops
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let listed =
+            |drops: &mut dyn Iterator<Item = (&String, &u64)>| crate::schema::evidence_text(drops);
         let loss = listed(&mut p.drops.iter().filter(|(r, n)| {
             p.drops_not_loss
                 .get(*r)

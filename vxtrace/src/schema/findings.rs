@@ -246,9 +246,14 @@ impl std::fmt::Display for EvidenceValue {
     }
 }
 
-/// Evidence as `key value, key value`.
-pub fn evidence_text(e: &Evidence) -> String {
-    e.iter()
+/// Named values as every finding's evidence is written, `key value, key
+/// value`: a diagnosis finding's counts and a doctor finding's [`Evidence`]
+/// alike.
+pub fn evidence_text<K: std::fmt::Display, V: std::fmt::Display>(
+    items: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    items
+        .into_iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect::<Vec<_>>()
         .join(", ")
