@@ -6,14 +6,19 @@ use std::fmt::Write as _;
 
 use crate::schema::{ClusterReport, Link, LinkStatus, Segment};
 
-pub fn text(r: &ClusterReport) -> String {
-    let mut s = String::new();
-    let names: Vec<&str> = r
-        .nodes
+/// The matrix's rows and columns: the recorded nodes, then the peers no
+/// recording is from. The heat map draws them in this order too.
+pub fn node_order(r: &ClusterReport) -> Vec<&str> {
+    r.nodes
         .iter()
         .map(|n| n.name.as_str())
         .chain(r.unrecorded.iter().map(|n| n.name.as_str()))
-        .collect();
+        .collect()
+}
+
+pub fn text(r: &ClusterReport) -> String {
+    let mut s = String::new();
+    let names = node_order(r);
     let rows: Vec<Vec<String>> = names
         .iter()
         .map(|from| {

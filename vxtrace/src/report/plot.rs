@@ -6,6 +6,7 @@ use std::{net::IpAddr, path::Path};
 
 use anyhow::{Result, anyhow, bail};
 use plotters::{
+    coord::types::RangedCoordf64,
     prelude::*,
     style::text_anchor::{HPos, Pos, VPos},
 };
@@ -68,21 +69,17 @@ pub fn timeline(path: &Path, rec: &Recording) -> Result<()> {
     Ok(())
 }
 
-fn panel(
-    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
-    addr: &IpAddr,
-    series: &[Point],
-    rec: &Recording,
+/// A panel's axes: packets per second over the seconds since `t0`, under
+/// `caption` (its text and size).
+fn rates_chart<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    (caption, size): (String, u32),
     t0: f64,
     t1: f64,
-) -> Result<()> {
-    let ymax = series
-        .iter()
-        .map(|p| p.tx_pps.max(p.rx_pps))
-        .fold(1.0, f64::max)
-        * 1.15;
+    ymax: f64,
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
     let mut chart = ChartBuilder::on(area)
-        .caption(format!("peer {addr}"), ("sans-serif", 16))
+        .caption(caption, ("sans-serif", size))
         .margin(8)
         .x_label_area_size(28)
         .y_label_area_size(60)
@@ -97,6 +94,23 @@ fn panel(
         .y_desc("packets/s")
         .draw()
         .map_err(err)?;
+    Ok(chart)
+}
+
+fn panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    addr: &IpAddr,
+    series: &[Point],
+    rec: &Recording,
+    t0: f64,
+    t1: f64,
+) -> Result<()> {
+    let ymax = series
+        .iter()
+        .map(|p| p.tx_pps.max(p.rx_pps))
+        .fold(1.0, f64::max)
+        * 1.15;
+    let mut chart = rates_chart(area, (format!("peer {addr}"), 16), t0, t1, ymax)?;
     // Outages of this peer, shaded.
     for o in rec.outage_ends.iter().filter(|o| o.peer == *addr) {
         let end = o.end.unwrap_or(t1);
@@ -204,12 +218,7 @@ fn heat_map(
     const NAMES: i32 = 150;
     const LEGEND: i32 = 34;
     const MARGIN: i32 = 10;
-    let names: Vec<&str> = r
-        .nodes
-        .iter()
-        .map(|n| n.name.as_str())
-        .chain(r.unrecorded.iter().map(|n| n.name.as_str()))
-        .collect();
+    let names = super::matrix::node_order(r);
     let n = names.len().max(1) as i32;
     let (w, h) = area.dim_in_pixel();
     let (w, h) = (w as i32, h as i32);
@@ -303,25 +312,8 @@ fn link_panel(
             l.loss_segment.as_str()
         )
     };
-    let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!("{} → {}{lost}", l.from_node, l.to_node),
-            ("sans-serif", 15),
-        )
-        .margin(8)
-        .x_label_area_size(28)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..(t1 - t0), 0.0..ymax)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc(format!(
-            "seconds since {} UTC",
-            crate::sinks::events::clock(t0)
-        ))
-        .y_desc("packets/s")
-        .draw()
-        .map_err(err)?;
+    let title = format!("{} → {}{lost}", l.from_node, l.to_node);
+    let mut chart = rates_chart(area, (title, 15), t0, t1, ymax)?;
     let series = [
         (format!("tx_encap at {}", l.from_node), BLUE, sent),
         (format!("rx_nic at {}", l.to_node), GREEN, got),
