@@ -166,60 +166,10 @@ fn main() -> Result<()> {
         }
         Task::Bench {
             guest_possible_cpus,
-        } => {
-            setup()?;
-            build()?;
-            // The guests first: the benchmark on this machine reads their
-            // figures into BENCHMARKS.md. A guest that fails is reported
-            // there as not measured, with why.
-            let guest_figures = root.join("target/bench-guests.ndjson");
-            let _ = std::fs::remove_file(&guest_figures);
-            // VXTRACE_BENCH_ONLY without "userspace" leaves them out too.
-            let userspace_wanted = std::env::var("VXTRACE_BENCH_ONLY")
-                .map_or(true, |only| only.split(',').any(|p| p == "userspace"));
-            if !guest_possible_cpus.is_empty()
-                && userspace_wanted
-                && let Err(e) = kernels::bench::userspace_by_possible_cpus(
-                    &root,
-                    Path::new(kernels::CACHE_DIR),
-                    &guest_possible_cpus,
-                    &guest_figures,
-                )
-            {
-                eprintln!("xtask: the userspace benchmark on qemu guests failed: {e:#}");
-                std::fs::write(
-                    &guest_figures,
-                    format!(
-                        "{{\"figure\":\"guest_error\",\"error\":{}}}\n",
-                        serde_json::Value::from(format!("{e:#}"))
-                    ),
-                )?;
-            }
-            run(Command::new("cargo")
-                .env("VXTRACE_BIN", root.join("target/release/vxtrace"))
-                .env("VXTRACE_BENCH_GUESTS", &guest_figures)
-                .args([
-                    "run",
-                    "--release",
-                    "-p",
-                    "vxtrace-tests",
-                    "--bin",
-                    "vxtrace-bench",
-                ]))
-        }
+        } => bench(&root, &guest_possible_cpus),
         Task::Mesh { args } => {
             setup()?;
-            run(Command::new("cargo")
-                .args([
-                    "run",
-                    "--release",
-                    "-p",
-                    "vxtrace-tests",
-                    "--bin",
-                    "vxtrace-mesh",
-                    "--",
-                ])
-                .args(args))
+            run(cargo_run_bin("vxtrace-mesh").arg("--").args(args))
         }
         Task::Demo { duration } => {
             setup()?;
@@ -242,6 +192,47 @@ fn main() -> Result<()> {
         }
         Task::Manifests { check } => write_manifests(&root, check),
     }
+}
+
+/// `cargo run --release` of one of the test crate's binaries.
+fn cargo_run_bin(bin: &str) -> Command {
+    let mut c = Command::new("cargo");
+    c.args(["run", "--release", "-p", "vxtrace-tests", "--bin", bin]);
+    c
+}
+
+/// `cargo xtask bench`: the guests' userspace figures first (the
+/// benchmark on this machine reads them into BENCHMARKS.md; a guest that
+/// fails is reported there as not measured, with why), then the benchmark.
+fn bench(root: &Path, guest_possible_cpus: &[u32]) -> Result<()> {
+    setup()?;
+    build()?;
+    let guest_figures = root.join("target/bench-guests.ndjson");
+    let _ = std::fs::remove_file(&guest_figures);
+    // VXTRACE_BENCH_ONLY without "userspace" leaves them out too.
+    let userspace_wanted = std::env::var("VXTRACE_BENCH_ONLY")
+        .map_or(true, |only| only.split(',').any(|p| p == "userspace"));
+    if !guest_possible_cpus.is_empty()
+        && userspace_wanted
+        && let Err(e) = kernels::bench::userspace_by_possible_cpus(
+            root,
+            Path::new(kernels::CACHE_DIR),
+            guest_possible_cpus,
+            &guest_figures,
+        )
+    {
+        eprintln!("xtask: the userspace benchmark on qemu guests failed: {e:#}");
+        std::fs::write(
+            &guest_figures,
+            format!(
+                "{{\"figure\":\"guest_error\",\"error\":{}}}\n",
+                serde_json::Value::from(format!("{e:#}"))
+            ),
+        )?;
+    }
+    run(cargo_run_bin("vxtrace-bench")
+        .env("VXTRACE_BIN", root.join("target/release/vxtrace"))
+        .env("VXTRACE_BENCH_GUESTS", &guest_figures))
 }
 
 /// Writes (or, with `check`, compares) the generated manifests.
