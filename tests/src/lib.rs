@@ -10,7 +10,7 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, channel},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 pub use vxtrace::lab::{Lab, Layout};
@@ -18,7 +18,7 @@ pub use vxtrace::lab::{Lab, Layout};
 pub mod datapath;
 pub mod evpn;
 pub mod scenarios;
-use vxtrace::schema::{Attached, Line, Summary};
+use vxtrace::schema::{Attached, Interval, Line, Summary};
 
 /// The vxtrace binary under test (`cargo xtask test` sets VXTRACE_BIN).
 pub fn bin() -> PathBuf {
@@ -72,6 +72,60 @@ impl std::ops::Deref for LabGuard {
 
 /// How long a watcher may take to attach, or to write its summary.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long the counts may keep moving after a test's traffic ended
+/// (background packets of a lab, a slow tick on a busy machine).
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often [`wait_until`] and [`wait_for`] look again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `cond` every 20 ms until it holds; fails, saying it timed out
+/// waiting for `what`, if it does not hold within `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    wait_for(what, timeout, || cond().then_some(()))
+}
+
+/// Polls `probe` every 20 ms until it gives a value; fails, saying it
+/// timed out waiting for `what`, if none comes within `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Whether an interval counted nothing for any peer: no packet of any
+/// kind, no drop. (Drops of no peer are left out: a lab's own background
+/// traffic, not what a test counts.)
+pub fn counted_nothing(i: &Interval) -> bool {
+    fn all_zero(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Number(n) => n.as_f64() == Some(0.0),
+            serde_json::Value::Array(a) => a.iter().all(all_zero),
+            serde_json::Value::Object(o) => o.values().all(all_zero),
+            _ => true,
+        }
+    }
+    i.peers.values().all(|p| {
+        p.drops.values().all(|&n| n == 0)
+            && all_zero(&serde_json::to_value(&p.counters).expect("counters serialise"))
+    })
+}
+
+/// Now, as Unix time in seconds (how vxtrace stamps its lines).
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs_f64()
+}
 
 /// `vxtrace watch --json` running in a network namespace, its lines read
 /// as the typed schema (a line that is not one fails the test).
@@ -161,6 +215,94 @@ impl Watcher {
         }
     }
 
+    /// Every line up to and with the first for which `done` holds (the
+    /// lines a test would otherwise skip, for those that count them);
+    /// fails, saying it timed out waiting for `what`, if none comes
+    /// within `timeout` or vxtrace exits first.
+    pub fn lines_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&Line) -> bool,
+    ) -> Vec<Line> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            let line = deadline
+                .checked_duration_since(Instant::now())
+                .and_then(|left| self.next_line(left));
+            let Some(line) = line else {
+                panic!(
+                    "no line within {timeout:?} (or vxtrace exited) for {what}; {} lines read meanwhile, the last: {}",
+                    lines.len(),
+                    lines.last().map(json).unwrap_or_default()
+                )
+            };
+            let stop = done(&line);
+            lines.push(line);
+            if stop {
+                return lines;
+            }
+        }
+    }
+
+    /// Waits until vxtrace has counted everything the test sent before the
+    /// call: an interval that began after the call and counted nothing
+    /// for any peer (see [`counted_nothing`]). Packets still on their way
+    /// when the call was made (a softirq queue of the receiving namespace)
+    /// land before that interval or would show in it. Every line read
+    /// meanwhile.
+    pub fn settle(&mut self) -> Vec<Line> {
+        self.settle_since(unix_now())
+    }
+
+    /// [`Watcher::settle`] for traffic that ended at Unix time `since`.
+    fn settle_since(&mut self, since: f64) -> Vec<Line> {
+        self.lines_until(
+            "the counts to settle (an interval begun after the traffic, counting nothing for any peer)",
+            SETTLE_TIMEOUT,
+            |l| matches!(l, Line::Interval(i) if i.ts - i.interval_s >= since && counted_nothing(i)),
+        )
+    }
+
+    /// Waits for an interval line closed at or after Unix time `at`: the
+    /// maps were read, and handshakes older than `--syn-timeout` judged
+    /// unanswered, by then. Every line read meanwhile.
+    pub fn wait_for_read_after(&mut self, at: f64, timeout: Duration) -> Vec<Line> {
+        self.lines_until(
+            &format!("a read of the maps after Unix time {at:.3}"),
+            timeout,
+            |l| matches!(l, Line::Interval(i) if i.ts >= at),
+        )
+    }
+
+    /// Waits for `in_a_row` interval lines in a row in which every one of
+    /// `peers` was heard from (VXLAN packets arrived from it): steady
+    /// traffic as vxtrace sees it. Every line read meanwhile.
+    pub fn hearing_from(
+        &mut self,
+        peers: &[std::net::IpAddr],
+        in_a_row: usize,
+        timeout: Duration,
+    ) -> Vec<Line> {
+        let mut run = 0;
+        self.lines_until(
+            &format!("{in_a_row} interval lines in a row with packets from each of {peers:?}"),
+            timeout,
+            |l| {
+                if let Line::Interval(i) = l {
+                    let heard = peers.iter().all(|p| {
+                        i.peers
+                            .get(p)
+                            .is_some_and(|c| c.counters.rx_nic.packets > 0)
+                    });
+                    run = if heard { run + 1 } else { 0 };
+                }
+                run >= in_a_row
+            },
+        )
+    }
+
     /// The next line of any kind.
     pub fn next_line(&mut self, timeout: Duration) -> Option<Line> {
         match self.lines.recv_timeout(timeout) {
@@ -175,21 +317,39 @@ impl Watcher {
         self.stderr.join().unwrap_or_default()
     }
 
+    /// Once the last packets' counts are in the maps ([`Watcher::settle`]),
     /// SIGTERM, then the summary line; asserts a clean exit.
-    pub fn stop(self) -> Summary {
-        // Let the last packets' counts land in the maps.
-        std::thread::sleep(Duration::from_millis(200));
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+    pub fn stop(mut self) -> Summary {
+        self.settle();
+        self.terminate();
         self.finish()
     }
 
-    /// SIGTERM, then every line written since the last one read, up to
-    /// and with the summary (what a recording of the run holds after its
+    /// Stops several watchers of one test (the nodes of a lab) once each
+    /// has counted what the traffic before the call left: their summaries,
+    /// in order.
+    pub fn stop_all(mut watchers: Vec<Watcher>) -> Vec<Summary> {
+        let since = unix_now();
+        for w in &mut watchers {
+            w.settle_since(since);
+        }
+        for w in &watchers {
+            w.terminate();
+        }
+        watchers.into_iter().map(Watcher::finish).collect()
+    }
+
+    /// SIGTERM, without waiting for anything.
+    pub fn terminate(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+    }
+
+    /// Once the counts settled, SIGTERM, then every line written since the
+    /// last one read, up to and with the summary (what a recording of the run holds after its
     /// header and `attached` line); asserts a clean exit.
     pub fn stop_with_lines(mut self) -> (Summary, Vec<Line>) {
-        std::thread::sleep(Duration::from_millis(200));
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let mut lines = Vec::new();
+        let mut lines = self.settle();
+        self.terminate();
         let mut summary = None;
         while let Some(line) = self.next_line(ATTACH_TIMEOUT) {
             if let Line::Summary(s) = &line {

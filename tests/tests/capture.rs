@@ -9,7 +9,7 @@ use vxtrace::schema::{Line, Outage, Report, ReportPeer};
 use vxtrace_tests::{
     LabGuard, Watcher, bin, connect_from, json, listen_in, run,
     scenarios::{drop_vxlan_at_input, nft},
-    sh,
+    sh, wait_until,
 };
 
 /// Steady traffic from pod 1 to `to`, until `until`.
@@ -68,13 +68,24 @@ fn outages_one_peer_then_two_together() {
     let end = Instant::now() + Duration::from_secs(16);
     let t1 = steady(&lab, 2, end);
     let t2 = steady(&lab, 3, end);
-    std::thread::sleep(Duration::from_secs(2));
-    // B alone, 3 s (node B's bridge port).
+    // Steady traffic from both, as the watcher sees it (2 s at 250 ms):
+    // each peer has arrivals before its outage.
+    let mut seen: Vec<Line> = w
+        .hearing_from(
+            &[lab.underlay_ip(2), lab.underlay_ip(3)],
+            8,
+            Duration::from_secs(20),
+        )
+        .into_iter()
+        .filter(|l| !matches!(l, Line::Interval(_)))
+        .collect();
+    // B alone, 3 s (node B's bridge port). The length of the outage is
+    // what is tested: a plain sleep.
     block(&lab, &["veth2"]);
     std::thread::sleep(Duration::from_secs(3));
     unblock(&lab);
-    let mut seen = events(&mut w, Instant::now() + Duration::from_secs(3));
-    // Node A cut off from both.
+    seen.extend(events(&mut w, Instant::now() + Duration::from_secs(3)));
+    // Node A cut off from both (again a length under test).
     block(&lab, &["veth1"]);
     std::thread::sleep(Duration::from_secs(3));
     unblock(&lab);
@@ -159,14 +170,31 @@ fn report_names_a_one_way_peer_and_survives_sigkill() {
         "blackhole",
         &route,
     ]);
-    let w = Watcher::start(
+    let mut w = Watcher::start(
         &lab.node_ns(1),
         &["--record", file.to_str().unwrap(), "--interval", "300ms"],
     );
     assert_eq!(lab.ping(1, 2, 20, Duration::ZERO).unwrap(), 20);
     assert_eq!(lab.ping(1, 3, 6, Duration::from_millis(1)).unwrap(), 0);
-    // Two intervals, so the counts are in the file; then no chance to clean up.
-    std::thread::sleep(Duration::from_millis(800));
+    // Every count in an interval, and the recording holding each interval
+    // printed (stdout is written first); then no chance to clean up.
+    let printed = w
+        .settle()
+        .iter()
+        .filter(|l| matches!(l, Line::Interval(_)))
+        .count();
+    wait_until(
+        &format!("{printed} interval lines in {}", file.display()),
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&file).is_ok_and(|t| {
+                t.lines()
+                    .filter(|l| l.starts_with("{\"type\":\"interval\""))
+                    .count()
+                    >= printed
+            })
+        },
+    );
     w.kill();
     // A half-written line, as a crash may leave.
     use std::io::Write as _;
@@ -268,7 +296,7 @@ fn a_rotated_recording_reads_once_however_named() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("r.ndjson");
-    let w = Watcher::start(
+    let mut w = Watcher::start(
         &lab.node_ns(1),
         &[
             "--record",
@@ -283,13 +311,16 @@ fn a_rotated_recording_reads_once_however_named() {
     );
     let end = Instant::now() + Duration::from_secs(8);
     let traffic = steady(&lab, 2, end);
-    std::thread::sleep(Duration::from_secs(2));
-    // One outage of node 2, 3 s.
+    // Steady traffic as the watcher sees it (2 s at 250 ms) before the
+    // outage.
+    let mut lines = w.hearing_from(&[lab.underlay_ip(2)], 8, Duration::from_secs(20));
+    // One outage of node 2, 3 s: the length is the input, a plain sleep.
     block(&lab, &["veth2"]);
     std::thread::sleep(Duration::from_secs(3));
     unblock(&lab);
     traffic.join().unwrap();
-    let (_, lines) = w.stop_with_lines();
+    let (_, rest) = w.stop_with_lines();
+    lines.extend(rest);
     let intervals = lines
         .iter()
         .filter(|l| matches!(l, Line::Interval(_)))
@@ -416,7 +447,7 @@ fn metric(text: &str, name: &str, labels: &str) -> u64 {
 fn metrics_endpoint_matches_the_summary() {
     let lab = LabGuard::new("vt-prom", 3, false, 8472);
     drop_vxlan_at_input(&lab, 3);
-    let w = Watcher::start(
+    let mut w = Watcher::start(
         &lab.node_ns(1),
         &["--metrics", "127.0.0.1:9478", "--netns", "all"],
     );
@@ -434,7 +465,9 @@ fn metrics_endpoint_matches_the_summary() {
     let server = std::net::SocketAddr::from((lab.pod_ip(2), 7000));
     let conn = connect_from(&lab.pod_ns(1), server, Duration::from_secs(2)).unwrap();
     drop((conn, listener));
-    std::thread::sleep(Duration::from_millis(1500));
+    // Everything counted before an interval that counted nothing: the
+    // metrics of the ticks before it hold every count.
+    w.settle();
     let text = scrape(&lab.node_ns(1), 9478);
     let s = w.stop();
     let (b, c) = (
@@ -552,17 +585,20 @@ fn agent_waits_for_the_overlay() {
     }
     assert!(log.contains("flannel.1 appeared after"), "{log}");
     // Attached and serving the real metrics once ready.
-    let deadline = Instant::now() + Duration::from_secs(20);
     // (The port is closed for a moment while the real server takes over.)
-    while !try_http_get(&ns, port, "/ready").is_ok_and(|r| r.contains(" 200 ")) {
-        assert!(Instant::now() < deadline, "never ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until("/ready to answer 200", Duration::from_secs(20), || {
+        try_http_get(&ns, port, "/ready").is_ok_and(|r| r.contains(" 200 "))
+    });
     assert_eq!(lab.ping(1, 2, 12, Duration::ZERO).unwrap(), 12);
-    std::thread::sleep(Duration::from_millis(1500));
-    let m = http_get(&ns, port, "/metrics");
     let b = lab.underlay_ip(2).to_string();
     let want = format!("vxtrace_tx_encap_packets_total{{peer=\"{b}\"}} 12");
+    // The metrics are updated every interval (1 s).
+    wait_until(
+        &format!("{want} on /metrics"),
+        Duration::from_secs(10),
+        || http_get(&ns, port, "/metrics").contains(&want),
+    );
+    let m = http_get(&ns, port, "/metrics");
     assert!(m.contains(&want), "{want} not in {m}");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());

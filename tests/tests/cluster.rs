@@ -105,10 +105,7 @@ fn a_path_cut_is_named_on_its_link_only() {
     assert_eq!(lab.ping(1, 2, 20, Duration::ZERO).unwrap(), 0);
     assert_eq!(lab.ping(1, 3, 10, Duration::ZERO).unwrap(), 10);
     assert_eq!(lab.ping(2, 3, 10, Duration::ZERO).unwrap(), 10);
-    std::thread::sleep(Duration::from_millis(1200));
-    for w in watchers {
-        w.stop();
-    }
+    Watcher::stop_all(watchers);
     let r = cluster_report(&dir.0);
     assert_eq!(r.nodes.len(), 3, "{:#?}", r.nodes);
     let lost = link(&r, "node2", "node1");
@@ -167,10 +164,7 @@ fn a_path_cut_is_named_on_its_link_only() {
 fn unanswered_echoes_recorded(lab: &LabGuard, dir: &Path, count: u32) -> ClusterReport {
     let watchers = record_all(lab, dir);
     assert_eq!(lab.ping(1, 2, count, Duration::ZERO).unwrap(), 0);
-    std::thread::sleep(Duration::from_millis(1200));
-    for w in watchers {
-        w.stop();
-    }
+    Watcher::stop_all(watchers);
     cluster_report(dir)
 }
 
@@ -235,7 +229,7 @@ fn an_output_firewall_is_named_on_the_sender() {
 fn a_blackholed_node_is_one_event() {
     let lab = LabGuard::new("vt-clb", 3, false, 8472);
     let dir = Dir::new("vt-clb");
-    let watchers = record_all(&lab, &dir.0);
+    let mut watchers = record_all(&lab, &dir.0);
     let end = Instant::now() + Duration::from_secs(9);
     let senders: Vec<_> = [(1, 2), (1, 3), (2, 3), (3, 2)]
         .into_iter()
@@ -248,8 +242,17 @@ fn a_blackholed_node_is_one_event() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(3));
-    // Everything node 1 sends into the underlay, gone for 3 s.
+    // Steady traffic as every node sees it (3 s at 500 ms): node 1 hears
+    // from both others, each of them from node 1 and from the third.
+    for (n, w) in (1..).zip(&mut watchers) {
+        let others: Vec<_> = (1..=3)
+            .filter(|&o| o != n)
+            .map(|o| lab.underlay_ip(o))
+            .collect();
+        w.hearing_from(&others, 6, Duration::from_secs(20));
+    }
+    // Everything node 1 sends into the underlay, gone for 3 s (the length
+    // of the blackhole is the input: a plain sleep).
     nft(
         &lab.bridge_ns(),
         "add table bridge vtbh; add chain bridge vtbh fw { type filter hook forward priority 0 ; }; add rule bridge vtbh fw iifname \"veth1\" drop",
@@ -259,10 +262,7 @@ fn a_blackholed_node_is_one_event() {
     for s in senders {
         s.join().unwrap();
     }
-    std::thread::sleep(Duration::from_millis(1200));
-    for w in watchers {
-        w.stop();
-    }
+    Watcher::stop_all(watchers);
     let r = cluster_report(&dir.0);
     assert_eq!(r.blackholes.len(), 1, "{:#?}", r.blackholes);
     let h = &r.blackholes[0];
@@ -296,10 +296,7 @@ fn a_node_without_a_recording_keeps_its_links_and_findings() {
     assert_eq!(lab.ping(1, 2, 20, Duration::ZERO).unwrap(), 20);
     assert_eq!(lab.ping(1, 3, 10, Duration::ZERO).unwrap(), 0);
     assert_eq!(lab.ping(2, 3, 10, Duration::ZERO).unwrap(), 10);
-    std::thread::sleep(Duration::from_millis(1200));
-    for w in watchers {
-        w.stop();
-    }
+    Watcher::stop_all(watchers);
     let (node1, node2) = (dir.0.join("node1.ndjson"), dir.0.join("node2.ndjson"));
     let r = report_of(&[&node1, &node2], &[]);
     let c = lab.underlay_ip(3);
@@ -409,10 +406,7 @@ fn recordings_of_a_skewed_clock_are_not_judged_until_lined_up() {
     let watchers = record_all(&lab, &dir.0);
     cut_path(&lab, 2, 1);
     assert_eq!(lab.ping(1, 2, 20, Duration::ZERO).unwrap(), 0);
-    std::thread::sleep(Duration::from_millis(1200));
-    for w in watchers {
-        w.stop();
-    }
+    Watcher::stop_all(watchers);
     let node1 = dir.0.join("node1.ndjson");
     let node2 = dir.0.join("node2-an-hour-ahead.ndjson");
     shifted(&dir.0.join("node2.ndjson"), &node2, 3600.0);
@@ -482,16 +476,10 @@ fn recordings_of_different_times_are_not_judged() {
     cut_path(&lab, 2, 1);
     let first = record(&lab, &dir.0, &[1]);
     assert_eq!(lab.ping(1, 2, 20, Duration::ZERO).unwrap(), 0);
-    std::thread::sleep(Duration::from_millis(1200));
-    for w in first {
-        w.stop();
-    }
+    Watcher::stop_all(first);
     let second = record(&lab, &dir.0, &[2]);
     assert_eq!(lab.ping(2, 1, 10, Duration::ZERO).unwrap(), 0);
-    std::thread::sleep(Duration::from_millis(1200));
-    for w in second {
-        w.stop();
-    }
+    Watcher::stop_all(second);
     let r = cluster_report(&dir.0);
     assert_eq!(r.links.len(), 2, "{:#?}", r.links);
     for l in &r.links {

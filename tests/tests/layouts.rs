@@ -401,8 +401,9 @@ fn multicast_group_is_not_a_silent_peer() {
         ip(n, &format!("addr add 192.168.77.{i}/24 dev vxg"));
         ip(n, "link set vxg up");
     }
-    let on_a = Watcher::start(a, &["--netns", "self"]);
+    let mut on_a = Watcher::start(a, &["--netns", "self"]);
     // Addresses nobody has: their ARP requests are flooded to the group.
+    let flooded = vxtrace_tests::unix_now();
     vxtrace::netns::run_in(a, || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
         for host in 10..16 {
@@ -416,7 +417,10 @@ fn multicast_group_is_not_a_silent_peer() {
         vxtrace::lab::ping_from(a, member, 5, Duration::ZERO).unwrap(),
         5
     );
-    std::thread::sleep(Duration::from_millis(2500));
+    // The group silent for longer than the outage threshold (1 s) and an
+    // interval, as vxtrace reads it: the length of the silence is what is
+    // tested.
+    on_a.wait_for_read_after(flooded + 2.5, Duration::from_secs(20));
     let sa = on_a.stop();
     let group = sa.peer("239.1.1.1");
     // Everything sent to the group is a flooded copy (broadcast, or a MAC

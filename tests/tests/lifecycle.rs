@@ -2,6 +2,7 @@
 //! vxtrace's stays in the kernel after any exit, SIGKILL included.
 
 use std::{
+    io::{BufRead as _, BufReader},
     process::Command,
     time::{Duration, Instant},
 };
@@ -44,12 +45,9 @@ fn tcx_programs(ns: &str, dev: &str) -> usize {
     out.matches("vxtrace_").count()
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// What the kernel does at once after vxtrace exits: within 5 s.
+fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    vxtrace_tests::wait_until(what, Duration::from_secs(5), cond);
 }
 
 fn sigkill_leaves_nothing(attach: &str) {
@@ -149,9 +147,9 @@ fn sigint_and_sigterm_exit_cleanly_with_summary() {
     let lab = LabGuard::new("vt-sig", 2, false, 8472);
     let b = lab.underlay_ip(2).to_string();
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        let w = Watcher::start(&lab.node_ns(1), &[]);
+        let mut w = Watcher::start(&lab.node_ns(1), &[]);
         assert_eq!(lab.ping(1, 2, 12, Duration::ZERO).unwrap(), 12);
-        std::thread::sleep(Duration::from_millis(200));
+        w.settle();
         unsafe { libc::kill(w.pid(), sig) };
         let s = w.finish();
         assert_eq!(s.peer(&b).counters.tx_encap.packets, 12, "{}", json(&s));
@@ -191,7 +189,7 @@ fn duration_ends_the_run_with_interval_lines_and_summary() {
 fn plain_output_when_not_a_terminal() {
     let lab = LabGuard::new("vt-plain", 2, false, 8472);
     let b = lab.underlay_ip(2).to_string();
-    let child = Command::new("ip")
+    let mut child = Command::new("ip")
         .args(["netns", "exec", &lab.node_ns(1)])
         .arg(bin())
         .args(["watch", "--duration", "2s"])
@@ -199,7 +197,24 @@ fn plain_output_when_not_a_terminal() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // Plain output has no "attached" line: stderr names each program
+    // attached, then the drop hook, once all are in place.
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut log = String::new();
+    while !log.contains("vxtrace: drops: ") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => log.push_str(&format!("{line}\n")),
+            Err(_) => panic!("vxtrace did not attach within 120 s; stderr: {log}"),
+        }
+    }
     assert_eq!(lab.ping(1, 2, 9, Duration::ZERO).unwrap(), 9);
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -207,7 +222,9 @@ fn plain_output_when_not_a_terminal() {
     assert!(stdout.contains(&format!("peer={b}")), "{stdout}");
     assert!(stdout.contains("=== summary"), "{stdout}");
     assert!(!stdout.contains('\x1b'), "escape codes on a pipe");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    reader.join().unwrap();
+    log.extend(rx.try_iter().map(|l| format!("{l}\n")));
+    let stderr = log;
     assert!(
         stderr.contains("attached vxtrace_nic_ingress on eth0 ingress"),
         "{stderr}"

@@ -414,7 +414,7 @@ fn v4(ip: std::net::IpAddr) -> Ipv4Addr {
 #[test]
 fn series_stay_bounded_and_a_broken_link_is_still_named() {
     let lab = LabGuard::new("vt-pc", 3, false, 8472);
-    let _agents = agents(&lab, &["--metrics-peers", "0", "--one-way-window", "2s"]);
+    let mut agents = agents(&lab, &["--metrics-peers", "0", "--one-way-window", "2s"]);
     // Node 3 answers nobody: node 1's link to it is broken; node 2 is fine.
     sh(&[
         "ip",
@@ -430,7 +430,9 @@ fn series_stay_bounded_and_a_broken_link_is_still_named() {
     for s in senders {
         s.join().unwrap();
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // Node 1 counted all of it: an interval after the traffic counted
+    // nothing, so the metrics of the ticks before hold every count.
+    agents[0].settle();
     let text = scrape(&lab.node_ns(1), v4(lab.underlay_ip(1)));
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     let (b, c) = (
@@ -611,8 +613,18 @@ fn a_partial_loss_on_a_quiet_link_is_recorded_in_a_five_node_cluster() {
                 && healthy.iter().all(|(f, t)| healthy_link(p, f, t).is_ok())
         },
     );
-    // The ratio holds over more traffic, and so do the healthy links.
-    std::thread::sleep(Duration::from_secs(5));
+    // The ratio holds over more traffic (5 s of it is the test: the rules
+    // evaluated on samples at least 5 s newer), and so do the healthy
+    // links.
+    let held_from = vxtrace_tests::unix_now();
+    prom.wait_until(
+        "the rules evaluated 5 s of traffic later",
+        Duration::from_secs(30),
+        |p| {
+            p.value(&format!("timestamp({lossy})"))
+                .is_some_and(|t| t >= held_from + 5.0)
+        },
+    );
     let loss = prom.value(&lossy).unwrap();
     assert!((0.2..=0.6).contains(&loss), "node2 -> node4: {loss}");
     for (f, t) in healthy {

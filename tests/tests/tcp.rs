@@ -9,8 +9,19 @@ use std::{
 use vxtrace::schema::{ProbeState, Probes, Summary};
 use vxtrace_tests::{
     LabGuard, RawTcp, TCP_PSH_ACK, TCP_SYN, Watcher, connect_from, json, kernel_has_reason,
-    listen_in, scenarios::nft, sh, tcp_timestamp,
+    listen_in, scenarios::nft, sh, tcp_timestamp, unix_now, wait_until,
 };
+
+/// `ss -Htan FILTER` inside network namespace `ns`.
+fn ss(ns: &str, filter: &str) -> String {
+    let (code, out, err) = vxtrace_tests::run(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ip netns exec {ns} ss -Htan {filter}")),
+    );
+    assert_eq!(code, 0, "ss: {err}");
+    out
+}
 
 /// Whether this kernel can attach kprobes at all.
 fn kernel_has_kprobes() -> bool {
@@ -65,10 +76,11 @@ fn dropped_synacks_leave_syns_unanswered() {
     );
     let _blocked = listen_in(&lab.pod_ns(2), 7777);
     let _open = listen_in(&lab.pod_ns(2), 7778);
-    let on_a = Watcher::start(&lab.node_ns(1), &["--syn-timeout", "1s"]);
+    let mut on_a = Watcher::start(&lab.node_ns(1), &["--syn-timeout", "1s"]);
     let on_b = Watcher::start(&lab.node_ns(2), &["--syn-timeout", "1s"]);
 
     let server = lab.pod_ip(2);
+    let first_syn = unix_now();
     let failed = connect_from(
         &lab.pod_ns(1),
         (server, 7777).into(),
@@ -81,10 +93,11 @@ fn dropped_synacks_leave_syns_unanswered() {
         Duration::from_secs(2),
     );
     assert!(ok.is_ok(), "{ok:?}");
-    // Let the open handshake of the failed attempt expire (1 s) and be seen.
-    std::thread::sleep(Duration::from_millis(2500));
-    let sa = on_a.stop();
-    let sb = on_b.stop();
+    // The open handshake of the failed attempt expired (1 s) and seen: a
+    // read of A's maps past its SYN timeout (with a margin for the SYN's
+    // way to the hook and the line's stamp).
+    on_a.wait_for_read_after(first_syn + 1.1, Duration::from_secs(10));
+    let [sa, sb] = <[_; 2]>::try_from(Watcher::stop_all(vec![on_a, on_b])).unwrap();
 
     let (a_b, a_c) = (sa.peer(&b), sa.peer(&c));
     let (tcp, outcome) = (&a_b.counters.tcp, a_b.tcp_outcome());
@@ -168,7 +181,10 @@ fn paws_rejects_on_an_established_connection() {
     let (mut served, _) = listener.accept().unwrap();
     client.write_all(b"hello").unwrap();
     served.write_all(b"hi").unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Both arrived: each side's latest timestamp is the one just sent.
+    let mut buf = [0u8; 5];
+    served.read_exact(&mut buf).unwrap();
+    client.read_exact(&mut buf[..2]).unwrap();
     // The client's timestamp now, and a segment whose clock is far behind.
     let old = tcp_timestamp(&client).wrapping_sub(1_000_000);
     RawTcp {
@@ -184,7 +200,7 @@ fn paws_rejects_on_an_established_connection() {
         payload: b"x".to_vec(),
     }
     .send_from(&lab.pod_ns(1), 5);
-    std::thread::sleep(Duration::from_millis(300));
+    // stop() waits until B's counts settle (the rejects land).
     let sb = on_b.stop();
 
     assert_eq!(sb.peer(&a).tcp_outcome().paws_rejects, 5, "{}", json(&sb));
@@ -310,7 +326,7 @@ fn nat_and_time_wait_reuse_reject_syns() {
     );
     let listener = listen_in(&lab.pod_ns(2), 8080);
     let server_ns = lab.pod_ns(2);
-    let on_a = Watcher::start(&node_a, &["--syn-timeout", "500ms", "--interval", "200ms"]);
+    let mut on_a = Watcher::start(&node_a, &["--syn-timeout", "500ms", "--interval", "200ms"]);
     let on_b = Watcher::start(&lab.node_ns(2), &["--netns", &format!("self,{server_ns}")]);
 
     // Client 1: a whole connection; the server closes first (TIME_WAIT).
@@ -326,13 +342,26 @@ fn nat_and_time_wait_reuse_reject_syns() {
     c1.read_exact(&mut buf[..8]).unwrap();
     let tsval = tcp_timestamp(&c1);
     drop(s1); // server: active close
-    std::thread::sleep(Duration::from_millis(100));
+    // The server's FIN reached the client (it reads the end of the
+    // stream): the client closes second.
+    c1.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(c1.read(&mut buf).unwrap(), 0, "the server's FIN");
     drop(c1);
-    std::thread::sleep(Duration::from_millis(200));
+    // The close is over: the server's socket in TIME_WAIT, the client's
+    // gone (its last ACK came back through the NAT before it forgets).
+    wait_until(
+        "the server's socket in TIME_WAIT and the client's closed",
+        Duration::from_secs(5),
+        || {
+            ss(&server_ns, "state time-wait sport = :8080").contains(":8080")
+                && !ss(&lab.pod_ns(1), "sport = :40000").contains(":40000")
+        },
+    );
     // The NAT forgets the mapping, so client 2 gets the same port.
     sh(&["ip", "netns", "exec", &node_a, "conntrack", "-F"]);
 
     // Client 2: same port after SNAT, its clock far behind client 1's.
+    let syn_at = unix_now();
     RawTcp {
         src: "10.244.0.3".parse().unwrap(),
         dst: lab.pod_ip(2),
@@ -346,9 +375,11 @@ fn nat_and_time_wait_reuse_reject_syns() {
         payload: Vec::new(),
     }
     .send_from(&client2, 1);
-    std::thread::sleep(Duration::from_millis(1500));
-    let sa = on_a.stop();
-    let sb = on_b.stop();
+    // Client 2's SYN left unanswered past A's SYN timeout (500 ms), and A
+    // read its maps since (a margin for the stamp); B's reject counted as
+    // its counts settle.
+    on_a.wait_for_read_after(syn_at + 0.6, Duration::from_secs(10));
+    let [sa, sb] = <[_; 2]>::try_from(Watcher::stop_all(vec![on_a, on_b])).unwrap();
 
     // Kernels without the TIME_WAIT reason count it with the kprobe.
     let status = probe_status(summary_probes(&sb), "vxtrace_paws_time_wait");
