@@ -69,6 +69,25 @@ pub fn timeline(path: &Path, rec: &Recording) -> Result<()> {
     Ok(())
 }
 
+/// A panel of packet rates over time.
+type RatesChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One rate drawn on a panel, with its legend entry.
+fn rate_line(
+    chart: &mut RatesChart<'_, '_>,
+    label: impl Into<String>,
+    color: RGBColor,
+    points: Vec<(f64, f64)>,
+) -> Result<()> {
+    chart
+        .draw_series(LineSeries::new(points, color))
+        .map_err(err)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+    Ok(())
+}
+
 /// A panel's axes: packets per second over the seconds since `t0`, under
 /// `caption` (its text and size).
 fn rates_chart<'a, 'b>(
@@ -77,7 +96,7 @@ fn rates_chart<'a, 'b>(
     t0: f64,
     t1: f64,
     ymax: f64,
-) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+) -> Result<RatesChart<'a, 'b>> {
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", size))
         .margin(8)
@@ -137,11 +156,7 @@ fn panel(
         ),
     ];
     for (label, color, points) in lines {
-        chart
-            .draw_series(LineSeries::new(points, color))
-            .map_err(err)?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+        rate_line(&mut chart, label, color, points)?;
     }
     chart
         .draw_series(
@@ -324,11 +339,7 @@ fn link_panel(
             .filter(|(t, _)| *t >= t0 && *t <= t1)
             .map(|(t, v)| (t - t0, v))
             .collect();
-        chart
-            .draw_series(LineSeries::new(points, color))
-            .map_err(err)?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+        rate_line(&mut chart, label, color, points)?;
     }
     chart
         .configure_series_labels()
