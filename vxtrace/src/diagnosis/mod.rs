@@ -6,9 +6,9 @@
 //!
 //! Each cause is described once, by an [`About`] (what it means, where the
 //! traffic is lost, the fix) standing beside the code that recognises it:
-//! the rules one node judges from its own counters in [`rules`], the
+//! the rules one node judges from its own counters in `rules`, the
 //! causes only both ends of a link show in [`link`], the VTEPs that cannot
-//! be reached in [`unresolved`]. The link engine names the node rules'
+//! be reached in `unresolved`. The link engine names the node rules'
 //! causes with the node rules' words.
 //!
 //! Rules that compare two counts (sent against received, arrived against
@@ -131,7 +131,7 @@ pub struct About {
     /// What it means, in words.
     pub meaning: &'static str,
     /// What to change or check. Upper-case words (DEV, MAC, ADDR) stand
-    /// for what the reader fills in; [`fill`] does where they are known.
+    /// for what the reader fills in; `fill` does where they are known.
     pub fix: &'static str,
 }
 

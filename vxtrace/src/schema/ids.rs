@@ -68,7 +68,7 @@ macro_rules! string_ids {
     };
 }
 
-/// A text that names no variant of a [`string_ids!`] enum.
+/// A text that names no variant of a `string_ids!` enum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownId {
     pub kind: &'static str,
