@@ -31,6 +31,8 @@ const HOST_TOOLS: &[(&str, bool)] = &[
     ("bridge", true),
     ("nft", true),
     ("conntrack", true),
+    // The TCP tests wait for a socket's state with it.
+    ("ss", true),
     // The lifecycle tests list loaded programs with it.
     ("bpftool", true),
 ];
