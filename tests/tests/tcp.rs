@@ -12,12 +12,13 @@ use vxtrace_tests::{
     listen_in, scenarios::nft, sh, tcp_timestamp, unix_now, wait_until,
 };
 
-/// `ss -Htan FILTER` inside network namespace `ns`.
+/// `ss -Htan FILTER` inside network namespace `ns`. Not through `sh -c`:
+/// a busybox shell (the kernel matrix's guests) runs its own `ip` applet.
 fn ss(ns: &str, filter: &str) -> String {
     let (code, out, err) = vxtrace_tests::run(
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("ip netns exec {ns} ss -Htan {filter}")),
+        std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "ss", "-Htan"])
+            .args(filter.split_whitespace()),
     );
     assert_eq!(code, 0, "ss: {err}");
     out
