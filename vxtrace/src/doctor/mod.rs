@@ -91,7 +91,11 @@ pub fn check_snapshot(snap: &Snapshot, devs: &[VxlanDevice]) -> (Vec<Finding>, V
     let mut underlays = Vec::new();
     for dev in devs {
         let underlay = snap.named_underlay(dev).map(|l| l.ifindex);
-        if let Some(u) = underlay {
+        // Several VXLAN devices (an EVPN node's, one per VNI) often share
+        // an underlay: its settings are checked once.
+        if let Some(u) = underlay
+            && !underlays.contains(&u)
+        {
             underlays.push(u);
         }
         tables::check(snap, dev, underlay, &mut out);

@@ -111,7 +111,6 @@ fn check_rp_filter(
             .filter_map(|i| snap.links.get(i))
             .map(|l| (l.name.clone(), "underlay device")),
     );
-    names.dedup();
     for (name, role) in names {
         // /proc/sys keeps the device name as it is ("flannel.1").
         let dev_v = sysctl(&format!("net/ipv4/conf/{name}/rp_filter")).unwrap_or(0);
