@@ -36,10 +36,18 @@ impl PeerKey {
     /// native-order word. Built from words, as the programs copy it.
     #[inline(always)]
     pub fn from_v4_word(word: u32) -> Self {
+        // Two 8-byte words, as the programs compare and copy the key: a
+        // key stored in 4-byte halves and loaded whole stalls the CPU's
+        // store forwarding.
         let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-        // SAFETY: [u32; 4] and [u8; 16] have the same size, and any bytes
+        let high = if cfg!(target_endian = "little") {
+            (word as u64) << 32 | mapped as u64
+        } else {
+            (mapped as u64) << 32 | word as u64
+        };
+        // SAFETY: [u64; 2] and [u8; 16] have the same size, and any bytes
         // are a valid [u8; 16].
-        let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>([0, 0, mapped, word]) };
+        let addr = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([0, high]) };
         Self { addr }
     }
 
@@ -367,6 +375,43 @@ pub struct DropKey {
     pub location: u64,
 }
 
+impl DropKey {
+    /// The key's slot among [`DROP_SLOTS`]: a multiplicative hash of its
+    /// four words, so the slots of a storm's few keys rarely collide.
+    #[inline(always)]
+    pub fn slot(&self) -> u32 {
+        // SAFETY: DropKey is 32 bytes of integers without padding (16 +
+        // 4 + 4 + 8), aligned to 8: it is exactly four u64 words.
+        let w = unsafe { &*(self as *const DropKey as *const [u64; 4]) };
+        let mixed = w[0] ^ w[1].rotate_left(21) ^ w[2].rotate_left(42) ^ w[3];
+        (mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - DROP_SLOT_BITS)) as u32
+    }
+}
+
+/// One slot of the drop program's per-CPU direct-mapped counters: the
+/// first key that lands in a slot on a CPU keeps it for the whole run
+/// (a slot is free while its count is 0), so a storm of one kind of drop
+/// adds to a slot instead of updating the hash map. Keys whose slot is
+/// taken go to the drop map.
+///
+/// `count` comes first: the program writes the key before the count, and
+/// userspace copies a slot from its first byte, so a count it reads as
+/// non-zero always comes with its whole key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropSlot {
+    pub count: u64,
+    pub key: DropKey,
+}
+
+// `DropKey::slot` reads a key as four words.
+const _: () = assert!(core::mem::size_of::<DropKey>() == 32);
+
+/// log2 of the drop slots per CPU.
+pub const DROP_SLOT_BITS: u32 = 6;
+/// Drop slots per CPU (40 bytes each).
+pub const DROP_SLOTS: u32 = 1 << DROP_SLOT_BITS;
+
 /// The drop program's per-CPU memo of its last answers: drops come in
 /// runs (a firewall rule dropping a flow, a storm), and a run repeats the
 /// device and the addresses, so most drops need no map lookup to find
@@ -639,6 +684,7 @@ mod user {
     unsafe impl aya::Pod for VniInfo {}
     unsafe impl aya::Pod for InnerAddr {}
     unsafe impl aya::Pod for DropKey {}
+    unsafe impl aya::Pod for DropSlot {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Handshake {}
@@ -651,6 +697,35 @@ mod user {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    /// An address read from a packet as a word is the same key as one
+    /// built from its octets.
+    #[test]
+    fn v4_keys_from_words_and_octets_agree() {
+        let octets = [192, 0, 2, 17];
+        assert_eq!(
+            PeerKey::from_v4_word(u32::from_ne_bytes(octets)),
+            PeerKey::from_v4(octets)
+        );
+    }
+
+    /// Keys that differ in any word land in spread slots, and a key's slot
+    /// is within the slots.
+    #[test]
+    fn drop_slots_spread_keys() {
+        let mut used = [false; DROP_SLOTS as usize];
+        for reason in 0..16u32 {
+            let key = DropKey {
+                peer: PeerKey::from_v4([10, 0, 0, 1]),
+                reason,
+                kind: DROP_KIND_PACKET,
+                location: 0xffff_ffff_8100_0000,
+            };
+            used[key.slot() as usize] = true;
+        }
+        // 16 keys into 64 slots: a hash that ignored the reason would use 1.
+        assert!(used.iter().filter(|u| **u).count() >= 10);
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {
@@ -669,6 +744,7 @@ mod tests {
         assert_eq!(size_of::<PortKey>(), 24);
         assert_eq!(size_of::<TooBig>(), 16);
         assert_eq!(size_of::<DropKey>(), 32);
+        assert_eq!(size_of::<DropSlot>(), 8 + 32);
         assert_eq!(size_of::<VniInfo>(), 16);
         assert_eq!(size_of::<VxlanDevice>(), 8);
         assert_eq!(size_of::<InnerAddr>(), 24);

@@ -73,6 +73,9 @@ pub mod maps {
     pub const POD_SUBNETS: &str = "POD_SUBNETS";
     /// Kernel drops by (peer, reason, location), per CPU.
     pub const DROPS: &str = "DROPS";
+    /// The drop program's direct-mapped counters of the keys that came
+    /// first (`DropSlot`), per CPU; read beside `DROPS`.
+    pub const DROP_SLOTS: &str = "DROP_SLOTS";
     /// The drop program's memo of its last namespace and peer answers
     /// (`DropMemo`), per CPU.
     pub const DROP_MEMO: &str = "DROP_MEMO";
@@ -100,6 +103,7 @@ pub mod maps {
         INNER_ADDRS,
         POD_SUBNETS,
         DROPS,
+        DROP_SLOTS,
         DROP_MEMO,
         HANDSHAKES,
         HANDSHAKE_EVENTS,

@@ -23,7 +23,10 @@ pub const LOCATIONS_SHOWN: usize = 5;
 #[derive(Default)]
 pub struct DropTable {
     base: FxHashMap<DropKey, u64>,
+    /// The drop map's counts at the last read (keys can be evicted).
     current: FxHashMap<DropKey, u64>,
+    /// The drop program's slots at the last read (keys stay: no base).
+    slots: FxHashMap<DropKey, u64>,
     /// Totals at the previous interval, per (peer, reason), for deltas.
     previous: FxHashMap<(PeerKey, u32), u64>,
     limit: usize,
@@ -115,17 +118,16 @@ impl DropTable {
         self.superseded.push(reason);
     }
 
-    pub fn update(&mut self, now: &FxHashMap<DropKey, u64>, syms: Option<&Kallsyms>) {
-        let mut now: FxHashMap<DropKey, u64> = now
-            .iter()
-            .filter(|(k, _)| !self.superseded.contains(&k.reason))
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        if self.infer_from_location
-            && let Some(syms) = syms
-        {
-            now = self.inferred(now, syms);
-        }
+    /// Folds one read in: `map` from the drop map, `slots` from the drop
+    /// program's slots (a key may be in both).
+    pub fn update(
+        &mut self,
+        map: &FxHashMap<DropKey, u64>,
+        slots: &FxHashMap<DropKey, u64>,
+        syms: Option<&Kallsyms>,
+    ) {
+        let now = self.named(map, syms);
+        self.slots = self.named(slots, syms);
         for (k, v) in &self.current {
             if !now.contains_key(k) {
                 *self.base.entry(*k).or_default() += v;
@@ -139,6 +141,24 @@ impl DropTable {
                 k.location = 0;
                 *self.base.entry(k).or_default() += v;
             }
+        }
+    }
+
+    /// A read's drops without the superseded reasons, renamed by location
+    /// where that is asked for.
+    fn named(
+        &self,
+        read: &FxHashMap<DropKey, u64>,
+        syms: Option<&Kallsyms>,
+    ) -> FxHashMap<DropKey, u64> {
+        let kept: FxHashMap<DropKey, u64> = read
+            .iter()
+            .filter(|(k, _)| !self.superseded.contains(&k.reason))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        match syms {
+            Some(syms) if self.infer_from_location => self.inferred(kept, syms),
+            _ => kept,
         }
     }
 
@@ -165,7 +185,7 @@ impl DropTable {
 
     fn totals(&self) -> FxHashMap<DropKey, u64> {
         let mut t = self.base.clone();
-        for (k, v) in &self.current {
+        for (k, v) in self.current.iter().chain(&self.slots) {
             *t.entry(*k).or_default() += v;
         }
         t
@@ -265,19 +285,45 @@ mod tests {
         let mut t = DropTable::new(100);
         let mut now = FxHashMap::default();
         now.insert(key("192.0.2.1", 12, 0x10), 5);
-        t.update(&now, None);
+        t.update(&now, &FxHashMap::default(), None);
         assert_eq!(
             t.interval_deltas(&reasons).values().next().unwrap()["NETFILTER_DROP"],
             5
         );
-        t.update(&FxHashMap::default(), None); // evicted
+        t.update(&FxHashMap::default(), &FxHashMap::default(), None); // evicted
         assert!(t.interval_deltas(&reasons).is_empty());
         now.insert(key("192.0.2.1", 12, 0x10), 2); // back from zero
-        t.update(&now, None);
+        t.update(&now, &FxHashMap::default(), None);
         let d = t.by_peer(&reasons, None);
         let p = &d[&crate::discovery::peer_key(&"192.0.2.1".parse().unwrap())];
         assert_eq!(p.get("NETFILTER_DROP"), 7);
         assert_eq!(p.locations[0].2, "0x10");
+    }
+
+    /// A key counted both in a slot and in the drop map adds up; when the
+    /// map's part is evicted, the slot's part stays and the map's moves to
+    /// the base, so the total never goes back.
+    #[test]
+    fn slots_and_the_map_add_up_across_an_eviction() {
+        let mut reasons = DropReasons::default();
+        reasons.names.insert(12, "NETFILTER_DROP".into());
+        let storm = key("192.0.2.1", 12, 0x10);
+        let mut t = DropTable::new(100);
+        let slots = FxHashMap::from_iter([(storm, 1000)]);
+        t.update(&FxHashMap::from_iter([(storm, 3)]), &slots, None);
+        assert_eq!(
+            t.interval_deltas(&reasons).values().next().unwrap()["NETFILTER_DROP"],
+            1003
+        );
+        let slots = FxHashMap::from_iter([(storm, 1500)]);
+        t.update(&FxHashMap::default(), &slots, None); // the map's part evicted
+        assert_eq!(
+            t.interval_deltas(&reasons).values().next().unwrap()["NETFILTER_DROP"],
+            500
+        );
+        let d = t.by_peer(&reasons, None);
+        let p = &d[&crate::discovery::peer_key(&"192.0.2.1".parse().unwrap())];
+        assert_eq!(p.get("NETFILTER_DROP"), 1503);
     }
 
     /// A PAWS reject seen by both the kernel's reason and the kprobe is
@@ -296,7 +342,7 @@ mod tests {
             5,
         );
         now.insert(key("192.0.2.1", 12, 0x30), 1);
-        t.update(&now, None);
+        t.update(&now, &FxHashMap::default(), None);
         let d = t.by_peer(&reasons, None);
         let p = &d[&crate::discovery::peer_key(&"192.0.2.1".parse().unwrap())];
         assert_eq!(p.get("TCP_RFC7323_PAWS"), 5);

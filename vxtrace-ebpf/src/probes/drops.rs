@@ -16,6 +16,8 @@
 //! source (or else destination) address, from the inner-address map and the
 //! pod-subnet trie. Anything else is "other" (the zero peer), by reason.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
@@ -23,13 +25,13 @@ use aya_ebpf::{
 };
 use vxtrace_common::{
     DROP_KIND_GROUP, DROP_KIND_OUTER, DROP_KIND_PACKET, DROP_KIND_SYNACK, DROP_MEMO_EMPTY,
-    DROP_MEMO_NO_PEER, DROP_MEMO_PEER, DropKey, DropMemo, MEMO_RECHECK, NO_FIELD, PeerKey,
-    REASON_UNKNOWN, TooBig,
+    DROP_MEMO_NO_PEER, DROP_MEMO_PEER, DROP_SLOTS as DROP_SLOTS_PER_CPU, DropKey, DropMemo,
+    DropSlot, MEMO_RECHECK, NO_FIELD, PeerKey, REASON_UNKNOWN, TooBig,
 };
 
 use crate::{
     config::config,
-    kernel_mem::kread,
+    kernel_mem::{kread, kread_into},
     maps::{INNER_ADDRS, PEERS, POD_SUBNETS, update_global},
     packet::{
         ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, is_local_vtep, is_vxlan_port, same_addr,
@@ -43,6 +45,11 @@ pub static DROP_MEMO: PerCpuArray<DropMemo> = PerCpuArray::with_max_entries(1, 0
 /// Drops by (peer, reason, location). Name: `names::maps::DROPS`.
 #[map]
 pub static DROPS: LruPerCpuHashMap<DropKey, u64> = LruPerCpuHashMap::with_max_entries(16_384, 0);
+
+/// The drops of the first keys to reach each slot, per CPU (see
+/// [`DropSlot`]); the rest go to `DROPS`. Name: `names::maps::DROP_SLOTS`.
+#[map]
+pub static DROP_SLOTS: PerCpuArray<DropSlot> = PerCpuArray::with_max_entries(DROP_SLOTS_PER_CPU, 0);
 
 /// Drops of packets too big for their path (PKT_TOO_BIG), per peer, with
 /// the largest size. Name: `names::maps::TOO_BIG`.
@@ -254,8 +261,10 @@ const NO_HEADER: u16 = 0xffff;
 
 /// Whether an inner packet went to a group: a broadcast or multicast IP
 /// destination, or (a subnet broadcast) a group Ethernet destination.
+/// `mac_first` is the destination MAC's first byte when the header read
+/// brought it along; else it is read from the MAC header, if there is one.
 #[inline(always)]
-fn sent_to_a_group(dst: &PeerKey, v4: bool, head: u64, mac_header: u16) -> bool {
+fn sent_to_a_group(dst: &PeerKey, v4: bool, mac_first: Option<u8>, head: u64, mh: u16) -> bool {
     let a = &dst.addr;
     let ip_group = if v4 {
         a[12] >= 224 // multicast, and 255.255.255.255
@@ -265,7 +274,54 @@ fn sent_to_a_group(dst: &PeerKey, v4: bool, head: u64, mac_header: u16) -> bool 
     if ip_group {
         return true;
     }
-    mac_header != NO_HEADER && kread::<u8>(head + mac_header as u64).is_some_and(|b| b & 1 != 0)
+    let mac_first = match mac_first {
+        Some(b) => Some(b),
+        None if mh != NO_HEADER => kread::<u8>(head + mh as u64),
+        None => None,
+    };
+    mac_first.is_some_and(|b| b & 1 != 0)
+}
+
+/// Bytes read in front of the network header: the Ethernet header (14)
+/// and two more, so the IP header's words stay 4-byte aligned in the buffer.
+const BEFORE_IP: u16 = 16;
+
+/// A dropped packet's first bytes, as words (the program runs little
+/// endian: byte i of a word is bits 8i..8i+8).
+#[repr(C, align(8))]
+struct PacketStart {
+    /// The [`BEFORE_IP`] bytes in front of the network header.
+    before_ip: [u32; 4],
+    /// The IP header and the 20 bytes after an IPv4 one (the ports and
+    /// TCP flags), or the IPv6 header and the 16 after it.
+    ip: [u32; 14],
+}
+
+/// The packet's first bytes in one probe read into `buf` (the packet's
+/// bytes are memory the verifier knows no type for, whatever the program),
+/// and whether the Ethernet header in front came with them.
+#[inline(always)]
+fn read_packet_start(
+    buf: &mut MaybeUninit<PacketStart>,
+    head: u64,
+    nh: u16,
+    mh: u16,
+) -> Option<(&PacketStart, bool)> {
+    let ip = head + nh as u64;
+    if nh < BEFORE_IP {
+        // No room in front (rare): the IP header alone.
+        let start = buf.write(PacketStart {
+            before_ip: [0; 4],
+            ip: [0; 14],
+        });
+        return kread_into(&mut start.ip, ip).then_some((&*start, false));
+    }
+    if !kread_into(buf, ip - BEFORE_IP as u64) {
+        return None;
+    }
+    // SAFETY: the helper filled all of it, and any bytes are valid words.
+    let start = unsafe { buf.assume_init_ref() };
+    Some((start, mh != NO_HEADER && mh + 14 == nh))
 }
 
 /// The peer a dropped packet belongs to, if any, and what kind of packet
@@ -279,27 +335,27 @@ fn attribute<R: KernelStructs>(skb: u64, memo: &mut DropMemo) -> Option<(PeerKey
     if nh == NO_HEADER || (proto != ETH_P_IP && proto != ETH_P_IPV6) {
         return None;
     }
-    // The packet's bytes are memory the verifier knows no type for: a
-    // probe read whatever the program.
     let head: u64 = R::load(skb, config!(offsets.skb_head))?;
     let ip = head + nh as u64;
-    // The IP header and the first 20 bytes after it in one read, as
-    // words (the program runs little endian: byte i of a word is bits
-    // 8i..8i+8): ports and TCP flags come with it when the IPv4 header has
-    // no options. `dport` and `tcp_flags` are then read from fixed places.
+    let mut buf = MaybeUninit::uninit();
+    let (start, with_ethernet) = read_packet_start(&mut buf, head, nh, mh)?;
+    // Ports and TCP flags are read from fixed places (for IPv4, when the
+    // header has no options).
     let byte = |w: u32, i: u32| (w >> (8 * i)) as u8;
+    // The destination MAC's first byte is byte 2 of the buffer.
+    let mac_first = with_ethernet.then(|| byte(start.before_ip[0], 2));
+    let w = &start.ip;
     let (src, dst, l4_proto, dport, tcp_flags) = if proto == ETH_P_IP {
-        let h: [u32; 10] = kread(ip)?;
-        let ver_ihl = byte(h[0], 0);
+        let ver_ihl = byte(w[0], 0);
         if ver_ihl >> 4 != 4 {
             return None;
         }
         // Fragment offset (bytes 6-7, network order, 13 bits).
-        let frag = u16::from_be((h[1] >> 16) as u16);
-        let l4_proto = if frag & 0x1fff == 0 { byte(h[2], 1) } else { 0 };
+        let frag = u16::from_be((w[1] >> 16) as u16);
+        let l4_proto = if frag & 0x1fff == 0 { byte(w[2], 1) } else { 0 };
         let ihl = ((ver_ihl & 0x0f) as u64) * 4;
         let (dport, flags) = if ihl == 20 {
-            (u16::from_be((h[5] >> 16) as u16), byte(h[8], 1))
+            (u16::from_be((w[5] >> 16) as u16), byte(w[8], 1))
         } else if l4_proto == IPPROTO_UDP || l4_proto == IPPROTO_TCP {
             let l4: [u32; 4] = kread(ip + ihl)?;
             (u16::from_be((l4[0] >> 16) as u16), byte(l4[3], 1))
@@ -307,20 +363,19 @@ fn attribute<R: KernelStructs>(skb: u64, memo: &mut DropMemo) -> Option<(PeerKey
             (0, 0)
         };
         (
-            PeerKey::from_v4_word(h[3]),
-            PeerKey::from_v4_word(h[4]),
+            PeerKey::from_v4_word(w[3]),
+            PeerKey::from_v4_word(w[4]),
             l4_proto,
             dport,
             flags,
         )
     } else {
-        let h: [u32; 14] = kread(ip)?;
         (
-            PeerKey::from_v6_words([h[2], h[3], h[4], h[5]]),
-            PeerKey::from_v6_words([h[6], h[7], h[8], h[9]]),
-            byte(h[1], 2),
-            u16::from_be((h[10] >> 16) as u16),
-            byte(h[13], 1),
+            PeerKey::from_v6_words([w[2], w[3], w[4], w[5]]),
+            PeerKey::from_v6_words([w[6], w[7], w[8], w[9]]),
+            byte(w[1], 2),
+            u16::from_be((w[10] >> 16) as u16),
+            byte(w[13], 1),
         )
     };
     if l4_proto == IPPROTO_UDP && is_vxlan_port(dport) {
@@ -345,7 +400,7 @@ fn attribute<R: KernelStructs>(skb: u64, memo: &mut DropMemo) -> Option<(PeerKey
     let owner = owner_of_packet(&src, &dst, memo)?;
     let kind = if l4_proto == IPPROTO_TCP && tcp_flags & 0x16 == 0x12 {
         DROP_KIND_SYNACK
-    } else if sent_to_a_group(&dst, proto == ETH_P_IP, head, mh) {
+    } else if sent_to_a_group(&dst, proto == ETH_P_IP, mac_first, head, mh) {
         DROP_KIND_GROUP
     } else {
         DROP_KIND_PACKET
@@ -410,6 +465,9 @@ pub fn count<R: KernelStructs>(skb: u64, location: u64, reason: u32, rx_sk: u64)
         location,
     };
     update_global(|g| g.drops_seen += 1);
+    if count_in_slot(&key) {
+        return;
+    }
     if let Some(n) = DROPS.get_ptr_mut(&key) {
         // SAFETY: this CPU's copy of a DROPS value: non-null, aligned, and
         // kept alive until the program returns even if the LRU evicts the
@@ -426,4 +484,36 @@ pub fn count<R: KernelStructs>(skb: u64, location: u64, reason: u32, rx_sk: u64)
         // SAFETY: as for the lookup above.
         unsafe { *n += 1 };
     }
+}
+
+/// Counts a drop in this CPU's slot for its key when the slot is the key's
+/// or free (then the key takes it); false when another key holds it. An
+/// array slot found by an inlined hash costs far less than the drop map's
+/// lookup, which hashes the 32-byte key and walks a bucket.
+#[inline(always)]
+fn count_in_slot(key: &DropKey) -> bool {
+    let Some(slot) = DROP_SLOTS.get_ptr_mut(key.slot()) else {
+        return false;
+    };
+    // SAFETY: this CPU's copy of a DROP_SLOTS element: aligned, never
+    // freed, plain integers. The drop program does not run nested on a
+    // CPU; a PAWS kprobe interrupting it to claim the same free slot could
+    // at worst leave one mixed key.
+    let slot = unsafe { &mut *slot };
+    if slot.count == 0 {
+        // The key before the count, as volatile stores the compiler keeps
+        // in order (the JIT and x86 keep stores in order too): userspace
+        // reads the count first, so a count it sees comes with its key.
+        // SAFETY: plain stores to the slot above.
+        unsafe {
+            core::ptr::write_volatile(&mut slot.key, *key);
+            core::ptr::write_volatile(&mut slot.count, 1);
+        }
+        return true;
+    }
+    if slot.key != *key {
+        return false;
+    }
+    slot.count += 1;
+    true
 }

@@ -145,7 +145,10 @@ pub struct Readout {
     /// Every peer in the kernel map, summed over the CPUs (each key once).
     pub peers: Vec<(PeerKey, PeerStats)>,
     pub global: GlobalStats,
+    /// Drops in the drop map, summed over the CPUs (LRU: a key can go).
     pub drops: rustc_hash::FxHashMap<DropKey, u64>,
+    /// Drops in the drop program's slots, summed (never go back).
+    pub drop_slots: rustc_hash::FxHashMap<DropKey, u64>,
     /// VXLAN on foreign ports, per (peer, port, direction).
     pub port_mismatch: Vec<(PortKey, u64)>,
     /// Too-big drops per peer, summed over CPUs (largest size: the max).
@@ -285,6 +288,7 @@ impl Tracer {
             peers: self.read_peers()?,
             global: self.read_global()?,
             drops: self.read_drops()?,
+            drop_slots: self.read_drop_slots()?,
             port_mismatch: self.read_small(maps::PORT_MISMATCH, |a: &mut u64, b: &u64| {
                 *a = a.wrapping_add(*b)
             })?,

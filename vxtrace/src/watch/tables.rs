@@ -78,7 +78,8 @@ impl Tables {
     pub fn fold(&mut self, readout: &Readout, seconds: f64) -> DropDeltas {
         self.global = readout.global;
         self.peers.update(readout, seconds);
-        self.drops.update(&readout.drops, self.syms.as_ref());
+        self.drops
+            .update(&readout.drops, &readout.drop_slots, self.syms.as_ref());
         self.port_mismatch.update(&readout.port_mismatch);
         self.too_big.update(&readout.too_big);
         self.drops.interval_deltas(&self.reasons)
