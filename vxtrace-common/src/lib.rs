@@ -157,6 +157,44 @@ pub struct PeerStats {
     pub tx_flood: Counter,
 }
 
+/// One slot of the per-CPU direct-mapped peer counters: the first peer
+/// whose address lands in a slot on a CPU keeps it for the whole run, so
+/// the packets of a node's busiest peers find their counters with an
+/// inlined hash and an array index instead of a hash-map lookup. Peers
+/// whose slot is taken are counted in the peer map, which also lists
+/// every peer (a peer taking a slot is entered there too).
+///
+/// `peer` and `taken` come after the counters: the programs write the
+/// peer, then `taken`, then counts, and userspace copies a slot from its
+/// first byte, so a slot it reads as taken always comes with its whole
+/// peer, and counts it reads belong to that peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerSlot {
+    pub stats: PeerStats,
+    /// Non-zero once a peer holds the slot.
+    pub taken: u64,
+    pub peer: PeerKey,
+}
+
+/// log2 of the peer slots per CPU.
+pub const PEER_SLOT_BITS: u32 = 6;
+/// Peer slots per CPU (about 460 bytes each).
+pub const PEER_SLOTS: u32 = 1 << PEER_SLOT_BITS;
+
+impl PeerKey {
+    /// The peer's slot among [`PEER_SLOTS`]: a multiplicative hash of the
+    /// address's two words (the product's top bits depend on every bit).
+    #[inline(always)]
+    pub fn slot(&self) -> u32 {
+        // SAFETY: [u8; 16] and [u64; 2] have the same size, any bytes are
+        // valid words, and the key is 8-byte aligned.
+        let w = unsafe { &*(self as *const PeerKey as *const [u64; 2]) };
+        let mixed = w[0].rotate_left(29) ^ w[1];
+        (mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - PEER_SLOT_BITS)) as u32
+    }
+}
+
 /// What the last map lookups for a peer's packets found, kept in the
 /// peer's own per-CPU value: a peer's packets mostly repeat the same VNI,
 /// inner source MAC (flannel: the peer's VTEP MAC) and inner source address,
@@ -685,6 +723,7 @@ mod user {
     unsafe impl aya::Pod for InnerAddr {}
     unsafe impl aya::Pod for DropKey {}
     unsafe impl aya::Pod for DropSlot {}
+    unsafe impl aya::Pod for PeerSlot {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Handshake {}
@@ -707,6 +746,16 @@ mod tests {
             PeerKey::from_v4_word(u32::from_ne_bytes(octets)),
             PeerKey::from_v4(octets)
         );
+    }
+
+    /// Peers of one subnet land in spread slots.
+    #[test]
+    fn peer_slots_spread_a_subnet() {
+        let mut used = [false; PEER_SLOTS as usize];
+        for host in 1..=32u8 {
+            used[PeerKey::from_v4([10, 0, 0, host]).slot() as usize] = true;
+        }
+        assert!(used.iter().filter(|u| **u).count() >= 20);
     }
 
     /// Keys that differ in any word land in spread slots, and a key's slot
@@ -745,6 +794,7 @@ mod tests {
         assert_eq!(size_of::<TooBig>(), 16);
         assert_eq!(size_of::<DropKey>(), 32);
         assert_eq!(size_of::<DropSlot>(), 8 + 32);
+        assert_eq!(size_of::<PeerSlot>(), size_of::<PeerStats>() + 8 + 16);
         assert_eq!(size_of::<VniInfo>(), 16);
         assert_eq!(size_of::<VxlanDevice>(), 8);
         assert_eq!(size_of::<InnerAddr>(), 24);

@@ -57,6 +57,9 @@ pub mod programs {
 pub mod maps {
     /// Per-peer counters (`PeerStats`), LRU, per CPU; resized by the loader.
     pub const PEERS: &str = "PEERS";
+    /// The peers that came first to each slot, with their counters
+    /// (`PeerSlot`), per CPU; read beside `PEERS`.
+    pub const PEER_SLOTS: &str = "PEER_SLOTS";
     /// Counters that belong to no peer (`GlobalStats`), per CPU.
     pub const GLOBAL: &str = "GLOBAL";
     /// Inner MAC (per VNI) to the peer that owns it; resized by the loader.
@@ -95,6 +98,7 @@ pub mod maps {
     /// The object holds one more, [`AYA_LOGS`], which `aya-log-ebpf` defines.
     pub const ALL: &[&str] = &[
         PEERS,
+        PEER_SLOTS,
         GLOBAL,
         MAC_PEERS,
         MAC_MEMO,

@@ -15,8 +15,10 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use vxtrace_common::{
     DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, GlobalStats, InnerAddr, MAC_MEMO_SLOTS, MacKey, MacMemo,
-    MacPeer, PeerKey, PeerStats, VniInfo, VxlanDevice,
+    MacPeer, PEER_SLOTS as PEER_SLOTS_PER_CPU, PeerKey, PeerSlot, PeerStats, VniInfo, VxlanDevice,
 };
+
+use crate::packet::same_addr;
 
 /// A new peer's counters. It lives in read-only data because `PeerStats`
 /// is too big for the BPF stack.
@@ -29,6 +31,11 @@ static ZERO_PEER_STATS: PeerStats = unsafe { core::mem::zeroed() };
 #[map]
 pub static PEERS: LruPerCpuHashMap<PeerKey, PeerStats> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_PEERS, 0);
+
+/// The counters of the peers that came first to each slot, per CPU (see
+/// [`PeerSlot`]). Name: `names::maps::PEER_SLOTS`.
+#[map]
+pub static PEER_SLOTS: PerCpuArray<PeerSlot> = PerCpuArray::with_max_entries(PEER_SLOTS_PER_CPU, 0);
 
 /// Counters that belong to no peer (index 0 only). Name: `names::maps::GLOBAL`.
 #[map]
@@ -86,9 +93,59 @@ pub static INNER_ADDRS: LruHashMap<PeerKey, InnerAddr> =
 #[map]
 pub static POD_SUBNETS: LpmTrie<[u8; 16], PeerKey> = LpmTrie::with_max_entries(4096, 0);
 
-/// The peer's counters (this CPU's copy), creating them on first sight.
+/// The peer's counters (this CPU's copy), creating them on first sight:
+/// in its slot when the slot is the peer's or free, else in the peer map.
 #[inline(always)]
 pub fn peer_stats<C: EbpfContext>(ctx: &C, peer: &PeerKey) -> Option<*mut PeerStats> {
+    if let Some(slot) = PEER_SLOTS.get_ptr_mut(peer.slot()) {
+        // SAFETY: this CPU's copy of a PEER_SLOTS element: aligned, never
+        // freed, plain integers. Programs on this CPU are its only writers;
+        // one interrupting this one to take the same free slot could at
+        // worst leave a mixed address (TC programs do not nest).
+        let slot = unsafe { &mut *slot };
+        if slot.taken == 0 {
+            list_peer(peer);
+            // The peer, then `taken`, as volatile stores the compiler keeps
+            // in order (the JIT and x86 keep stores in order too):
+            // userspace reads `taken` first, so a taken slot it sees comes
+            // with its peer.
+            // SAFETY: plain stores to the slot above.
+            unsafe {
+                core::ptr::write_volatile(&mut slot.peer, *peer);
+                core::ptr::write_volatile(&mut slot.taken, 1);
+            }
+            return Some(&mut slot.stats);
+        }
+        if same_addr(&slot.peer, peer) {
+            return Some(&mut slot.stats);
+        }
+    }
+    peer_in_map(ctx, peer)
+}
+
+/// Enters a peer that took a slot in the peer map, which lists every peer
+/// (the drop program looks peers up there, userspace counts evictions
+/// from it). Its counts there stay zero on this CPU. A failed insertion
+/// loses nothing: the packet is counted in the slot.
+#[inline(always)]
+fn list_peer(peer: &PeerKey) {
+    if PEERS.get_ptr(peer).is_none()
+        && PEERS
+            .insert(
+                peer,
+                &ZERO_PEER_STATS,
+                aya_ebpf::bindings::BPF_NOEXIST.into(),
+            )
+            .is_ok()
+    {
+        update_global(|g| g.peers_inserted += 1);
+    }
+}
+
+/// The peer's counters in the peer map (this CPU's copy), inserting them
+/// on first sight.
+#[inline(always)]
+fn peer_in_map<C: EbpfContext>(ctx: &C, peer: &PeerKey) -> Option<*mut PeerStats> {
     if let Some(stats) = PEERS.get_ptr_mut(peer) {
         return Some(stats);
     }

@@ -1,9 +1,11 @@
 //! Per-peer totals over the whole run, built from successive reads of the
 //! kernel's per-peer map.
 //!
-//! The kernel map is an LRU: a peer can be evicted and come back with its
-//! counters at zero. Totals here never go backwards: when a key disappears,
-//! its last values move into a base that later incarnations add to.
+//! A peer's counts are in its per-CPU slots (the busiest peers, for the
+//! whole run) plus its entry in the kernel map. The map is an LRU: a peer
+//! can be evicted from it and come back with its counters at zero. Totals
+//! here never go backwards: when a key disappears from the map, what the
+//! map held for it moves into a base that later incarnations add to.
 //! Userspace memory is bounded the same way: past a limit, peers that are
 //! gone from the kernel map are folded into one "retired" total.
 //!
@@ -66,7 +68,11 @@ pub struct Peer {
     /// Counts of earlier incarnations (before an LRU eviction); rare, so
     /// boxed.
     base: Option<Box<PeerStats>>,
-    /// Everything counted so far: `base` plus the kernel's current value.
+    /// The peer's counts in the per-CPU slots at the last read (a few
+    /// peers have slots, so boxed).
+    in_slots: Option<Box<PeerStats>>,
+    /// Everything counted so far: `base` plus the kernel's current values
+    /// (map and slots).
     total: PeerStats,
     /// `total` at the end of the previous interval.
     previous_total: PeerStats,
@@ -98,6 +104,7 @@ impl Peer {
         Peer {
             addr: peer_addr(key),
             base: None,
+            in_slots: None,
             total: PeerStats::default(),
             previous_total: PeerStats::default(),
             last_read: 0,
@@ -178,28 +185,49 @@ impl PeerTable {
         for peer in self.peers.values_mut() {
             peer.previous_total = peer.total;
         }
+        let slots: FxHashMap<PeerKey, &PeerStats> =
+            readout.peer_slots.iter().map(|(k, s)| (*k, s)).collect();
+        for key in slots.keys() {
+            self.peers
+                .entry(*key)
+                .or_insert_with(|| Box::new(Peer::new(key)));
+        }
         for (key, stats) in &readout.peers {
             let peer = self
                 .peers
                 .entry(*key)
                 .or_insert_with(|| Box::new(Peer::new(key)));
-            peer.total = match &peer.base {
-                None => *stats,
-                Some(base) => {
-                    let mut t = **base;
-                    t.merge(stats);
-                    t
-                }
-            };
+            let mut total = peer.base.as_deref().copied().unwrap_or_default();
+            total.merge(stats);
+            if let Some(s) = slots.get(key) {
+                total.merge(s);
+            }
+            peer.total = total;
             peer.last_read = self.intervals;
         }
         let intervals = self.intervals;
         for (key, peer) in self.peers.iter_mut() {
             if peer.last_read != 0 && peer.last_read + 1 == intervals {
                 // In the previous read, not in this one: evicted from the
-                // kernel map. What it counted becomes the base its next
-                // incarnation adds to.
-                peer.base = Some(Box::new(peer.total));
+                // kernel map. What the map held becomes the base its next
+                // incarnation adds to (the slots' part stays theirs).
+                let in_map = match &peer.in_slots {
+                    Some(s) => peer.total.delta(s),
+                    None => peer.total,
+                };
+                peer.base = Some(Box::new(in_map));
+            }
+            let now_in_slots = slots.get(key).copied();
+            if peer.last_read != intervals && (now_in_slots.is_some() || peer.in_slots.is_some()) {
+                // Not in the map: its slots' counts on top of the base.
+                let mut total = peer.base.as_deref().copied().unwrap_or_default();
+                if let Some(s) = now_in_slots {
+                    total.merge(s);
+                }
+                peer.total = total;
+            }
+            if let Some(s) = now_in_slots {
+                peer.in_slots = Some(Box::new(*s));
             }
             let active = peer.total != peer.previous_total;
             if active {
@@ -234,11 +262,12 @@ impl PeerTable {
         if self.peers.len() <= self.limit {
             return;
         }
-        // Retire the longest-idle peers that the kernel no longer holds.
+        // Retire the longest-idle peers that the kernel no longer holds (a
+        // peer with slots is held by them for the whole run).
         let mut gone: Vec<(u64, PeerKey)> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.last_read != self.intervals)
+            .filter(|(_, p)| p.last_read != self.intervals && p.in_slots.is_none())
             .map(|(k, p)| (p.last_active, *k))
             .collect();
         gone.sort();
@@ -303,6 +332,35 @@ mod tests {
                 .push((crate::discovery::peer_key(&addr.parse().unwrap()), s));
         }
         r
+    }
+
+    fn with_slots(mut r: Readout, entries: &[(&str, u64)]) -> Readout {
+        r.peer_slots = readout(entries).peers;
+        r
+    }
+
+    /// A peer counted in slots and in the map: the two add up; when the
+    /// map's entry is evicted its part moves to the base and the slots'
+    /// part stays, so the total never goes back; a peer held only by slots
+    /// is never retired.
+    #[test]
+    fn slots_and_the_map_add_up_across_an_eviction() {
+        let mut t = PeerTable::new(1);
+        let a = "192.0.2.1";
+        t.update(&with_slots(readout(&[(a, 3)]), &[(a, 100)]), 1.0);
+        let total = |t: &PeerTable| t.get(&a.parse().unwrap()).unwrap().total().tx_encap.packets;
+        assert_eq!(total(&t), 103);
+        t.update(&with_slots(readout(&[]), &[(a, 150)]), 1.0); // map part evicted
+        assert_eq!(total(&t), 153);
+        t.update(&with_slots(readout(&[(a, 2)]), &[(a, 160)]), 1.0); // back in the map
+        assert_eq!(total(&t), 165);
+        let p = t.get(&a.parse().unwrap()).unwrap();
+        assert_eq!(p.last_delta().tx_encap.packets, 12);
+        // Another peer pushes the table over its limit of 1: the slot
+        // holder stays.
+        t.update(&with_slots(readout(&[]), &[(a, 170)]), 1.0);
+        t.update(&with_slots(readout(&[("192.0.2.2", 1)]), &[(a, 171)]), 1.0);
+        assert_eq!(total(&t), 3 + 2 + 171);
     }
 
     #[test]

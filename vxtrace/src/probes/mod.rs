@@ -142,8 +142,13 @@ pub enum LoaderBtf {
 /// One read of the kernel maps.
 #[derive(Debug, Default)]
 pub struct Readout {
-    /// Every peer in the kernel map, summed over the CPUs (each key once).
+    /// Every peer in the kernel map, summed over the CPUs (each key once;
+    /// LRU: a key can go).
     pub peers: Vec<(PeerKey, PeerStats)>,
+    /// The peers in the per-CPU peer slots, summed over slots and CPUs
+    /// (each key once; never go back). A peer's counts are its map entry's
+    /// plus these.
+    pub peer_slots: Vec<(PeerKey, PeerStats)>,
     pub global: GlobalStats,
     /// Drops in the drop map, summed over the CPUs (LRU: a key can go).
     pub drops: rustc_hash::FxHashMap<DropKey, u64>,
@@ -156,9 +161,19 @@ pub struct Readout {
 }
 
 impl Readout {
-    /// One peer's counters, if the map holds it.
+    /// One peer's counters (its map entry and its slots), if the kernel
+    /// holds it.
     pub fn peer(&self, key: &PeerKey) -> Option<PeerStats> {
-        self.peers.iter().find(|(k, _)| k == key).map(|(_, s)| *s)
+        let mut parts = self
+            .peers
+            .iter()
+            .chain(&self.peer_slots)
+            .filter(|(k, _)| k == key);
+        let mut sum = parts.next()?.1;
+        for (_, s) in parts {
+            sum.merge(s);
+        }
+        Some(sum)
     }
 }
 
@@ -286,6 +301,7 @@ impl Tracer {
     pub fn read(&self) -> Result<Readout> {
         Ok(Readout {
             peers: self.read_peers()?,
+            peer_slots: self.read_peer_slots()?,
             global: self.read_global()?,
             drops: self.read_drops()?,
             drop_slots: self.read_drop_slots()?,

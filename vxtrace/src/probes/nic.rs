@@ -1,11 +1,13 @@
 //! The underlay device's TC programs (`vxtrace_nic_ingress`,
 //! `vxtrace_nic_egress`): VXLAN packets to and from each peer, counted in
-//! the per-peer map (`PEERS`) that every probe adds to, which is read here.
+//! the per-peer slots and map (`PEER_SLOTS`, `PEERS`) that every probe adds
+//! to, which are read here.
 
+use anyhow::Context as _;
 use anyhow::Result;
-use aya::maps::{MapData, PerCpuHashMap};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 use vxtrace_common::{
-    PeerKey, PeerStats,
+    PeerKey, PeerSlot, PeerStats,
     names::{maps, programs},
 };
 
@@ -36,6 +38,31 @@ impl Tracer {
                 sum.merge(v);
             }
             out.push((key, sum));
+        }
+        Ok(out)
+    }
+
+    /// The peers in the per-CPU peer slots, each summed over its slots and
+    /// CPUs. A slot keeps its peer for the whole run, so these counts never
+    /// go back.
+    pub(super) fn read_peer_slots(&self) -> Result<Vec<(PeerKey, PeerStats)>> {
+        let slots: PerCpuArray<&MapData, PeerSlot> =
+            PerCpuArray::try_from(self.map(maps::PEER_SLOTS)?)?;
+        let mut out: Vec<(PeerKey, PeerStats)> = Vec::new();
+        for index in 0..slots.len() {
+            let per_cpu = slots
+                .get(&index, 0)
+                .with_context(|| format!("reading peer slot {index}"))?;
+            for slot in per_cpu.iter().filter(|s| s.taken != 0) {
+                match out.iter_mut().find(|(peer, _)| *peer == slot.peer) {
+                    Some((_, sum)) => sum.merge(&slot.stats),
+                    None => {
+                        let mut sum = PeerStats::default();
+                        sum.merge(&slot.stats);
+                        out.push((slot.peer, sum));
+                    }
+                }
+            }
         }
         Ok(out)
     }
