@@ -1,4 +1,4 @@
-//! Reading a whole per-CPU hash map in a few syscalls
+//! Reading a whole per-CPU map in a few syscalls
 //! (BPF_MAP_LOOKUP_BATCH, kernel >= 5.6) instead of two per key: with
 //! 10,000 peers this is the difference between ~80 ms and a few ms of CPU
 //! per interval. Callers fall back to per-key iteration where the kernel
@@ -40,12 +40,31 @@ pub fn lookup_percpu_summed<K: Copy + Default, V: Copy + Default>(
     nr_cpus: usize,
     mut sum: impl FnMut(&mut V, &V),
 ) -> io::Result<Vec<(K, V)>> {
-    assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are 8-byte strided");
     let mut out = Vec::new();
+    lookup_percpu(fd, nr_cpus, |key: &K, per_cpu: &[V]| {
+        let mut total = V::default();
+        for v in per_cpu {
+            sum(&mut total, v);
+        }
+        out.push((*key, total));
+    })?;
+    Ok(out)
+}
+
+/// Every key of a per-CPU map (hash or array) with its values, one per
+/// possible CPU, handed to `each`. `V` must be a multiple of 8 bytes (the
+/// kernel's per-CPU value stride).
+pub fn lookup_percpu<K: Copy + Default, V: Copy + Default>(
+    fd: RawFd,
+    nr_cpus: usize,
+    mut each: impl FnMut(&K, &[V]),
+) -> io::Result<()> {
+    assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are 8-byte strided");
     let mut chunk = per_call(size_of::<V>(), nr_cpus);
     let mut keys = vec![K::default(); chunk];
     let mut values = vec![V::default(); chunk * nr_cpus];
-    // Hash maps use a u32 bucket index as the batch token.
+    // Hash maps use a u32 bucket index as the batch token, arrays the u32
+    // index.
     let mut token_in: u64 = 0;
     let mut token_out: u64 = 0;
     let mut first = true;
@@ -92,17 +111,12 @@ pub fn lookup_percpu_summed<K: Copy + Default, V: Copy + Default>(
                 format!("BPF_MAP_LOOKUP_BATCH: {e}"),
             ));
         }
-        out.reserve(attr.count as usize);
         for i in 0..attr.count as usize {
-            let mut total = V::default();
-            for v in &values[i * nr_cpus..(i + 1) * nr_cpus] {
-                sum(&mut total, v);
-            }
-            out.push((keys[i], total));
+            each(&keys[i], &values[i * nr_cpus..(i + 1) * nr_cpus]);
         }
         // ENOENT: that was the last batch.
         if err.is_some() {
-            return Ok(out);
+            return Ok(());
         }
         token_in = token_out;
         first = false;

@@ -4,7 +4,7 @@
 //! scoped to the network namespaces in `NETNS_SCOPE`.
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{HashMap, MapData, PerCpuHashMap};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
 use vxtrace_common::{
     DropKey, DropSlot,
@@ -137,17 +137,12 @@ impl Tracer {
     /// key over slots and CPUs. A slot keeps its key for the whole run, so
     /// these counts never go back.
     pub(super) fn read_drop_slots(&self) -> Result<rustc_hash::FxHashMap<DropKey, u64>> {
-        let slots: PerCpuArray<&MapData, DropSlot> =
-            PerCpuArray::try_from(self.map(maps::DROP_SLOTS)?)?;
         let mut out = rustc_hash::FxHashMap::default();
-        for index in 0..slots.len() {
-            let per_cpu = slots
-                .get(&index, 0)
-                .with_context(|| format!("reading drop slot {index}"))?;
-            for slot in per_cpu.iter().filter(|s| s.count != 0) {
+        self.read_per_cpu_array(maps::DROP_SLOTS, |slot: &DropSlot| {
+            if slot.count != 0 {
                 *out.entry(slot.key).or_default() += slot.count;
             }
-        }
+        })?;
         Ok(out)
     }
 }

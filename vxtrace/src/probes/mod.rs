@@ -352,6 +352,42 @@ impl Tracer {
         Ok(sum)
     }
 
+    /// Every CPU's value of every element of a per-CPU array (the slot
+    /// maps), handed to `each`: in one batched read into one buffer where
+    /// the kernel has it, else element by element.
+    fn read_per_cpu_array<V: Copy + Default + aya::Pod>(
+        &self,
+        map: &str,
+        mut each: impl FnMut(&V),
+    ) -> Result<()> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let data = self.map(map)?;
+        if !self.no_batch.get()
+            && let aya::maps::Map::PerCpuArray(array) = data
+        {
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+            let fd = array.fd().as_fd().as_raw_fd();
+            let read = batch::lookup_percpu::<u32, V>(fd, cpus, |_, per_cpu| {
+                per_cpu.iter().for_each(&mut each)
+            });
+            match read {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    log::info!("{e}; reading {map} element by element");
+                    self.no_batch.set(true);
+                }
+            }
+        }
+        let array: PerCpuArray<&MapData, V> = PerCpuArray::try_from(data)?;
+        for index in 0..array.len() {
+            let per_cpu = array
+                .get(&index, 0)
+                .with_context(|| format!("reading {map} element {index}"))?;
+            per_cpu.iter().for_each(&mut each);
+        }
+        Ok(())
+    }
+
     /// A per-CPU LRU map in batches, values summed over the CPUs by `sum`;
     /// `None` where the kernel refuses (then never asked again).
     fn read_batched<K: Copy + Default, V: Copy + Default>(

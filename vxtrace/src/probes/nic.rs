@@ -3,9 +3,8 @@
 //! the per-peer slots and map (`PEER_SLOTS`, `PEERS`) that every probe adds
 //! to, which are read here.
 
-use anyhow::Context as _;
 use anyhow::Result;
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{MapData, PerCpuHashMap};
 use vxtrace_common::{
     PeerKey, PeerSlot, PeerStats,
     names::{maps, programs},
@@ -46,24 +45,20 @@ impl Tracer {
     /// CPUs. A slot keeps its peer for the whole run, so these counts never
     /// go back.
     pub(super) fn read_peer_slots(&self) -> Result<Vec<(PeerKey, PeerStats)>> {
-        let slots: PerCpuArray<&MapData, PeerSlot> =
-            PerCpuArray::try_from(self.map(maps::PEER_SLOTS)?)?;
         let mut out: Vec<(PeerKey, PeerStats)> = Vec::new();
-        for index in 0..slots.len() {
-            let per_cpu = slots
-                .get(&index, 0)
-                .with_context(|| format!("reading peer slot {index}"))?;
-            for slot in per_cpu.iter().filter(|s| s.taken != 0) {
-                match out.iter_mut().find(|(peer, _)| *peer == slot.peer) {
-                    Some((_, sum)) => sum.merge(&slot.stats),
-                    None => {
-                        let mut sum = PeerStats::default();
-                        sum.merge(&slot.stats);
-                        out.push((slot.peer, sum));
-                    }
+        self.read_per_cpu_array(maps::PEER_SLOTS, |slot: &PeerSlot| {
+            if slot.taken == 0 {
+                return;
+            }
+            match out.iter_mut().find(|(peer, _)| *peer == slot.peer) {
+                Some((_, sum)) => sum.merge(&slot.stats),
+                None => {
+                    let mut sum = PeerStats::default();
+                    sum.merge(&slot.stats);
+                    out.push((slot.peer, sum));
                 }
             }
-        }
+        })?;
         Ok(out)
     }
 }
