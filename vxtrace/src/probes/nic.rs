@@ -45,20 +45,15 @@ impl Tracer {
     /// CPUs. A slot keeps its peer for the whole run, so these counts never
     /// go back.
     pub(super) fn read_peer_slots(&self) -> Result<Vec<(PeerKey, PeerStats)>> {
-        let mut out: Vec<(PeerKey, PeerStats)> = Vec::new();
+        // Keyed by peer: with 64 slots per possible CPU there can be
+        // thousands of taken slots on a large node.
+        let mut out: rustc_hash::FxHashMap<PeerKey, PeerStats> = Default::default();
         self.read_per_cpu_array(maps::PEER_SLOTS, |slot: &PeerSlot| {
-            if slot.taken == 0 {
-                return;
-            }
-            match out.iter_mut().find(|(peer, _)| *peer == slot.peer) {
-                Some((_, sum)) => sum.merge(&slot.stats),
-                None => {
-                    let mut sum = PeerStats::default();
-                    sum.merge(&slot.stats);
-                    out.push((slot.peer, sum));
-                }
+            if slot.taken != 0 {
+                // `merge` adds the counters only (not the memo).
+                out.entry(slot.peer).or_default().merge(&slot.stats);
             }
         })?;
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 }
