@@ -99,29 +99,33 @@ impl Counter {
 /// Everything counted per underlay peer, one copy per CPU (summed in userspace).
 ///
 /// Laid out for the packet path: the memo every packet reads, then the
-/// four traffic counters and the size histograms, which are what a packet
-/// adds to; the rare counters last. Userspace reads the fields by name,
-/// so the order is free to change.
+/// four traffic counters (a packet's two programs, on the underlay device
+/// and on the VXLAN device, add to two of them) and the size histograms;
+/// the rare counters last. A packet's counters share as few cache lines
+/// as they can: with many peers, each line of a peer's value is a miss.
+/// Userspace reads the fields by name, so the order is free to change.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerStats {
     /// The kernel programs' per-CPU memo of this peer's last lookups (not
     /// a counter: userspace ignores it).
     pub memo: LookupMemo,
-    /// VXLAN packets sent to the peer, seen leaving the underlay device.
-    pub tx_encap: Counter,
     /// VXLAN packets from the peer, seen arriving at the underlay device.
     pub rx_nic: Counter,
     /// Frames from the peer delivered by the VXLAN device after decapsulation.
     pub rx_decap: Counter,
+    /// VXLAN packets sent to the peer, seen leaving the underlay device.
+    pub tx_encap: Counter,
     /// Frames the VXLAN device was handed for this peer (before encapsulation):
     /// the gap to `tx_encap` is loss on this host's transmit path.
     pub tx_dev: Counter,
     /// Outer IP packet sizes per direction, by [`SIZE_BUCKET_BOUNDS`]
     /// (packets above 1450 and 1500 bytes, the path-MTU signs, are the
-    /// sums of the buckets above those bounds).
-    pub tx_size: [u64; SIZE_BUCKETS],
+    /// sums of the buckets above those bounds). The received ones first,
+    /// next to the counters: an arriving packet adds to the memo's line,
+    /// `rx_nic`, `rx_decap` and its size bucket.
     pub rx_size: [u64; SIZE_BUCKETS],
+    pub tx_size: [u64; SIZE_BUCKETS],
     /// Packets to or from the VXLAN port that are not valid VXLAN, received.
     pub malformed_rx: u64,
     /// Same, sent.
@@ -164,17 +168,19 @@ pub struct PeerStats {
 /// whose slot is taken are counted in the peer map, which also lists
 /// every peer (a peer taking a slot is entered there too).
 ///
-/// `peer` and `taken` come after the counters: the programs write the
+/// `taken` comes first and `peer` right after it: the programs write the
 /// peer, then `taken`, then counts, and userspace copies a slot from its
 /// first byte, so a slot it reads as taken always comes with its whole
-/// peer, and counts it reads belong to that peer.
+/// peer, and counts it reads belong to that peer. Both sit in front of the
+/// memo and the traffic counters, so a packet's reads and adds fall in as
+/// few cache lines as they can.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerSlot {
-    pub stats: PeerStats,
     /// Non-zero once a peer holds the slot.
     pub taken: u64,
     pub peer: PeerKey,
+    pub stats: PeerStats,
 }
 
 /// log2 of the peer slots per CPU.
@@ -287,6 +293,10 @@ pub struct GlobalStats {
     pub drops_out_of_scope: u64,
     /// Handshake-latency events the ring buffer had no room for.
     pub handshake_events_lost: u64,
+    /// The drop program's per-CPU memo (not a counter: userspace ignores
+    /// it). It lives here because every drop adds to `drops_seen` anyway:
+    /// one map element for both, one lookup and fewer cache lines a drop.
+    pub drop_memo: DropMemo,
 }
 
 /// Key of the map from an inner MAC address to the peer that owns it.
@@ -645,6 +655,12 @@ impl KernelOffsets {
 }
 
 /// Load-time configuration, written into the object before it is loaded.
+///
+/// The fields every packet on the underlay device reads come first, in as
+/// few cache lines as they fit: at a few tens of thousands of packets a
+/// second the lines are cold again by the next packet, and each one the
+/// TC programs touch costs a miss. The drop program's fields come last,
+/// together.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -653,12 +669,6 @@ pub struct Config {
     /// Bit i set: `ports[i]` is a well-known VXLAN port no watched device
     /// uses; VXLAN-shaped packets to it are a port mismatch, not traffic.
     pub foreign_ports: u32,
-    /// This kernel's number of the PKT_TOO_BIG drop reason (0: none; 0 is
-    /// no drop reason on any kernel), whose drops have their size recorded.
-    pub reason_too_big: u32,
-    /// Local VTEP addresses; only packets from/to them are counted, unless
-    /// `local_addr_count` is 0 (a device without `local`: any address).
-    pub local_addrs: [PeerKey; MAX_LOCAL_ADDRS],
     pub local_addr_count: u32,
     /// Bits of the first 32-bit word of the VXLAN header that may be set
     /// (network order read as big-endian): the I flag, plus GBP/RCO bits when
@@ -667,14 +677,22 @@ pub struct Config {
     /// Count packets whose VNI is in the device map only; otherwise any VNI
     /// is traffic. 1 = filter, 0 = no filter.
     pub filter_vni: u32,
+    /// Local VTEP addresses; only packets from/to them are counted, unless
+    /// `local_addr_count` is 0 (a device without `local`: any address).
+    pub local_addrs: [PeerKey; MAX_LOCAL_ADDRS],
+    /// This kernel's number of the PKT_TOO_BIG drop reason (0: none; 0 is
+    /// no drop reason on any kernel), whose drops have their size recorded.
+    pub reason_too_big: u32,
     /// 1: count drops of every network namespace; 0: only those in the
     /// namespace-scope map.
     pub netns_scope_all: u32,
-    pub offsets: KernelOffsets,
     /// 1 when the raw tracepoint passes the drop reason as its third argument.
     pub raw_tp_has_reason: u32,
     /// 1 when it passes the receiving socket as its fourth.
     pub raw_tp_has_rx_sk: u32,
+    /// The skb fields every drop reads lead the offsets, so with the four
+    /// fields above they share a line.
+    pub offsets: KernelOffsets,
 }
 
 /// The I flag: "a valid VNI is present" (RFC 7348).
@@ -685,15 +703,15 @@ impl Config {
         Self {
             ports: [0; MAX_PORTS],
             foreign_ports: 0,
-            reason_too_big: 0,
-            local_addrs: [PeerKey { addr: [0; 16] }; MAX_LOCAL_ADDRS],
             local_addr_count: 0,
             allowed_flags: VXLAN_FLAG_I,
             filter_vni: 0,
+            local_addrs: [PeerKey { addr: [0; 16] }; MAX_LOCAL_ADDRS],
+            reason_too_big: 0,
             netns_scope_all: 1,
-            offsets: KernelOffsets::none(),
             raw_tp_has_reason: 1,
             raw_tp_has_rx_sk: 0,
+            offsets: KernelOffsets::none(),
         }
     }
 }
@@ -786,7 +804,11 @@ mod tests {
         );
         assert_eq!(size_of::<LookupMemo>(), 56);
         assert_eq!(size_of::<MacMemo>(), 32);
-        assert_eq!(size_of::<GlobalStats>(), 6 * 8 + 2 * 16);
+        assert_eq!(
+            size_of::<GlobalStats>(),
+            6 * 8 + 2 * 16 + size_of::<DropMemo>()
+        );
+        assert_eq!(size_of::<DropMemo>(), 72);
         assert_eq!(size_of::<MacKey>(), 12);
         assert_eq!(size_of::<MacPeer>(), 24);
         assert_eq!(size_of::<KernelOffsets>(), 20 * 4);
@@ -929,11 +951,11 @@ mod stats_tests {
         // The first and last counters after the memo are in the words,
         // the memo is not.
         let mut c = PeerStats::default();
-        c.tx_encap.packets = 1;
+        c.rx_nic.packets = 1;
         c.tx_flood.bytes = 1;
         assert_eq!(c.counter_words()[0], 1);
         assert_eq!(c.counter_words()[PEER_COUNTER_WORDS - 1], 1);
-        c.tx_encap.packets = 0;
+        c.rx_nic.packets = 0;
         c.tx_flood.bytes = 0;
         c.memo.uses = 5;
         assert!(c.is_zero());

@@ -79,9 +79,6 @@ pub mod maps {
     /// The drop program's direct-mapped counters of the keys that came
     /// first (`DropSlot`), per CPU; read beside `DROPS`.
     pub const DROP_SLOTS: &str = "DROP_SLOTS";
-    /// The drop program's memo of its last namespace and peer answers
-    /// (`DropMemo`), per CPU.
-    pub const DROP_MEMO: &str = "DROP_MEMO";
     /// Open TCP handshakes (SYN seen, SYN-ACK not yet).
     pub const HANDSHAKES: &str = "HANDSHAKES";
     /// Ring buffer of completed handshakes' latencies.
@@ -108,7 +105,6 @@ pub mod maps {
         POD_SUBNETS,
         DROPS,
         DROP_SLOTS,
-        DROP_MEMO,
         HANDSHAKES,
         HANDSHAKE_EVENTS,
         NETNS_SCOPE,

@@ -32,15 +32,11 @@ use vxtrace_common::{
 use crate::{
     config::config,
     kernel_mem::{kread, kread_into},
-    maps::{INNER_ADDRS, PEERS, POD_SUBNETS, update_global},
+    maps::{GLOBAL, INNER_ADDRS, PEERS, POD_SUBNETS},
     packet::{
         ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, is_local_vtep, is_vxlan_port, same_addr,
     },
 };
-
-/// The drop program's memo (index 0, per CPU). Name: `names::maps::DROP_MEMO`.
-#[map]
-pub static DROP_MEMO: PerCpuArray<DropMemo> = PerCpuArray::with_max_entries(1, 0);
 
 /// Drops by (peer, reason, location). Name: `names::maps::DROPS`.
 #[map]
@@ -440,21 +436,22 @@ fn count_too_big<R: KernelStructs>(skb: u64, peer: &PeerKey) {
 /// for `reason`; `rx_sk` is the receiving socket when the caller knows it.
 #[inline(always)]
 pub fn count<R: KernelStructs>(skb: u64, location: u64, reason: u32, rx_sk: u64) {
-    let Some(memo) = DROP_MEMO.get_ptr_mut(0) else {
+    let Some(global) = GLOBAL.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: this CPU's slot of a per-CPU array: aligned and never freed.
-    // Its fields are plain integers. A drop traced while this run is
-    // interrupted (the kernel skips nested runs of a program on most
-    // kernels) could leave a memo mixing two runs' answers: at worst the
-    // next drops of those addresses go to the wrong peer until the memo's
-    // recheck, at most MEMO_RECHECK - 1 of them.
-    let memo = unsafe { &mut *memo };
-    if config!(netns_scope_all) == 0 && !in_scope::<R>(skb, rx_sk, memo) {
-        update_global(|g| g.drops_out_of_scope += 1);
+    // SAFETY: this CPU's element of a per-CPU array: aligned and never
+    // freed, plain integers; the references below end before this program
+    // does. A drop traced while this run is interrupted (the kernel skips
+    // nested runs of a program on most kernels) could leave a memo mixing
+    // two runs' answers: at worst the next drops of those addresses go to
+    // the wrong peer until the memo's recheck, at most MEMO_RECHECK - 1 of
+    // them; a counter added to by both could lose a count.
+    let global = unsafe { &mut *global };
+    if config!(netns_scope_all) == 0 && !in_scope::<R>(skb, rx_sk, &mut global.drop_memo) {
+        global.drops_out_of_scope += 1;
         return;
     }
-    let (peer, kind) = attribute::<R>(skb, memo).unwrap_or_default();
+    let (peer, kind) = attribute::<R>(skb, &mut global.drop_memo).unwrap_or_default();
     if reason == config!(reason_too_big) {
         count_too_big::<R>(skb, &peer);
     }
@@ -464,7 +461,7 @@ pub fn count<R: KernelStructs>(skb: u64, location: u64, reason: u32, rx_sk: u64)
         kind,
         location,
     };
-    update_global(|g| g.drops_seen += 1);
+    global.drops_seen += 1;
     if count_in_slot(&key) {
         return;
     }
@@ -478,7 +475,7 @@ pub fn count<R: KernelStructs>(skb: u64, location: u64, reason: u32, rx_sk: u64)
         return;
     }
     if DROPS.insert(&key, &1u64, 1).is_ok() {
-        update_global(|g| g.drop_keys_inserted += 1);
+        global.drop_keys_inserted += 1;
     } else if let Some(n) = DROPS.get_ptr_mut(&key) {
         // Another CPU created it first.
         // SAFETY: as for the lookup above.

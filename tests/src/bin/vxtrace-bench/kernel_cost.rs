@@ -268,8 +268,17 @@ pub fn per_hook(r: &mut Report, lab: &LabGuard, rounds: usize) {
         .collect();
     // Shapes interleaved round by round, so a slow spell of the machine
     // falls on all of them alike.
+    // VXTRACE_BENCH_SHAPES=overlay_udp64,... runs only those shapes (for a
+    // profiler to look at one); the others' tables are then empty.
+    let wanted = std::env::var("VXTRACE_BENCH_SHAPES").ok();
     for _ in 0..rounds {
         for (s, shape) in Shape::ALL.iter().enumerate() {
+            if wanted
+                .as_deref()
+                .is_some_and(|w| !w.split(',').any(|id| id == shape.id()))
+            {
+                continue;
+            }
             let before = stats::snapshot();
             shape.run(lab, secs);
             let d = stats::delta(&before, &stats::snapshot());
@@ -297,7 +306,10 @@ pub fn per_hook(r: &mut Report, lab: &LabGuard, rounds: usize) {
         "\n### At the hooks under real traffic, paired with an empty program\n\nvxtrace on both nodes, first at each of its hooks, and an empty program attached after it in the same chain: both run on the same packets in the same window. {rounds} rounds of {secs} s per traffic shape, shapes interleaved; ns per run from the kernel's run-time statistics (`kernel.bpf_stats_enabled`, which adds its own clock reads to every run, to the empty program and to vxtrace alike); the median of the rounds, their range in brackets, and the median of each round's ratio."
     );
     for (s, shape) in Shape::ALL.iter().enumerate() {
-        hook_table(r, *shape, &mut paired[s]);
+        // A shape left out by VXTRACE_BENCH_SHAPES has no rounds.
+        if paired[s].iter().any(|p| !p.runs.is_empty()) {
+            hook_table(r, *shape, &mut paired[s]);
+        }
     }
     size_table(r, &sizes);
 }
