@@ -35,7 +35,7 @@ fn lines(view: &IntervalView<'_>) -> String {
     shown.sort();
     let mut s = String::new();
     for addr in shown {
-        let total = t.peers.get(&addr).map(|p| p.total()).unwrap_or_default();
+        let total = t.peers.get(&addr).map(|p| *p.total()).unwrap_or_default();
         let delta = t
             .peers
             .get(&addr)

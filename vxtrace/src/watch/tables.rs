@@ -153,7 +153,7 @@ impl Tables {
     fn peer_view(&self, addr: IpAddr, drops: &PeerDrops) -> PeerSummary {
         let key = peer_key(&addr);
         let peer = self.peers.get(&addr);
-        let mut counters = PeerCounters::from(&peer.map(Peer::total).unwrap_or_default());
+        let mut counters = PeerCounters::from(&peer.map(|p| *p.total()).unwrap_or_default());
         counters.tcp.outcome = Some(tcp_outcome(peer, drops));
         let mut by_port: BTreeMap<u16, PortMismatch> = BTreeMap::new();
         for (k, n) in self.port_mismatch.get(|k| k.peer == key) {
@@ -268,7 +268,7 @@ impl Tables {
             .values()
             .filter(|p| !self.selected.contains(&p.addr))
         {
-            others.merge(&p.total());
+            others.merge(p.total());
             count += 1;
         }
         others.merge(&t.retired);

@@ -115,7 +115,7 @@ impl Counts {
         let mut c = Counts::kernel_only(plan, snap)?;
         let mut total = peers.retired;
         for p in peers.peers.values() {
-            total.merge(&p.total());
+            total.merge(p.total());
         }
         c.seen_decap = total.rx_decap.packets + global.rx_decap_unattributed.packets;
         c.seen_dev_tx =
