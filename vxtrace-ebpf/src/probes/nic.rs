@@ -94,11 +94,10 @@ fn handle(ctx: &TcContext, dir: Direction) {
     if !is_local_vtep(local) {
         return;
     }
-    let vxlan = parse_vxlan(ctx, outer.payload_off);
     if outer.foreign {
         // VXLAN on a port no watched device uses: a port mismatch between
         // nodes (rare), counted apart; anything else on it is not ours.
-        if let Vxlan::Valid { .. } = vxlan {
+        if let Vxlan::Valid { .. } = parse_vxlan(ctx, outer.payload_off) {
             count_port_mismatch(peer, outer.port, dir);
         }
         return;
@@ -106,6 +105,12 @@ fn handle(ctx: &TcContext, dir: Direction) {
     let Some(stats) = peer_stats(ctx, peer) else {
         return;
     };
+    // Parsed after the peer's counters are found, not before: the MACs
+    // then need not live across the lookup. Kernels before 5.13 or so
+    // refuse a program that reads a stack slot some path left unwritten,
+    // which is what the compiler made of a malformed header's (absent)
+    // MACs kept across it.
+    let vxlan = parse_vxlan(ctx, outer.payload_off);
     // SAFETY: this CPU's copy of a PEERS value: non-null, aligned, and kept
     // alive until the program returns even if the LRU evicts the entry.
     // Only programs on this CPU write it; one that interrupts this program
