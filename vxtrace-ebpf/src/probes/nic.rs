@@ -106,10 +106,10 @@ fn handle(ctx: &TcContext, dir: Direction) {
         return;
     };
     // Parsed after the peer's counters are found, not before: the MACs
-    // then need not live across the lookup. Kernels before 5.13 or so
-    // refuse a program that reads a stack slot some path left unwritten,
-    // which is what the compiler made of a malformed header's (absent)
-    // MACs kept across it.
+    // then need not live across the lookup. Kept across it, a malformed
+    // header's (absent) MACs became a stack slot the compiler reloaded on
+    // a path that never wrote it, and the 5.10 verifier refuses any read
+    // of an unwritten slot (newer ones allow it to privileged programs).
     let vxlan = parse_vxlan(ctx, outer.payload_off);
     // SAFETY: this CPU's copy of a PEERS value: non-null, aligned, and kept
     // alive until the program returns even if the LRU evicts the entry.

@@ -179,6 +179,28 @@ impl Shape {
         Shape::ManyPeers,
     ];
 
+    /// The shapes VXTRACE_BENCH_SHAPES lists (comma-separated ids), for a
+    /// profiler to look at one; all of them when it is unset.
+    fn wanted() -> Vec<Shape> {
+        let Ok(list) = std::env::var("VXTRACE_BENCH_SHAPES") else {
+            return Self::ALL.to_vec();
+        };
+        list.split(',')
+            .map(|id| {
+                Self::ALL
+                    .into_iter()
+                    .find(|s| s.id() == id.trim())
+                    .unwrap_or_else(|| {
+                        let known: Vec<_> = Self::ALL.iter().map(|s| s.id()).collect();
+                        panic!(
+                            "VXTRACE_BENCH_SHAPES: no traffic shape {id:?}; the shapes are {}",
+                            known.join(", ")
+                        )
+                    })
+            })
+            .collect()
+    }
+
     fn id(self) -> &'static str {
         match self {
             Shape::OverlayUdp64 => "overlay_udp64",
@@ -241,6 +263,8 @@ struct Paired {
 /// runs on both nodes, first at each hook, with the empty program
 /// attached after it, so both see the same packets in the same window.
 pub fn per_hook(r: &mut Report, lab: &LabGuard, rounds: usize) {
+    // Read first, so a misspelt shape fails before the lab's traffic starts.
+    let shapes = Shape::wanted();
     let _stats = stats::StatsEnabled::new();
     let namespaces = [lab.node_ns(1), lab.node_ns(2)];
     let mut server = crate::iperf_server(lab);
@@ -268,15 +292,9 @@ pub fn per_hook(r: &mut Report, lab: &LabGuard, rounds: usize) {
         .collect();
     // Shapes interleaved round by round, so a slow spell of the machine
     // falls on all of them alike.
-    // VXTRACE_BENCH_SHAPES=overlay_udp64,... runs only those shapes (for a
-    // profiler to look at one); the others' tables are then empty.
-    let wanted = std::env::var("VXTRACE_BENCH_SHAPES").ok();
     for _ in 0..rounds {
         for (s, shape) in Shape::ALL.iter().enumerate() {
-            if wanted
-                .as_deref()
-                .is_some_and(|w| !w.split(',').any(|id| id == shape.id()))
-            {
+            if !shapes.contains(shape) {
                 continue;
             }
             let before = stats::snapshot();
@@ -306,8 +324,7 @@ pub fn per_hook(r: &mut Report, lab: &LabGuard, rounds: usize) {
         "\n### At the hooks under real traffic, paired with an empty program\n\nvxtrace on both nodes, first at each of its hooks, and an empty program attached after it in the same chain: both run on the same packets in the same window. {rounds} rounds of {secs} s per traffic shape, shapes interleaved; ns per run from the kernel's run-time statistics (`kernel.bpf_stats_enabled`, which adds its own clock reads to every run, to the empty program and to vxtrace alike); the median of the rounds, their range in brackets, and the median of each round's ratio."
     );
     for (s, shape) in Shape::ALL.iter().enumerate() {
-        // A shape left out by VXTRACE_BENCH_SHAPES has no rounds.
-        if paired[s].iter().any(|p| !p.runs.is_empty()) {
+        if shapes.contains(shape) {
             hook_table(r, *shape, &mut paired[s]);
         }
     }
