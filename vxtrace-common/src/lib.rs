@@ -905,6 +905,11 @@ impl PeerStats {
         out
     }
 
+    /// Sets every counter to zero (the memo is left as it is).
+    pub fn clear_counters(&mut self) {
+        self.counter_words_mut().fill(0);
+    }
+
     /// True when every counter is zero (the memo does not count).
     pub fn is_zero(&self) -> bool {
         self.counter_words().iter().all(|w| *w == 0)

@@ -139,6 +139,13 @@ impl State {
     /// One-way over the window: sending, nothing back, for all of it; an
     /// event when it becomes so.
     fn one_way_check(&mut self, at: &Moment, addr: IpAddr, window_s: f64) -> Option<OneWay> {
+        // Something came back in this interval, which the window always
+        // holds: not one-way, and no need to walk the history (most peers,
+        // most intervals).
+        if self.history.back().is_some_and(|(.., rx)| *rx > 0) {
+            self.one_way = false;
+            return None;
+        }
         let (mut covered, mut sent, mut got) = (0f64, 0u64, 0u64);
         for (t, len, tx, rx) in &self.history {
             if at.now - t < window_s {

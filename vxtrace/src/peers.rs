@@ -184,9 +184,6 @@ impl PeerTable {
     pub fn update(&mut self, readout: &Readout, seconds: f64) {
         self.intervals += 1;
         self.kernel_entries = readout.peers.len();
-        for peer in self.peers.values_mut() {
-            peer.previous_total = peer.total;
-        }
         let slots: FxHashMap<PeerKey, &PeerStats> =
             readout.peer_slots.iter().map(|(k, s)| (*k, s)).collect();
         for key in slots.keys() {
@@ -199,34 +196,48 @@ impl PeerTable {
                 .peers
                 .entry(*key)
                 .or_insert_with(|| Box::new(Peer::new(key)));
-            let mut total = peer.base.as_deref().copied().unwrap_or_default();
-            total.merge(stats);
-            if let Some(s) = slots.get(key) {
-                total.merge(s);
+            // The last total is kept where the new one is built: with
+            // 10,000 peers, a pass over every peer's counters of its own
+            // is a pass of cache misses.
+            peer.previous_total = peer.total;
+            match peer.base.as_deref() {
+                Some(base) => peer.total = *base,
+                None => peer.total.clear_counters(),
             }
-            peer.total = total;
+            peer.total.merge(stats);
+            if let Some(s) = slots.get(key) {
+                peer.total.merge(s);
+            }
             peer.last_read = self.intervals;
         }
         let intervals = self.intervals;
         for (key, peer) in self.peers.iter_mut() {
-            if peer.last_read != 0 && peer.last_read + 1 == intervals {
-                // In the previous read, not in this one: evicted from the
-                // kernel map. What the map held becomes the base its next
-                // incarnation adds to (the slots' part stays theirs).
-                let in_map = match &peer.in_slots {
-                    Some(s) => peer.total.delta(s),
-                    None => peer.total,
-                };
-                peer.base = Some(Box::new(in_map));
-            }
             let now_in_slots = slots.get(key).copied();
-            if peer.last_read != intervals && (now_in_slots.is_some() || peer.in_slots.is_some()) {
-                // Not in the map: its slots' counts on top of the base.
-                let mut total = peer.base.as_deref().copied().unwrap_or_default();
-                if let Some(s) = now_in_slots {
-                    total.merge(s);
+            if peer.last_read != intervals {
+                // Not in this read of the map: its total so far is the
+                // previous one (the others' were kept above).
+                peer.previous_total = peer.total;
+                if peer.last_read != 0 && peer.last_read + 1 == intervals {
+                    // In the previous read, not in this one: evicted from
+                    // the kernel map. What the map held becomes the base
+                    // its next incarnation adds to (the slots' part stays
+                    // theirs).
+                    let in_map = match &peer.in_slots {
+                        Some(s) => peer.total.delta(s),
+                        None => peer.total,
+                    };
+                    peer.base = Some(Box::new(in_map));
                 }
-                peer.total = total;
+                if now_in_slots.is_some() || peer.in_slots.is_some() {
+                    // Its slots' counts on top of the base.
+                    match peer.base.as_deref() {
+                        Some(base) => peer.total = *base,
+                        None => peer.total.clear_counters(),
+                    }
+                    if let Some(s) = now_in_slots {
+                        peer.total.merge(s);
+                    }
+                }
             }
             if let Some(s) = now_in_slots {
                 peer.in_slots = Some(Box::new(*s));

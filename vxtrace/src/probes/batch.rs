@@ -35,18 +35,23 @@ struct BatchAttr {
 /// Every key of a per-CPU hash map with its values summed over the CPUs by
 /// `sum` (called with each CPU's value in turn, starting from the default).
 /// `V` must be a multiple of 8 bytes (the kernel's per-CPU value stride).
+/// `expected` is how many keys the caller expects (the last read's count):
+/// with 10,000 peers, growing the vector as it fills moved megabytes of
+/// values every interval.
 pub fn lookup_percpu_summed<K: Copy + Default, V: Copy + Default>(
     fd: RawFd,
     nr_cpus: usize,
+    expected: usize,
     mut sum: impl FnMut(&mut V, &V),
 ) -> io::Result<Vec<(K, V)>> {
-    let mut out = Vec::new();
+    let mut out: Vec<(K, V)> = Vec::with_capacity(expected + expected / 8);
     lookup_percpu(fd, nr_cpus, |key: &K, per_cpu: &[V]| {
-        let mut total = V::default();
+        // Summed where it is kept, not in a temporary copied in after.
+        out.push((*key, V::default()));
+        let total = &mut out.last_mut().expect("just pushed").1;
         for v in per_cpu {
-            sum(&mut total, v);
+            sum(total, v);
         }
-        out.push((*key, total));
     })?;
     Ok(out)
 }

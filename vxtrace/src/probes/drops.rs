@@ -114,7 +114,7 @@ impl Tracer {
 
     /// Every key of the drop map with its count, summed over the CPUs.
     pub(super) fn read_drops(&self) -> Result<rustc_hash::FxHashMap<DropKey, u64>> {
-        if let Some(batched) = self.read_batched(maps::DROPS, |sum: &mut u64, v: &u64| {
+        if let Some(batched) = self.read_batched(maps::DROPS, 0, |sum: &mut u64, v: &u64| {
             *sum = sum.wrapping_add(*v)
         }) {
             return Ok(batched.into_iter().collect());

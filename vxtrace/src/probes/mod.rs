@@ -182,6 +182,9 @@ pub struct Tracer {
     ebpf: Ebpf,
     /// The kernel refused batched map reads once: do not ask again.
     no_batch: std::cell::Cell<bool>,
+    /// Keys in the peer map at the last read: the next read's vector is
+    /// allocated for about as many.
+    peers_last_read: std::cell::Cell<usize>,
     handshake_events: Option<RingBuf<MapData>>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub attachments: Vec<Attachment>,
@@ -243,6 +246,7 @@ impl Tracer {
         Ok(Self {
             ebpf,
             no_batch: std::cell::Cell::new(false),
+            peers_last_read: std::cell::Cell::new(0),
             handshake_events,
             logger,
             attachments: Vec::new(),
@@ -322,7 +326,7 @@ impl Tracer {
         map: &str,
         mut sum: impl FnMut(&mut V, &V),
     ) -> Result<Vec<(K, V)>> {
-        if let Some(batched) = self.read_batched(map, &mut sum) {
+        if let Some(batched) = self.read_batched(map, 0, &mut sum) {
             return Ok(batched);
         }
         let m: aya::maps::PerCpuHashMap<&MapData, K, V> =
@@ -393,6 +397,7 @@ impl Tracer {
     fn read_batched<K: Copy + Default, V: Copy + Default>(
         &self,
         map: &str,
+        expected: usize,
         sum: impl FnMut(&mut V, &V),
     ) -> Option<Vec<(K, V)>> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -403,7 +408,12 @@ impl Tracer {
             return None;
         };
         let cpus = aya::util::nr_cpus().ok()?;
-        match batch::lookup_percpu_summed::<K, V>(data.fd().as_fd().as_raw_fd(), cpus, sum) {
+        match batch::lookup_percpu_summed::<K, V>(
+            data.fd().as_fd().as_raw_fd(),
+            cpus,
+            expected,
+            sum,
+        ) {
             Ok(v) => Some(v),
             Err(e) => {
                 log::info!("{e}; reading {map} key by key");

@@ -22,7 +22,10 @@ impl Tracer {
 
     /// Every peer in the per-peer map, summed over the CPUs.
     pub(super) fn read_peers(&self) -> Result<Vec<(PeerKey, PeerStats)>> {
-        if let Some(batched) = self.read_batched(maps::PEERS, PeerStats::merge) {
+        if let Some(batched) =
+            self.read_batched(maps::PEERS, self.peers_last_read.get(), PeerStats::merge)
+        {
+            self.peers_last_read.set(batched.len());
             return Ok(batched);
         }
         let peers: PerCpuHashMap<&MapData, PeerKey, PeerStats> =
