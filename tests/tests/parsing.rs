@@ -23,8 +23,10 @@ const LOCAL_MAC: [u8; 6] = [0x0e, 0x76, 0x78, 0, 0, 1];
 const DEV_IFINDEX: u32 = 2;
 const TC_NEXT: u32 = u32::MAX; // -1: the programs never change a verdict
 
-fn tracer() -> Tracer {
-    let cfg = TracerConfig {
+/// The tests' configuration: both well-known ports, the local VTEP
+/// addresses, 64 peers.
+fn tracer_config() -> TracerConfig {
+    TracerConfig {
         foreign_ports: Vec::new(),
         reason_too_big: None,
         ports: vec![8472, 4789],
@@ -37,7 +39,11 @@ fn tracer() -> Tracer {
         netns_scope_all: true,
         raw_tp_has_reason: true,
         raw_tp_has_rx_sk: false,
-    };
+    }
+}
+
+fn tracer() -> Tracer {
+    let cfg = tracer_config();
     let mut t = Tracer::load(&cfg, &vxtrace::probes::LoaderBtf::None, AttachPolicy::Auto)
         .expect("loading the programs");
     t.register_device(DEV_IFINDEX, Some(1), Some(LOCAL_MAC), false)
@@ -170,11 +176,33 @@ fn in_test_netns(f: impl FnOnce() + Send) {
         "ip", "-n", ns, "link", "add", "vt0", "type", "veth", "peer", "name", "vt1",
     ]);
     let result = vxtrace::netns::run_in(ns, || {
+        // Every test run on one CPU: the per-peer map has an entry per
+        // (peer, CPU), so a thread that moved between runs would split a
+        // peer's counts into entries the tests do not expect.
+        // SAFETY: no arguments.
+        pin_to_cpu(unsafe { libc::sched_getcpu() }.max(0) as usize);
         f();
         Ok(())
     });
     vxtrace_tests::sh(&["ip", "netns", "delete", ns]);
     result.unwrap();
+}
+
+/// Keeps the calling thread on `cpu` (BPF_PROG_TEST_RUN runs a program
+/// on the caller's CPU).
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it; the
+    // size passed is its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 #[test]
@@ -483,17 +511,67 @@ fn peer_map_is_bounded_and_evictions_are_counted() {
             );
         }
         let r = t.read().unwrap();
-        assert!(r.peers.len() <= 64, "{}", r.peers.len());
+        // 64 peers on every online CPU (an entry per peer and CPU).
+        let online = aya::util::online_cpus().unwrap().len();
+        assert!(r.peers.len() <= 64 * online, "{}", r.peers.len());
         assert_eq!(r.global.peers_inserted, 200);
         // Each peer the map still holds counted its one packet (in the map,
         // or in its slot for the peers that came first to one); the slots
         // hold at most one peer each.
         for (key, _) in &r.peers {
-            assert_eq!(r.peer(key).unwrap().rx_nic.packets, 1);
+            assert_eq!(r.peer(&key.peer).unwrap().rx_nic.packets, 1);
         }
         let cpus = aya::util::nr_cpus().unwrap();
         assert!(r.peer_slots.len() <= vxtrace_common::PEER_SLOTS as usize * cpus);
         assert!(r.peer_slots.iter().all(|(_, p)| p.rx_nic.packets == 1));
+    });
+}
+
+/// A peer counted on two CPUs has an entry on each, and its counts are
+/// their sum: 300 peers send one packet on each of two CPUs (the first
+/// peers to reach a CPU's slots are counted there, the rest in their
+/// entries, and every peer is listed on both CPUs).
+#[test]
+fn a_peer_seen_on_two_cpus_has_an_entry_on_each() {
+    let online = aya::util::online_cpus().unwrap();
+    if online.len() < 2 {
+        eprintln!("one CPU online: nothing to show");
+        return;
+    }
+    in_test_netns(|| {
+        let cfg = TracerConfig {
+            max_peers: 1024,
+            filter_vni: false,
+            ..tracer_config()
+        };
+        let t = Tracer::load(&cfg, &vxtrace::probes::LoaderBtf::None, AttachPolicy::Auto).unwrap();
+        let src = |i: u32| [198, 18, (i >> 8) as u8, i as u8];
+        for &cpu in &online[..2] {
+            pin_to_cpu(cpu as usize);
+            for i in 0..300u32 {
+                run(
+                    &t,
+                    programs::NIC_INGRESS,
+                    &outer4(src(i), LOCAL4, 8472, &valid_vxlan(1)),
+                    None,
+                );
+            }
+        }
+        let r = t.read().unwrap();
+        assert_eq!(r.global.peers_inserted, 600);
+        assert_eq!(r.peers.len(), 600);
+        for i in 0..300u32 {
+            let key = PeerKey::from_v4(src(i));
+            let cpus: Vec<u32> = r
+                .peers
+                .iter()
+                .filter(|(k, _)| k.peer == key)
+                .map(|(k, _)| k.cpu)
+                .collect();
+            assert_eq!(cpus.len(), 2, "peer {i}: entries on {cpus:?}");
+            assert!(cpus.contains(&online[0]) && cpus.contains(&online[1]));
+            assert_eq!(r.peer(&key).unwrap().rx_nic.packets, 2, "peer {i}");
+        }
     });
 }
 
@@ -534,7 +612,7 @@ fn batched_map_read_sees_every_peer() {
         // in the map: one packet each either way.
         assert!(!r.peer_slots.is_empty());
         for (key, _) in &r.peers {
-            assert_eq!(r.peer(key).unwrap().rx_nic.packets, 1);
+            assert_eq!(r.peer(&key.peer).unwrap().rx_nic.packets, 1);
         }
         let in_map: u64 = r.peers.iter().map(|(_, p)| p.rx_nic.packets).sum();
         let in_slots: u64 = r.peer_slots.iter().map(|(_, p)| p.rx_nic.packets).sum();

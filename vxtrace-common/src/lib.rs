@@ -32,6 +32,21 @@ pub struct PeerKey {
 }
 
 impl PeerKey {
+    /// No peer: the all-zero address, which is never a real one. The
+    /// programs pass it rather than an `Option<PeerKey>`, whose absent
+    /// payload the compiler may move through registers it never wrote,
+    /// which the verifier refuses.
+    pub const UNKNOWN: Self = Self { addr: [0; 16] };
+
+    /// Whether this is a real peer (not [`PeerKey::UNKNOWN`]).
+    #[inline(always)]
+    pub fn is_known(&self) -> bool {
+        // SAFETY: [u8; 16] and [u64; 2] have the same size and any bits
+        // are valid for both; the key is 8-byte aligned.
+        let words = unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(self.addr) };
+        words[0] | words[1] != 0
+    }
+
     /// An IPv4 address as read from a packet: its four bytes as one
     /// native-order word. Built from words, as the programs copy it.
     #[inline(always)]
@@ -72,6 +87,27 @@ impl PeerKey {
         // SAFETY: as in `from_v4_word`.
         let addr = unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) };
         Self { addr }
+    }
+}
+
+/// Key of the per-peer map: a peer and the CPU that counts into the
+/// entry. One entry per (peer, CPU) rather than a per-CPU value: a per-CPU
+/// map holds, and hands userspace, a copy of every value for every CPU
+/// the kernel could ever bring up (64 on some hosts where 2 run), while
+/// these entries exist only for the CPUs that saw the peer. Only that CPU's
+/// programs write an entry, so adds need no atomics.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerCpuKey {
+    pub peer: PeerKey,
+    pub cpu: u32,
+    pub _pad: u32,
+}
+
+impl PeerCpuKey {
+    #[inline(always)]
+    pub fn new(peer: PeerKey, cpu: u32) -> Self {
+        Self { peer, cpu, _pad: 0 }
     }
 }
 
@@ -729,6 +765,7 @@ mod user {
     // SAFETY: all of these are #[repr(C)], made of integers and arrays of
     // integers, with padding spelled out as fields: every bit pattern is valid.
     unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for PeerCpuKey {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for PeerStats {}
     unsafe impl aya::Pod for GlobalStats {}

@@ -9,13 +9,15 @@
 
 use aya_ebpf::{
     EbpfContext,
+    helpers::bpf_get_smp_processor_id,
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use aya_log_ebpf::warn;
 use vxtrace_common::{
     DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, GlobalStats, InnerAddr, MAC_MEMO_SLOTS, MacKey, MacMemo,
-    MacPeer, PEER_SLOTS as PEER_SLOTS_PER_CPU, PeerKey, PeerSlot, PeerStats, VniInfo, VxlanDevice,
+    MacPeer, PEER_SLOTS as PEER_SLOTS_PER_CPU, PeerCpuKey, PeerKey, PeerSlot, PeerStats, VniInfo,
+    VxlanDevice,
 };
 
 use crate::packet::same_addr;
@@ -26,11 +28,20 @@ use crate::packet::same_addr;
 // of integers, so all-zero bytes are a valid value.
 static ZERO_PEER_STATS: PeerStats = unsafe { core::mem::zeroed() };
 
-/// Per-peer counters. LRU because peers are open-ended: anybody can send to
-/// the VXLAN port. Name: `names::maps::PEERS`.
+/// Per-peer counters, an entry per (peer, CPU) that saw the peer (see
+/// [`PeerCpuKey`]). LRU because peers are open-ended: anybody can send to
+/// the VXLAN port. The loader sizes it for every peer on every online CPU.
+/// Name: `names::maps::PEERS`.
 #[map]
-pub static PEERS: LruPerCpuHashMap<PeerKey, PeerStats> =
-    LruPerCpuHashMap::with_max_entries(DEFAULT_MAX_PEERS, 0);
+pub static PEERS: LruHashMap<PeerCpuKey, PeerStats> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_PEERS, 0);
+
+/// This CPU's entry key for `peer` in [`PEERS`].
+#[inline(always)]
+pub fn peer_cpu_key(peer: &PeerKey) -> PeerCpuKey {
+    // SAFETY: a helper without arguments, allowed in every program type.
+    PeerCpuKey::new(*peer, unsafe { bpf_get_smp_processor_id() })
+}
 
 /// The counters of the peers that came first to each slot, per CPU (see
 /// [`PeerSlot`]). Name: `names::maps::PEER_SLOTS`.
@@ -123,16 +134,17 @@ pub fn peer_stats<C: EbpfContext>(ctx: &C, peer: &PeerKey) -> Option<*mut PeerSt
     peer_in_map(ctx, peer)
 }
 
-/// Enters a peer that took a slot in the peer map, which lists every peer
-/// (the drop program looks peers up there, userspace counts evictions
-/// from it). Its counts there stay zero on this CPU. A failed insertion
-/// loses nothing: the packet is counted in the slot.
+/// Enters a peer that took a slot on this CPU in the peer map, which
+/// lists every peer (the drop program looks peers up there, userspace
+/// counts evictions from it). Its counts there stay zero. A failed
+/// insertion loses nothing: the packet is counted in the slot.
 #[inline(always)]
 fn list_peer(peer: &PeerKey) {
-    if PEERS.get_ptr(peer).is_none()
+    let key = peer_cpu_key(peer);
+    if PEERS.get_ptr(&key).is_none()
         && PEERS
             .insert(
-                peer,
+                &key,
                 &ZERO_PEER_STATS,
                 aya_ebpf::bindings::BPF_NOEXIST.into(),
             )
@@ -142,33 +154,35 @@ fn list_peer(peer: &PeerKey) {
     }
 }
 
-/// The peer's counters in the peer map (this CPU's copy), inserting them
+/// The peer's counters in the peer map (this CPU's entry), inserting them
 /// on first sight.
 #[inline(always)]
 fn peer_in_map<C: EbpfContext>(ctx: &C, peer: &PeerKey) -> Option<*mut PeerStats> {
-    if let Some(stats) = PEERS.get_ptr_mut(peer) {
+    let key = peer_cpu_key(peer);
+    if let Some(stats) = PEERS.get_ptr_mut(&key) {
         return Some(stats);
     }
-    // BPF_NOEXIST: when two CPUs race to create the same peer, only one
-    // insertion counts, so `peers_inserted` stays exact. The zero value is
-    // passed by reference, into read-only data: by value it would be
-    // copied to the BPF stack, which it does not fit.
+    // BPF_NOEXIST: when a program interrupting this one on the same CPU
+    // creates the entry first, only one insertion counts, so
+    // `peers_inserted` stays exact. The zero value is passed by
+    // reference, into read-only data: by value it would be copied to the
+    // BPF stack, which it does not fit.
     let inserted = PEERS.insert(
-        peer,
+        &key,
         &ZERO_PEER_STATS,
         aya_ebpf::bindings::BPF_NOEXIST.into(),
     );
     match inserted {
         Ok(()) => update_global(|g| g.peers_inserted += 1),
         Err(_) => {
-            if PEERS.get_ptr_mut(peer).is_none() {
+            if PEERS.get_ptr_mut(&key).is_none() {
                 update_global(|g| g.peer_insert_failed += 1);
                 // Rare (the LRU evicts rather than fails), so worth a line.
                 warn!(ctx, "per-peer map insert failed; a packet went uncounted");
             }
         }
     }
-    PEERS.get_ptr_mut(peer)
+    PEERS.get_ptr_mut(&key)
 }
 
 /// Applies `update` to the host-wide counters (this CPU's copy).

@@ -2,10 +2,11 @@
 //! kernel's per-peer map.
 //!
 //! A peer's counts are in its per-CPU slots (the busiest peers, for the
-//! whole run) plus its entry in the kernel map. The map is an LRU: a peer
-//! can be evicted from it and come back with its counters at zero. Totals
-//! here never go backwards: when a key disappears from the map, what the
-//! map held for it moves into a base that later incarnations add to.
+//! whole run) plus its entries in the kernel map, one for each CPU that
+//! counted it. The map is an LRU: an entry can be evicted and come back
+//! with its counters at zero. Totals here never go backwards: when an
+//! entry disappears from the map, what it held moves into a base that
+//! later entries add to.
 //! Userspace memory is bounded the same way: past a limit, peers that are
 //! gone from the kernel map are folded into one "retired" total.
 //!
@@ -65,20 +66,24 @@ pub const RATE_HISTOGRAM_PEERS: usize = 1024;
 
 pub struct Peer {
     pub addr: IpAddr,
-    /// Counts of earlier incarnations (before an LRU eviction); rare, so
-    /// boxed.
+    /// Counts of map entries the LRU evicted; rare, so boxed.
     base: Option<Box<PeerStats>>,
     /// The peer's counts in the per-CPU slots at the last read (a few
     /// peers have slots, so boxed).
     in_slots: Option<Box<PeerStats>>,
+    /// The peer's entries in the kernel map at the last read, one per CPU
+    /// that counted it: what an entry held when it was last seen is what
+    /// moves to `base` when it is evicted.
+    in_map: Vec<MapEntry>,
+    /// The read (interval number) whose entries `total` was last built
+    /// from, and how many of the peer's entries it saw.
+    built: u64,
+    entries_seen: u32,
     /// Everything counted so far: `base` plus the kernel's current values
     /// (map and slots).
     total: PeerStats,
     /// `total` at the end of the previous interval.
     previous_total: PeerStats,
-    /// The last read (interval number, from 1) whose kernel map held the
-    /// peer; 0 = never.
-    last_read: u64,
     /// Allocated once the peer has had traffic (idle peers cost no histogram).
     pub rates: Option<Box<RateHistograms>>,
     /// Interval number of the last change.
@@ -96,6 +101,15 @@ pub struct Peer {
     pub handshake_us: Option<Box<Histogram<u64>>>,
 }
 
+/// One entry of a peer in the kernel map: its CPU and what it held at the
+/// last read that saw it.
+struct MapEntry {
+    cpu: u32,
+    /// The read (interval number) that last saw it.
+    seen: u64,
+    stats: PeerStats,
+}
+
 /// Silence from a peer we are sending to, long enough to call out live.
 pub const SILENCE_WORTH_SHOWING_S: f64 = 3.0;
 
@@ -105,9 +119,11 @@ impl Peer {
             addr: peer_addr(key),
             base: None,
             in_slots: None,
+            in_map: Vec::new(),
+            built: 0,
+            entries_seen: 0,
             total: PeerStats::default(),
             previous_total: PeerStats::default(),
-            last_read: 0,
             rates: None,
             last_active: 0,
             rx_silent_s: 0.0,
@@ -115,6 +131,19 @@ impl Peer {
             unanswered_syn_out: 0,
             unanswered_syn_in: 0,
             handshake_us: None,
+        }
+    }
+
+    /// Starts this interval's total: the base, plus the slots' counts
+    /// (this read's, else the last: a slot keeps its peer for the whole
+    /// run). Its map entries are added to it as they are read.
+    fn rebuild_base_and_slots(&mut self, now_in_slots: Option<&PeerStats>) {
+        match self.base.as_deref() {
+            Some(base) => self.total = *base,
+            None => self.total.clear_counters(),
+        }
+        if let Some(s) = now_in_slots.or(self.in_slots.as_deref()) {
+            self.total.merge(s);
         }
     }
 
@@ -159,6 +188,11 @@ pub struct PeerTable {
     rate_histograms_left: usize,
     /// Peers asked for (`--peer`): always given rate histograms.
     selected: Vec<PeerKey>,
+    /// Every peer's packets in the last interval, in one compact list:
+    /// the outage tracker reads them from here rather than from each
+    /// peer's record, which a pass over 10,000 of them would fetch from
+    /// memory again.
+    pub interval_packets: Vec<(PeerKey, IpAddr, LastPackets)>,
 }
 
 impl PeerTable {
@@ -172,6 +206,7 @@ impl PeerTable {
             kernel_entries: 0,
             rate_histograms_left: RATE_HISTOGRAM_PEERS,
             selected: Vec::new(),
+            interval_packets: Vec::new(),
         }
     }
 
@@ -183,6 +218,7 @@ impl PeerTable {
     /// Folds one read of the kernel map in; `seconds` is the interval length.
     pub fn update(&mut self, readout: &Readout, seconds: f64) {
         self.intervals += 1;
+        let intervals = self.intervals;
         self.kernel_entries = readout.peers.len();
         let slots: FxHashMap<PeerKey, &PeerStats> =
             readout.peer_slots.iter().map(|(k, s)| (*k, s)).collect();
@@ -191,53 +227,54 @@ impl PeerTable {
                 .entry(*key)
                 .or_insert_with(|| Box::new(Peer::new(key)));
         }
+        // One pass over the entries builds each peer's total as its
+        // entries come (with 10,000 peers, every pass over all of them is
+        // a pass of cache misses); the pass over every peer below only
+        // looks at the peers this read did not cover in full.
         for (key, stats) in &readout.peers {
             let peer = self
                 .peers
-                .entry(*key)
-                .or_insert_with(|| Box::new(Peer::new(key)));
-            // The last total is kept where the new one is built: with
-            // 10,000 peers, a pass over every peer's counters of its own
-            // is a pass of cache misses.
-            peer.previous_total = peer.total;
-            match peer.base.as_deref() {
-                Some(base) => peer.total = *base,
-                None => peer.total.clear_counters(),
+                .entry(key.peer)
+                .or_insert_with(|| Box::new(Peer::new(&key.peer)));
+            if peer.built != intervals {
+                peer.built = intervals;
+                peer.entries_seen = 0;
+                peer.previous_total = peer.total;
+                peer.rebuild_base_and_slots(slots.get(&key.peer).copied());
             }
+            peer.entries_seen += 1;
             peer.total.merge(stats);
-            if let Some(s) = slots.get(key) {
-                peer.total.merge(s);
+            match peer.in_map.iter_mut().find(|e| e.cpu == key.cpu) {
+                Some(e) => {
+                    e.stats = *stats;
+                    e.seen = intervals;
+                }
+                None => peer.in_map.push(MapEntry {
+                    cpu: key.cpu,
+                    seen: intervals,
+                    stats: *stats,
+                }),
             }
-            peer.last_read = self.intervals;
         }
-        let intervals = self.intervals;
+        self.interval_packets.clear();
         for (key, peer) in self.peers.iter_mut() {
             let now_in_slots = slots.get(key).copied();
-            if peer.last_read != intervals {
-                // Not in this read of the map: its total so far is the
-                // previous one (the others' were kept above).
+            if peer.built != intervals {
+                // No entry in this read: its total is its base and slots.
+                peer.built = intervals;
+                peer.entries_seen = 0;
                 peer.previous_total = peer.total;
-                if peer.last_read != 0 && peer.last_read + 1 == intervals {
-                    // In the previous read, not in this one: evicted from
-                    // the kernel map. What the map held becomes the base
-                    // its next incarnation adds to (the slots' part stays
-                    // theirs).
-                    let in_map = match &peer.in_slots {
-                        Some(s) => peer.total.delta(s),
-                        None => peer.total,
-                    };
-                    peer.base = Some(Box::new(in_map));
+                peer.rebuild_base_and_slots(now_in_slots);
+            }
+            if (peer.entries_seen as usize) < peer.in_map.len() {
+                // Entries this read did not see were evicted: what they
+                // held moves into the base (and stays in the total).
+                let base = peer.base.get_or_insert_with(Box::default);
+                for e in peer.in_map.iter().filter(|e| e.seen != intervals) {
+                    base.merge(&e.stats);
+                    peer.total.merge(&e.stats);
                 }
-                if now_in_slots.is_some() || peer.in_slots.is_some() {
-                    // Its slots' counts on top of the base.
-                    match peer.base.as_deref() {
-                        Some(base) => peer.total = *base,
-                        None => peer.total.clear_counters(),
-                    }
-                    if let Some(s) = now_in_slots {
-                        peer.total.merge(s);
-                    }
-                }
+                peer.in_map.retain(|e| e.seen == intervals);
             }
             if let Some(s) = now_in_slots {
                 peer.in_slots = Some(Box::new(*s));
@@ -247,6 +284,7 @@ impl PeerTable {
                 peer.last_active = intervals;
             }
             let packets = peer.last_packets();
+            self.interval_packets.push((*key, peer.addr, packets));
             if packets.rx_nic > 0 {
                 peer.rx_silent_s = 0.0;
                 peer.sent_into_silence = 0;
@@ -280,7 +318,7 @@ impl PeerTable {
         let mut gone: Vec<(u64, PeerKey)> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.last_read != self.intervals && p.in_slots.is_none())
+            .filter(|(_, p)| p.in_map.is_empty() && p.in_slots.is_none())
             .map(|(k, p)| (p.last_active, *k))
             .collect();
         gone.sort();
@@ -341,14 +379,17 @@ mod tests {
         for (addr, tx) in entries {
             let mut s = PeerStats::default();
             s.tx_encap.add(*tx, *tx * 100);
-            r.peers
-                .push((crate::discovery::peer_key(&addr.parse().unwrap()), s));
+            r.add_peer(crate::discovery::peer_key(&addr.parse().unwrap()), s);
         }
         r
     }
 
     fn with_slots(mut r: Readout, entries: &[(&str, u64)]) -> Readout {
-        r.peer_slots = readout(entries).peers;
+        r.peer_slots = readout(entries)
+            .peers
+            .into_iter()
+            .map(|(k, s)| (k.peer, s))
+            .collect();
         r
     }
 
@@ -376,6 +417,39 @@ mod tests {
         assert_eq!(total(&t), 3 + 2 + 171);
     }
 
+    /// A peer counted on two CPUs: its entries add up; when one CPU's
+    /// entry is evicted while the other grows, what the evicted one held
+    /// stays in the total, and a new entry on that CPU adds to it.
+    #[test]
+    fn entries_on_two_cpus_add_up_and_one_can_be_evicted() {
+        let key = crate::discovery::peer_key(&"192.0.2.1".parse().unwrap());
+        let read = |entries: &[(u32, u64)]| {
+            let mut r = Readout::default();
+            for (cpu, tx) in entries {
+                let mut s = PeerStats::default();
+                s.tx_encap.add(*tx, *tx);
+                r.peers
+                    .push((vxtrace_common::PeerCpuKey::new(key, *cpu), s));
+            }
+            r
+        };
+        let mut t = PeerTable::new(10);
+        let total = |t: &PeerTable| t.peers[&key].total().tx_encap.packets;
+        t.update(&read(&[(0, 10), (1, 4)]), 1.0);
+        assert_eq!(total(&t), 14);
+        // CPU 1's entry evicted, CPU 0's grew: the 4 stay.
+        t.update(&read(&[(0, 25)]), 1.0);
+        assert_eq!(total(&t), 29);
+        assert_eq!(t.peers[&key].last_delta().tx_encap.packets, 15);
+        // CPU 1 counts the peer again, from zero.
+        t.update(&read(&[(0, 25), (1, 3)]), 1.0);
+        assert_eq!(total(&t), 32);
+        // Every entry gone: the total stands, and the peer can be retired.
+        t.update(&read(&[]), 1.0);
+        assert_eq!(total(&t), 32);
+        assert!(t.peers[&key].in_map.is_empty());
+    }
+
     #[test]
     fn totals_survive_eviction_and_return() {
         let mut t = PeerTable::new(100);
@@ -398,8 +472,7 @@ mod tests {
             let mut s = PeerStats::default();
             s.tx_encap.add(tx, tx);
             s.rx_nic.add(rx, rx);
-            r.peers
-                .push((crate::discovery::peer_key(&"192.0.2.1".parse().unwrap()), s));
+            r.add_peer(crate::discovery::peer_key(&"192.0.2.1".parse().unwrap()), s);
             r
         };
         t.update(&both(10, 10), 1.0);

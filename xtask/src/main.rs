@@ -64,7 +64,7 @@ enum Task {
     /// Set up, build, and measure what vxtrace costs (writes BENCHMARKS.md).
     Bench {
         /// Possible CPUs of the qemu guests that run the userspace part
-        /// again (per-CPU values have a copy per possible CPU). The guests
+        /// again (a per-CPU value has a copy per possible CPU). The guests
         /// are left out when VXTRACE_BENCH_ONLY leaves out "userspace".
         #[arg(long, value_delimiter = ',', default_value = "2,64")]
         guest_possible_cpus: Vec<u32>,

@@ -112,7 +112,7 @@ fn exposition(i: u32, nodes: u32, links: usize) -> String {
         s.rx_nic.bytes = arrived * 800;
         s.rx_decap.packets = delivered;
         s.rx_decap.bytes = delivered * 750;
-        readout.peers.push((peer_key(&vtep(j)), s));
+        readout.add_peer(peer_key(&vtep(j)), s);
     }
     feed(&mut metrics, &mut tables, &readout, 0.0, 1.0).expect("metrics sink");
     render(&registry, Format::OpenMetrics).expect("rendering")

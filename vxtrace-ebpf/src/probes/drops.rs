@@ -32,7 +32,7 @@ use vxtrace_common::{
 use crate::{
     config::config,
     kernel_mem::{kread, kread_into},
-    maps::{GLOBAL, INNER_ADDRS, PEERS, POD_SUBNETS},
+    maps::{GLOBAL, INNER_ADDRS, PEERS, POD_SUBNETS, peer_cpu_key},
     packet::{
         ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, is_local_vtep, is_vxlan_port, same_addr,
     },
@@ -384,9 +384,11 @@ fn attribute<R: KernelStructs>(skb: u64, memo: &mut DropMemo) -> Option<(PeerKey
             } else {
                 None
             }
-        } else if PEERS.get_ptr(&src).is_some() {
+        } else if PEERS.get_ptr(&peer_cpu_key(&src)).is_some() {
+            // A peer this CPU has counted: a packet is dropped on the CPU
+            // that handled it, which is the one its programs counted on.
             Some(src)
-        } else if PEERS.get_ptr(&dst).is_some() {
+        } else if PEERS.get_ptr(&peer_cpu_key(&dst)).is_some() {
             Some(dst)
         } else {
             None

@@ -111,11 +111,12 @@ fn handle(ctx: &TcContext, dir: Direction) {
     // a path that never wrote it, and the 5.10 verifier refuses any read
     // of an unwritten slot (newer ones allow it to privileged programs).
     let vxlan = parse_vxlan(ctx, outer.payload_off);
-    // SAFETY: this CPU's copy of a PEERS value: non-null, aligned, and kept
-    // alive until the program returns even if the LRU evicts the entry.
-    // Only programs on this CPU write it; one that interrupts this program
-    // may add to the same counters, and the adds are not atomic, which at
-    // worst loses a count.
+    // SAFETY: this CPU's slot or this CPU's entry in PEERS: non-null,
+    // aligned, and its memory stays valid until the program returns (an
+    // entry the LRU evicts meanwhile may be handed to another key, which
+    // at worst gets this packet's counts). Only programs on this CPU write
+    // it; one that interrupts this program may add to the same counters,
+    // and the adds are not atomic, which at worst loses a count.
     let stats = unsafe { &mut *stats };
     match vxlan {
         Vxlan::Malformed => match dir {

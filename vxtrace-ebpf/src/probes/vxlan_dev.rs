@@ -90,19 +90,19 @@ fn handle(ctx: &TcContext, dir: Direction) {
     let Some(mac) = read::<[u8; 6]>(ctx, mac_off) else {
         return;
     };
-    let Ok(owner) = frame_owner(ctx, dir, ifindex, mac) else {
+    let Ok(peer) = frame_owner(ctx, dir, ifindex, mac) else {
         return; // not a watched device
     };
     let bytes = ctx.len() as u64;
     let segs = segments(ctx) as u64;
-    if let Some(peer) = owner
+    if peer.is_known()
         && let Some(stats) = peer_stats(ctx, &peer)
     {
-        // SAFETY: this CPU's copy of a PEERS value: non-null, aligned, and
-        // kept alive until the program returns even if the LRU evicts the
-        // entry. Only programs on this CPU write it; one that interrupts
-        // this program may add to the same counters, and the adds are not
-        // atomic, which at worst loses a count.
+        // SAFETY: as in the underlay programs: this CPU's slot or entry,
+        // valid memory until the program returns (an entry evicted
+        // meanwhile may go to another key, which then gets this frame's
+        // counts), written only by programs on this CPU, whose adds may
+        // at worst lose a count.
         let stats = unsafe { &mut *stats };
         match dir {
             Direction::Decap => stats.rx_decap.add(segs, bytes),
@@ -123,14 +123,9 @@ fn handle(ctx: &TcContext, dir: Direction) {
 /// The peer a frame on the device `ifindex` belongs to: from the memo;
 /// for a metadata device from the skb's tunnel metadata; else from the
 /// device and MAC maps (then remembered). `Err` for a device vxtrace does
-/// not watch, `None` for a MAC no peer owns.
+/// not watch, [`PeerKey::UNKNOWN`] for a MAC no peer owns.
 #[inline(always)]
-fn frame_owner(
-    ctx: &TcContext,
-    dir: Direction,
-    ifindex: u32,
-    mac: [u8; 6],
-) -> Result<Option<PeerKey>, ()> {
+fn frame_owner(ctx: &TcContext, dir: Direction, ifindex: u32, mac: [u8; 6]) -> Result<PeerKey, ()> {
     let slot = MacMemo::slot(&mac);
     // SAFETY: this CPU's slot of a per-CPU array: non-null, aligned, never
     // freed, and written only by programs on this CPU. One that interrupts
@@ -144,7 +139,7 @@ fn frame_owner(
         && m.uses & (MEMO_RECHECK - 1) != 0
     {
         m.uses = m.uses.wrapping_add(1);
-        return Ok(Some(m.peer));
+        return Ok(m.peer);
     }
     // SAFETY: the entry is read right away (its VNI and flags). The loader
     // may replace it meanwhile; an integer read mid-update is a stale
@@ -157,32 +152,37 @@ fn frame_owner(
         // Never memoised: the MAC says nothing about the remote here.
         // Without tunnel metadata (a frame that reached the device some
         // other way) the MAC map is all there is.
-        return Ok(tunnel_peer(ctx, dir).or_else(|| mac_peer(vni, mac)));
+        let peer = tunnel_peer(ctx, dir);
+        return Ok(if peer.is_known() {
+            peer
+        } else {
+            mac_peer(vni, mac)
+        });
     }
     let owner = mac_peer(vni, mac);
     if let Some(m) = memo {
         // Only answers are remembered: an unknown MAC may be learned any
         // moment by the underlay program.
-        m.valid = u8::from(owner.is_some());
+        m.valid = u8::from(owner.is_known());
         m.ifindex = ifindex;
         m.mac = mac;
         m.uses = 1;
-        if let Some(peer) = owner {
-            m.peer = peer;
-        }
+        m.peer = owner;
     }
     Ok(owner)
 }
 
-/// The peer that owns `mac` on `vni`, from `MAC_PEERS`.
+/// The peer that owns `mac` on `vni`, from `MAC_PEERS` (else
+/// [`PeerKey::UNKNOWN`]).
 #[inline(always)]
-fn mac_peer(vni: u32, mac: [u8; 6]) -> Option<PeerKey> {
-    MAC_PEERS
-        .get_ptr(&MacKey::new(vni, mac))
+fn mac_peer(vni: u32, mac: [u8; 6]) -> PeerKey {
+    match MAC_PEERS.get_ptr(&MacKey::new(vni, mac)) {
         // SAFETY: a map value, valid until the program returns; a
         // concurrent rewrite gives a stale peer (integers), never an
         // invalid one.
-        .map(|o| unsafe { (*o).peer })
+        Some(o) => unsafe { (*o).peer },
+        None => PeerKey::UNKNOWN,
+    }
 }
 
 /// The helper's error for tunnel metadata of the other address family.
@@ -190,7 +190,7 @@ const EPROTO: i64 = 71;
 const TUNNEL_KEY_SIZE: u32 = core::mem::size_of::<bpf_tunnel_key>() as u32;
 
 /// The remote underlay address in the skb's tunnel metadata, if it has
-/// any. On ingress the metadata is what the VXLAN device found in the
+/// any (else [`PeerKey::UNKNOWN`]). On ingress the metadata is what the VXLAN device found in the
 /// outer headers, and the helper's `remote` field is the outer source. On
 /// egress it is what a lightweight-tunnel route (`encap ip ... dst R`)
 /// attached to the skb's route, or what a BPF program set, and the
@@ -200,7 +200,7 @@ const TUNNEL_KEY_SIZE: u32 = core::mem::size_of::<bpf_tunnel_key>() as u32;
 /// skb at the device's TC egress hook; a frame without it falls back to
 /// the MAC map.) IPv4 first; only an IPv6 tunnel answers EPROTO to that.
 #[inline(always)]
-fn tunnel_peer(ctx: &TcContext, dir: Direction) -> Option<PeerKey> {
+fn tunnel_peer(ctx: &TcContext, dir: Direction) -> PeerKey {
     let mut key = MaybeUninit::<bpf_tunnel_key>::uninit();
     // SAFETY: the context pointer of this run and a stack buffer of exactly
     // TUNNEL_KEY_SIZE bytes, which the helper fills (or zeroes on error).
@@ -216,10 +216,14 @@ fn tunnel_peer(ctx: &TcContext, dir: Direction) -> Option<PeerKey> {
             }
         };
         // Host byte order, as the helper converts it.
-        return (addr != 0).then(|| PeerKey::from_v4(addr.to_be_bytes()));
+        return if addr != 0 {
+            PeerKey::from_v4(addr.to_be_bytes())
+        } else {
+            PeerKey::UNKNOWN
+        };
     }
     if rc != -EPROTO {
-        return None;
+        return PeerKey::UNKNOWN;
     }
     // SAFETY: as above, asking for the IPv6 form.
     let rc = unsafe {
@@ -231,25 +235,28 @@ fn tunnel_peer(ctx: &TcContext, dir: Direction) -> Option<PeerKey> {
         )
     };
     if rc != 0 {
-        return None;
+        return PeerKey::UNKNOWN;
     }
     // SAFETY: the helper filled the whole key; a [u32; 4] member of a
     // union of integers takes any bits.
-    let words = unsafe {
+    let at: *const u32 = unsafe {
         let key = key.assume_init_ref();
         match dir {
-            Direction::Decap => key.__bindgen_anon_1.remote_ipv6,
-            Direction::Encap => key.__bindgen_anon_3.local_ipv6,
+            Direction::Decap => key.__bindgen_anon_1.remote_ipv6.as_ptr(),
+            Direction::Encap => key.__bindgen_anon_3.local_ipv6.as_ptr(),
         }
     };
+    // Four 4-byte loads: the address sits 4 bytes into the key, and the
+    // compiler would otherwise merge them into 8-byte loads the verifier
+    // refuses as misaligned stack accesses.
+    // SAFETY: four u32s inside the key, in bounds and 4-byte aligned.
+    let words: [u32; 4] = unsafe { core::array::from_fn(|i| core::ptr::read_volatile(at.add(i))) };
     if words[0] | words[1] | words[2] | words[3] == 0 {
-        return None;
+        return PeerKey::UNKNOWN;
     }
-    // SAFETY: [u32; 4] and [u8; 16] have the same size and any bits are
-    // valid for both. The helper copied the address's bytes in network
-    // order, so the words' memory is the address.
-    let addr: [u8; 16] = unsafe { core::mem::transmute(words) };
-    Some(PeerKey::from_v6(addr))
+    // The helper copied the address's bytes in network order, so the
+    // words' memory is the address.
+    PeerKey::from_v6_words(words)
 }
 
 /// Counts handshake packets and keeps the open-handshake map: a SYN opens

@@ -21,8 +21,8 @@ use aya::{
     programs::SchedClassifier,
 };
 use vxtrace_common::{
-    Config, DropKey, GlobalStats, KernelOffsets, MAX_LOCAL_ADDRS, MAX_PORTS, PeerKey, PeerStats,
-    PortKey, TooBig, VXLAN_FLAG_I,
+    Config, DropKey, GlobalStats, KernelOffsets, MAX_LOCAL_ADDRS, MAX_PORTS, PeerCpuKey, PeerKey,
+    PeerStats, PortKey, TooBig, VXLAN_FLAG_I,
     names::{maps, programs},
 };
 
@@ -142,9 +142,9 @@ pub enum LoaderBtf {
 /// One read of the kernel maps.
 #[derive(Debug, Default)]
 pub struct Readout {
-    /// Every peer in the kernel map, summed over the CPUs (each key once;
-    /// LRU: a key can go).
-    pub peers: Vec<(PeerKey, PeerStats)>,
+    /// Every entry of the kernel's peer map: a peer's counts on one CPU,
+    /// an entry for each CPU that counted it (LRU: an entry can go).
+    pub peers: Vec<(PeerCpuKey, PeerStats)>,
     /// The peers in the per-CPU peer slots, summed over slots and CPUs
     /// (each key once; never go back). A peer's counts are its map entry's
     /// plus these.
@@ -161,16 +161,28 @@ pub struct Readout {
 }
 
 impl Readout {
+    /// Adds a peer as one map entry, counted on CPU 0: for feeding the
+    /// tables and sinks without a kernel (tests, the synthetic mesh).
+    pub fn add_peer(&mut self, peer: PeerKey, stats: PeerStats) {
+        self.peers.push((PeerCpuKey::new(peer, 0), stats));
+    }
+
     /// One peer's counters (its map entry and its slots), if the kernel
     /// holds it.
     pub fn peer(&self, key: &PeerKey) -> Option<PeerStats> {
         let mut parts = self
             .peers
             .iter()
-            .chain(&self.peer_slots)
-            .filter(|(k, _)| k == key);
-        let mut sum = parts.next()?.1;
-        for (_, s) in parts {
+            .filter(|(k, _)| k.peer == *key)
+            .map(|(_, s)| s)
+            .chain(
+                self.peer_slots
+                    .iter()
+                    .filter(|(k, _)| k == key)
+                    .map(|(_, s)| s),
+            );
+        let mut sum = *parts.next()?;
+        for s in parts {
             sum.merge(s);
         }
         Some(sum)
@@ -201,7 +213,8 @@ pub struct Tracer {
     /// Hooks where another program is ahead and stays ahead (said once).
     behind: std::collections::HashSet<(String, crate::schema::Hook)>,
     policy: AttachPolicy,
-    pub max_peers: u32,
+    /// Entries the per-peer map holds: (peer, CPU) pairs.
+    pub peer_map_entries: u32,
     /// The drop program was given the kernel's struct offsets (from BTF).
     offsets_valid: bool,
 }
@@ -220,9 +233,10 @@ impl Tracer {
                 loader.btf(None);
             }
         }
+        let peer_entries = peer_map_entries(cfg.max_peers);
         loader
             .override_global(vxtrace_common::names::globals::CONFIG, &kernel_cfg, true)
-            .map_max_entries(maps::PEERS, cfg.max_peers)
+            .map_max_entries(maps::PEERS, peer_entries)
             .map_max_entries(maps::MAC_PEERS, cfg.max_macs);
         let mut ebpf = loader
             .load(OBJECT)
@@ -257,7 +271,7 @@ impl Tracer {
             fdb_seeded: Default::default(),
             behind: Default::default(),
             policy,
-            max_peers: cfg.max_peers,
+            peer_map_entries: peer_entries,
             offsets_valid: cfg.offsets.valid != 0,
         })
     }
@@ -392,7 +406,8 @@ impl Tracer {
         Ok(())
     }
 
-    /// A per-CPU LRU map in batches, values summed over the CPUs by `sum`;
+    /// An LRU map in batches, a per-CPU one's values summed over the CPUs
+    /// by `sum` (a plain one's value is `sum` added to the default);
     /// `None` where the kernel refuses (then never asked again).
     fn read_batched<K: Copy + Default, V: Copy + Default>(
         &self,
@@ -404,10 +419,11 @@ impl Tracer {
         if self.no_batch.get() {
             return None;
         }
-        let aya::maps::Map::PerCpuLruHashMap(data) = self.ebpf.map(map)? else {
-            return None;
+        let (data, cpus) = match self.ebpf.map(map)? {
+            aya::maps::Map::PerCpuLruHashMap(data) => (data, aya::util::nr_cpus().ok()?),
+            aya::maps::Map::LruHashMap(data) => (data, 1),
+            _ => return None,
         };
-        let cpus = aya::util::nr_cpus().ok()?;
         match batch::lookup_percpu_summed::<K, V>(
             data.fd().as_fd().as_raw_fd(),
             cpus,
@@ -422,6 +438,18 @@ impl Tracer {
             }
         }
     }
+}
+
+/// Entries of the per-peer map: `max_peers` peers on every online CPU
+/// (an entry per peer and CPU that counted it). Online, not possible, CPUs:
+/// a host may declare 64 possible CPUs and run 2, and memory for CPUs that
+/// never run is what this map's layout is there to avoid. A CPU brought up
+/// later shares the room (the LRU makes it).
+fn peer_map_entries(max_peers: u32) -> u32 {
+    let online = aya::util::online_cpus().map_or(1, |c| c.len().max(1)) as u64;
+    // At most 2^24 entries (about 8 GiB of kernel memory): beyond that the
+    // kernel's allocation fails anyway, and the LRU holds the busiest.
+    (max_peers as u64 * online).min(1 << 24) as u32
 }
 
 /// Adds what to do to the errors users hit when loading BPF programs.

@@ -4,9 +4,9 @@
 //! to, which are read here.
 
 use anyhow::Result;
-use aya::maps::{MapData, PerCpuHashMap};
+use aya::maps::{HashMap, MapData};
 use vxtrace_common::{
-    PeerKey, PeerSlot, PeerStats,
+    PeerCpuKey, PeerKey, PeerSlot, PeerStats,
     names::{maps, programs},
 };
 
@@ -20,28 +20,20 @@ impl Tracer {
         self.attach_tc(programs::NIC_EGRESS, iface, Hook::Egress)
     }
 
-    /// Every peer in the per-peer map, summed over the CPUs.
-    pub(super) fn read_peers(&self) -> Result<Vec<(PeerKey, PeerStats)>> {
+    /// Every entry of the per-peer map: one per peer and CPU that counted
+    /// it.
+    pub(super) fn read_peers(&self) -> Result<Vec<(PeerCpuKey, PeerStats)>> {
         if let Some(batched) =
             self.read_batched(maps::PEERS, self.peers_last_read.get(), PeerStats::merge)
         {
             self.peers_last_read.set(batched.len());
             return Ok(batched);
         }
-        let peers: PerCpuHashMap<&MapData, PeerKey, PeerStats> =
-            PerCpuHashMap::try_from(self.map(maps::PEERS)?)?;
-        let mut out = Vec::new();
-        for item in peers.iter() {
-            // A key evicted between "next key" and "lookup" is skipped; its
-            // counts are already in the loader's totals.
-            let Ok((key, per_cpu)) = item else { continue };
-            let mut sum = PeerStats::default();
-            for v in per_cpu.iter() {
-                sum.merge(v);
-            }
-            out.push((key, sum));
-        }
-        Ok(out)
+        let peers: HashMap<&MapData, PeerCpuKey, PeerStats> =
+            HashMap::try_from(self.map(maps::PEERS)?)?;
+        // A key evicted between "next key" and "lookup" is skipped; its
+        // counts are already in the loader's totals.
+        Ok(peers.iter().filter_map(Result::ok).collect())
     }
 
     /// The peers in the per-CPU peer slots, each summed over its slots and

@@ -490,12 +490,15 @@ pub struct DropMapStats {
     pub out_of_scope: u64,
 }
 
-/// The kernel's per-peer map.
+/// The kernel's per-peer map. Its entries are (peer, CPU) pairs: a peer
+/// has one for each CPU that counted it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerMapStats {
+    /// Entries it holds at most (`--max-peers` on every online CPU).
     pub capacity: u32,
     pub entries: u64,
     pub inserted: u64,
+    /// Entries the LRU made room by (their counts are kept).
     pub evictions: u64,
     pub insert_failed: u64,
 }

@@ -127,7 +127,8 @@ pub struct WatchArgs {
     #[arg(long = "netns", value_name = "NS", value_delimiter = ',')]
     pub netns: Vec<String>,
 
-    /// Capacity of the kernel's per-peer map (LRU beyond it; evictions are
+    /// Capacity of the kernel's per-peer map, in peers seen on every
+    /// online CPU (an entry per peer and CPU; LRU beyond it, evictions are
     /// reported).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PEERS, value_parser = clap::value_parser!(u32).range(16..=1_048_576))]
     pub max_peers: u32,

@@ -160,10 +160,11 @@ impl Session {
     fn detect(&mut self, sample: &Sample) -> Vec<Line> {
         let elapsed = self.start.elapsed().as_secs_f64();
         let t = &mut self.run.tables;
-        let packets = t.peers.peers.iter().map(|(k, p)| {
-            let n = p.last_packets();
-            (*k, p.addr, n.tx_encap, n.rx_nic)
-        });
+        let packets = t
+            .peers
+            .interval_packets
+            .iter()
+            .map(|(k, addr, n)| (*k, *addr, n.tx_encap, n.rx_nic));
         t.outages.update(elapsed, sample.seconds, packets)
     }
 
@@ -225,7 +226,7 @@ impl Session {
             probes: &self.run.probes,
             doctor: &self.run.doctor,
             node: &self.run.node,
-            peer_map_capacity: self.run.tracer.max_peers,
+            peer_map_capacity: self.run.tracer.peer_map_entries,
         };
         // Neighbour entries change as traffic flows: the end's are asked for.
         let at_exit = match discovery::snapshot().await {

@@ -1,8 +1,10 @@
 //! The benchmark's userspace part on a guest with many possible CPUs.
 //!
 //! Every per-CPU map value has one copy per *possible* CPU, and vxtrace
-//! reads them all every interval, so its cost on a node depends on how many
-//! CPUs the kernel may bring up, not on how many run. This machine has 2;
+//! would read them all every interval, so its cost on a node would depend
+//! on how many CPUs the kernel may bring up, not on how many run (the
+//! per-peer map has an entry per peer and CPU that counted it for that
+//! reason; the small per-CPU maps remain). This machine has 2;
 //! nodes have 64 or more. qemu's `-smp 2,maxcpus=N` boots a guest whose
 //! kernel has N possible CPUs with 2 running, so the same benchmark can be
 //! run at 2 and at N possible CPUs, under the same emulator, and the two
@@ -84,8 +86,8 @@ pub fn userspace_by_possible_cpus(
             cpus: 2,
             possible_cpus: n,
             // The kernel preallocates every per-CPU map value for every
-            // possible CPU: 440 B x 64 x 16,384 peers is 460 MiB for the
-            // peer map alone.
+            // possible CPU (the per-peer map was 440 B x 64 x 16,384
+            // peers, 460 MiB, when it was one).
             memory_mib: 2048 + 32 * n,
         };
         let log = work_dir.join(format!("possible-{n}.log"));

@@ -877,10 +877,10 @@ mod tests {
             s.rx_nic.packets = n;
             s.rx_decap.packets = n;
             s.tx_dev.packets = n;
-            readout.peers.push((
+            readout.add_peer(
                 peer_key(&IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))),
                 s,
-            ));
+            );
         }
         crate::sinks::feed(&mut m, &mut tables, &readout, 0.0, 1.0).unwrap();
         render(&registry, Format::Classic).unwrap()
@@ -980,7 +980,7 @@ mod tests {
                     delivered * second
                 };
                 s.tx_encap.packets = 10 * second;
-                readout.peers.push((peer_key(&addr.parse().unwrap()), s));
+                readout.add_peer(peer_key(&addr.parse().unwrap()), s);
             }
             crate::sinks::feed(&mut m, &mut tables, &readout, second as f64, 1.0).unwrap();
         }
@@ -1024,7 +1024,7 @@ mod tests {
         s.rx_nic.packets = 100;
         s.tx_dev.packets = 7;
         let key = peer_key(&"10.0.0.1".parse().unwrap());
-        readout.peers.push((key, s));
+        readout.add_peer(key, s);
         crate::sinks::feed(&mut m, &mut tables, &readout, 0.0, 1.0).unwrap();
         let text = render(&registry, Format::Classic).unwrap();
         assert!(
