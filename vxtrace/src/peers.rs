@@ -249,11 +249,16 @@ impl PeerTable {
                     e.stats = *stats;
                     e.seen = intervals;
                 }
-                None => peer.in_map.push(MapEntry {
-                    cpu: key.cpu,
-                    seen: intervals,
-                    stats: *stats,
-                }),
+                None => {
+                    // One more entry's room, not the four a vector of
+                    // small elements starts with: most peers have one.
+                    peer.in_map.reserve_exact(1);
+                    peer.in_map.push(MapEntry {
+                        cpu: key.cpu,
+                        seen: intervals,
+                        stats: *stats,
+                    });
+                }
             }
         }
         self.interval_packets.clear();
