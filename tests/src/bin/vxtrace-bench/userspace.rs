@@ -143,7 +143,7 @@ pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32) {
     let possible = possible_cpus();
     let _ = writeln!(
         r.md,
-        "\n### {peers} live peers ({secs} s, interval 1 s, `watch --json --peer B`: every peer counted, one shown)\n\n| figure | value |\n|---|---|\n| peers known to vxtrace | {known} |\n| possible CPUs (one copy of each per-CPU value) | {} |\n| CPU seconds per wall second | {:.4} ({cpu_pct:.2} % of one core) |\n| peak RSS while running (VmRSS sampled every 250 ms) | {:.1} MiB |\n| peak RSS of the whole life, start-up included (VmHWM) | {:.1} MiB |\n| time to read all maps once (median) | {read_med:.1} ms |",
+        "\n### {peers} live peers ({secs} s, interval 1 s, `watch --json --peer B`: every peer counted, one shown)\n\n| figure | value |\n|---|---|\n| peers known to vxtrace | {known} |\n| possible CPUs (one copy of each per-CPU value; the per-peer map has entries only for the CPUs that counted) | {} |\n| CPU seconds per wall second | {:.4} ({cpu_pct:.2} % of one core) |\n| peak RSS while running (VmRSS sampled every 250 ms) | {:.1} MiB |\n| peak RSS of the whole life, start-up included (VmHWM) | {:.1} MiB |\n| time to read all maps once (median) | {read_med:.1} ms |",
         possible,
         cpu_pct / 100.0,
         rss_kib as f64 / 1024.0,
@@ -271,7 +271,7 @@ pub fn guests(r: &mut Report) {
         .collect();
     let _ = writeln!(
         r.md,
-        "\n### On qemu guests with more possible CPUs\n\nThe same measurement (10,000 live peers) in a guest booted with `-smp 2,maxcpus=N`: 2 CPUs run, N are possible, and every per-CPU map value has N copies. The guests run under emulation (TCG), which makes each CPU figure several times larger than on hardware: compare the guests with each other, not with the table above. A read that takes longer than the 1-second interval stretches the intervals, so the CPU figure then stops growing (one core at most); the read time does not.\n"
+        "\n### On qemu guests with more possible CPUs\n\nThe same measurement (10,000 live peers) in a guest booted with `-smp 2,maxcpus=N`: 2 CPUs run, N are possible: every per-CPU map value (the slots, the global counters) has N copies, and the per-peer map has entries only for the CPUs that ran. The guests run under emulation (TCG), which makes each CPU figure several times larger than on hardware: compare the guests with each other, not with the table above. A read that takes longer than the 1-second interval stretches the intervals, so the CPU figure then stops growing (one core at most); the read time does not.\n"
     );
     if let Some(e) = figures.iter().find(|f| f["figure"] == "guest_error") {
         let _ = writeln!(r.md, "Not measured: {}", e["error"].as_str().unwrap_or("?"));
