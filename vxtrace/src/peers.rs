@@ -242,9 +242,17 @@ impl PeerTable {
                 peer.previous_total = peer.total;
                 peer.rebuild_base_and_slots(slots.get(&key.peer).copied());
             }
+            let peer = &mut **peer;
+            let known = peer.in_map.iter_mut().find(|e| e.cpu == key.cpu);
+            if known.as_ref().is_some_and(|e| e.seen == intervals) {
+                // The same entry twice in one read: a key-by-key walk
+                // (kernels without batched reads) starts over when the
+                // LRU evicts the key it stood on. Counted once.
+                continue;
+            }
             peer.entries_seen += 1;
             peer.total.merge(stats);
-            match peer.in_map.iter_mut().find(|e| e.cpu == key.cpu) {
+            match known {
                 Some(e) => {
                     e.stats = *stats;
                     e.seen = intervals;
@@ -420,6 +428,19 @@ mod tests {
         t.update(&with_slots(readout(&[]), &[(a, 170)]), 1.0);
         t.update(&with_slots(readout(&[("192.0.2.2", 1)]), &[(a, 171)]), 1.0);
         assert_eq!(total(&t), 3 + 2 + 171);
+    }
+
+    /// An entry read twice in one read (a key-by-key walk can start over)
+    /// counts once.
+    #[test]
+    fn an_entry_read_twice_counts_once() {
+        let mut r = readout(&[("192.0.2.1", 7)]);
+        r.peers.push(r.peers[0]);
+        let mut t = PeerTable::new(10);
+        t.update(&r, 1.0);
+        let p = t.get(&"192.0.2.1".parse().unwrap()).unwrap();
+        assert_eq!(p.total().tx_encap.packets, 7);
+        assert_eq!(p.in_map.len(), 1);
     }
 
     /// A peer counted on two CPUs: its entries add up; when one CPU's
