@@ -575,7 +575,7 @@ fn a_peer_seen_on_two_cpus_has_an_entry_on_each() {
     });
 }
 
-/// The batched read of the per-CPU peer map sees every peer exactly once
+/// The batched read of the per-peer map sees every peer exactly once
 /// (several batches of 1024).
 #[test]
 fn batched_map_read_sees_every_peer() {

@@ -342,6 +342,11 @@ impl PeerTable {
                 self.retired_count += 1;
             }
         }
+        // The interval's packets list only the peers the table keeps, as
+        // the outage tracker saw them when it read the table itself.
+        let peers = &self.peers;
+        self.interval_packets
+            .retain(|(key, ..)| peers.contains_key(key));
     }
 
     /// A completed handshake of one of our clients with the peer.
@@ -524,6 +529,13 @@ mod tests {
         t.update(&readout(&[("192.0.2.3", 4)]), 1.0);
         assert_eq!(t.peers.len(), 2);
         assert_eq!(t.retired_count, 1);
+        // The retired peer is not among the interval's packets either.
+        assert_eq!(t.interval_packets.len(), 2);
+        assert!(
+            t.interval_packets
+                .iter()
+                .all(|(k, ..)| t.peers.contains_key(k))
+        );
         let kept: u64 = t.peers.values().map(|p| p.total().tx_encap.packets).sum();
         assert_eq!(kept + t.retired.tx_encap.packets, 1 + 2 + 4);
     }

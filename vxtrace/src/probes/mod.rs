@@ -146,8 +146,8 @@ pub struct Readout {
     /// an entry for each CPU that counted it (LRU: an entry can go).
     pub peers: Vec<(PeerCpuKey, PeerStats)>,
     /// The peers in the per-CPU peer slots, summed over slots and CPUs
-    /// (each key once; never go back). A peer's counts are its map entry's
-    /// plus these.
+    /// (each key once; never go back). A peer's counts are its map
+    /// entries' plus these.
     pub peer_slots: Vec<(PeerKey, PeerStats)>,
     pub global: GlobalStats,
     /// Drops in the drop map, summed over the CPUs (LRU: a key can go).
@@ -167,7 +167,7 @@ impl Readout {
         self.peers.push((PeerCpuKey::new(peer, 0), stats));
     }
 
-    /// One peer's counters (its map entry and its slots), if the kernel
+    /// One peer's counters (its map entries and its slots), if the kernel
     /// holds it.
     pub fn peer(&self, key: &PeerKey) -> Option<PeerStats> {
         let mut parts = self
