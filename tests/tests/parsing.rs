@@ -5,7 +5,11 @@ use std::net::IpAddr;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use vxtrace::probes::{AttachPolicy, Readout, Tracer, TracerConfig};
-use vxtrace_common::{PeerKey, PeerStats, names::programs, packets_over};
+use vxtrace_common::{
+    PeerKey, PeerStats,
+    names::{maps, programs},
+    packets_over,
+};
 
 const LOCAL4: [u8; 4] = [192, 0, 2, 11];
 const PEER4: [u8; 4] = [192, 0, 2, 12];
@@ -521,9 +525,27 @@ fn peer_map_is_bounded_and_evictions_are_counted() {
         for (key, _) in &r.peers {
             assert_eq!(r.peer(&key.peer).unwrap().rx_nic.packets, 1);
         }
-        let cpus = aya::util::nr_cpus().unwrap();
-        assert!(r.peer_slots.len() <= vxtrace_common::PEER_SLOTS as usize * cpus);
+        let rows = *aya::util::online_cpus().unwrap().iter().max().unwrap() as usize + 1;
+        assert!(r.peer_slots.len() <= vxtrace_common::PEER_SLOTS as usize * rows);
         assert!(r.peer_slots.iter().all(|(_, p)| p.rx_nic.packets == 1));
+        // The slot maps are plain arrays with a row per online CPU number,
+        // not per-CPU arrays (a copy for every possible CPU).
+        for (name, per_row) in [
+            (maps::PEER_SLOTS, vxtrace_common::PEER_SLOTS),
+            (maps::DROP_SLOTS, vxtrace_common::DROP_SLOTS),
+        ] {
+            let loaded: Vec<_> = aya::maps::loaded_maps()
+                .filter_map(Result::ok)
+                .filter(|m| m.name_as_str() == Some(name))
+                .collect();
+            assert!(
+                loaded.iter().any(|m| {
+                    matches!(m.map_type(), Ok(aya::maps::MapType::Array))
+                        && m.max_entries() == per_row * rows as u32
+                }),
+                "{name}: no plain array of {rows} rows of {per_row} slots loaded"
+            );
+        }
     });
 }
 

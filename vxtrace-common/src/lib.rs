@@ -197,7 +197,7 @@ pub struct PeerStats {
     pub tx_flood: Counter,
 }
 
-/// One slot of the per-CPU direct-mapped peer counters: the first peer
+/// One slot of a CPU's row of direct-mapped peer counters: the first peer
 /// whose address lands in a slot on a CPU keeps it for the whole run, so
 /// the packets of a node's busiest peers find their counters with an
 /// inlined hash and an array index instead of a hash-map lookup. Peers
@@ -223,6 +223,18 @@ pub struct PeerSlot {
 pub const PEER_SLOT_BITS: u32 = 6;
 /// Peer slots per CPU (about 460 bytes each).
 pub const PEER_SLOTS: u32 = 1 << PEER_SLOT_BITS;
+
+/// Index of `slot` in CPU `cpu`'s row of a slot map (`PEER_SLOTS`,
+/// `DROP_SLOTS`): a plain array of one row of `1 << bits` slots per CPU,
+/// sized by the loader for the CPUs online when it loads. A per-CPU array
+/// would hold, and hand userspace on every read, a row for every CPU the
+/// kernel could bring up (64 on some hosts where 2 run). Only CPU `cpu`'s
+/// programs write its row, so the adds need no atomics; a CPU beyond the
+/// rows (brought up later) finds no slot and counts in the map behind.
+#[inline(always)]
+pub const fn slot_index(cpu: u32, slot: u32, bits: u32) -> u32 {
+    (cpu << bits) | slot
+}
 
 impl PeerKey {
     /// The peer's slot among [`PEER_SLOTS`]: a multiplicative hash of the
@@ -472,7 +484,7 @@ impl DropKey {
     }
 }
 
-/// One slot of the drop program's per-CPU direct-mapped counters: the
+/// One slot of a CPU's row of the drop program's direct-mapped counters: the
 /// first key that lands in a slot on a CPU keeps it for the whole run
 /// (a slot is free while its count is 0), so a storm of one kind of drop
 /// adds to a slot instead of updating the hash map. Keys whose slot is

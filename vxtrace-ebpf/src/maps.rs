@@ -11,13 +11,13 @@ use aya_ebpf::{
     EbpfContext,
     helpers::bpf_get_smp_processor_id,
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use aya_log_ebpf::warn;
 use vxtrace_common::{
     DEFAULT_MAX_MACS, DEFAULT_MAX_PEERS, GlobalStats, InnerAddr, MAC_MEMO_SLOTS, MacKey, MacMemo,
-    MacPeer, PEER_SLOTS as PEER_SLOTS_PER_CPU, PeerCpuKey, PeerKey, PeerSlot, PeerStats, VniInfo,
-    VxlanDevice,
+    MacPeer, PEER_SLOT_BITS, PEER_SLOTS as PEER_SLOTS_PER_CPU, PeerCpuKey, PeerKey, PeerSlot,
+    PeerStats, VniInfo, VxlanDevice, slot_index,
 };
 
 use crate::packet::same_addr;
@@ -36,17 +36,22 @@ static ZERO_PEER_STATS: PeerStats = unsafe { core::mem::zeroed() };
 pub static PEERS: LruHashMap<PeerCpuKey, PeerStats> =
     LruHashMap::with_max_entries(DEFAULT_MAX_PEERS, 0);
 
-/// This CPU's entry key for `peer` in [`PEERS`].
+/// The CPU this program runs on: the CPU part of its [`PEERS`] keys and
+/// the row of its slots.
 #[inline(always)]
-pub fn peer_cpu_key(peer: &PeerKey) -> PeerCpuKey {
+pub fn this_cpu() -> u32 {
     // SAFETY: a helper without arguments, allowed in every program type.
-    PeerCpuKey::new(*peer, unsafe { bpf_get_smp_processor_id() })
+    unsafe { bpf_get_smp_processor_id() }
 }
 
-/// The counters of the peers that came first to each slot, per CPU (see
-/// [`PeerSlot`]). Name: `names::maps::PEER_SLOTS`.
+/// The counters of the peers that came first to each slot, a row of
+/// slots per CPU (see [`PeerSlot`] and [`slot_index`]); the loader sizes
+/// it for the online CPUs. Memory-mappable only so that the kernel starts
+/// its elements on a page: each CPU's row is then whole cache lines that
+/// no other CPU writes. Name: `names::maps::PEER_SLOTS`.
 #[map]
-pub static PEER_SLOTS: PerCpuArray<PeerSlot> = PerCpuArray::with_max_entries(PEER_SLOTS_PER_CPU, 0);
+pub static PEER_SLOTS: Array<PeerSlot> =
+    Array::with_max_entries(PEER_SLOTS_PER_CPU, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 /// Counters that belong to no peer (index 0 only). Name: `names::maps::GLOBAL`.
 #[map]
@@ -108,14 +113,15 @@ pub static POD_SUBNETS: LpmTrie<[u8; 16], PeerKey> = LpmTrie::with_max_entries(4
 /// in its slot when the slot is the peer's or free, else in the peer map.
 #[inline(always)]
 pub fn peer_stats<C: EbpfContext>(ctx: &C, peer: &PeerKey) -> Option<*mut PeerStats> {
-    if let Some(slot) = PEER_SLOTS.get_ptr_mut(peer.slot()) {
-        // SAFETY: this CPU's copy of a PEER_SLOTS element: aligned, never
+    let cpu = this_cpu();
+    if let Some(slot) = PEER_SLOTS.get_ptr_mut(slot_index(cpu, peer.slot(), PEER_SLOT_BITS)) {
+        // SAFETY: a PEER_SLOTS element in this CPU's row: aligned, never
         // freed, plain integers. Programs on this CPU are its only writers;
         // one interrupting this one to take the same free slot could at
         // worst leave a mixed address (TC programs do not nest).
         let slot = unsafe { &mut *slot };
         if slot.taken == 0 {
-            list_peer(peer);
+            list_peer(PeerCpuKey::new(*peer, cpu));
             // The peer, then `taken`, as volatile stores the compiler keeps
             // in order (the JIT and x86 keep stores in order too):
             // userspace reads `taken` first, so a taken slot it sees comes
@@ -131,7 +137,7 @@ pub fn peer_stats<C: EbpfContext>(ctx: &C, peer: &PeerKey) -> Option<*mut PeerSt
             return Some(&mut slot.stats);
         }
     }
-    peer_in_map(ctx, peer)
+    peer_in_map(ctx, PeerCpuKey::new(*peer, cpu))
 }
 
 /// Enters a peer that took a slot on this CPU in the peer map, which
@@ -139,8 +145,7 @@ pub fn peer_stats<C: EbpfContext>(ctx: &C, peer: &PeerKey) -> Option<*mut PeerSt
 /// counts evictions from it). Its counts there stay zero. A failed
 /// insertion loses nothing: the packet is counted in the slot.
 #[inline(always)]
-fn list_peer(peer: &PeerKey) {
-    let key = peer_cpu_key(peer);
+fn list_peer(key: PeerCpuKey) {
     if PEERS.get_ptr(&key).is_none()
         && PEERS
             .insert(
@@ -154,11 +159,10 @@ fn list_peer(peer: &PeerKey) {
     }
 }
 
-/// The peer's counters in the peer map (this CPU's entry), inserting them
-/// on first sight.
+/// The peer's counters in the peer map (this CPU's entry, `key`),
+/// inserting them on first sight.
 #[inline(always)]
-fn peer_in_map<C: EbpfContext>(ctx: &C, peer: &PeerKey) -> Option<*mut PeerStats> {
-    let key = peer_cpu_key(peer);
+fn peer_in_map<C: EbpfContext>(ctx: &C, key: PeerCpuKey) -> Option<*mut PeerStats> {
     if let Some(stats) = PEERS.get_ptr_mut(&key) {
         return Some(stats);
     }

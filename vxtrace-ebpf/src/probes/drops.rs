@@ -20,19 +20,20 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LruPerCpuHashMap, lpm_trie::Key},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use vxtrace_common::{
     DROP_KIND_GROUP, DROP_KIND_OUTER, DROP_KIND_PACKET, DROP_KIND_SYNACK, DROP_MEMO_EMPTY,
-    DROP_MEMO_NO_PEER, DROP_MEMO_PEER, DROP_SLOTS as DROP_SLOTS_PER_CPU, DropKey, DropMemo,
-    DropSlot, MEMO_RECHECK, NO_FIELD, PeerKey, REASON_UNKNOWN, TooBig,
+    DROP_MEMO_NO_PEER, DROP_MEMO_PEER, DROP_SLOT_BITS, DROP_SLOTS as DROP_SLOTS_PER_CPU, DropKey,
+    DropMemo, DropSlot, MEMO_RECHECK, NO_FIELD, PeerCpuKey, PeerKey, REASON_UNKNOWN, TooBig,
+    slot_index,
 };
 
 use crate::{
     config::config,
     kernel_mem::{kread, kread_into},
-    maps::{GLOBAL, INNER_ADDRS, PEERS, POD_SUBNETS, peer_cpu_key},
+    maps::{GLOBAL, INNER_ADDRS, PEERS, POD_SUBNETS, this_cpu},
     packet::{
         ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, is_local_vtep, is_vxlan_port, same_addr,
     },
@@ -42,10 +43,13 @@ use crate::{
 #[map]
 pub static DROPS: LruPerCpuHashMap<DropKey, u64> = LruPerCpuHashMap::with_max_entries(16_384, 0);
 
-/// The drops of the first keys to reach each slot, per CPU (see
-/// [`DropSlot`]); the rest go to `DROPS`. Name: `names::maps::DROP_SLOTS`.
+/// The drops of the first keys to reach each slot, a row of slots per CPU
+/// (see [`DropSlot`] and [`slot_index`]; memory-mappable for the same
+/// reason as `PEER_SLOTS`); the rest go to `DROPS`.
+/// Name: `names::maps::DROP_SLOTS`.
 #[map]
-pub static DROP_SLOTS: PerCpuArray<DropSlot> = PerCpuArray::with_max_entries(DROP_SLOTS_PER_CPU, 0);
+pub static DROP_SLOTS: Array<DropSlot> =
+    Array::with_max_entries(DROP_SLOTS_PER_CPU, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 /// Drops of packets too big for their path (PKT_TOO_BIG), per peer, with
 /// the largest size. Name: `names::maps::TOO_BIG`.
@@ -384,11 +388,11 @@ fn attribute<R: KernelStructs>(skb: u64, memo: &mut DropMemo) -> Option<(PeerKey
             } else {
                 None
             }
-        } else if PEERS.get_ptr(&peer_cpu_key(&src)).is_some() {
+        } else if PEERS.get_ptr(&PeerCpuKey::new(src, this_cpu())).is_some() {
             // A peer this CPU has counted: a packet is dropped on the CPU
             // that handled it, which is the one its programs counted on.
             Some(src)
-        } else if PEERS.get_ptr(&peer_cpu_key(&dst)).is_some() {
+        } else if PEERS.get_ptr(&PeerCpuKey::new(dst, this_cpu())).is_some() {
             Some(dst)
         } else {
             None
@@ -491,10 +495,11 @@ pub fn count<R: KernelStructs>(skb: u64, location: u64, reason: u32, rx_sk: u64)
 /// lookup, which hashes the 32-byte key and walks a bucket.
 #[inline(always)]
 fn count_in_slot(key: &DropKey) -> bool {
-    let Some(slot) = DROP_SLOTS.get_ptr_mut(key.slot()) else {
+    let index = slot_index(this_cpu(), key.slot(), DROP_SLOT_BITS);
+    let Some(slot) = DROP_SLOTS.get_ptr_mut(index) else {
         return false;
     };
-    // SAFETY: this CPU's copy of a DROP_SLOTS element: aligned, never
+    // SAFETY: a DROP_SLOTS element in this CPU's row: aligned, never
     // freed, plain integers. The drop program does not run nested on a
     // CPU; a PAWS kprobe interrupting it to claim the same free slot could
     // at worst leave one mixed key.

@@ -133,12 +133,12 @@ impl Tracer {
         Ok(out)
     }
 
-    /// The drops counted in the drop program's per-CPU slots, summed per
+    /// The drops counted in the drop program's slots (a row per CPU), summed per
     /// key over slots and CPUs. A slot keeps its key for the whole run, so
     /// these counts never go back.
     pub(super) fn read_drop_slots(&self) -> Result<rustc_hash::FxHashMap<DropKey, u64>> {
         let mut out = rustc_hash::FxHashMap::default();
-        self.read_per_cpu_array(maps::DROP_SLOTS, |slot: &DropSlot| {
+        self.read_slots(maps::DROP_SLOTS, |slot: &DropSlot| {
             if slot.count != 0 {
                 *out.entry(slot.key).or_default() += slot.count;
             }

@@ -145,7 +145,7 @@ pub struct Readout {
     /// Every entry of the kernel's peer map: a peer's counts on one CPU,
     /// an entry for each CPU that counted it (LRU: an entry can go).
     pub peers: Vec<(PeerCpuKey, PeerStats)>,
-    /// The peers in the per-CPU peer slots, summed over slots and CPUs
+    /// The peers in the peer slots (a row per CPU), summed over slots and CPUs
     /// (each key once; never go back). A peer's counts are its map
     /// entries' plus these.
     pub peer_slots: Vec<(PeerKey, PeerStats)>,
@@ -234,9 +234,12 @@ impl Tracer {
             }
         }
         let peer_entries = peer_map_entries(cfg.max_peers);
+        let rows = slot_rows();
         loader
             .override_global(vxtrace_common::names::globals::CONFIG, &kernel_cfg, true)
             .map_max_entries(maps::PEERS, peer_entries)
+            .map_max_entries(maps::PEER_SLOTS, rows * vxtrace_common::PEER_SLOTS)
+            .map_max_entries(maps::DROP_SLOTS, rows * vxtrace_common::DROP_SLOTS)
             .map_max_entries(maps::MAC_PEERS, cfg.max_macs);
         let mut ebpf = loader
             .load(OBJECT)
@@ -370,10 +373,10 @@ impl Tracer {
         Ok(sum)
     }
 
-    /// Every CPU's value of every element of a per-CPU array (the slot
-    /// maps), handed to `each`: in one batched read into one buffer where
-    /// the kernel has it, else element by element.
-    fn read_per_cpu_array<V: Copy + Default + aya::Pod>(
+    /// Every slot of a slot map (every CPU's row), handed to `each`: in one
+    /// batched read into one buffer where the kernel has it, else element
+    /// by element.
+    fn read_slots<V: Copy + Default + aya::Pod>(
         &self,
         map: &str,
         mut each: impl FnMut(&V),
@@ -381,13 +384,11 @@ impl Tracer {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let data = self.map(map)?;
         if !self.no_batch.get()
-            && let aya::maps::Map::PerCpuArray(array) = data
+            && let aya::maps::Map::Array(array) = data
         {
-            let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
             let fd = array.fd().as_fd().as_raw_fd();
-            let read = batch::lookup_percpu::<u32, V>(fd, cpus, |_, per_cpu| {
-                per_cpu.iter().for_each(&mut each)
-            });
+            let read =
+                batch::lookup_percpu::<u32, V>(fd, 1, |_, slot| slot.iter().for_each(&mut each));
             match read {
                 Ok(()) => return Ok(()),
                 Err(e) => {
@@ -396,12 +397,12 @@ impl Tracer {
                 }
             }
         }
-        let array: PerCpuArray<&MapData, V> = PerCpuArray::try_from(data)?;
+        let array: aya::maps::Array<&MapData, V> = aya::maps::Array::try_from(data)?;
         for index in 0..array.len() {
-            let per_cpu = array
+            let slot = array
                 .get(&index, 0)
                 .with_context(|| format!("reading {map} element {index}"))?;
-            per_cpu.iter().for_each(&mut each);
+            each(&slot);
         }
         Ok(())
     }
@@ -450,6 +451,17 @@ fn peer_map_entries(max_peers: u32) -> u32 {
     // At most 2^24 entries (about 8 GiB of kernel memory): beyond that the
     // kernel's allocation fails anyway, and the LRU holds the busiest.
     (max_peers as u64 * online).min(1 << 24) as u32
+}
+
+/// Rows of the slot maps (`PEER_SLOTS`, `DROP_SLOTS`): one per CPU number
+/// up to the highest online one, as the programs index them by CPU
+/// number. A CPU brought up later with a higher number finds no row and
+/// counts in the maps behind the slots.
+fn slot_rows() -> u32 {
+    aya::util::online_cpus()
+        .ok()
+        .and_then(|cpus| cpus.into_iter().max())
+        .map_or(1, |highest| highest + 1)
 }
 
 /// Adds what to do to the errors users hit when loading BPF programs.

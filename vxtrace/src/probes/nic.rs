@@ -36,14 +36,14 @@ impl Tracer {
         Ok(peers.iter().filter_map(Result::ok).collect())
     }
 
-    /// The peers in the per-CPU peer slots, each summed over its slots and
-    /// CPUs. A slot keeps its peer for the whole run, so these counts never
+    /// The peers in the peer slots (a row per CPU), each summed over its
+    /// slots and CPUs. A slot keeps its peer for the whole run, so these counts never
     /// go back.
     pub(super) fn read_peer_slots(&self) -> Result<Vec<(PeerKey, PeerStats)>> {
-        // Keyed by peer: with 64 slots per possible CPU there can be
+        // Keyed by peer: with 64 slots per online CPU there can be
         // thousands of taken slots on a large node.
         let mut out: rustc_hash::FxHashMap<PeerKey, PeerStats> = Default::default();
-        self.read_per_cpu_array(maps::PEER_SLOTS, |slot: &PeerSlot| {
+        self.read_slots(maps::PEER_SLOTS, |slot: &PeerSlot| {
             if slot.taken != 0 {
                 // `merge` adds the counters only (not the memo).
                 out.entry(slot.peer).or_default().merge(&slot.stats);
