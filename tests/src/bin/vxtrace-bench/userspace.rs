@@ -18,6 +18,14 @@ use crate::{Report, kernel_cost::frame, median, num, stop, watcher};
 /// Sends VXLAN packets from `n` source addresses in turn to node 1's
 /// underlay address, from node 2's namespace, for `secs`: one from each per
 /// second when `paced`, else as fast as the socket takes them.
+///
+/// Paced, each second's round is sent from the next online CPU in turn,
+/// and the packets are counted on the CPU that sent them (a veth delivers
+/// on the sender's CPU): every peer gets an entry on every online CPU, as
+/// a busy node's peers do when the NIC spreads their flows over its
+/// queues. Left to the scheduler, the entries were anywhere between one
+/// and two a peer from run to run, and so were the memory and the read
+/// time measured.
 pub fn spray(lab: &LabGuard, n: u32, secs: u64, paced: bool) -> std::thread::JoinHandle<()> {
     let ns = lab.node_ns(2);
     let dst = match lab.underlay_ip(1) {
@@ -32,9 +40,15 @@ pub fn spray(lab: &LabGuard, n: u32, secs: u64, paced: bool) -> std::thread::Joi
             addr.sin_family = libc::AF_INET as u16;
             addr.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
             let base = frame(true);
+            let online = aya::util::online_cpus().unwrap_or_default();
             let end = Instant::now() + Duration::from_secs(secs);
+            let mut round = 0;
             while Instant::now() < end {
                 let second = Instant::now();
+                if paced && !online.is_empty() {
+                    pin_to_cpu(online[round % online.len()] as usize);
+                }
+                round += 1;
                 for i in 0..n {
                     let mut p = base[14..].to_vec();
                     // 198.18.0.0/15: room for 131,072 peers.
@@ -79,6 +93,23 @@ pub fn spray(lab: &LabGuard, n: u32, secs: u64, paced: bool) -> std::thread::Joi
     })
 }
 
+/// Moves the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it; the
+    // size passed is its size.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "pinning the sender to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32) {
     let node = lab.node_ns(1);
     let mut child = Command::new("ip")
@@ -106,14 +137,19 @@ pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32) {
     let reader = std::thread::spawn(move || {
         let mut read_ms = Vec::new();
         let mut known = 0u64;
+        let mut entries = 0u64;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Ok(Line::Interval(i)) = Line::parse(&line) {
-                read_ms.push(i.cost.read_ms);
-                known = i.cost.peers_known;
+            match Line::parse(&line) {
+                Ok(Line::Interval(i)) => {
+                    read_ms.push(i.cost.read_ms);
+                    known = i.cost.peers_known;
+                }
+                Ok(Line::Summary(s)) => entries = s.peer_map.entries,
+                _ => {}
             }
         }
-        (read_ms, known)
+        (read_ms, known, entries)
     });
     std::thread::sleep(Duration::from_secs(2));
     let sender = spray(lab, peers, secs + 5, true);
@@ -132,7 +168,7 @@ pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32) {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = child.wait();
     let _ = sender.join();
-    let (mut read_ms, known) = reader.join().unwrap();
+    let (mut read_ms, known, entries) = reader.join().unwrap();
     let steady: Vec<f64> = read_ms.iter().copied().skip(7).collect();
     let read_med = if steady.is_empty() {
         median(&mut read_ms)
@@ -143,13 +179,13 @@ pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32) {
     let possible = possible_cpus();
     let _ = writeln!(
         r.md,
-        "\n### {peers} live peers ({secs} s, interval 1 s, `watch --json --peer B`: every peer counted, one shown)\n\n| figure | value |\n|---|---|\n| peers known to vxtrace | {known} |\n| possible CPUs (one copy of each per-CPU value; the per-peer map has entries only for the CPUs that counted) | {} |\n| CPU seconds per wall second | {:.4} ({cpu_pct:.2} % of one core) |\n| peak RSS while running (VmRSS sampled every 250 ms) | {:.1} MiB |\n| peak RSS of the whole life, start-up included (VmHWM) | {:.1} MiB |\n| time to read all maps once (median) | {read_med:.1} ms |",
+        "\n### {peers} live peers ({secs} s, interval 1 s, `watch --json --peer B`: every peer counted, one shown)\n\n| figure | value |\n|---|---|\n| peers known to vxtrace | {known} |\n| (peer, CPU) entries in the per-peer map at exit (the sender moves to the next online CPU every second) | {entries} |\n| possible CPUs (one copy of each per-CPU value; the per-peer map has entries only for the CPUs that counted) | {} |\n| CPU seconds per wall second | {:.4} ({cpu_pct:.2} % of one core) |\n| peak RSS while running (VmRSS sampled every 250 ms) | {:.1} MiB |\n| peak RSS of the whole life, start-up included (VmHWM) | {:.1} MiB |\n| time to read all maps once (median) | {read_med:.1} ms |",
         possible,
         cpu_pct / 100.0,
         rss_kib as f64 / 1024.0,
         hwm_kib as f64 / 1024.0
     );
-    r.figure(json!({"figure": "userspace", "peers": peers, "peers_known": known, "possible_cpus": possible, "cpu_core_fraction": cpu_pct / 100.0, "running_rss_kib": rss_kib, "peak_rss_kib": hwm_kib, "map_read_ms": read_med}));
+    r.figure(json!({"figure": "userspace", "peers": peers, "peers_known": known, "peer_map_entries": entries, "possible_cpus": possible, "cpu_core_fraction": cpu_pct / 100.0, "running_rss_kib": rss_kib, "peak_rss_kib": hwm_kib, "map_read_ms": read_med}));
 }
 
 /// The CPUs the kernel may ever bring up (`/sys/devices/system/cpu/possible`,
