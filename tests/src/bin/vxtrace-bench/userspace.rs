@@ -307,7 +307,7 @@ pub fn guests(r: &mut Report) {
         .collect();
     let _ = writeln!(
         r.md,
-        "\n### On qemu guests with more possible CPUs\n\nThe same measurement (10,000 live peers) in a guest booted with `-smp 2,maxcpus=N`: 2 CPUs run, N are possible: every per-CPU map value (the slots, the global counters) has N copies, and the per-peer map has entries only for the CPUs that ran. The guests run under emulation (TCG), which makes each CPU figure several times larger than on hardware: compare the guests with each other, not with the table above. A read that takes longer than the 1-second interval stretches the intervals, so the CPU figure then stops growing (one core at most); the read time does not.\n"
+        "\n### On qemu guests with more possible CPUs\n\nThe same measurement (10,000 live peers) in a guest booted with `-smp 2,maxcpus=N`: 2 CPUs run, N are possible: every per-CPU map value (the global counters) has N copies, while the slots have a row per online CPU and the per-peer map entries only for the CPUs that ran (every peer on both, as above). The guests run under emulation (TCG), which makes each CPU figure several times larger than on hardware: compare the guests with each other, not with the table above. A read that takes longer than the 1-second interval stretches the intervals, so the CPU figure then stops growing (one core at most); the read time does not.\n"
     );
     if let Some(e) = figures.iter().find(|f| f["figure"] == "guest_error") {
         let _ = writeln!(r.md, "Not measured: {}", e["error"].as_str().unwrap_or("?"));
@@ -327,15 +327,16 @@ pub fn guests(r: &mut Report) {
     };
     let _ = writeln!(
         r.md,
-        "| possible CPUs | kernel | CPU (emulated, % of one core) | map read, median | × the fewest | RSS running | peak RSS |\n|---|---|---|---|---|---|---|"
+        "| possible CPUs | kernel | (peer, CPU) entries | CPU (emulated, % of one core) | map read, median | × the fewest | RSS running | peak RSS |\n|---|---|---|---|---|---|---|---|"
     );
     for g in &guests {
         let read_ratio = num(g, "map_read_ms") / num(fewest, "map_read_ms");
         let _ = writeln!(
             r.md,
-            "| {} | {} | {:.1} | {:.0} ms | {read_ratio:.1} | {:.1} MiB | {:.1} MiB |",
+            "| {} | {} | {} | {:.1} | {:.0} ms | {read_ratio:.1} | {:.1} MiB | {:.1} MiB |",
             g["possible_cpus"],
             g["guest_kernel"].as_str().unwrap_or("?"),
+            g["peer_map_entries"],
             num(g, "cpu_core_fraction") * 100.0,
             num(g, "map_read_ms"),
             num(g, "running_rss_kib") / 1024.0,
