@@ -1,7 +1,7 @@
 //! Per-peer totals over the whole run, built from successive reads of the
 //! kernel's per-peer map.
 //!
-//! A peer's counts are in its per-CPU slots (the busiest peers, for the
+//! A peer's counts are in its slots, a row per CPU (the busiest peers, for the
 //! whole run) plus its entries in the kernel map, one for each CPU that
 //! counted it. The map is an LRU: an entry can be evicted and come back
 //! with its counters at zero. Totals here never go backwards: when an
@@ -68,7 +68,7 @@ pub struct Peer {
     pub addr: IpAddr,
     /// Counts of map entries the LRU evicted; rare, so boxed.
     base: Option<Box<PeerStats>>,
-    /// The peer's counts in the per-CPU slots at the last read (a few
+    /// The peer's counts in the slots (every CPU's row) at the last read (a few
     /// peers have slots, so boxed).
     in_slots: Option<Box<PeerStats>>,
     /// The peer's entries in the kernel map at the last read, one per CPU

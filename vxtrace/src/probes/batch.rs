@@ -1,5 +1,5 @@
-//! Reading a whole per-CPU map in a few syscalls
-//! (BPF_MAP_LOOKUP_BATCH, kernel >= 5.6) instead of two per key: with
+//! Reading a whole map in a few syscalls (BPF_MAP_LOOKUP_BATCH, kernels
+//! from 5.6 on) instead of two per key: with
 //! 10,000 peers this is the difference between ~80 ms and a few ms of CPU
 //! per interval. Callers fall back to per-key iteration where the kernel
 //! refuses.
@@ -15,8 +15,8 @@ const MOST_PER_CALL: usize = 1024;
 const VALUE_BUFFER_BYTES: usize = 1 << 20;
 
 /// Elements per syscall: as many as fit the value buffer, at least 16.
-fn per_call(value_size: usize, nr_cpus: usize) -> usize {
-    (VALUE_BUFFER_BYTES / (value_size * nr_cpus).max(1)).clamp(16, MOST_PER_CALL)
+fn per_call(value_size: usize, values_per_key: usize) -> usize {
+    (VALUE_BUFFER_BYTES / (value_size * values_per_key).max(1)).clamp(16, MOST_PER_CALL)
 }
 
 #[repr(C)]
@@ -32,42 +32,44 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every key of a per-CPU hash map with its values summed over the CPUs by
-/// `sum` (called with each CPU's value in turn, starting from the default).
-/// `V` must be a multiple of 8 bytes (the kernel's per-CPU value stride).
+/// Every key of a hash map with its values summed by `sum` (called with
+/// each of the key's values in turn, starting from the default):
+/// `values_per_key` is the possible CPUs for a per-CPU map, 1 for a plain
+/// one. `V` must be a multiple of 8 bytes (the kernel's value stride).
 /// `expected` is how many keys the caller expects (the last read's count):
 /// with 10,000 peers, growing the vector as it fills moved megabytes of
 /// values every interval.
-pub fn lookup_percpu_summed<K: Copy + Default, V: Copy + Default>(
+pub fn lookup_summed<K: Copy + Default, V: Copy + Default>(
     fd: RawFd,
-    nr_cpus: usize,
+    values_per_key: usize,
     expected: usize,
     mut sum: impl FnMut(&mut V, &V),
 ) -> io::Result<Vec<(K, V)>> {
     let mut out: Vec<(K, V)> = Vec::with_capacity(expected + expected / 8);
-    lookup_percpu(fd, nr_cpus, |key: &K, per_cpu: &[V]| {
+    lookup_each(fd, values_per_key, |key: &K, values: &[V]| {
         // Summed where it is kept, not in a temporary copied in after.
         out.push((*key, V::default()));
         let total = &mut out.last_mut().expect("just pushed").1;
-        for v in per_cpu {
+        for v in values {
             sum(total, v);
         }
     })?;
     Ok(out)
 }
 
-/// Every key of a per-CPU map (hash or array) with its values, one per
-/// possible CPU, handed to `each`. `V` must be a multiple of 8 bytes (the
-/// kernel's per-CPU value stride).
-pub fn lookup_percpu<K: Copy + Default, V: Copy + Default>(
+/// Every key of a map (hash or array) with its values handed to `each`:
+/// `values_per_key` is the possible CPUs for a per-CPU map (a value for
+/// each), 1 for a plain one. `V` must be a multiple of 8 bytes (the
+/// kernel's value stride).
+pub fn lookup_each<K: Copy + Default, V: Copy + Default>(
     fd: RawFd,
-    nr_cpus: usize,
+    values_per_key: usize,
     mut each: impl FnMut(&K, &[V]),
 ) -> io::Result<()> {
     assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are 8-byte strided");
-    let mut chunk = per_call(size_of::<V>(), nr_cpus);
+    let mut chunk = per_call(size_of::<V>(), values_per_key);
     let mut keys = vec![K::default(); chunk];
-    let mut values = vec![V::default(); chunk * nr_cpus];
+    let mut values = vec![V::default(); chunk * values_per_key];
     // Hash maps use a u32 bucket index as the batch token, arrays the u32
     // index.
     let mut token_in: u64 = 0;
@@ -87,7 +89,7 @@ pub fn lookup_percpu<K: Copy + Default, V: Copy + Default>(
             map_fd: fd as u32,
             ..Default::default()
         };
-        // SAFETY: the buffers hold `chunk` keys and `chunk * nr_cpus`
+        // SAFETY: the buffers hold `chunk` keys and `chunk * values_per_key`
         // values, as `count` tells the kernel.
         let rc = unsafe {
             libc::syscall(
@@ -105,7 +107,7 @@ pub fn lookup_percpu<K: Copy + Default, V: Copy + Default>(
             // from the same bucket with room for it.
             chunk *= 2;
             keys.resize(chunk, K::default());
-            values.resize(chunk * nr_cpus, V::default());
+            values.resize(chunk * values_per_key, V::default());
             continue;
         }
         if let Some(e) = &err
@@ -117,7 +119,10 @@ pub fn lookup_percpu<K: Copy + Default, V: Copy + Default>(
             ));
         }
         for i in 0..attr.count as usize {
-            each(&keys[i], &values[i * nr_cpus..(i + 1) * nr_cpus]);
+            each(
+                &keys[i],
+                &values[i * values_per_key..(i + 1) * values_per_key],
+            );
         }
         // ENOENT: that was the last batch.
         if err.is_some() {

@@ -388,7 +388,7 @@ impl Tracer {
         {
             let fd = array.fd().as_fd().as_raw_fd();
             let read =
-                batch::lookup_percpu::<u32, V>(fd, 1, |_, slot| slot.iter().for_each(&mut each));
+                batch::lookup_each::<u32, V>(fd, 1, |_, slot| slot.iter().for_each(&mut each));
             match read {
                 Ok(()) => return Ok(()),
                 Err(e) => {
@@ -425,12 +425,7 @@ impl Tracer {
             aya::maps::Map::LruHashMap(data) => (data, 1),
             _ => return None,
         };
-        match batch::lookup_percpu_summed::<K, V>(
-            data.fd().as_fd().as_raw_fd(),
-            cpus,
-            expected,
-            sum,
-        ) {
+        match batch::lookup_summed::<K, V>(data.fd().as_fd().as_raw_fd(), cpus, expected, sum) {
             Ok(v) => Some(v),
             Err(e) => {
                 log::info!("{e}; reading {map} key by key");
