@@ -80,6 +80,25 @@ pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often [`wait_until`] and [`wait_for`] look again.
 const POLL: Duration = Duration::from_millis(20);
 
+/// Keeps the calling thread on `cpu`: BPF_PROG_TEST_RUN runs a program
+/// on the caller's CPU, and a packet sent from a namespace is counted on
+/// the sender's CPU (a veth delivers there).
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it; the
+    // size passed is its size.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "pinning to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 /// Polls `cond` every 20 ms until it holds; fails, saying it timed out
 /// waiting for `what`, if it does not hold within `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {

@@ -184,29 +184,12 @@ fn in_test_netns(f: impl FnOnce() + Send) {
         // (peer, CPU), so a thread that moved between runs would split a
         // peer's counts into entries the tests do not expect.
         // SAFETY: no arguments.
-        pin_to_cpu(unsafe { libc::sched_getcpu() }.max(0) as usize);
+        vxtrace_tests::pin_to_cpu(unsafe { libc::sched_getcpu() }.max(0) as usize);
         f();
         Ok(())
     });
     vxtrace_tests::sh(&["ip", "netns", "delete", ns]);
     result.unwrap();
-}
-
-/// Keeps the calling thread on `cpu` (BPF_PROG_TEST_RUN runs a program
-/// on the caller's CPU).
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it; the
-    // size passed is its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pinning to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 #[test]
@@ -569,7 +552,7 @@ fn a_peer_seen_on_two_cpus_has_an_entry_on_each() {
         let t = Tracer::load(&cfg, &vxtrace::probes::LoaderBtf::None, AttachPolicy::Auto).unwrap();
         let src = |i: u32| [198, 18, (i >> 8) as u8, i as u8];
         for &cpu in &online[..2] {
-            pin_to_cpu(cpu as usize);
+            vxtrace_tests::pin_to_cpu(cpu as usize);
             for i in 0..300u32 {
                 run(
                     &t,

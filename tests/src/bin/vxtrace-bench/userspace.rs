@@ -46,7 +46,7 @@ pub fn spray(lab: &LabGuard, n: u32, secs: u64, paced: bool) -> std::thread::Joi
             while Instant::now() < end {
                 let second = Instant::now();
                 if paced && !online.is_empty() {
-                    pin_to_cpu(online[round % online.len()] as usize);
+                    vxtrace_tests::pin_to_cpu(online[round % online.len()] as usize);
                 }
                 round += 1;
                 for i in 0..n {
@@ -91,23 +91,6 @@ pub fn spray(lab: &LabGuard, n: u32, secs: u64, paced: bool) -> std::thread::Joi
             Ok(())
         });
     })
-}
-
-/// Moves the calling thread to `cpu`.
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it; the
-    // size passed is its size.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    assert_eq!(
-        rc,
-        0,
-        "pinning the sender to CPU {cpu}: {}",
-        std::io::Error::last_os_error()
-    );
 }
 
 pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32) {
