@@ -233,8 +233,11 @@ impl Tracer {
                 loader.btf(None);
             }
         }
-        let peer_entries = peer_map_entries(cfg.max_peers);
-        let rows = slot_rows();
+        // Read once: both sizes follow the CPUs online now (none read: as
+        // if one, CPU 0).
+        let online = aya::util::online_cpus().unwrap_or_default();
+        let peer_entries = peer_map_entries(cfg.max_peers, &online);
+        let rows = slot_rows(&online);
         loader
             .override_global(vxtrace_common::names::globals::CONFIG, &kernel_cfg, true)
             .map_max_entries(maps::PEERS, peer_entries)
@@ -441,22 +444,19 @@ impl Tracer {
 /// a host may declare 64 possible CPUs and run 2, and memory for CPUs that
 /// never run is what this map's layout is there to avoid. A CPU brought up
 /// later shares the room (the LRU makes it).
-fn peer_map_entries(max_peers: u32) -> u32 {
-    let online = aya::util::online_cpus().map_or(1, |c| c.len().max(1)) as u64;
+fn peer_map_entries(max_peers: u32, online: &[u32]) -> u32 {
+    let cpus = online.len().max(1) as u64;
     // At most 2^24 entries (about 8 GiB of kernel memory): beyond that the
     // kernel's allocation fails anyway, and the LRU holds the busiest.
-    (max_peers as u64 * online).min(1 << 24) as u32
+    (max_peers as u64 * cpus).min(1 << 24) as u32
 }
 
 /// Rows of the slot maps (`PEER_SLOTS`, `DROP_SLOTS`): one per CPU number
 /// up to the highest online one, as the programs index them by CPU
 /// number. A CPU brought up later with a higher number finds no row and
 /// counts in the maps behind the slots.
-fn slot_rows() -> u32 {
-    aya::util::online_cpus()
-        .ok()
-        .and_then(|cpus| cpus.into_iter().max())
-        .map_or(1, |highest| highest + 1)
+fn slot_rows(online: &[u32]) -> u32 {
+    online.iter().max().map_or(1, |highest| highest + 1)
 }
 
 /// Adds what to do to the errors users hit when loading BPF programs.
