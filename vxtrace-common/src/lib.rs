@@ -944,16 +944,6 @@ impl PeerStats {
         }
     }
 
-    /// `self - earlier`, counter by counter (saturating at zero); no memo.
-    pub fn delta(&self, earlier: &PeerStats) -> PeerStats {
-        let mut out = PeerStats::default();
-        let (now, before) = (self.counter_words(), earlier.counter_words());
-        for (i, w) in out.counter_words_mut().iter_mut().enumerate() {
-            *w = now[i].saturating_sub(before[i]);
-        }
-        out
-    }
-
     /// Sets every counter to zero (the memo is left as it is).
     pub fn clear_counters(&mut self) {
         self.counter_words_mut().fill(0);
@@ -985,7 +975,7 @@ mod stats_tests {
     use super::*;
 
     #[test]
-    fn merge_and_delta() {
+    fn merge_and_counter_words() {
         let mut a = PeerStats::default();
         a.tx_encap.add(3, 300);
         a.malformed_rx = 2;
@@ -999,9 +989,6 @@ mod stats_tests {
             }
         );
         assert_eq!(b.malformed_rx, 4);
-        let d = b.delta(&a);
-        assert_eq!(d, a);
-        assert!(a.delta(&b).is_zero());
         // The first and last counters after the memo are in the words,
         // the memo is not.
         let mut c = PeerStats::default();

@@ -129,7 +129,9 @@ impl DropTable {
         let now = self.named(map, syms);
         self.slots = self.named(slots, syms);
         for (k, v) in &self.current {
-            if !now.contains_key(k) {
+            // Gone, or back with fewer drops than it had (evicted and
+            // created anew between two reads): what it held is kept.
+            if now.get(k).is_none_or(|n| n < v) {
                 *self.base.entry(*k).or_default() += v;
             }
         }
@@ -294,10 +296,25 @@ mod tests {
         assert!(t.interval_deltas(&reasons).is_empty());
         now.insert(key("192.0.2.1", 12, 0x10), 2); // back from zero
         t.update(&now, &FxHashMap::default(), None);
+        assert_eq!(
+            t.interval_deltas(&reasons).values().next().unwrap()["NETFILTER_DROP"],
+            2
+        );
         let d = t.by_peer(&reasons, None);
         let p = &d[&crate::discovery::peer_key(&"192.0.2.1".parse().unwrap())];
         assert_eq!(p.get("NETFILTER_DROP"), 7);
         assert_eq!(p.locations[0].2, "0x10");
+        // Evicted and created anew between two reads: back with fewer
+        // drops than it had, under the same key. Nothing is lost.
+        now.insert(key("192.0.2.1", 12, 0x10), 1);
+        t.update(&now, &FxHashMap::default(), None);
+        assert_eq!(
+            t.interval_deltas(&reasons).values().next().unwrap()["NETFILTER_DROP"],
+            1
+        );
+        let d = t.by_peer(&reasons, None);
+        let p = &d[&crate::discovery::peer_key(&"192.0.2.1".parse().unwrap())];
+        assert_eq!(p.get("NETFILTER_DROP"), 8);
     }
 
     /// A key counted both in a slot and in the drop map adds up; when the

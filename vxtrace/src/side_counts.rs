@@ -10,11 +10,19 @@ use rustc_hash::FxHashMap;
 /// How two values of a map add up.
 pub trait Tally: Copy + Default {
     fn tally(&mut self, other: &Self);
+    /// Whether `self`, read after `before` under the same key, counts
+    /// from zero again: the key was evicted and created anew between the
+    /// two reads (a count never goes down otherwise).
+    fn started_over(&self, before: &Self) -> bool;
 }
 
 impl Tally for u64 {
     fn tally(&mut self, other: &Self) {
         *self = self.wrapping_add(*other);
+    }
+
+    fn started_over(&self, before: &Self) -> bool {
+        self < before
     }
 }
 
@@ -22,6 +30,10 @@ impl Tally for vxtrace_common::TooBig {
     fn tally(&mut self, other: &Self) {
         self.count = self.count.wrapping_add(other.count);
         self.max_len = self.max_len.max(other.max_len);
+    }
+
+    fn started_over(&self, before: &Self) -> bool {
+        self.count < before.count
     }
 }
 
@@ -41,11 +53,12 @@ impl<K, V> Default for Totals<K, V> {
 }
 
 impl<K: Copy + Eq + Hash, V: Tally> Totals<K, V> {
-    /// Folds one read of the map in.
+    /// Folds one read of the map in: what a key that vanished, or came
+    /// back counting from zero, held moves into the base.
     pub fn update(&mut self, now: &[(K, V)]) {
         let now: FxHashMap<K, V> = now.iter().copied().collect();
         for (k, v) in &self.current {
-            if !now.contains_key(k) {
+            if now.get(k).is_none_or(|n| n.started_over(v)) {
                 self.base.entry(*k).or_default().tally(v);
             }
         }
@@ -85,5 +98,10 @@ mod tests {
         t.update(&[(1, 2)]); // back, from zero
         assert_eq!(t.totals()[&1], 7);
         assert_eq!(t.get(|k| *k == 1), vec![(1, 7)]);
+        // Evicted and back between two reads: lower than it was.
+        t.update(&[(1, 1)]);
+        assert_eq!(t.totals()[&1], 8);
+        t.update(&[(1, 4)]);
+        assert_eq!(t.totals()[&1], 11);
     }
 }
