@@ -230,7 +230,13 @@ impl Shape {
             Shape::OverlayTcp => iperf(&lab.pod_ns(1), lab.pod_ip(2).into(), 5201, secs, false),
             Shape::UnderlayUdp64 => iperf(&lab.node_ns(1), lab.underlay_ip(2), 5202, secs, true),
             Shape::ManyPeers => {
-                let _ = crate::userspace::spray(lab, 10_000, secs.into(), false).join();
+                let _ = crate::userspace::spray(
+                    lab,
+                    10_000,
+                    secs.into(),
+                    crate::userspace::Pacing::Flood,
+                )
+                .join();
             }
         }
     }

@@ -282,9 +282,12 @@ fn host_rows(figures: &[Value]) -> Vec<TargetRow> {
     }
     for f in of("userspace") {
         let peers = f["peers"].as_u64().unwrap_or(0);
-        let cpus = f["possible_cpus"]
+        let mut cpus = f["possible_cpus"]
             .as_u64()
             .map_or(String::new(), |c| format!(", {c} possible CPUs"));
+        if f["one_cpu"] == true {
+            cpus.push_str(", an entry a peer");
+        }
         let cpu = num(f, "cpu_core_fraction") * 100.0;
         let rss = num(f, "running_rss_kib") / 1024.0;
         if peers == 10_000 {
@@ -383,7 +386,7 @@ fn main() {
     };
     let _ = writeln!(
         r.md,
-        "# vxtrace benchmarks\n\nMeasured by `cargo xtask bench` in one run, {}.\n\n- machine: {ncpu} CPUs, {model}\n- kernel: {}\n- lab: 3 network-namespace nodes, kernel VXLAN (flannel layout, port 8472) over veth and a bridge\n\nReproduce: `sudo -E cargo xtask bench` (throughput rounds: VXTRACE_BENCH_ROUNDS, default 9; userspace seconds: VXTRACE_BENCH_SECS, default 60; one part only: VXTRACE_BENCH_ONLY=test_run,per_hook,drop_storm,throughput,userspace,metrics_series,start_stop; some of the per-hook traffic shapes only: VXTRACE_BENCH_SHAPES=overlay_udp64,overlay_tcp,underlay_udp64,many_peers). Every figure is also a line of `bench.ndjson`.",
+        "# vxtrace benchmarks\n\nMeasured by `cargo xtask bench` in one run, {}.\n\n- machine: {ncpu} CPUs, {model}\n- kernel: {}\n- lab: 3 network-namespace nodes, kernel VXLAN (flannel layout, port 8472) over veth and a bridge\n\nReproduce: `sudo -E cargo xtask bench` (throughput rounds: VXTRACE_BENCH_ROUNDS, default 9; userspace seconds: VXTRACE_BENCH_SECS, default 60; userspace with an entry a peer instead of every peer on every online CPU: VXTRACE_BENCH_SPREAD=one; one part only: VXTRACE_BENCH_ONLY=test_run,per_hook,drop_storm,throughput,userspace,metrics_series,start_stop; some of the per-hook traffic shapes only: VXTRACE_BENCH_SHAPES=overlay_udp64,overlay_tcp,underlay_udp64,many_peers). Every figure is also a line of `bench.ndjson`.",
         std::process::Command::new("date")
             .arg("-u")
             .output()

@@ -15,18 +15,47 @@ use vxtrace_tests::{LabGuard, bin};
 
 use crate::{Report, kernel_cost::frame, median, num, stop, watcher};
 
+/// How the sender of [`spray`] sends its rounds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// As fast as the socket takes them.
+    Flood,
+    /// One round a second, each from the next online CPU in turn: the
+    /// packets are counted on the CPU that sent them (a veth delivers on
+    /// the sender's CPU), so every peer gets an entry on every online CPU,
+    /// as a busy node's peers do when the NIC spreads their flows over
+    /// its queues. Left to the scheduler, the entries were anywhere
+    /// between one and two a peer from run to run, and so were the memory
+    /// and the read time measured.
+    EveryCpu,
+    /// One round a second, all from the first online CPU: an entry a
+    /// peer, as on a node whose peers each send one flow.
+    OneCpu,
+}
+
+impl Pacing {
+    /// For the userspace figure: `VXTRACE_BENCH_SPREAD=one` for an entry
+    /// a peer, else every peer on every online CPU.
+    pub fn from_env() -> Self {
+        match std::env::var("VXTRACE_BENCH_SPREAD").as_deref() {
+            Ok("one") => Pacing::OneCpu,
+            _ => Pacing::EveryCpu,
+        }
+    }
+
+    /// What the figure's table says of the entries.
+    fn spread(self) -> &'static str {
+        match self {
+            Pacing::OneCpu => "the sender stays on one CPU: an entry a peer",
+            _ => "the sender moves to the next online CPU every second",
+        }
+    }
+}
+
 /// Sends VXLAN packets from `n` source addresses in turn to node 1's
-/// underlay address, from node 2's namespace, for `secs`: one from each per
-/// second when `paced`, else as fast as the socket takes them.
-///
-/// Paced, each second's round is sent from the next online CPU in turn,
-/// and the packets are counted on the CPU that sent them (a veth delivers
-/// on the sender's CPU): every peer gets an entry on every online CPU, as
-/// a busy node's peers do when the NIC spreads their flows over its
-/// queues. Left to the scheduler, the entries were anywhere between one
-/// and two a peer from run to run, and so were the memory and the read
-/// time measured.
-pub fn spray(lab: &LabGuard, n: u32, secs: u64, paced: bool) -> std::thread::JoinHandle<()> {
+/// underlay address, from node 2's namespace, for `secs`, paced as `pacing`
+/// says.
+pub fn spray(lab: &LabGuard, n: u32, secs: u64, pacing: Pacing) -> std::thread::JoinHandle<()> {
     let ns = lab.node_ns(2);
     let dst = match lab.underlay_ip(1) {
         IpAddr::V4(v) => v,
@@ -45,8 +74,14 @@ pub fn spray(lab: &LabGuard, n: u32, secs: u64, paced: bool) -> std::thread::Joi
             let mut round = 0;
             while Instant::now() < end {
                 let second = Instant::now();
-                if paced && !online.is_empty() {
-                    vxtrace_tests::pin_to_cpu(online[round % online.len()] as usize);
+                match pacing {
+                    Pacing::EveryCpu if !online.is_empty() => {
+                        vxtrace_tests::pin_to_cpu(online[round % online.len()] as usize)
+                    }
+                    Pacing::OneCpu if round == 0 && !online.is_empty() => {
+                        vxtrace_tests::pin_to_cpu(online[0] as usize)
+                    }
+                    _ => {}
                 }
                 round += 1;
                 for i in 0..n {
@@ -82,7 +117,7 @@ pub fn spray(lab: &LabGuard, n: u32, secs: u64, paced: bool) -> std::thread::Joi
                     }
                 }
                 if let Some(left) = Duration::from_secs(1).checked_sub(second.elapsed())
-                    && paced
+                    && pacing != Pacing::Flood
                 {
                     std::thread::sleep(left);
                 }
@@ -135,7 +170,8 @@ pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32) {
         (read_ms, known, entries)
     });
     std::thread::sleep(Duration::from_secs(2));
-    let sender = spray(lab, peers, secs + 5, true);
+    let pacing = Pacing::from_env();
+    let sender = spray(lab, peers, secs + 5, pacing);
     std::thread::sleep(Duration::from_secs(5)); // every peer seen, histograms allocated
     let (cpu0, _) = crate::proc_stat(pid);
     let t0 = Instant::now();
@@ -162,13 +198,14 @@ pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32) {
     let possible = possible_cpus();
     let _ = writeln!(
         r.md,
-        "\n### {peers} live peers ({secs} s, interval 1 s, `watch --json --peer B`: every peer counted, one shown)\n\n| figure | value |\n|---|---|\n| peers known to vxtrace | {known} |\n| (peer, CPU) entries in the per-peer map at exit (the sender moves to the next online CPU every second) | {entries} |\n| possible CPUs (one copy of each per-CPU value; the per-peer map has entries only for the CPUs that counted) | {} |\n| CPU seconds per wall second | {:.4} ({cpu_pct:.2} % of one core) |\n| peak RSS while running (VmRSS sampled every 250 ms) | {:.1} MiB |\n| peak RSS of the whole life, start-up included (VmHWM) | {:.1} MiB |\n| time to read all maps once (median) | {read_med:.1} ms |",
+        "\n### {peers} live peers ({secs} s, interval 1 s, `watch --json --peer B`: every peer counted, one shown)\n\n| figure | value |\n|---|---|\n| peers known to vxtrace | {known} |\n| (peer, CPU) entries in the per-peer map at exit ({}) | {entries} |\n| possible CPUs (one copy of each per-CPU value; the per-peer map has entries only for the CPUs that counted) | {} |\n| CPU seconds per wall second | {:.4} ({cpu_pct:.2} % of one core) |\n| peak RSS while running (VmRSS sampled every 250 ms) | {:.1} MiB |\n| peak RSS of the whole life, start-up included (VmHWM) | {:.1} MiB |\n| time to read all maps once (median) | {read_med:.1} ms |",
+        pacing.spread(),
         possible,
         cpu_pct / 100.0,
         rss_kib as f64 / 1024.0,
         hwm_kib as f64 / 1024.0
     );
-    r.figure(json!({"figure": "userspace", "peers": peers, "peers_known": known, "peer_map_entries": entries, "possible_cpus": possible, "cpu_core_fraction": cpu_pct / 100.0, "running_rss_kib": rss_kib, "peak_rss_kib": hwm_kib, "map_read_ms": read_med}));
+    r.figure(json!({"figure": "userspace", "peers": peers, "peers_known": known, "peer_map_entries": entries, "one_cpu": pacing == Pacing::OneCpu, "possible_cpus": possible, "cpu_core_fraction": cpu_pct / 100.0, "running_rss_kib": rss_kib, "peak_rss_kib": hwm_kib, "map_read_ms": read_med}));
 }
 
 /// The CPUs the kernel may ever bring up (`/sys/devices/system/cpu/possible`,
@@ -240,7 +277,7 @@ pub fn metrics_series(r: &mut Report, lab: &LabGuard) {
                     "16384",
                 ],
             );
-            let sender = spray(lab, peers, 6, true);
+            let sender = spray(lab, peers, 6, Pacing::EveryCpu);
             std::thread::sleep(Duration::from_secs(5));
             row.push(scrape_series(lab, port));
             let _ = sender.join();
