@@ -532,6 +532,63 @@ fn peer_map_is_bounded_and_evictions_are_counted() {
     });
 }
 
+/// An entry the LRU evicts and that comes back before the next read
+/// shows lower counts under the same key: the peer table keeps what it
+/// held, and the interval's change is what the new entry counted.
+#[test]
+fn an_entry_evicted_and_back_between_two_reads_keeps_its_counts() {
+    in_test_netns(|| {
+        let t = tracer(); // 64 peers on every online CPU
+        let addr = |i: u32| [198, 51, (i >> 8) as u8, i as u8];
+        let send = |i: u32, packets: u32| {
+            for _ in 0..packets {
+                run(
+                    &t,
+                    programs::NIC_INGRESS,
+                    &outer4(addr(i), LOCAL4, 8472, &valid_vxlan(1)),
+                    None,
+                );
+            }
+        };
+        // The peer watched (0) must count in the map, not in a slot: a
+        // peer that lands in the same slot takes it first.
+        let watched = PeerKey::from_v4(addr(0));
+        let holder = (1..10_000u32)
+            .find(|i| PeerKey::from_v4(addr(*i)).slot() == watched.slot())
+            .expect("a peer in the same slot");
+        send(holder, 1);
+        send(0, 5);
+        let mut table = vxtrace::peers::PeerTable::new(100_000);
+        table.update(&t.read().unwrap(), 1.0);
+        let counted = |table: &vxtrace::peers::PeerTable| {
+            let p = table.get(&IpAddr::from(addr(0))).expect("the watched peer");
+            (p.total().rx_nic.packets, p.last_delta().rx_nic.packets)
+        };
+        assert_eq!(counted(&table), (5, 5));
+        // New peers push its entry out of the map: seen in reads the
+        // table is not given, as if they fell between two intervals.
+        let gone = |r: &Readout| !r.peers.iter().any(|(k, _)| k.peer == watched);
+        let mut next = 10_000;
+        for _ in 0..20 {
+            for _ in 0..200 {
+                send(next, 1);
+                next += 1;
+            }
+            if gone(&t.read().unwrap()) {
+                break;
+            }
+        }
+        assert!(
+            gone(&t.read().unwrap()),
+            "the watched peer's entry was never evicted"
+        );
+        // Back, counting from zero under the same key.
+        send(0, 2);
+        table.update(&t.read().unwrap(), 1.0);
+        assert_eq!(counted(&table), (7, 2));
+    });
+}
+
 /// A peer counted on two CPUs has an entry on each, and its counts are
 /// their sum: 300 peers send one packet on each of two CPUs (the first
 /// peers to reach a CPU's slots are counted there, the rest in their
