@@ -210,8 +210,9 @@ fn bench(root: &Path, guest_possible_cpus: &[u32]) -> Result<()> {
     let guest_figures = root.join("target/bench-guests.ndjson");
     let _ = std::fs::remove_file(&guest_figures);
     // VXTRACE_BENCH_ONLY without "userspace" leaves them out too.
-    let userspace_wanted = std::env::var("VXTRACE_BENCH_ONLY")
-        .map_or(true, |only| only.split(',').any(|p| p == "userspace"));
+    let userspace_wanted = std::env::var("VXTRACE_BENCH_ONLY").map_or(true, |only| {
+        only.split(',').any(|p| p.trim() == "userspace")
+    });
     if !guest_possible_cpus.is_empty()
         && userspace_wanted
         && let Err(e) = kernels::bench::userspace_by_possible_cpus(

@@ -155,7 +155,7 @@ pub fn test_run(r: &mut Report) {
 
 /// The traffic a per-hook window carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Shape {
+pub enum Shape {
     /// 64-byte UDP from pod A to pod B over the overlay at 40 Mbit/s: one
     /// peer, one flow, the smallest packets.
     OverlayUdp64,
@@ -172,36 +172,14 @@ enum Shape {
 }
 
 impl Shape {
-    const ALL: [Shape; 4] = [
+    pub const ALL: [Shape; 4] = [
         Shape::OverlayUdp64,
         Shape::OverlayTcp,
         Shape::UnderlayUdp64,
         Shape::ManyPeers,
     ];
 
-    /// The shapes VXTRACE_BENCH_SHAPES lists (comma-separated ids), for a
-    /// profiler to look at one; all of them when it is unset.
-    fn wanted() -> Vec<Shape> {
-        let Ok(list) = std::env::var("VXTRACE_BENCH_SHAPES") else {
-            return Self::ALL.to_vec();
-        };
-        list.split(',')
-            .map(|id| {
-                Self::ALL
-                    .into_iter()
-                    .find(|s| s.id() == id.trim())
-                    .unwrap_or_else(|| {
-                        let known: Vec<_> = Self::ALL.iter().map(|s| s.id()).collect();
-                        panic!(
-                            "VXTRACE_BENCH_SHAPES: no traffic shape {id:?}; the shapes are {}",
-                            known.join(", ")
-                        )
-                    })
-            })
-            .collect()
-    }
-
-    fn id(self) -> &'static str {
+    pub fn id(self) -> &'static str {
         match self {
             Shape::OverlayUdp64 => "overlay_udp64",
             Shape::OverlayTcp => "overlay_tcp",
@@ -268,9 +246,7 @@ struct Paired {
 /// same chain at the same hook, under each traffic [`Shape`]: vxtrace
 /// runs on both nodes, first at each hook, with the empty program
 /// attached after it, so both see the same packets in the same window.
-pub fn per_hook(r: &mut Report, lab: &LabGuard, rounds: usize) {
-    // Read first, so a misspelt shape fails before the lab's traffic starts.
-    let shapes = Shape::wanted();
+pub fn per_hook(r: &mut Report, lab: &LabGuard, rounds: usize, shapes: &[Shape]) {
     let _stats = stats::StatsEnabled::new();
     let namespaces = [lab.node_ns(1), lab.node_ns(2)];
     let mut server = crate::iperf_server(lab);
@@ -502,7 +478,7 @@ fn nft_dropped(ns: &str) -> u64 {
 /// every datagram as it arrives. The drop program's cost per drop beside
 /// an empty program on the same tracepoint attached in the same windows (both run on every
 /// drop), vxtrace's own CPU during it, and whether every drop was counted.
-pub fn drop_storm(r: &mut Report, lab: &LabGuard, rounds: usize) {
+pub fn drop_storm(r: &mut Report, lab: &LabGuard, rounds: usize, secs: f64) {
     let _stats = stats::StatsEnabled::new();
     let node = lab.node_ns(1);
     sh(&[
@@ -517,11 +493,6 @@ pub fn drop_storm(r: &mut Report, lab: &LabGuard, rounds: usize) {
         ),
     ]);
     let dst = std::net::SocketAddrV4::new(lab.pod_ip(2), 9);
-    // Longer with VXTRACE_BENCH_STORM_SECS (for a profiler to look in).
-    let secs: f64 = std::env::var("VXTRACE_BENCH_STORM_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3.0);
     // As a node runs it by default: drops of every namespace count.
     let w = Watcher::start(&node, &["--netns", "all"]);
     let floor = Floor::attach(&[], &[], true).expect("the empty drop program");

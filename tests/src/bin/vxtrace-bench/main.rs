@@ -7,6 +7,7 @@
 
 mod floor;
 mod kernel_cost;
+mod settings;
 mod stats;
 mod throughput;
 mod userspace;
@@ -362,14 +363,9 @@ fn guest_rows(figures: &[Value], row: &mut impl FnMut(String, String, Option<boo
 }
 
 fn main() {
-    let rounds: usize = std::env::var("VXTRACE_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(9);
-    let secs: u64 = std::env::var("VXTRACE_BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    // Read and checked first: a setting the benchmark cannot use stops it
+    // before the lab is built.
+    let settings = settings::Settings::from_env();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpu
@@ -386,52 +382,45 @@ fn main() {
     };
     let _ = writeln!(
         r.md,
-        "# vxtrace benchmarks\n\nMeasured by `cargo xtask bench` in one run, {}.\n\n- machine: {ncpu} CPUs, {model}\n- kernel: {}\n- lab: 3 network-namespace nodes, kernel VXLAN (flannel layout, port 8472) over veth and a bridge\n\nReproduce: `sudo -E cargo xtask bench` (throughput rounds: VXTRACE_BENCH_ROUNDS, default 9; userspace seconds: VXTRACE_BENCH_SECS, default 60; userspace with an entry a peer instead of every peer on every online CPU: VXTRACE_BENCH_SPREAD=one; one part only: VXTRACE_BENCH_ONLY=test_run,per_hook,drop_storm,throughput,userspace,metrics_series,start_stop; some of the per-hook traffic shapes only: VXTRACE_BENCH_SHAPES=overlay_udp64,overlay_tcp,underlay_udp64,many_peers). Every figure is also a line of `bench.ndjson`.",
+        "# vxtrace benchmarks\n\nMeasured by `cargo xtask bench` in one run, {}.\n\n- machine: {ncpu} CPUs, {model}\n- kernel: {}\n- lab: 3 network-namespace nodes, kernel VXLAN (flannel layout, port 8472) over veth and a bridge\n\nReproduce: `sudo -E cargo xtask bench` (throughput rounds: VXTRACE_BENCH_ROUNDS, default 9; userspace seconds: VXTRACE_BENCH_SECS, default 60; userspace with an entry a peer instead of every peer on every online CPU: VXTRACE_BENCH_SPREAD=one; one part only: VXTRACE_BENCH_ONLY={}; some of the per-hook traffic shapes only: VXTRACE_BENCH_SHAPES={}). Every figure is also a line of `bench.ndjson`.",
         std::process::Command::new("date")
             .arg("-u")
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default(),
-        kernel.trim()
+        kernel.trim(),
+        settings::Part::ids(),
+        settings::ids(&kernel_cost::Shape::ALL, kernel_cost::Shape::id),
     );
     r.figure(json!({"figure": "machine", "cpus": ncpu, "model": model, "kernel": kernel.trim()}));
-    // VXTRACE_BENCH_ONLY=test_run,userspace,... runs a subset (for work on
-    // one figure); BENCHMARKS.md is then not rewritten.
-    let only = std::env::var("VXTRACE_BENCH_ONLY").ok();
-    let want = |f: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == f));
-    if want("test_run") {
+    use settings::Part;
+    if settings.runs(Part::TestRun) {
         kernel_cost::test_run(&mut r);
     }
     let lab = LabGuard::new("vb", 3, false, 8472);
-    if want("per_hook") {
-        kernel_cost::per_hook(&mut r, &lab, 7);
+    if settings.runs(Part::PerHook) {
+        kernel_cost::per_hook(&mut r, &lab, 7, &settings.shapes);
     }
-    if want("drop_storm") {
-        kernel_cost::drop_storm(&mut r, &lab, 5);
+    if settings.runs(Part::DropStorm) {
+        kernel_cost::drop_storm(&mut r, &lab, 5, settings.storm_secs);
     }
-    if want("throughput") {
-        throughput::throughput(&mut r, &lab, rounds);
+    if settings.runs(Part::Throughput) {
+        throughput::throughput(&mut r, &lab, settings.rounds);
     }
-    if want("userspace") {
+    if settings.runs(Part::Userspace) {
         let _ = writeln!(
             r.md,
             "\n## 3. Userspace (interval 1 s, `watch --json --peer B`: every peer counted, one shown)"
         );
-        // VXTRACE_BENCH_PEERS=10000 (the guests: 100,000 peers' per-CPU
-        // values do not fit their memory at 64 possible CPUs).
-        let peer_counts: Vec<u32> = std::env::var("VXTRACE_BENCH_PEERS")
-            .ok()
-            .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
-            .unwrap_or_else(|| vec![10_000, 100_000]);
-        for peers in peer_counts {
-            userspace::userspace(&mut r, &lab, secs, peers);
+        for peers in &settings.peers {
+            userspace::userspace(&mut r, &lab, settings.secs, *peers, settings.pacing);
         }
         userspace::guests(&mut r);
     }
-    if want("metrics_series") {
+    if settings.runs(Part::MetricsSeries) {
         userspace::metrics_series(&mut r, &lab);
     }
-    if want("start_stop") {
+    if settings.runs(Part::StartStop) {
         start_stop(&mut r, &lab);
     }
     drop(lab);
@@ -439,7 +428,7 @@ fn main() {
     // What the figures mean and what was tried: kept with the code, so a
     // new run keeps it.
     r.md.push_str(include_str!("analysis.md"));
-    if only.is_some() {
+    if settings.only.is_some() {
         // A subset: shown, BENCHMARKS.md left as it is.
         println!("{}", r.md);
         return;

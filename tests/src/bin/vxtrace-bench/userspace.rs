@@ -34,15 +34,6 @@ pub enum Pacing {
 }
 
 impl Pacing {
-    /// For the userspace figure: `VXTRACE_BENCH_SPREAD=one` for an entry
-    /// a peer, else every peer on every online CPU.
-    pub fn from_env() -> Self {
-        match std::env::var("VXTRACE_BENCH_SPREAD").as_deref() {
-            Ok("one") => Pacing::OneCpu,
-            _ => Pacing::EveryCpu,
-        }
-    }
-
     /// What the figure's table says of the entries.
     fn spread(self) -> &'static str {
         match self {
@@ -128,7 +119,7 @@ pub fn spray(lab: &LabGuard, n: u32, secs: u64, pacing: Pacing) -> std::thread::
     })
 }
 
-pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32) {
+pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32, pacing: Pacing) {
     let node = lab.node_ns(1);
     let mut child = Command::new("ip")
         .args(["netns", "exec", &node])
@@ -170,7 +161,6 @@ pub fn userspace(r: &mut Report, lab: &LabGuard, secs: u64, peers: u32) {
         (read_ms, known, entries)
     });
     std::thread::sleep(Duration::from_secs(2));
-    let pacing = Pacing::from_env();
     let sender = spray(lab, peers, secs + 5, pacing);
     std::thread::sleep(Duration::from_secs(5)); // every peer seen, histograms allocated
     let (cpu0, _) = crate::proc_stat(pid);
