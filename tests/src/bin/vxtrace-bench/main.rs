@@ -158,7 +158,8 @@ fn targets(r: &mut Report) {
     let now = target_rows(&r.lines);
     let _ = writeln!(
         r.md,
-        "\n## Against the targets\n\n\"Before\" is the baseline run in `bench.baseline.ndjson` (its first line says which build), measured the same way.\n\n| target | before | measured | held? |\n|---|---|---|---|"
+        "\n## Against the targets\n\n\"Before\" is the baseline run in `bench.baseline.ndjson` (its first line says which build), measured the same way. {}\n\n| target | before | measured | held? |\n|---|---|---|---|",
+        machines_compared(&baseline, &r.lines)
     );
     for row in now {
         let was = before
@@ -175,6 +176,31 @@ fn targets(r: &mut Report) {
             "| {} | {was} | {} | {held} |",
             row.target, row.measured
         );
+    }
+}
+
+/// The machine a run's figures were measured on: "2 CPUs, <model>".
+fn machine(figures: &[Value]) -> Option<(String, String)> {
+    let m = figures.iter().find(|f| f["figure"] == "machine")?;
+    Some((
+        format!("{} CPUs, {}", m["cpus"], m["model"].as_str().unwrap_or("?")),
+        m["kernel"].as_str().unwrap_or("?").to_string(),
+    ))
+}
+
+/// Whether the two columns come from one kind of machine: the empty
+/// program's cost, and so every ratio, moves with the CPU (30-40 ns a run
+/// on one 2-CPU machine, 51-66 on another), so a before and after from
+/// two machines is no measurement of a change.
+fn machines_compared(baseline: &[Value], now: &[Value]) -> String {
+    match (machine(baseline), machine(now)) {
+        (Some((before, k0)), Some((after, k1))) if before == after => {
+            format!("Both on the same kind of machine ({after}; kernels {k0} and {k1}).")
+        }
+        (Some((before, _)), Some((after, _))) => format!(
+            "Not comparable as before and after: the baseline ran on {before}, this run on {after}; the empty program's cost, and with it every ratio, differs between machines."
+        ),
+        _ => "The baseline does not say which machine it ran on.".to_string(),
     }
 }
 
@@ -438,4 +464,37 @@ fn main() {
     let nd: String = r.lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(root.join("bench.ndjson"), nd).unwrap();
     eprintln!("wrote BENCHMARKS.md and bench.ndjson");
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::machines_compared;
+
+    fn machine(model: &str, kernel: &str) -> Vec<serde_json::Value> {
+        vec![
+            json!({"figure": "baseline", "build": "commit x"}),
+            json!({"figure": "machine", "cpus": 2, "model": model, "kernel": kernel}),
+        ]
+    }
+
+    #[test]
+    fn a_baseline_from_another_machine_is_called_out() {
+        let amd = machine("AMD EPYC", "6.18.44-a");
+        let intel = machine("Intel(R) Xeon(R) Processor", "6.18.44-b");
+        assert_eq!(
+            machines_compared(&amd, &machine("AMD EPYC", "6.18.44-b")),
+            "Both on the same kind of machine (2 CPUs, AMD EPYC; kernels 6.18.44-a and 6.18.44-b)."
+        );
+        let differ = machines_compared(&amd, &intel);
+        assert!(
+            differ.starts_with("Not comparable as before and after: the baseline ran on 2 CPUs, AMD EPYC, this run on 2 CPUs, Intel(R) Xeon(R) Processor;"),
+            "{differ}"
+        );
+        assert_eq!(
+            machines_compared(&amd[..1], &intel),
+            "The baseline does not say which machine it ran on."
+        );
+    }
 }
