@@ -533,8 +533,9 @@ fn peer_map_is_bounded_and_evictions_are_counted() {
 }
 
 /// An entry the LRU evicts and that comes back before the next read
-/// shows lower counts under the same key: the peer table keeps what it
-/// held, and the interval's change is what the new entry counted.
+/// starts over under the same key, with lower counts or with more: the
+/// peer table keeps what it held, and the interval's change is what the
+/// new entry counted.
 #[test]
 fn an_entry_evicted_and_back_between_two_reads_keeps_its_counts() {
     in_test_netns(|| {
@@ -586,6 +587,24 @@ fn an_entry_evicted_and_back_between_two_reads_keeps_its_counts() {
         send(0, 2);
         table.update(&t.read().unwrap(), 1.0);
         assert_eq!(counted(&table), (7, 2));
+        // Out again, and back counting past the 2 its last entry held: its
+        // counts alone would pass for 7 more, not 9.
+        for _ in 0..20 {
+            for _ in 0..200 {
+                send(next, 1);
+                next += 1;
+            }
+            if gone(&t.read().unwrap()) {
+                break;
+            }
+        }
+        assert!(
+            gone(&t.read().unwrap()),
+            "the watched peer's entry was never evicted again"
+        );
+        send(0, 9);
+        table.update(&t.read().unwrap(), 1.0);
+        assert_eq!(counted(&table), (16, 9));
     });
 }
 

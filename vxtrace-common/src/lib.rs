@@ -277,7 +277,16 @@ pub struct LookupMemo {
     pub tx_dst_mac: [u8; 6],
     /// The VNI's device floods (`VniInfo::floods`, when `MEMO_VNI_KNOWN`).
     pub vni_floods: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// Not part of the memo: which insertion into the peer map created
+    /// this entry (the CPU's `GlobalStats::peers_inserted` right after
+    /// it; 0 in slots and in entries that only list a slot's peer).
+    /// Userspace tells an entry evicted and created again between two of
+    /// its reads from one that kept counting by this, not by its counts:
+    /// a new entry may have counted past what the old one held. It sits
+    /// here, in the padding, because every field after the memo is a
+    /// counter.
+    pub born: u32,
 }
 
 pub const MEMO_VNI: u32 = 1;

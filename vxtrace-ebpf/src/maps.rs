@@ -177,7 +177,21 @@ fn peer_in_map<C: EbpfContext>(ctx: &C, key: PeerCpuKey) -> Option<*mut PeerStat
         aya_ebpf::bindings::BPF_NOEXIST.into(),
     );
     match inserted {
-        Ok(()) => update_global(|g| g.peers_inserted += 1),
+        Ok(()) => {
+            let mut born = 0;
+            update_global(|g| {
+                g.peers_inserted += 1;
+                born = g.peers_inserted as u32;
+            });
+            let stats = PEERS.get_ptr_mut(&key);
+            if let Some(stats) = stats {
+                // SAFETY: this CPU's entry, just inserted: non-null,
+                // aligned, valid until the program returns; only
+                // programs on this CPU write it.
+                unsafe { (*stats).memo.born = born };
+            }
+            return stats;
+        }
         Err(_) => {
             if PEERS.get_ptr_mut(&key).is_none() {
                 update_global(|g| g.peer_insert_failed += 1);

@@ -135,18 +135,26 @@ impl Counts {
 
     /// Adds what a kernel value (`last`, as last read) gained by `now` to
     /// the total and the interval's change, and keeps `now` as the last
-    /// read. A counter below its last read means the value started over
-    /// (an LRU entry evicted and created again between two reads): what it
-    /// held moves to the base, and all it holds now is new.
+    /// read. A value created by another insertion than the last read's
+    /// (`born`), or a counter below its last read, means the value started
+    /// over (an LRU entry evicted and created again between two reads):
+    /// what it held moves to the base, and all it holds now is new.
     fn absorb(&mut self, last: &mut PeerStats, now: &PeerStats) {
         let (before, after) = (last.counter_words(), now.counter_words());
-        if before == after {
+        let reborn = last.memo.born != now.memo.born;
+        if before == after && !reborn {
             return;
         }
-        if before.iter().zip(after).any(|(b, a)| a < b) {
-            self.base.get_or_insert_with(Box::default).merge(last);
-            self.total.merge(now);
-            self.change.merge(now);
+        if reborn || before.iter().zip(after).any(|(b, a)| a < b) {
+            // (A first read is a new entry too; its `last` is empty.)
+            if !last.is_zero() {
+                self.base.get_or_insert_with(Box::default).merge(last);
+            }
+            if !now.is_zero() {
+                self.total.merge(now);
+                self.change.merge(now);
+                self.changed = true;
+            }
         } else {
             let total = self.total.counter_words_mut();
             let change = self.change.counter_words_mut();
@@ -155,8 +163,8 @@ impl Counts {
                 total[i] = total[i].wrapping_add(gained);
                 change[i] = change[i].wrapping_add(gained);
             }
+            self.changed = true;
         }
-        self.changed = true;
         *last = *now;
     }
 }
@@ -540,6 +548,36 @@ mod tests {
         // Evicted for good: the total stands.
         t.update(&readout(&[]), 1.0);
         assert_eq!(peer(&t), (18, 0));
+    }
+
+    /// An entry created again between two reads that counted past what
+    /// the old one held looks like one that kept counting: only the
+    /// insertion it came from (`born`) tells them apart.
+    #[test]
+    fn an_entry_created_again_that_counted_past_the_old_one_keeps_what_it_held() {
+        let mut t = PeerTable::new(10);
+        let a = "192.0.2.1";
+        let born = |n: u32, tx: u64| {
+            let mut r = readout(&[(a, tx)]);
+            r.peers[0].1.memo.born = n;
+            r
+        };
+        let peer = |t: &PeerTable| {
+            let p = t.get(&a.parse().unwrap()).unwrap();
+            (p.total().tx_encap.packets, p.last_delta().tx_encap.packets)
+        };
+        t.update(&born(1, 5), 1.0);
+        assert_eq!(peer(&t), (5, 5));
+        t.update(&born(1, 6), 1.0);
+        assert_eq!(peer(&t), (6, 1));
+        t.update(&born(2, 9), 1.0);
+        assert_eq!(peer(&t), (15, 9));
+        // Created again and read before it counted anything: nothing to
+        // add, the old counts kept.
+        t.update(&born(3, 0), 1.0);
+        assert_eq!(peer(&t), (15, 0));
+        t.update(&born(3, 2), 1.0);
+        assert_eq!(peer(&t), (17, 2));
     }
 
     #[test]

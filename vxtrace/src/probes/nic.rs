@@ -23,9 +23,12 @@ impl Tracer {
     /// Every entry of the per-peer map: one per peer and CPU that counted
     /// it.
     pub(super) fn read_peers(&self) -> Result<Vec<(PeerCpuKey, PeerStats)>> {
-        if let Some(batched) =
-            self.read_batched(maps::PEERS, self.peers_last_read.get(), PeerStats::merge)
-        {
+        // A plain map: one value a key, its counters and its `born` kept.
+        let copy = |total: &mut PeerStats, v: &PeerStats| {
+            total.merge(v);
+            total.memo.born = v.memo.born;
+        };
+        if let Some(batched) = self.read_batched(maps::PEERS, self.peers_last_read.get(), copy) {
             self.peers_last_read.set(batched.len());
             return Ok(batched);
         }
