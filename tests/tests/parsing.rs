@@ -570,38 +570,26 @@ fn an_entry_evicted_and_back_between_two_reads_keeps_its_counts() {
         // table is not given, as if they fell between two intervals.
         let gone = |r: &Readout| !r.peers.iter().any(|(k, _)| k.peer == watched);
         let mut next = 10_000;
-        for _ in 0..20 {
-            for _ in 0..200 {
-                send(next, 1);
-                next += 1;
+        let mut push_out = || {
+            for _ in 0..20 {
+                for _ in 0..200 {
+                    send(next, 1);
+                    next += 1;
+                }
+                if gone(&t.read().unwrap()) {
+                    return;
+                }
             }
-            if gone(&t.read().unwrap()) {
-                break;
-            }
-        }
-        assert!(
-            gone(&t.read().unwrap()),
-            "the watched peer's entry was never evicted"
-        );
+            panic!("the watched peer's entry was never evicted");
+        };
+        push_out();
         // Back, counting from zero under the same key.
         send(0, 2);
         table.update(&t.read().unwrap(), 1.0);
         assert_eq!(counted(&table), (7, 2));
         // Out again, and back counting past the 2 its last entry held: its
         // counts alone would pass for 7 more, not 9.
-        for _ in 0..20 {
-            for _ in 0..200 {
-                send(next, 1);
-                next += 1;
-            }
-            if gone(&t.read().unwrap()) {
-                break;
-            }
-        }
-        assert!(
-            gone(&t.read().unwrap()),
-            "the watched peer's entry was never evicted again"
-        );
+        push_out();
         send(0, 9);
         table.update(&t.read().unwrap(), 1.0);
         assert_eq!(counted(&table), (16, 9));
