@@ -286,35 +286,28 @@ mod tests {
         reasons.names.insert(12, "NETFILTER_DROP".into());
         let mut t = DropTable::new(100);
         let mut now = FxHashMap::default();
+        let peer = crate::discovery::peer_key(&"192.0.2.1".parse().unwrap());
+        // The interval's drops and the peer's total, with the total's
+        // location.
+        let counted = |t: &mut DropTable| {
+            let interval = t.interval_deltas(&reasons).values().next().unwrap()["NETFILTER_DROP"];
+            let d = t.by_peer(&reasons, None);
+            let p = &d[&peer];
+            (interval, p.get("NETFILTER_DROP"), p.locations[0].2.clone())
+        };
         now.insert(key("192.0.2.1", 12, 0x10), 5);
         t.update(&now, &FxHashMap::default(), None);
-        assert_eq!(
-            t.interval_deltas(&reasons).values().next().unwrap()["NETFILTER_DROP"],
-            5
-        );
+        assert_eq!(counted(&mut t), (5, 5, "0x10".to_string()));
         t.update(&FxHashMap::default(), &FxHashMap::default(), None); // evicted
         assert!(t.interval_deltas(&reasons).is_empty());
         now.insert(key("192.0.2.1", 12, 0x10), 2); // back from zero
         t.update(&now, &FxHashMap::default(), None);
-        assert_eq!(
-            t.interval_deltas(&reasons).values().next().unwrap()["NETFILTER_DROP"],
-            2
-        );
-        let d = t.by_peer(&reasons, None);
-        let p = &d[&crate::discovery::peer_key(&"192.0.2.1".parse().unwrap())];
-        assert_eq!(p.get("NETFILTER_DROP"), 7);
-        assert_eq!(p.locations[0].2, "0x10");
+        assert_eq!(counted(&mut t), (2, 7, "0x10".to_string()));
         // Evicted and created anew between two reads: back with fewer
         // drops than it had, under the same key. Nothing is lost.
         now.insert(key("192.0.2.1", 12, 0x10), 1);
         t.update(&now, &FxHashMap::default(), None);
-        assert_eq!(
-            t.interval_deltas(&reasons).values().next().unwrap()["NETFILTER_DROP"],
-            1
-        );
-        let d = t.by_peer(&reasons, None);
-        let p = &d[&crate::discovery::peer_key(&"192.0.2.1".parse().unwrap())];
-        assert_eq!(p.get("NETFILTER_DROP"), 8);
+        assert_eq!(counted(&mut t), (1, 8, "0x10".to_string()));
     }
 
     /// A key counted both in a slot and in the drop map adds up; when the
