@@ -55,13 +55,13 @@ pub fn ids<T: Copy>(items: &[T], id: impl Fn(T) -> &'static str) -> String {
 }
 
 /// Stops the benchmark on a setting it cannot use.
-pub fn refuse(var: &str, why: String) -> ! {
+fn refuse(var: &str, why: String) -> ! {
     eprintln!("vxtrace-bench: {var}: {why}");
     std::process::exit(2);
 }
 
 /// A number above zero from `var`, or `default` when it is unset.
-pub fn number<T: FromStr + PartialOrd + Default>(var: &str, default: T) -> T {
+fn number<T: FromStr + PartialOrd + Default>(var: &str, default: T) -> T {
     match std::env::var(var) {
         Err(_) => default,
         Ok(v) => parse_positive(var, &v),
@@ -80,7 +80,7 @@ fn parse_positive<T: FromStr + PartialOrd + Default>(var: &str, v: &str) -> T {
 
 /// The items `var` lists (comma-separated ids out of `all`), or None when
 /// it is unset.
-pub fn list<T: Copy>(var: &str, all: &[T], id: impl Fn(T) -> &'static str) -> Option<Vec<T>> {
+fn list<T: Copy>(var: &str, all: &[T], id: impl Fn(T) -> &'static str) -> Option<Vec<T>> {
     let v = std::env::var(var).ok()?;
     let wanted: Vec<T> = v
         .split(',')
@@ -98,7 +98,7 @@ pub fn list<T: Copy>(var: &str, all: &[T], id: impl Fn(T) -> &'static str) -> Op
 
 /// Numbers above zero `var` lists (comma-separated), or `default` when
 /// it is unset.
-pub fn numbers<T: FromStr + PartialOrd + Default>(var: &str, default: Vec<T>) -> Vec<T> {
+fn numbers<T: FromStr + PartialOrd + Default>(var: &str, default: Vec<T>) -> Vec<T> {
     match std::env::var(var) {
         Err(_) => default,
         Ok(v) => v.split(',').map(|n| parse_positive(var, n)).collect(),
