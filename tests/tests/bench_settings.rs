@@ -49,7 +49,7 @@ fn a_traffic_shape_that_does_not_exist_is_refused_with_the_shapes() {
         "many-peers",
         &[
             "\"many-peers\"",
-            "overlay_udp64,overlay_tcp,underlay_udp64,many_peers",
+            "overlay_udp64,overlay_tcp,underlay_udp64,cluster_peers,many_peers",
         ],
     );
 }

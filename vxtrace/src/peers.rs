@@ -138,8 +138,9 @@ impl Counts {
     /// read. A value created by another insertion than the last read's
     /// (`born`), or a counter below its last read, means the value started
     /// over (an LRU entry evicted and created again between two reads):
-    /// what it held moves to the base, and all it holds now is new.
-    fn absorb(&mut self, last: &mut PeerStats, now: &PeerStats) {
+    /// what it held moves to the base, and all it holds now is new. What
+    /// the total gains, `all` (every peer's sum) gains too.
+    fn absorb(&mut self, last: &mut PeerStats, now: &PeerStats, all: &mut PeerStats) {
         let (before, after) = (last.counter_words(), now.counter_words());
         let reborn = last.memo.born != now.memo.born;
         if before == after && !reborn {
@@ -153,15 +154,18 @@ impl Counts {
             if !now.is_zero() {
                 self.total.merge(now);
                 self.change.merge(now);
+                all.merge(now);
                 self.changed = true;
             }
         } else {
             let total = self.total.counter_words_mut();
             let change = self.change.counter_words_mut();
+            let all = all.counter_words_mut();
             for (i, (b, a)) in before.iter().zip(after).enumerate() {
                 let gained = a - b;
                 total[i] = total[i].wrapping_add(gained);
                 change[i] = change[i].wrapping_add(gained);
+                all[i] = all[i].wrapping_add(gained);
             }
             self.changed = true;
         }
@@ -230,6 +234,11 @@ pub struct PeerTable {
     pub peers: FxHashMap<PeerKey, Box<Peer>>,
     /// Totals of peers dropped from this table to bound its memory.
     pub retired: PeerStats,
+    /// Everything counted for every peer so far: `retired` plus every
+    /// kept peer's total. Kept up to date as the counts come in, so the
+    /// node's totals (checked against the kernel's device counters every
+    /// interval) need no pass over 10,000 peers' records.
+    all: PeerStats,
     pub retired_count: u64,
     limit: usize,
     pub intervals: u64,
@@ -251,6 +260,7 @@ impl PeerTable {
         Self {
             peers: FxHashMap::default(),
             retired: PeerStats::default(),
+            all: PeerStats::default(),
             retired_count: 0,
             limit,
             intervals: 0,
@@ -259,6 +269,11 @@ impl PeerTable {
             selected: Vec::new(),
             interval_packets: Vec::new(),
         }
+    }
+
+    /// Everything counted for every peer so far, the retired ones included.
+    pub fn all(&self) -> &PeerStats {
+        &self.all
     }
 
     /// Peers that always get rate histograms.
@@ -302,7 +317,8 @@ impl PeerTable {
                 });
                 peer.entries_seen += 1;
                 let last = peer.in_map.len() - 1;
-                peer.counts.absorb(&mut peer.in_map[last].stats, stats);
+                peer.counts
+                    .absorb(&mut peer.in_map[last].stats, stats, &mut self.all);
                 continue;
             };
             if peer.in_map[i].seen == intervals {
@@ -313,7 +329,8 @@ impl PeerTable {
             }
             peer.in_map[i].seen = intervals;
             peer.entries_seen += 1;
-            peer.counts.absorb(&mut peer.in_map[i].stats, stats);
+            peer.counts
+                .absorb(&mut peer.in_map[i].stats, stats, &mut self.all);
         }
         self.interval_packets.clear();
         for (key, peer) in self.peers.iter_mut() {
@@ -324,7 +341,7 @@ impl PeerTable {
             }
             if let Some(now) = slots.get(key) {
                 let last = peer.in_slots.get_or_insert_with(Box::default);
-                peer.counts.absorb(last, now);
+                peer.counts.absorb(last, now, &mut self.all);
             }
             if (peer.entries_seen as usize) < peer.in_map.len() {
                 // Entries this read did not see were evicted: what they
@@ -445,6 +462,16 @@ mod tests {
         r
     }
 
+    /// The running sum of every peer equals the retired peers' totals
+    /// plus every kept peer's, counter by counter.
+    fn assert_all_adds_up(t: &PeerTable) {
+        let mut sum = t.retired;
+        for p in t.peers.values() {
+            sum.merge(p.total());
+        }
+        assert_eq!(sum.counter_words(), t.all().counter_words());
+    }
+
     fn with_slots(mut r: Readout, entries: &[(&str, u64)]) -> Readout {
         r.peer_slots = readout(entries)
             .peers
@@ -476,6 +503,8 @@ mod tests {
         t.update(&with_slots(readout(&[]), &[(a, 170)]), 1.0);
         t.update(&with_slots(readout(&[("192.0.2.2", 1)]), &[(a, 171)]), 1.0);
         assert_eq!(total(&t), 3 + 2 + 171);
+        assert_eq!(t.all().tx_encap.packets, 3 + 2 + 171 + 1);
+        assert_all_adds_up(&t);
     }
 
     /// An entry read twice in one read (a key-by-key walk can start over)
@@ -522,6 +551,7 @@ mod tests {
         t.update(&read(&[]), 1.0);
         assert_eq!(total(&t), 32);
         assert!(t.peers[&key].in_map.is_empty());
+        assert_all_adds_up(&t);
     }
 
     /// An entry evicted and created again between two reads comes back
@@ -548,6 +578,8 @@ mod tests {
         // Evicted for good: the total stands.
         t.update(&readout(&[]), 1.0);
         assert_eq!(peer(&t), (18, 0));
+        assert_eq!(t.all().tx_encap.packets, 18);
+        assert_all_adds_up(&t);
     }
 
     /// An entry created again between two reads that counted past what
@@ -578,6 +610,8 @@ mod tests {
         assert_eq!(peer(&t), (15, 0));
         t.update(&born(3, 2), 1.0);
         assert_eq!(peer(&t), (17, 2));
+        assert_eq!(t.all().tx_encap.packets, 17);
+        assert_all_adds_up(&t);
     }
 
     #[test]
@@ -637,5 +671,8 @@ mod tests {
         );
         let kept: u64 = t.peers.values().map(|p| p.total().tx_encap.packets).sum();
         assert_eq!(kept + t.retired.tx_encap.packets, 1 + 2 + 4);
+        // Retiring a peer moves its total, it does not lose or add any.
+        assert_eq!(t.all().tx_encap.packets, 1 + 2 + 4);
+        assert_all_adds_up(&t);
     }
 }

@@ -113,10 +113,7 @@ impl Counts {
         global: &GlobalStats,
     ) -> Option<Self> {
         let mut c = Counts::kernel_only(plan, snap)?;
-        let mut total = peers.retired;
-        for p in peers.peers.values() {
-            total.merge(p.total());
-        }
+        let total = peers.all();
         c.seen_decap = total.rx_decap.packets + global.rx_decap_unattributed.packets;
         c.seen_dev_tx =
             total.tx_dev.packets + global.tx_dev_unattributed.packets + total.tx_flood.packets;

@@ -166,16 +166,21 @@ pub enum Shape {
     /// overlay: what the underlay programs cost on traffic that is not
     /// VXLAN (the VXLAN devices see none of it).
     UnderlayUdp64,
-    /// VXLAN packets from 10,000 peer addresses in turn, as fast as one
-    /// raw socket sends: every packet a different peer's counters.
+    /// VXLAN packets from 1,000 peer addresses in turn, as fast as one
+    /// raw socket sends: every peer of a node in a 1,000-node cluster
+    /// talking at once, each packet a different peer's counters.
+    ClusterPeers,
+    /// The same from 10,000 peer addresses: more peers than any node of
+    /// such a cluster has, their counters far beyond the caches.
     ManyPeers,
 }
 
 impl Shape {
-    pub const ALL: [Shape; 4] = [
+    pub const ALL: [Shape; 5] = [
         Shape::OverlayUdp64,
         Shape::OverlayTcp,
         Shape::UnderlayUdp64,
+        Shape::ClusterPeers,
         Shape::ManyPeers,
     ];
 
@@ -184,6 +189,7 @@ impl Shape {
             Shape::OverlayUdp64 => "overlay_udp64",
             Shape::OverlayTcp => "overlay_tcp",
             Shape::UnderlayUdp64 => "underlay_udp64",
+            Shape::ClusterPeers => "cluster_peers",
             Shape::ManyPeers => "many_peers",
         }
     }
@@ -197,6 +203,9 @@ impl Shape {
             Shape::UnderlayUdp64 => {
                 "64-byte UDP between the nodes' own addresses at 40 Mbit/s (not VXLAN)"
             }
+            Shape::ClusterPeers => {
+                "VXLAN from 1,000 peer addresses in turn (every peer of a node in a 1,000-node cluster), one raw socket's speed"
+            }
             Shape::ManyPeers => "VXLAN from 10,000 peer addresses in turn, one raw socket's speed",
         }
     }
@@ -207,10 +216,15 @@ impl Shape {
             Shape::OverlayUdp64 => iperf(&lab.pod_ns(1), lab.pod_ip(2).into(), 5201, secs, true),
             Shape::OverlayTcp => iperf(&lab.pod_ns(1), lab.pod_ip(2).into(), 5201, secs, false),
             Shape::UnderlayUdp64 => iperf(&lab.node_ns(1), lab.underlay_ip(2), 5202, secs, true),
-            Shape::ManyPeers => {
+            Shape::ClusterPeers | Shape::ManyPeers => {
+                let peers = if self == Shape::ClusterPeers {
+                    1_000
+                } else {
+                    10_000
+                };
                 let _ = crate::userspace::spray(
                     lab,
-                    10_000,
+                    peers,
                     secs.into(),
                     crate::userspace::Pacing::Flood,
                 )
