@@ -234,3 +234,33 @@ fn xdp_programs_on_the_underlay_are_named() {
         json(&s)
     );
 }
+
+/// Two vxtrace runs on one node, such as a DaemonSet's and one an
+/// operator starts by hand: each counts every packet and passes it on, so
+/// neither needs to be ahead of the other. They must not take turns at
+/// the head of the chains: every turn is a detach and an attach, and the
+/// packets between the two are missed. Both count every packet, and
+/// neither reports a move, through several of their checks of the chains
+/// (about one a second).
+#[test]
+fn two_vxtrace_runs_on_one_node_leave_each_other_be() {
+    for (name, attach) in [("dp-two-tcx", "tcx"), ("dp-two-cls", "clsact")] {
+        let lab = LabGuard::new(name, 2, false, 8472);
+        let ns = lab.node_ns(1);
+        let first = Watcher::start(&ns, &["--attach", attach]);
+        let second = Watcher::start(&ns, &["--attach", attach]);
+        assert!(
+            second.attached.blind_spots.is_empty(),
+            "{attach}: {}",
+            json(&second.attached)
+        );
+        assert_eq!(
+            lab.ping(1, 2, 25, Duration::from_millis(200)).unwrap(),
+            25,
+            "{attach}"
+        );
+        let (s1, s2) = (first.stop(), second.stop());
+        assert_exact(&lab, &s1, 25);
+        assert_exact(&lab, &s2, 25);
+    }
+}

@@ -40,7 +40,31 @@ pub struct ChainEntry {
     pub prog_id: Option<u32>,
     /// The filter's classifier kind (`bpf`, `u32`, ...).
     pub kind: Option<String>,
+    /// The BPF program's name: a tcx program's as the kernel keeps it
+    /// (cut to 15 bytes), a cls_bpf filter's as its loader named it.
+    pub program: Option<String>,
 }
+
+impl ChainEntry {
+    /// A TC program of vxtrace's: another run's on the same device (a
+    /// DaemonSet's and one started by hand, say). It counts every packet
+    /// and passes it on, so running behind it misses nothing; moving
+    /// ahead of it would only make the two runs take turns at the head,
+    /// each move a detach and an attach with the packets between them
+    /// missed.
+    pub fn is_vxtrace(&self) -> bool {
+        let Some(name) = self.program.as_deref() else {
+            return false;
+        };
+        super::TC_PROGRAMS
+            .iter()
+            .any(|ours| *ours == name || ours.get(..KERNEL_NAME_LEN) == Some(name))
+    }
+}
+
+/// The longest program name the kernel keeps (`BPF_OBJ_NAME_LEN` less the
+/// NUL): longer names come back cut to this.
+const KERNEL_NAME_LEN: usize = 15;
 
 /// The tcx programs on `device`'s `hook`, first to last.
 pub fn tcx_chain(device: &str, hook: Hook) -> Result<Vec<ChainEntry>> {
@@ -55,6 +79,7 @@ pub fn tcx_chain(device: &str, hook: Hook) -> Result<Vec<ChainEntry>> {
                 filter: None,
                 prog_id: Some(p.id()),
                 kind: None,
+                program: Some(name),
             }
         })
         .collect())
@@ -152,6 +177,7 @@ fn filter_entry(m: &TcMessage) -> Option<ChainEntry> {
         filter: Some((priority, handle)),
         prog_id: None,
         kind,
+        program: name,
     })
 }
 
@@ -258,7 +284,7 @@ impl Tracer {
         let Some(pos) = chain.iter().position(|e| e.prog_id == Some(ours)) else {
             bail!("{program} is not on {device} {}", hook.as_str());
         };
-        if pos == 0 {
+        if chain[..pos].iter().all(ChainEntry::is_vxtrace) {
             return Ok(HookCheck::First);
         }
         let ahead: Vec<String> = chain[..pos].iter().map(|e| e.label.clone()).collect();
@@ -306,7 +332,7 @@ impl Tracer {
         else {
             bail!("{program} is not on {device} {}", hook.as_str());
         };
-        if pos == 0 {
+        if chain[..pos].iter().all(ChainEntry::is_vxtrace) {
             return Ok(HookCheck::First);
         }
         let ahead: Vec<String> = chain[..pos].iter().map(|e| e.label.clone()).collect();
@@ -354,4 +380,46 @@ pub fn ifindex_of(name: &str) -> Result<u32> {
         bail!("no device {name}: {}", std::io::Error::last_os_error());
     }
     Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn program(name: Option<&str>) -> ChainEntry {
+        ChainEntry {
+            label: String::new(),
+            filter: None,
+            prog_id: None,
+            kind: None,
+            program: name.map(str::to_string),
+        }
+    }
+
+    /// Another run's programs are known by their full names (cls_bpf
+    /// filters) and by the names the kernel cut to 15 bytes (tcx); other
+    /// datapaths' programs, and filters that run no program, are not.
+    #[test]
+    fn another_runs_programs_are_told_from_other_datapaths() {
+        for name in [
+            "vxtrace_nic_ingress",
+            "vxtrace_nic_ing",
+            "vxtrace_nic_egr",
+            "vxtrace_vxlan_i",
+            "vxtrace_vxlan_egress",
+            "vxtrace_empty",
+        ] {
+            assert!(program(Some(name)).is_vxtrace(), "{name}");
+        }
+        for name in [
+            Some("cil_from_netdev"),
+            Some("calico_tc_main"),
+            Some("vxtrace_nic"),
+            Some("vxtrace_nic_ingress_v2"),
+            Some("vxtrace_kfree_s"),
+            None,
+        ] {
+            assert!(!program(name).is_vxtrace(), "{name:?}");
+        }
+    }
 }
