@@ -27,6 +27,11 @@ fn loaded_vxtrace_programs() -> Vec<String> {
 }
 
 /// TC filters (clsact) on a device of a namespace, both directions.
+/// How many filters on `dev` (both directions) run `program`.
+fn filters_running(ns: &str, dev: &str, program: &str) -> usize {
+    tc_filters(ns, dev).matches(program).count()
+}
+
 fn tc_filters(ns: &str, dev: &str) -> String {
     let mut all = String::new();
     for dir in ["ingress", "egress"] {
@@ -109,9 +114,7 @@ fn two_clsact_runs_keep_their_own_filters() {
     let first = Watcher::start(&ns, &["--attach", "clsact"]);
     let second = Watcher::start(&ns, &["--attach", "clsact"]);
     assert_eq!(
-        tc_filters(&ns, "eth0")
-            .matches("vxtrace_nic_egress")
-            .count(),
+        filters_running(&ns, "eth0", "vxtrace_nic_egress"),
         2,
         "{}",
         tc_filters(&ns, "eth0")
@@ -119,17 +122,9 @@ fn two_clsact_runs_keep_their_own_filters() {
     assert_eq!(lab.ping(1, 2, 5, Duration::ZERO).unwrap(), 5);
     first.kill();
     wait_until("the killed run's filters to go", || {
-        tc_filters(&ns, "eth0")
-            .matches("vxtrace_nic_egress")
-            .count()
-            == 1
+        filters_running(&ns, "eth0", "vxtrace_nic_egress") == 1
     });
-    assert_eq!(
-        tc_filters(&ns, "flannel.1")
-            .matches("vxtrace_vxlan_egress")
-            .count(),
-        1
-    );
+    assert_eq!(filters_running(&ns, "flannel.1", "vxtrace_vxlan_egress"), 1);
     assert_eq!(lab.ping(1, 2, 3, Duration::ZERO).unwrap(), 3);
     let s = second.stop();
     let p = s.peer(&b).counters;
@@ -140,6 +135,48 @@ fn two_clsact_runs_keep_their_own_filters() {
         let filters = tc_filters(&ns, dev);
         assert!(!filters.contains("vxtrace"), "{dev}: {filters}");
     }
+}
+
+/// The DaemonSet's run lives in its pod's own PID namespace, where a run
+/// started by hand on the node is not in /proc. Starting there (clsact,
+/// where filters outlive a killed run and the next run removes them), it
+/// must still leave the hand-started run's filters be: that run keeps
+/// counting every packet.
+#[test]
+fn a_run_in_another_pid_namespace_leaves_a_live_runs_filters_be() {
+    let lab = LabGuard::new("vt-pidns", 2, false, 8472);
+    let ns = lab.node_ns(1);
+    let b = lab.underlay_ip(2).to_string();
+    let by_hand = Watcher::start(&ns, &["--attach", "clsact"]);
+    // The pod's run: a PID namespace and /proc of its own, the node's
+    // network namespace. It attaches, runs a second and exits.
+    let (code, _, err) = run(Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .args(["unshare", "--pid", "--fork", "--mount-proc"])
+        .arg(bin())
+        .args(["watch", "--json", "--netns", "self", "--attach", "clsact"])
+        .args(["--duration", "1s"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        filters_running(&ns, "eth0", "vxtrace_nic_egress"),
+        1,
+        "{}",
+        tc_filters(&ns, "eth0")
+    );
+    assert_eq!(lab.ping(1, 2, 5, Duration::ZERO).unwrap(), 5);
+    let s = by_hand.stop();
+    let p = s.peer(&b).counters;
+    assert_eq!(
+        (
+            p.tx_dev.packets,
+            p.tx_encap.packets,
+            p.rx_nic.packets,
+            p.rx_decap.packets
+        ),
+        (5, 5, 5, 5),
+        "{}",
+        json(&s)
+    );
 }
 
 #[test]

@@ -205,6 +205,9 @@ pub struct Tracer {
     clsact_links: Vec<aya::programs::tc::SchedClassifierLink>,
     /// The low half of the next clsact filter handle (see `tc`).
     clsact_serial: u16,
+    /// This run's claims on the network namespaces where it has clsact
+    /// filters, held while it runs: other runs leave those filters be.
+    netns_claims: Vec<crate::procs::NetnsClaim>,
     /// tcx links, so that one can be replaced by a link at the head.
     tcx_links: hook_order::TcxLinks,
     /// The FDB destination each MAC was last seeded with: a changed one
@@ -273,6 +276,7 @@ impl Tracer {
             clsact_links: Vec::new(),
             // Per process, so two vxtraces on one device pick apart.
             clsact_serial: (std::process::id() as u16) << 8,
+            netns_claims: Vec::new(),
             tcx_links: Default::default(),
             fdb_seeded: Default::default(),
             behind: Default::default(),

@@ -122,7 +122,8 @@ impl Tracer {
         // Filters left by an earlier vxtrace that could not clean up (it
         // and its watchdog were killed together); only when no other
         // vxtrace runs here, since those filters could be its.
-        if !crate::procs::other_vxtrace_in_this_netns() {
+        let others = self.claim_this_netns()?.shared();
+        if !others && !crate::procs::other_vxtrace_in_this_netns() {
             let _ = qdisc_detach_program(iface, tc_hook(hook), program);
         }
         if !self.attach_clsact_first(program, iface, hook)? {
@@ -131,6 +132,23 @@ impl Tracer {
             self.attach_clsact_with(program, iface, hook, NlOptions::default())?;
         }
         Ok(())
+    }
+
+    /// This run's claim on the calling thread's network namespace, taken
+    /// on its first clsact filter there (see [`crate::procs::NetnsClaim`]).
+    fn claim_this_netns(&mut self) -> Result<&crate::procs::NetnsClaim> {
+        use crate::procs::NetnsClaim;
+        let here = NetnsClaim::current_id().context("reading this thread's network namespace")?;
+        let at = match self.netns_claims.iter().position(|c| c.id == here) {
+            Some(at) => at,
+            None => {
+                let claim = NetnsClaim::take()
+                    .context("locking the network namespace's file for this run")?;
+                self.netns_claims.push(claim);
+                self.netns_claims.len() - 1
+            }
+        };
+        Ok(&self.netns_claims[at])
     }
 
     /// Attaches `program` as a clsact filter at the first priority, with a
