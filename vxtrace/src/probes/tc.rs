@@ -122,7 +122,15 @@ impl Tracer {
         // Filters left by an earlier vxtrace that could not clean up (it
         // and its watchdog were killed together); only when no other
         // vxtrace runs here, since those filters could be its.
-        let others = self.claim_this_netns()?.shared();
+        let others = match self.claim_this_netns() {
+            Ok(claim) => claim.shared(),
+            Err(e) => {
+                // Without a claim another run could be alive unseen:
+                // leave every filter be (a killed run's, if any, stay).
+                log::info!("{e:#}; leftover filters of killed runs are not removed");
+                true
+            }
+        };
         if !others && !crate::procs::other_vxtrace_in_this_netns() {
             let _ = qdisc_detach_program(iface, tc_hook(hook), program);
         }
