@@ -26,12 +26,12 @@ fn loaded_vxtrace_programs() -> Vec<String> {
         .collect()
 }
 
-/// TC filters (clsact) on a device of a namespace, both directions.
 /// How many filters on `dev` (both directions) run `program`.
 fn filters_running(ns: &str, dev: &str, program: &str) -> usize {
     tc_filters(ns, dev).matches(program).count()
 }
 
+/// TC filters (clsact) on a device of a namespace, both directions.
 fn tc_filters(ns: &str, dev: &str) -> String {
     let mut all = String::new();
     for dir in ["ingress", "egress"] {

@@ -127,7 +127,9 @@ impl Tracer {
             Err(e) => {
                 // Without a claim another run could be alive unseen:
                 // leave every filter be (a killed run's, if any, stay).
-                log::info!("{e:#}; leftover filters of killed runs are not removed");
+                log::info!(
+                    "{e:#}; filters a killed vxtrace left on {iface} are not removed (see them with `tc filter show dev {iface} ingress` and `egress`)"
+                );
                 true
             }
         };
